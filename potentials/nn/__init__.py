@@ -1,0 +1,1 @@
+"""Shared equivariant building blocks (radial basis, spherical harmonics, tensor products, ...)."""
