@@ -32,7 +32,7 @@ def versions() -> dict[str, str]:
 
     from potentials import __version__
 
-    return {"equimd": __version__, "torch": torch.__version__, "e3nn": e3nn.__version__}
+    return {"equimd": str(__version__), "torch": str(torch.__version__), "e3nn": str(e3nn.__version__)}
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -60,9 +60,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of a model's weights."""
+    for tensor in model.state_dict().values():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.get_default_dtype()
+
+
 def model_record(model: Potential) -> dict[str, Any]:
     """The part of a checkpoint that rebuilds the model."""
-    dtype = next(iter(model.state_dict().values())).dtype
+    dtype = model_dtype(model)
     return {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
