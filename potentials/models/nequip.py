@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from e3nn import o3
 from torch import Tensor, nn
 
@@ -155,7 +156,7 @@ class NequIP(Potential):
         species = self.species_index(graph.numbers)
         node_attrs = one_hot(species, self.num_species, graph.positions.dtype)
         vectors = edge_vectors(graph)
-        lengths = vectors.norm(dim=-1, keepdim=True)
+        lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)
         edge_sh = self.spherical_harmonics(vectors)
         edge_radial = self.radial_embedding(lengths)
         node_features = self.embedding(node_attrs)
