@@ -27,9 +27,9 @@ from potentials.nn.tensor_product import EdgeConvolution
 def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
     """num_features × every irrep up to l_max (both parities if `parity`, else (-1)^l)."""
     irreps = []
-    for l in range(l_max + 1):
-        parities = (1, -1) if parity else ((-1) ** l,)
-        irreps += [(num_features, (l, p)) for p in parities]
+    for degree in range(l_max + 1):
+        parities = (1, -1) if parity else ((-1) ** degree,)
+        irreps += [(num_features, (degree, p)) for p in parities]
     return o3.Irreps(irreps).sort().irreps.simplify()
 
 
