@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Create the peer virtual environments used to generate reference data and to benchmark
+# against the peers. They live in .peers/ (git-ignored) at the repository root and are
+# separate from the project venv because the peers pin conflicting e3nn versions:
+#   mace-torch 0.3.x pins e3nn==0.4.4; nequip 0.19 needs e3nn>=0.6,<0.7 (so does equimd).
+#
+# Usage:  bash benchmarks/peers/setup_peers.sh [mace|nequip|all]   (default: mace)
+#
+# Idempotent: a venv whose peer package already imports is left alone.
+# torch==2.9.1 matches the project's pin (see pyproject.toml) so that numbers are comparable.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+PEERS="$ROOT/.peers"
+PYTHON="${PYTHON:-python3}"
+TARGET="${1:-mace}"
+
+# make_venv NAME IMPORT_CHECK PIP_ARGS...
+make_venv() {
+    local name="$1" check="$2"
+    shift 2
+    local venv="$PEERS/$name"
+    if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c "$check" >/dev/null 2>&1; then
+        echo "[setup_peers] $venv already set up: skipping"
+        return 0
+    fi
+    echo "[setup_peers] creating $venv"
+    mkdir -p "$PEERS"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install --upgrade pip
+    "$venv/bin/python" -m pip install "$@"
+    "$venv/bin/python" -c "$check"
+    echo "[setup_peers] $venv ready"
+}
+
+setup_mace() {
+    # `import mace` must come before `import e3nn` with torch >= 2.6 and e3nn 0.4.4
+    # (mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1; e3nn 0.4.4 torch.loads pickled constants).
+    make_venv mace "import mace, mace.modules, e3nn, ase" \
+        torch==2.9.1 mace-torch ase
+}
+
+setup_nequip() {
+    make_venv nequip "import nequip, nequip.model, e3nn, ase" \
+        torch==2.9.1 nequip ase
+}
+
+case "$TARGET" in
+    mace) setup_mace ;;
+    nequip) setup_nequip ;;
+    all) setup_mace; setup_nequip ;;
+    *) echo "usage: $0 [mace|nequip|all]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,195 @@
+"""Export a trained potential to a self-contained model file (`equimd deploy`).
+
+    export_model("run/best.ckpt", "model.pt", dtype="float32", format="torchscript")
+
+Two formats, one loader (`deploy.load`), same call signature and outputs:
+
+- ``torchscript`` (default): `deploy.module.DeployedPotential` scripted; the neighbor list
+  runs inside the graph; loadable from C++ / OpenMM-Torch / LAMMPS-style hosts.
+- ``aoti``: the energy-and-forces graph traced (make_fx, symbolic shapes) and compiled ahead
+  of time by AOTInductor into a ``.pt2`` package; the neighbor list is computed by the same
+  TorchScript cell list, stored in the package, before the compiled graph (see `deploy.aoti`).
+
+Both files are zip archives carrying ``extra/metadata.json`` (`deploy.metadata`). The file is
+written atomically (temp file + fsync + rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deploy.metadata import (
+    KINDS,
+    METADATA_FILE,
+    MODEL_FORMAT,
+    MODEL_FORMAT_VERSION,
+    UNITS,
+    dump_metadata,
+)
+from potentials.models.base import Potential, build_model
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def export_model(
+    checkpoint_or_model: str | os.PathLike | Potential,
+    output_path: str | os.PathLike,
+    dtype: str = "float32",
+    format: str = "torchscript",
+    *,
+    device: str = "cpu",
+    state_key: str = "state_dict",
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Write a deployed model file and return its path.
+
+    checkpoint_or_model: a checkpoint path (`potentials.models.serialization`) or a
+        `Potential` (not modified: the export works on a rebuilt copy).
+    dtype: "float32" (default, for MD) or "float64".
+    format: "torchscript" or "aoti".
+    device: for "aoti", the device the package is compiled for (TorchScript files run on
+        any device; `deploy.load(path, device=...)` moves them).
+    state_key: which weights of a checkpoint to export (e.g. an EMA copy stored by the trainer).
+    progress: called with short status lines (the CLI passes `print`).
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if format not in KINDS:
+        raise ValueError(f"format must be one of {list(KINDS)}, got {format!r}")
+    say = progress or (lambda message: None)
+    output_path = Path(output_path)
+    source = None if isinstance(checkpoint_or_model, Potential) else str(checkpoint_or_model)
+    model = resolve_model(checkpoint_or_model, state_key)
+    metadata = build_metadata(model, dtype, format, device, source)
+    # model construction and e3nn's tracing draw random numbers: keep the caller's RNG as is
+    with torch.random.fork_rng(devices=[]):
+        if format == "torchscript":
+            say(f"scripting {model.model_type} ({dtype}) ...")
+            data = torchscript_bytes(rebuild_model(model, DTYPES[dtype]), metadata)
+        else:
+            from deploy.aoti import aoti_package_bytes
+
+            say(f"tracing and compiling {model.model_type} ({dtype}) with AOTInductor ...")
+            data = aoti_package_bytes(model, DTYPES[dtype], torch.device(device), metadata)
+    atomic_write_bytes(data, output_path)
+    say(f"wrote {output_path} ({len(data) / 1e6:.2f} MB, {format}, {dtype})")
+    return output_path
+
+
+def resolve_model(checkpoint_or_model: str | os.PathLike | Potential, state_key: str = "state_dict") -> Potential:
+    """A `Potential` from itself or from a checkpoint file (weights `state_key`)."""
+    if isinstance(checkpoint_or_model, Potential):
+        return checkpoint_or_model
+    from potentials.models.serialization import model_from_record, read_checkpoint
+
+    record = read_checkpoint(checkpoint_or_model)
+    if state_key not in record:
+        raise KeyError(
+            f"{checkpoint_or_model}: checkpoint has no weights {state_key!r}; "
+            f"available keys: {sorted(k for k in record if 'state' in k)}"
+        )
+    return model_from_record(record, state_key).eval()
+
+
+@contextlib.contextmanager
+def e3nn_optimization_defaults(**options: Any) -> Iterator[None]:
+    """Temporarily set `e3nn.set_optimization_defaults` (restored on exit)."""
+    import e3nn
+
+    saved = e3nn.get_optimization_defaults()
+    e3nn.set_optimization_defaults(**options)
+    try:
+        yield
+    finally:
+        e3nn.set_optimization_defaults(**saved)
+
+
+def rebuild_model(model: Potential, dtype: torch.dtype, jit_script_fx: bool = True) -> Potential:
+    """A fresh copy of `model` in `dtype`, eval mode, parameters frozen.
+
+    Rebuilt from (model_type, hyperparameters) + state dict, so the caller's model is never
+    modified and e3nn's code generation follows `jit_script_fx` (off for torch.export).
+    The global RNG is left as it was (construction draws random initial weights).
+    """
+    with torch.random.fork_rng(devices=[]), e3nn_optimization_defaults(jit_script_fx=jit_script_fx):
+        copy = build_model(model.model_type, **model.hyperparameters())
+    copy = copy.to(dtype)
+    copy.load_state_dict(model.state_dict())
+    copy.eval()
+    for parameter in copy.parameters():
+        parameter.requires_grad_(False)
+    return copy
+
+
+def build_metadata(
+    model: Potential, dtype: str, kind: str, device: str = "cpu", source: str | None = None
+) -> dict[str, Any]:
+    """The metadata dict written to ``extra/metadata.json`` (schema in docs/deploy.md)."""
+    from potentials.elements import symbol
+    from potentials.models.serialization import versions
+
+    return {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "kind": kind,
+        "species": {
+            "numbers": [int(z) for z in model.species],
+            "symbols": [symbol(int(z)) for z in model.species],
+        },
+        "r_max": float(model.r_max),
+        "dtype": dtype,
+        "device": torch.device(device).type if kind == "aoti" else "any",
+        "units": dict(UNITS),
+        "model": {"type": model.model_type, "hyperparameters": model.hyperparameters()},
+        "versions": versions(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": source,
+        "signature": (
+            "forward(positions [N,3] Å, numbers [N] int64, cell [3,3] Å, pbc [3] bool) -> "
+            "{energy [], atomic_energies [N], forces [N,3], stress [3,3], virial [3,3]}"
+            if kind == "torchscript"
+            else "compiled(positions [N,3], numbers [N], edge_index [2,E], shifts [E,3], "
+            "cell [3,3]) -> (energy [], atomic_energies [N], forces [N,3], stress [3,3], "
+            "virial [3,3]); neighbor list in extra/neighbor_list.torchscript.b64"
+        ),
+    }
+
+
+def torchscript_bytes(model: Potential, metadata: dict[str, Any]) -> bytes:
+    """Script `DeployedPotential(ForceField(model))` and serialize it with its metadata."""
+    import e3nn.util.jit
+
+    from deploy.module import DeployedPotential
+    from potentials.forcefield import ForceField
+
+    module = DeployedPotential(ForceField(e3nn.util.jit.compile(model)), model.r_max, model.species)
+    scripted = torch.jit.script(module.eval())
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer, _extra_files={METADATA_FILE: dump_metadata(metadata)})
+    return buffer.getvalue()
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write `data` to a temp file next to `path`, fsync, rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

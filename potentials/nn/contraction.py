@@ -1,0 +1,448 @@
+"""MACE's symmetric contraction: the equivariant product basis (Batatia et al. 2022, eqs. 10-11).
+
+For node i (element z_i), channel c and output irrep L (components m):
+
+    B_{icLm} = Σ_{ν=1}^{correlation} Σ_k W^{Lν}_{z_i k c} Σ_{a_1..a_ν} U^{Lν}_{m a_1..a_ν k} A_{ica_1} ⋯ A_{ica_ν}
+
+A_{ica}: the node features of channel c, a running over the components of all input irreps
+(d = Σ (2l+1), one copy per input irrep). U^{Lν}: the generalized Clebsch–Gordan coupling basis,
+one column k per coupling path (a_1 ⊗ a_2 → L_2, L_2 ⊗ a_3 → L_3, ...). W: learnable weights per
+element, path and channel.
+
+Implementation: A^{⊗ν} is symmetric under permuting a_1..a_ν, so it is built once per multiset
+of indices (a "monomial": C(d+ν-1, ν) of them, 816 instead of 4096 for d=16, ν=3) and U is
+folded onto the monomials once, at construction. The forward pass is then one matmul per ν
+(monomials × folded basis), a per-element weighting and a sum over paths: no per-node basis
+tensors and nothing mace-specific at run time.
+
+The coupling bases equal mace-torch's `U_matrix_ν` buffers exactly (same paths, order, signs,
+`tests/test_contraction.py`): mace-torch pins e3nn 0.4.4, whose real Wigner 3j symbols differ in
+sign from e3nn 0.6's for 44 (l1, l2, l3) triples (all with odd l1+l2+l3; see
+`E3NN_044_FLIPPED_TRIPLES`); `wigner_3j` below applies that convention.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import numpy as np
+import torch
+from e3nn import o3
+from torch import Tensor, nn
+
+# Sorted (l1 ≤ l2 ≤ l3) triples where e3nn 0.4.4's o3.wigner_3j = −(e3nn 0.6's), measured for
+# every triple with l ≤ 11 (e3nn 0.4.4 has no symbols beyond l = 11). Both versions obey the
+# same permutation rule (odd permutation: factor (−1)^(l1+l2+l3)), so the sign of any
+# permutation of a triple follows from its sorted form.
+E3NN_044_FLIPPED_TRIPLES = frozenset(
+    [(1, ell, ell) for ell in range(2, 12)]
+    + [(3, ell, ell + 2) for ell in range(4, 10)]
+    + [(4, ell, ell + 1) for ell in range(4, 11)]
+    + [(5, 5, 5), (5, 6, 10), (5, 7, 11)]
+    + [(5, ell, ell) for ell in range(6, 12)]
+    + [(6, 6, 9), (6, 7, 10), (6, 8, 11), (7, 7, 9), (7, 8, 10), (7, 9, 11)]
+    + [(8, 8, 9), (8, 9, 10), (8, 10, 11), (9, 9, 9), (9, 10, 10), (9, 11, 11)]
+)
+
+
+@functools.cache
+def _wigner_3j_float64(l1: int, l2: int, l3: int) -> Tensor:
+    symbol = o3.wigner_3j(l1, l2, l3, dtype=torch.float64)
+    if tuple(sorted((l1, l2, l3))) in E3NN_044_FLIPPED_TRIPLES:
+        symbol = -symbol
+    return symbol
+
+
+def wigner_3j(l1: int, l2: int, l3: int) -> Tensor:
+    """Real Wigner 3j symbol [2l1+1, 2l2+1, 2l3+1] (float64) in e3nn 0.4.4's sign convention."""
+    return _wigner_3j_float64(l1, l2, l3).clone()
+
+
+def _natural_parity_irreps(lmax: int) -> list[o3.Irrep]:
+    return [o3.Irrep(ell, (-1) ** ell) for ell in range(lmax + 1)]
+
+
+def _coupling_paths(
+    irreps: o3.Irreps,
+    order: int,
+    keep: o3.Irrep | None = None,
+    filter_ir_mid: list[o3.Irrep] | None = None,
+) -> list[tuple[o3.Irrep, np.ndarray]]:
+    """All couplings of `order` copies of `irreps` (left to right), component normalised.
+
+    Returns (irrep, C) pairs, C: float64 [ir.dim, d, ..., d] (order times d = irreps.dim),
+    ordered as mace does: by irrep (stable), each irrep's paths in the order they are
+    generated (left-path order, then input irrep, then output l). `keep` drops other irreps
+    at the last step only (intermediate couplings are all needed); `filter_ir_mid` restricts
+    every step (mace does this for order 4). NumPy: thousands of tiny products, which torch's
+    thread pool makes slow on a busy machine.
+    """
+    dim = irreps.dim
+    paths = []
+    if order == 1:
+        identity = np.eye(dim)
+        for slice_, (mul, ir) in zip(irreps.slices(), irreps, strict=True):
+            for u in range(mul):
+                start = slice_.start + u * ir.dim
+                paths.append((ir, identity[start : start + ir.dim]))
+    else:
+        for ir_left, c_left in _coupling_paths(irreps, order - 1, None, filter_ir_mid):
+            c_left = c_left.reshape(ir_left.dim, -1)  # [left, d^(order-1)]
+            for slice_, (mul, ir) in zip(irreps.slices(), irreps, strict=True):
+                for ir_out in ir_left * ir:
+                    if filter_ir_mid is not None and ir_out not in filter_ir_mid:
+                        continue
+                    if keep is not None and ir_out != keep:
+                        continue
+                    # component normalisation: sqrt(2 l_out + 1) per coupling
+                    cg = wigner_3j(ir_out.l, ir_left.l, ir.l).numpy() * math.sqrt(ir_out.dim)
+                    coupled = np.einsum("lp,olr->opr", c_left, cg)  # [out, d^(order-1), r]
+                    for u in range(mul):
+                        full = np.zeros((ir_out.dim, c_left.shape[1], dim))
+                        start = slice_.start + u * ir.dim
+                        full[:, :, start : start + ir.dim] = coupled
+                        paths.append((ir_out, full.reshape(ir_out.dim, *([dim] * order))))
+    if keep is not None:
+        paths = [(ir, c) for ir, c in paths if ir == keep]
+    return sorted(paths, key=lambda path: path[0])  # stable: keeps generation order per irrep
+
+
+def coupling_basis(irreps_in: o3.Irreps | str, ir_out: o3.Irrep | str, order: int) -> Tensor:
+    """Generalized CG basis U for `order` copies of `irreps_in` coupled to `ir_out`.
+
+    Returns float64 [ir_out.dim, d, ..., d, num_paths] (order times d = irreps_in.dim): the
+    layout of mace-torch's `U_matrix_<order>` with the leading axis kept for scalars too (mace
+    squeezes it). num_paths may be 0.
+    """
+    irreps_in, ir_out = o3.Irreps(irreps_in), o3.Irrep(ir_out)
+    filter_ir_mid = _natural_parity_irreps(11) if order == 4 else None  # as mace-torch
+    paths = _coupling_paths(irreps_in, order, keep=ir_out, filter_ir_mid=filter_ir_mid)
+    shape = (ir_out.dim, *([irreps_in.dim] * order))
+    if not paths:
+        return torch.zeros(*shape, 0, dtype=torch.float64)
+    return torch.from_numpy(np.stack([c for _, c in paths], axis=-1))
+
+
+def monomials(dim: int, order: int) -> Tensor:
+    """Sorted index multisets a_1 ≤ ... ≤ a_order, lexicographic: [C(dim+order-1, order), order]."""
+    combos = list(itertools.combinations_with_replacement(range(dim), order))
+    return torch.tensor(combos, dtype=torch.long).reshape(len(combos), order)
+
+
+def fold_coupling_basis(basis: Tensor, dim: int, order: int) -> Tensor:
+    """U [M, d, ..., d, K] (or mace's [d, ..., d, K] for scalars) → [n_monomials, M, K].
+
+    Sums U over all orderings of each index multiset, so that
+    Σ_{a_1..a_ν} U_{m a k} Π A_{a_j} = Σ_n folded_{n m k} Π_{a ∈ monomial n} A_a.
+    """
+    if basis.dim() == order + 1:
+        basis = basis.unsqueeze(0)
+    num_m, num_paths = basis.shape[0], basis.shape[-1]
+    grids = torch.meshgrid(*([torch.arange(dim)] * order), indexing="ij")
+    tuples = torch.stack([g.reshape(-1) for g in grids], dim=1).sort(dim=1).values
+    monomial_codes = _monomial_codes(monomials(dim, order), dim)  # increasing
+    index = torch.searchsorted(monomial_codes, _monomial_codes(tuples, dim))
+    flat = basis.reshape(num_m, dim**order, num_paths).transpose(0, 1)
+    flat = flat.reshape(dim**order, num_m * num_paths)
+    folded = torch.zeros(len(monomial_codes), num_m * num_paths, dtype=basis.dtype)
+    folded.index_add_(0, index, flat)
+    return folded.reshape(len(monomial_codes), num_m, num_paths)
+
+
+def _monomial_codes(monomial: Tensor, dim: int) -> Tensor:
+    """Base-dim code of each sorted index tuple [n, order] → [n], increasing with row order."""
+    order = monomial.shape[1]
+    return (monomial * dim ** torch.arange(order - 1, -1, -1)).sum(1)
+
+
+def prune_monomials(folded_bases: list[Tensor], dim: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Keep only the monomials that matter: rows of the folded bases that are not zero, and
+    the lower-order monomials they are built from.
+
+    folded_bases[ν-1]: [C(d+ν-1, ν), columns_ν] over all monomials of order ν. Returns, per
+    order, (parent, last, basis): kept monomial n of order ν = kept monomial parent[n] of order
+    ν-1 times component last[n]; basis [n_kept, columns_ν]. Order 1 keeps all d components.
+    Most monomials cannot couple to low-l outputs (parity and triangle rules): for
+    0e+1o+2e+3o inputs and a 0e output 77 of 816 order-3 monomials remain.
+    """
+    correlation = len(folded_bases)
+    kept: list[Tensor] = [torch.empty(0, dtype=torch.long)] * correlation
+    required = torch.zeros(0, dtype=torch.long)  # rows of this order needed by the next
+    for order in range(correlation, 0, -1):
+        basis = folded_bases[order - 1]
+        rows = torch.zeros(basis.shape[0], dtype=torch.bool)
+        if order == 1:
+            rows[:] = True
+        elif basis.numel() > 0 and basis.abs().max() > 0:
+            # folding cancels antisymmetric parts to rounding noise: a relative threshold
+            rows = basis.abs().amax(dim=1) > 1e-12 * basis.abs().max()
+        rows[required] = True
+        kept[order - 1] = rows.nonzero().squeeze(1)
+        if order > 1:
+            current = monomials(dim, order)[kept[order - 1]]
+            below = _monomial_codes(monomials(dim, order - 1), dim)
+            required = torch.searchsorted(below, _monomial_codes(current[:, :-1], dim))
+    out = []
+    for order in range(1, correlation + 1):
+        basis = folded_bases[order - 1][kept[order - 1]]
+        if order == 1:
+            parent = torch.zeros(0, dtype=torch.long)
+            last = torch.arange(dim)
+        else:
+            current = monomials(dim, order)[kept[order - 1]]
+            full_parent = torch.searchsorted(
+                _monomial_codes(monomials(dim, order - 1), dim),
+                _monomial_codes(current[:, :-1], dim),
+            )
+            parent = torch.searchsorted(kept[order - 2], full_parent)
+            last = current[:, -1].clone()
+        out.append((parent, last, basis))
+    return out
+
+
+class _ProductOrder(nn.Module):
+    """The kept monomials of one correlation order ν and their folded coupling basis.
+
+    parent, last: [n_ν] kept monomial n = kept monomial parent[n] of order ν-1 times
+    component last[n]. basis: [n_ν, Σ_L (2L+1)·K_Lν], columns ordered (output irrep L, m,
+    path k). All three are persistent state, so a loaded state is self-consistent.
+    """
+
+    def __init__(self, order: int, parent: Tensor, last: Tensor, basis: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("parent", parent)
+        self.register_buffer("last", last)
+        self.register_buffer("basis", basis)
+        self.order = order
+
+    def forward(self, features: Tensor, monomials_below: Tensor) -> Tensor:
+        """features [d, P], monomials of order ν-1 [n_(ν-1), P] → order ν [n_ν, P]."""
+        if self.order == 1:
+            return features
+        return monomials_below.index_select(0, self.parent) * features.index_select(0, self.last)
+
+
+class SymmetricContraction(nn.Module):
+    """MACE product basis: irreps_in (C channels each) → irreps_out (C channels each).
+
+    node_features: [N, irreps_in.dim] (e3nn layout), species: [N] int64 element index in
+    [0, num_elements) → [N, irreps_out.dim] (e3nn layout).
+
+    Parameters: `weights` [num_elements, num_coefficients, C]; coefficients ordered by output
+    irrep, then ν = 1..correlation, then coupling path (see `coefficient_slices`). Buffers
+    `orders.{ν-1}.basis`, `.parent`, `.last` hold the folded coupling bases on the monomials
+    that matter (see `prune_monomials`); they are persistent: a checkpoint carries its basis. `coupling_bases[k][ν-1]`, when given, replaces the built-in bases (e.g. mace-torch
+    `U_matrix_ν` buffers of a model built with cuequivariance's reduced basis); otherwise the
+    bases are `coupling_basis(...)`, computed in float64 and cast to the default dtype: build
+    under float64 for float64 work.
+    """
+
+    def __init__(
+        self,
+        irreps_in: o3.Irreps | str,
+        irreps_out: o3.Irreps | str,
+        correlation: int,
+        num_elements: int,
+        coupling_bases: list[list[Tensor]] | None = None,
+    ) -> None:
+        super().__init__()
+        irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+        channels = {mul for mul, _ in irreps_in} | {mul for mul, _ in irreps_out}
+        if len(channels) != 1:
+            raise ValueError(
+                f"all irreps need the same multiplicity (channels): in={irreps_in}, out={irreps_out}"
+            )
+        if correlation < 1:
+            raise ValueError(f"correlation must be >= 1, got {correlation}")
+        self.irreps_in = irreps_in
+        self.irreps_out = irreps_out
+        self.correlation = int(correlation)
+        self.num_elements = int(num_elements)
+        self.num_channels = channels.pop()
+        coupling_irreps = o3.Irreps([(1, ir) for _, ir in irreps_in])
+        dim = coupling_irreps.dim
+        self.input_dims = [ir.dim for _, ir in irreps_in]
+        self.output_dims = [ir.dim for _, ir in irreps_out]
+
+        # bases[k][ν-1]: [M_k, d^ν, K_kν]
+        bases: list[list[Tensor]] = []
+        for k, (_, ir) in enumerate(irreps_out):
+            per_order = []
+            for order in range(1, correlation + 1):
+                if coupling_bases is not None:
+                    u = coupling_bases[k][order - 1].to(torch.float64)
+                    u = u.unsqueeze(0) if u.dim() == order + 1 else u
+                else:
+                    u = coupling_basis(coupling_irreps, ir, order)
+                expected = (ir.dim, *([dim] * order))
+                if tuple(u.shape[:-1]) != expected:
+                    raise ValueError(
+                        f"coupling basis for output {ir}, order {order}: shape {tuple(u.shape)},"
+                        f" expected {expected} + (num_paths,)"
+                    )
+                per_order.append(u)
+            bases.append(per_order)
+        self.num_paths = [[u.shape[-1] for u in per] for per in bases]
+
+        # Coefficients (weights' axis 1): output k, order ν, path; columns of the per-order
+        # products: order ν, output k, component m, path. Map columns → coefficient and → output.
+        coefficient_start = []
+        start = 0
+        for k in range(len(irreps_out)):
+            starts = []
+            for order in range(correlation):
+                starts.append(start)
+                start += self.num_paths[k][order]
+            coefficient_start.append(starts)
+        self.num_coefficients = start
+        output_start = [sum(self.output_dims[:k]) for k in range(len(irreps_out))]
+        column_coefficient: list[int] = []
+        column_output: list[int] = []
+        folded_bases = []  # per order: [C(d+ν-1, ν), columns_ν] over all monomials
+        for order in range(1, correlation + 1):
+            folded_blocks = []
+            for k, (_, ir) in enumerate(irreps_out):
+                num_paths = self.num_paths[k][order - 1]
+                folded = fold_coupling_basis(bases[k][order - 1], dim, order)  # [n, M, K]
+                folded_blocks.append(folded.reshape(folded.shape[0], ir.dim * num_paths))
+                for m in range(ir.dim):
+                    for path in range(num_paths):
+                        column_coefficient.append(coefficient_start[k][order - 1] + path)
+                        column_output.append(output_start[k] + m)
+            folded_bases.append(torch.cat(folded_blocks, dim=1))
+        self.orders = nn.ModuleList(
+            [
+                _ProductOrder(order, parent, last, basis.to(torch.get_default_dtype()))
+                for order, (parent, last, basis) in enumerate(
+                    prune_monomials(folded_bases, dim), start=1
+                )
+            ]
+        )
+        self.coupling_dim = dim
+        self.num_columns = len(column_coefficient)
+        self.num_outputs_total = sum(self.output_dims)
+        self.register_buffer(
+            "column_coefficient",
+            torch.tensor(column_coefficient, dtype=torch.long),
+            persistent=False,
+        )
+        selection = torch.zeros(len(column_output), sum(self.output_dims))
+        selection[
+            torch.arange(len(column_output)), torch.tensor(column_output, dtype=torch.long)
+        ] = 1.0
+        self.register_buffer("column_to_output", selection, persistent=False)
+
+        # mace-torch's initialisation: N(0, 1) / num_paths per (output, order) block.
+        weights = torch.randn(num_elements, self.num_coefficients, self.num_channels)
+        for k in range(len(irreps_out)):
+            for order in range(correlation):
+                num_paths = self.num_paths[k][order]
+                block = slice(coefficient_start[k][order], coefficient_start[k][order] + num_paths)
+                weights[:, block] /= max(num_paths, 1)
+        self.weights = nn.Parameter(weights)
+        self._coefficient_start = coefficient_start
+
+    def coefficient_slices(self, output_index: int, order: int) -> slice:
+        """Slice of `weights`' axis 1 for output irrep `output_index` and correlation `order`."""
+        start = self._coefficient_start[output_index][order - 1]
+        return slice(start, start + self.num_paths[output_index][order - 1])
+
+    def forward(self, node_features: Tensor, species: Tensor) -> Tensor:
+        num_nodes = node_features.shape[0]
+        num_pairs = num_nodes * self.num_channels
+        # [N, irreps_in.dim] → A: [d, N·C], component-major so that monomials are row gathers
+        blocks = torch.split(node_features, [self.num_channels * d for d in self.input_dims], dim=1)
+        features = torch.cat(
+            [
+                blocks[i].reshape(num_nodes, self.num_channels, d)
+                for i, d in enumerate(self.input_dims)
+            ],
+            dim=2,
+        )
+        features = features.permute(2, 0, 1).reshape(self.coupling_dim, num_pairs)
+        products = []  # Σ_a U^{Lν}_{m a k} A_{a_1}..A_{a_ν}: [columns_ν, N·C] per order ν
+        monomial = features
+        for order in self.orders:
+            monomial = order(features, monomial)  # [n_ν, N·C]
+            products.append(torch.matmul(order.basis.t(), monomial))
+        product = torch.cat(products, dim=0).reshape(self.num_columns, num_nodes, self.num_channels)
+        # W_{z_i k c} per column: [columns, N, C]
+        weights = self.weights.index_select(1, self.column_coefficient).transpose(0, 1)
+        weights = weights.index_select(1, species)
+        weighted = (product * weights).reshape(self.num_columns, num_pairs)
+        out = torch.matmul(self.column_to_output.t(), weighted)  # Σ_ν,k: [Σ M, N·C]
+        # → e3nn layout [N, Σ C·M]
+        out = out.reshape(self.num_outputs_total, num_nodes, self.num_channels)
+        out = out.permute(1, 2, 0)
+        out_blocks = torch.split(out, self.output_dims, dim=2)
+        return torch.cat(
+            [
+                out_blocks[i].reshape(num_nodes, self.num_channels * m)
+                for i, m in enumerate(self.output_dims)
+            ],
+            dim=1,
+        )
+
+    def load_mace_weights(self, state_dict: dict[str, Tensor], prefix: str = "") -> None:
+        """Copy weights from a mace-torch SymmetricContraction state dict.
+
+        mace keys `{prefix}contractions.{k}.weights_max` (ν = correlation) and
+        `{prefix}contractions.{k}.weights.{j}` (ν = correlation-1-j), each [E, K, C]. If the
+        state dict carries `U_matrix_ν` buffers they are loaded too (folded), so the module
+        computes with exactly that basis; their path counts must match this module's.
+        """
+        with torch.no_grad():
+            for k in range(len(self.irreps_out)):
+                base = f"{prefix}contractions.{k}."
+                for order in range(1, self.correlation + 1):
+                    if order == self.correlation:
+                        key = base + "weights_max"
+                    else:
+                        key = base + f"weights.{self.correlation - 1 - order}"
+                    block = self.coefficient_slices(k, order)
+                    self.weights[:, block].copy_(state_dict[key])
+            dim = self.coupling_dim
+            for order_module in self.orders:
+                order = order_module.order
+                keys = [
+                    f"{prefix}contractions.{k}.U_matrix_{order}"
+                    for k in range(len(self.irreps_out))
+                ]
+                if not all(key in state_dict for key in keys):
+                    continue
+                folded = [
+                    fold_coupling_basis(state_dict[key].to(torch.float64), dim, order)
+                    for key in keys
+                ]
+                full = torch.cat([f.flatten(1) for f in folded], dim=1)
+                num_paths = [f.shape[-1] for f in folded]
+                if num_paths != [n[order - 1] for n in self.num_paths]:
+                    raise ValueError(
+                        f"{keys}: coupling bases with {num_paths} paths do not match this"
+                        f" module's {[n[order - 1] for n in self.num_paths]}; build it with"
+                        " coupling_bases=... from these U matrices"
+                    )
+                rows = self._kept_rows(order)
+                dropped = torch.ones(full.shape[0], dtype=torch.bool)
+                dropped[rows] = False
+                leftover = full[dropped].abs()
+                if leftover.numel() > 0 and leftover.max() > 1e-12 * full.abs().max():
+                    raise ValueError(
+                        f"{keys}: basis is nonzero on monomials this module prunes; build it"
+                        " with coupling_bases=... from these U matrices"
+                    )
+                order_module.basis.copy_(full[rows])
+
+    def _kept_rows(self, order: int) -> Tensor:
+        """Indices of the kept monomials of `order` in the full lexicographic list."""
+        dim = self.coupling_dim
+        if order == 1:
+            return torch.arange(dim)
+        kept = torch.arange(dim).unsqueeze(1)  # order 1: all components, as tuples
+        for order_module in self.orders[1:order]:
+            kept = torch.cat([kept[order_module.parent], order_module.last.unsqueeze(1)], dim=1)
+        return torch.searchsorted(
+            _monomial_codes(monomials(dim, order), dim), _monomial_codes(kept, dim)
+        )

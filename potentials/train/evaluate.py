@@ -1,0 +1,149 @@
+"""`evaluate(checkpoint, data)`: error metrics of a trained model on a labelled data set.
+
+Prints an MAE/RMSE table (energy meV/atom and meV, forces meV/Å, stress meV/Å³), writes the
+predictions next to the reference labels as extxyz and a parity plot as PNG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from potentials.data.configuration import Configuration
+from potentials.forcefield import ForceField
+from potentials.models.serialization import model_dtype, model_from_record, read_checkpoint
+from potentials.nn.species import check_species
+from potentials.train.batching import batch_indices, batch_to, collate_labelled
+from potentials.train.data import build_graphs
+from potentials.train.metrics import ErrorAccumulator, format_metrics_table
+from potentials.train.parity import parity_plot
+
+PREDICTIONS_NAME = "predictions.extxyz"
+PARITY_NAME = "parity.png"
+
+
+def predict(
+    forcefield: ForceField,
+    configs: list[Configuration],
+    r_max: float,
+    dtype: torch.dtype,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Predictions per frame ({"energy": eV, "forces": [n, 3] eV/Å, "stress": [3, 3] eV/Å³ for
+    fully periodic frames}) and the error metrics against the frames' labels."""
+    graphs = build_graphs(configs, r_max, dtype)
+    errors = ErrorAccumulator()
+    predictions: list[dict[str, Any]] = []
+    forcefield.eval()
+    for indices in batch_indices(len(graphs), batch_size):
+        batch = batch_to(collate_labelled([graphs[i] for i in indices]), device, dtype)
+        periodic = [bool(configs[i].pbc.all()) for i in indices]
+        with torch.enable_grad():
+            output = forcefield(
+                batch.graph,
+                compute_forces=True,
+                compute_stress=any(periodic) or batch.has_stress,
+                training=False,
+            )
+        output = {k: v.detach() for k, v in output.items()}
+        errors.update(output, batch)
+        ptr = batch.graph.ptr.tolist()
+        for k, is_periodic in enumerate(periodic):
+            frame = {
+                "energy": float(output["energy"][k]),
+                "forces": output["forces"][ptr[k] : ptr[k + 1]].cpu().double().numpy(),
+            }
+            if is_periodic and "stress" in output:
+                frame["stress"] = output["stress"][k].cpu().double().numpy()
+            predictions.append(frame)
+    return predictions, errors.compute()
+
+
+def parity_data(
+    configs: list[Configuration], predictions: list[dict[str, Any]]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Flat reference/predicted arrays per quantity over the frames that carry the label."""
+    reference: dict[str, list] = {"energy": [], "forces": [], "stress": []}
+    predicted: dict[str, list] = {"energy": [], "forces": [], "stress": []}
+    for config, frame in zip(configs, predictions, strict=True):
+        if config.energy is not None:
+            reference["energy"].append([config.energy / config.n_atoms])
+            predicted["energy"].append([frame["energy"] / config.n_atoms])
+        if config.forces is not None:
+            reference["forces"].append(config.forces.ravel())
+            predicted["forces"].append(frame["forces"].ravel())
+        if config.stress is not None and "stress" in frame:
+            reference["stress"].append(config.stress.ravel())
+            predicted["stress"].append(frame["stress"].ravel())
+
+    def flat(values: dict[str, list]) -> dict[str, np.ndarray]:
+        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in values.items()}
+
+    return flat(reference), flat(predicted)
+
+
+def _as_columns(predictions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-frame predictions → the layout of `write_extxyz` (stress only if every frame has
+    one, i.e. every frame is fully periodic)."""
+    columns: dict[str, Any] = {
+        "energy": np.array([p["energy"] for p in predictions]),
+        "forces": [p["forces"] for p in predictions],
+    }
+    if predictions and all("stress" in p for p in predictions):
+        columns["stress"] = np.stack([p["stress"] for p in predictions])
+    return columns
+
+
+def evaluate(
+    checkpoint_path: str | Path,
+    data_path: str | Path,
+    keys=None,
+    output_dir: str | Path | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+    index: str = ":",
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on a data file (.xyz/.extxyz, equimd .h5, rMD17 .npz).
+
+    keys: `potentials.data.io.DatasetKeys` (label names and units), default keys if None.
+    output_dir: where predictions.extxyz and parity.png go (default: next to the checkpoint,
+    in eval_<data file stem>/).
+    Returns {"metrics": {name: value} (units in `potentials.train.metrics.UNITS`),
+    "num_frames": int, "predictions": path, "parity_plot": path}.
+    Raises `UnknownElementError` naming the file, frame, atom and element the model lacks.
+    """
+    from potentials.data.io import DatasetKeys, read_configurations, write_extxyz
+
+    checkpoint_path, data_path = Path(checkpoint_path), Path(data_path)
+    record = read_checkpoint(checkpoint_path)
+    model = model_from_record(record).to(device).eval()
+    dtype = model_dtype(model)
+    configs = read_configurations(data_path, keys or DatasetKeys(), index)
+    for config in configs:  # source: "<file>, frame <index in the file>"
+        check_species(config.numbers, model.species, config.source)
+    predictions, metrics = predict(
+        ForceField(model), configs, model.r_max, dtype, batch_size, device
+    )
+
+    output_dir = Path(output_dir) if output_dir else checkpoint_path.parent / f"eval_{data_path.stem}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    predictions_path = output_dir / PREDICTIONS_NAME
+    write_extxyz(configs, predictions_path, predictions=_as_columns(predictions))
+    reference, predicted = parity_data(configs, predictions)
+    plot_path = parity_plot(
+        reference, predicted, output_dir / PARITY_NAME, title=f"{checkpoint_path.name} on {data_path.name}"
+    )
+
+    print(format_metrics_table(metrics, f"{checkpoint_path} on {data_path} ({len(configs)} frames)"))
+    print(f"predictions: {predictions_path}")
+    print(f"parity plot: {plot_path}")
+    return {
+        "metrics": metrics,
+        "num_frames": len(configs),
+        "predictions": str(predictions_path),
+        "parity_plot": str(plot_path),
+    }

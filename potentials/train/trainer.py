@@ -1,0 +1,485 @@
+"""`train(config)`: fit a potential to energies, forces and stresses.
+
+The run, in order: read and split the data → species, E0s, neighbor graphs (once, cached) →
+avg_num_neighbors, scale, shift → build the model → Adam/AMSGrad with ReduceLROnPlateau and an
+EMA of the weights → per epoch: shuffled batches, validation with the EMA weights, one metrics
+line, a row of metrics.csv, best.pt when validation improves, last.pt every
+`checkpoint_interval` epochs. Stops at `epochs`, on early stopping, at `max_wall_time`, or on
+SIGINT/SIGTERM (after writing last.pt). `resume=True` continues from last.pt; on CPU with a
+fixed seed the result is bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from potentials.forcefield import ForceField
+from potentials.models import build_model
+from potentials.train.batching import LabelledBatch, batch_indices, batch_to, collate_labelled
+from potentials.train.checkpoint import (
+    TrainProgress,
+    load_training_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+    training_record,
+)
+from potentials.train.config import (
+    ConfigError,
+    TrainConfig,
+    TrainingConfig,
+    model_hyperparameter_defaults,
+)
+from potentials.train.data import (
+    DataError,
+    build_graphs,
+    count_edges,
+    label_summary,
+    model_species,
+    read_split,
+    resolve_e0s,
+)
+from potentials.train.ema import ExponentialMovingAverage
+from potentials.train.loss import (
+    LossWeights,
+    loss_from_metrics,
+    needs_forces,
+    needs_stress,
+    weighted_loss,
+)
+from potentials.train.metrics import ErrorAccumulator, format_metrics_table
+from potentials.train.report import MetricsCSV, ProgressBar, epoch_header, epoch_line
+from potentials.train.signals import GracefulStop
+from potentials.train.statistics import DataStatistics, compute_statistics
+
+BEST, LAST, CSV_NAME, CONFIG_NAME = "best.pt", "last.pt", "metrics.csv", "config.yaml"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped training; the state was saved to `checkpoint` (resumable)."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(f"training interrupted; state saved to {checkpoint} (continue with --resume)")
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainResult:
+    """Files and outcome of a run.
+
+    stop_reason: "completed", "early_stopping" or "max_wall_time"
+    final_metrics: validation metrics of best.pt (units in `potentials.train.metrics.UNITS`)
+    """
+
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    metrics_csv: Path
+    epochs_completed: int
+    best_epoch: int
+    stop_reason: str
+    final_metrics: dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return "\n".join(
+            [
+                f"training {self.stop_reason} after {self.epochs_completed} epochs "
+                f"(best epoch {self.best_epoch})",
+                format_metrics_table(self.final_metrics, "validation errors of best.pt:"),
+                f"best checkpoint: {self.best_checkpoint}",
+                f"last checkpoint: {self.last_checkpoint}",
+                f"metrics:         {self.metrics_csv}",
+            ]
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Create `run_dir`; a fresh run refuses (or with `overwrite`, clears) a previous run's
+    checkpoints, a resumed one needs last.pt."""
+    if resume:
+        if not (run_dir / LAST).is_file():
+            raise FileNotFoundError(f"cannot resume: {run_dir / LAST} does not exist")
+        return
+    existing = [name for name in (LAST, BEST, CSV_NAME) if (run_dir / name).exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{run_dir} already holds a run ({', '.join(existing)}): resume it with --resume, "
+            "choose another output.run_dir, or set output.overwrite: true"
+        )
+    for name in existing:
+        (run_dir / name).unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _stop_after_epoch(
+    training: TrainingConfig, progress: TrainProgress, signal_name: str | None, wall_time: float, epoch_time: float
+) -> str | None:
+    """Why to stop after an epoch: early stopping, a signal, or a next epoch that would not
+    fit into `max_wall_time` (None: go on)."""
+    if (
+        training.early_stopping_patience is not None
+        and progress.stale_epochs >= training.early_stopping_patience
+    ):
+        return "early_stopping"
+    if signal_name is not None:
+        return "interrupted"
+    if (
+        training.max_wall_time is not None
+        and progress.epoch < training.epochs
+        and wall_time + epoch_time > training.max_wall_time
+    ):
+        return "max_wall_time"
+    return None
+
+
+def _check_resumable(record: dict[str, Any], config: TrainConfig) -> None:
+    """The data and model sections must not change when a run is resumed."""
+    stored = record.get("config", {})
+    current = config.to_dict()
+    changed = [
+        f"{section}.{key}"
+        for section in ("data", "model")
+        for key in sorted(set(stored.get(section, {})) | set(current[section]))
+        if stored.get(section, {}).get(key) != current[section].get(key)
+    ]
+    if changed:
+        raise ConfigError(
+            f"cannot resume: the config changed in {', '.join(changed)} since last.pt was "
+            "written (only the training and output sections may change)"
+        )
+
+
+def _write_config(config: TrainConfig, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
+    temporary.replace(path)
+
+
+class _Run:
+    """The live objects of one training run (built fresh or restored from a checkpoint)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        statistics: DataStatistics,
+        hyperparameters: dict[str, Any],
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        training = config.training
+        self.config = config
+        self.statistics = statistics
+        torch.manual_seed(training.seed)
+
+        def new_model() -> torch.nn.Module:
+            return build_model(
+                config.model.model_type, species=statistics.species, **hyperparameters
+            ).to(device=device, dtype=dtype)
+
+        self.model = new_model()
+        self.model.scale_shift.set_statistics(statistics.e0, statistics.scale, statistics.shift)
+        self.forcefield = ForceField(self.model)
+        self.ema = (
+            ExponentialMovingAverage(self.model, new_model(), training.ema_decay)
+            if training.ema_decay is not None
+            else None
+        )
+        self.eval_forcefield = ForceField(self.ema.averaged if self.ema else self.model)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=training.lr,
+            amsgrad=training.optimizer == "amsgrad",
+            weight_decay=training.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer,
+            mode="min",
+            factor=training.scheduler_factor,
+            patience=training.scheduler_patience,
+            min_lr=training.min_lr,
+        )
+        self.order_generator = torch.Generator().manual_seed(training.seed)
+        self.progress = TrainProgress()
+        self.train_errors = ErrorAccumulator()
+        self.train_loss_sum = 0.0
+        self.best_metrics: dict[str, float] = {}
+
+    def restore(self, record: dict[str, Any]) -> None:
+        """Load weights, optimiser, scheduler, EMA, progress and RNG states from a checkpoint."""
+        self.model.load_state_dict(record["raw_state_dict"])
+        if self.ema is not None:
+            self.ema.load_state_dict(record["ema"], record["state_dict"])
+        self.optimizer.load_state_dict(record["optimizer"])
+        self.scheduler.load_state_dict(record["scheduler"])
+        self.order_generator.set_state(record["order_generator"])
+        self.progress = TrainProgress(**record["progress"])
+        self.train_errors.load_state_dict(record["train_accumulator"])
+        self.train_loss_sum = float(record["train_loss_sum"])
+        self.best_metrics = dict(record.get("best_metrics", {}))
+        restore_rng_states(record["rng"])
+
+    def record(self, split_indices: dict[str, list[int]], order_state: torch.Tensor) -> dict:
+        """A resumable checkpoint of the current state (`order_state`: data-order generator
+        state at the start of epoch `progress.epoch`)."""
+        return training_record(
+            self.model,
+            self.ema.averaged if self.ema else None,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            ema=self.ema.state_dict() if self.ema else None,
+            progress=self.progress.to_dict(),
+            rng=rng_states(),
+            order_generator=order_state,
+            train_accumulator=self.train_errors.state_dict(),
+            train_loss_sum=self.train_loss_sum,
+            best_metrics=dict(self.best_metrics),
+            split=split_indices,
+            statistics=self.statistics.to_dict(),
+            config=self.config.to_dict(),
+        )
+
+    def finish_epoch(
+        self, valid_metrics: dict[str, float], weights: LossWeights, num_batches: int
+    ) -> tuple[dict[str, Any], bool]:
+        """Close an epoch: step the scheduler on the validation loss, update the best/stale
+        counters, reset the training accumulators. Returns the metrics.csv row and whether
+        this epoch is the best so far."""
+        valid_loss = loss_from_metrics(valid_metrics, weights)
+        self.scheduler.step(valid_loss)
+        progress = self.progress
+        progress.epoch += 1
+        progress.step_in_epoch = 0
+        is_best = valid_loss < progress.best_loss
+        if is_best:
+            progress.best_loss, progress.best_epoch, progress.stale_epochs = valid_loss, progress.epoch, 0
+            self.best_metrics = valid_metrics
+        else:
+            progress.stale_epochs += 1
+        row = {
+            "epoch": progress.epoch,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": self.train_loss_sum / num_batches,
+            **{f"train_{k}": v for k, v in self.train_errors.compute().items()},
+            "valid_loss": valid_loss,
+            **{f"valid_{k}": v for k, v in valid_metrics.items()},
+        }
+        self.train_errors = ErrorAccumulator()
+        self.train_loss_sum = 0.0
+        return row, is_best
+
+    def train_step(self, batch: LabelledBatch, weights: LossWeights, clip: float | None) -> float:
+        """One optimisation step on `batch`; returns the batch loss."""
+        self.model.train()
+        predictions = self.forcefield(
+            batch.graph,
+            compute_forces=needs_forces(batch, weights),
+            compute_stress=needs_stress(batch, weights),
+            training=True,
+        )
+        loss = weighted_loss(predictions, batch, weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.train_errors.update(predictions, batch)
+        value = float(loss.detach())
+        self.train_loss_sum += value
+        return value
+
+
+def validate(forcefield: ForceField, batches: list[LabelledBatch]) -> dict[str, float]:
+    """Metrics of `forcefield` on pre-collated batches (forces always, stress where labelled)."""
+    errors = ErrorAccumulator()
+    forcefield.eval()
+    for batch in batches:
+        with torch.enable_grad():
+            predictions = forcefield(
+                batch.graph, compute_forces=True, compute_stress=batch.has_stress, training=False
+            )
+        errors.update({k: v.detach() for k, v in predictions.items()}, batch)
+    return errors.compute()
+
+
+@dataclass
+class _PreparedData:
+    """Frames turned into cached graphs, plus the statistics set into the model."""
+
+    split_indices: dict[str, list[int]]
+    train_graphs: list[LabelledBatch]
+    valid_graphs: list[LabelledBatch]
+    statistics: DataStatistics
+
+
+def _prepare_data(
+    config: TrainConfig, record: dict[str, Any] | None, dtype: torch.dtype
+) -> _PreparedData:
+    """Read and split the frames, build their graphs once, and compute the statistics (or take
+    them from the checkpoint being resumed)."""
+    split = read_split(config.data, config.training.seed)
+    split_indices = {"train": split.train_indices, "valid": split.valid_indices}
+    if record is not None and record["split"] != split_indices:
+        raise DataError("cannot resume: the training/validation frames differ from last.pt's")
+    print(f"training:   {label_summary(split.train)}")
+    print(f"validation: {label_summary(split.valid)}")
+    defaults = model_hyperparameter_defaults(config.model.model_type)
+    r_max = float(config.model.hyperparameters.get("r_max", defaults["r_max"]))
+    if record is not None:
+        statistics = DataStatistics.from_dict(record["statistics"])
+        species = statistics.species
+    else:
+        species = model_species(config.model.species, split)
+    train_graphs = build_graphs(split.train, r_max, dtype)
+    valid_graphs = build_graphs(split.valid, r_max, dtype)
+    if record is None:
+        e0 = resolve_e0s(config.data, split.train, species)
+        statistics = compute_statistics(split.train, species, e0, count_edges(train_graphs))
+    print(f"statistics: {statistics.describe()}")
+    return _PreparedData(split_indices, train_graphs, valid_graphs, statistics)
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train the model described by `config`; see the module docstring. Returns the files
+    written and the validation metrics of the best checkpoint."""
+    started = time.monotonic()
+    training = config.training
+    run_dir = Path(config.output.run_dir)
+    _prepare_run_dir(run_dir, resume, config.output.overwrite)
+    record = load_training_checkpoint(run_dir / LAST) if resume else None
+    if record is not None:
+        _check_resumable(record, config)
+    device = resolve_device(training.device)
+    dtype = getattr(torch, training.dtype)
+    seed_everything(training.seed)
+
+    data = _prepare_data(config, record, dtype)
+    hyperparameters = dict(config.model.hyperparameters)
+    hyperparameters.setdefault("avg_num_neighbors", data.statistics.avg_num_neighbors)
+    split_indices = data.split_indices
+    train_graphs, valid_graphs = data.train_graphs, data.valid_graphs
+
+    run = _Run(config, data.statistics, hyperparameters, device, dtype)
+    if record is not None:
+        run.restore(record)
+        print(f"resumed from {run_dir / LAST} at epoch {run.progress.epoch}"
+              + (f", step {run.progress.step_in_epoch}" if run.progress.step_in_epoch else ""))
+    num_parameters = sum(p.numel() for p in run.model.parameters())
+    print(f"model:      {config.model.model_type}, {num_parameters} parameters, {training.dtype}, {device}")
+    _write_config(config, run_dir / CONFIG_NAME)
+
+    weights = LossWeights(training.energy_weight, training.forces_weight, training.stress_weight)
+    valid_batches = [
+        batch_to(collate_labelled([valid_graphs[i] for i in indices]), device, dtype)
+        for indices in batch_indices(len(valid_graphs), training.valid_batch_size or training.batch_size)
+    ]
+    has_stress = any(b.has_stress for b in valid_batches)
+    csv_log = MetricsCSV(run_dir / CSV_NAME, resume_epoch=run.progress.epoch if record else None)
+    steps_per_epoch = math.ceil(len(train_graphs) / training.batch_size)
+    bar = ProgressBar(
+        training.epochs * steps_per_epoch,
+        run.progress.epoch * steps_per_epoch + run.progress.step_in_epoch,
+        progress,
+    )
+    bar.write(epoch_header(has_stress))
+    stop_reason = None
+    elapsed_before = run.progress.elapsed
+    epoch_started = time.monotonic()
+    last_saved_epoch = run.progress.epoch if record is not None else -1
+
+    def wall_time() -> float:
+        return time.monotonic() - started
+
+    def save_last(order_state: torch.Tensor) -> None:
+        nonlocal last_saved_epoch
+        run.progress.elapsed = elapsed_before + wall_time()
+        save_checkpoint(run.record(split_indices, order_state), run_dir / LAST)
+        last_saved_epoch = run.progress.epoch
+
+    try:
+        with GracefulStop() as stop:
+            while run.progress.epoch < training.epochs:
+                epoch_state = run.order_generator.get_state()
+                batches = batch_indices(len(train_graphs), training.batch_size, run.order_generator)
+                for step in range(run.progress.step_in_epoch, len(batches)):
+                    batch = batch_to(
+                        collate_labelled([train_graphs[i] for i in batches[step]]), device, dtype
+                    )
+                    loss = run.train_step(batch, weights, training.clip_grad_norm)
+                    run.progress.step_in_epoch = step + 1
+                    bar.step(run.progress.epoch + 1, training.epochs, loss)
+                    out_of_time = (
+                        training.max_wall_time is not None and wall_time() > training.max_wall_time
+                    )
+                    if stop.requested or out_of_time:
+                        stop_reason = "interrupted" if stop.requested else "max_wall_time"
+                        break
+                if stop_reason is not None:
+                    save_last(epoch_state)
+                    break
+
+                valid_metrics = validate(run.eval_forcefield, valid_batches)
+                row, is_best = run.finish_epoch(valid_metrics, weights, len(batches))
+                row["time_s"] = elapsed_before + wall_time()
+                next_state = run.order_generator.get_state()
+                if is_best:
+                    run.progress.elapsed = elapsed_before + wall_time()
+                    save_checkpoint(run.record(split_indices, next_state), run_dir / BEST)
+                if run.progress.epoch % training.checkpoint_interval == 0:
+                    save_last(next_state)
+                csv_log.append(row)
+                bar.write(epoch_line(row, has_stress, is_best))
+
+                epoch_duration = time.monotonic() - epoch_started
+                epoch_started = time.monotonic()
+                stop_reason = _stop_after_epoch(
+                    training, run.progress, stop.requested, wall_time(), epoch_duration
+                )
+                if stop_reason is not None:
+                    break
+            if last_saved_epoch != run.progress.epoch:
+                save_last(run.order_generator.get_state())
+    finally:
+        bar.close()
+
+    stop_reason = stop_reason or "completed"
+    if stop_reason == "interrupted":
+        interrupted = TrainingInterrupted(run_dir / LAST)
+        print(interrupted, flush=True)
+        raise interrupted
+    if not (run_dir / BEST).exists():
+        # stopped before the first validation: best = last
+        save_checkpoint(run.record(split_indices, run.order_generator.get_state()), run_dir / BEST)
+    return TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=run_dir / BEST,
+        last_checkpoint=run_dir / LAST,
+        metrics_csv=run_dir / CSV_NAME,
+        epochs_completed=run.progress.epoch,
+        best_epoch=run.progress.best_epoch,
+        stop_reason=stop_reason,
+        final_metrics=dict(run.best_metrics),
+    )

@@ -1,0 +1,339 @@
+"""Deployed model files: exported == eager, reload in a fresh process, metadata, refusals."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+from scipy.spatial.transform import Rotation
+
+from deploy import MODEL_FORMAT_VERSION, ModelFileError, UnknownElementError, load, read_metadata
+from deploy.cli import add_deploy_arguments, run_deploy
+from deploy.export import export_model
+from deploy.verify import sample_frames, verify
+from potentials.data.configuration import Configuration
+from potentials.data.graph import configuration_to_graph
+from potentials.forcefield import ForceField
+from potentials.models import build_model
+from potentials.models.serialization import save_model
+from tests.model_zoo import SPECIES, STRUCTURES, nequip_small
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def deployment_frames() -> list:
+    """24 frames: each zoo structure (periodic triclinic, mixed species, cell < r_max, slab,
+    molecule) in 4 rattled/rotated variants, plus `deploy.verify.sample_frames`."""
+    frames = []
+    for seed in range(4):
+        for name in sorted(STRUCTURES):
+            atoms = STRUCTURES[name]()
+            atoms.rattle(0.03, seed=seed)
+            rotation = Rotation.random(random_state=seed).as_matrix()
+            atoms.set_positions(atoms.get_positions() @ rotation.T)
+            atoms.set_cell(atoms.get_cell().array @ rotation.T)
+            frames.append(atoms)
+    return frames + sample_frames(SPECIES, seed=1)
+
+
+
+
+@pytest.fixture(scope="module")
+def model():
+    return nequip_small()
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return deployment_frames()
+
+
+@pytest.fixture(scope="module")
+def eager64(model, frames):
+    return eager_results(model, frames)
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    """{dtype: path} of TorchScript exports of the float64 zoo model."""
+    directory = tmp_path_factory.mktemp("deploy")
+    return {
+        dtype: export_model(model, directory / f"model_{dtype}.pt", dtype=dtype)
+        for dtype in ("float64", "float32")
+    }
+
+
+def eager_results(model, frames, dtype=torch.float64) -> list[dict[str, np.ndarray]]:
+    copy = build_model(model.model_type, **model.hyperparameters()).to(dtype)
+    copy.load_state_dict(model.state_dict())
+    forcefield = ForceField(copy)
+    results = []
+    for atoms in frames:
+        config = Configuration.from_atoms(atoms)
+        periodic = bool(np.any(config.pbc))
+        out = forcefield(configuration_to_graph(config, model.r_max, dtype), compute_stress=periodic)
+        results.append({k: v.detach().double().numpy() for k, v in out.items()})
+    return results
+
+
+def assert_matches(out: dict, reference: dict, atol: float, rtol: float) -> None:
+    np.testing.assert_allclose(np.asarray(out["energy"]).reshape(1), reference["energy"], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(out["forces"], reference["forces"], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(out["atomic_energies"], reference["atomic_energies"], rtol=rtol, atol=atol)
+    if "stress" in reference:
+        np.testing.assert_allclose(out["stress"], reference["stress"][0], rtol=rtol, atol=atol)
+        np.testing.assert_allclose(out["virial"], reference["virial"][0], rtol=rtol, atol=atol)
+    else:
+        assert "stress" not in out
+
+
+def deployed_results(deployed, frames) -> list[dict[str, np.ndarray]]:
+    results = []
+    for atoms in frames:
+        out = deployed(atoms.get_positions(), atoms.numbers, atoms.get_cell().array, atoms.pbc)
+        results.append({k: v.double().numpy() for k, v in out.items()})
+    return results
+
+
+def test_exported_matches_eager_float64(exported, frames, eager64):
+    assert len(frames) >= 20
+    deployed = load(exported["float64"])
+    for out, reference in zip(deployed_results(deployed, frames), eager64, strict=True):
+        assert_matches(out, reference, atol=1e-10, rtol=0.0)
+
+
+def test_exported_matches_eager_float32(model, exported, frames):
+    deployed = load(exported["float32"])
+    assert deployed.dtype == torch.float32
+    for out, reference in zip(
+        deployed_results(deployed, frames), eager_results(model, frames, torch.float32), strict=True
+    ):
+        scale = {key: np.abs(value).max() + 1e-12 for key, value in reference.items()}
+        for key in ("energy", "forces", "stress"):
+            if key in reference:
+                deviation = np.abs(np.asarray(out[key]).ravel() - reference[key].ravel()).max()
+                assert deviation <= 1e-5 * scale[key], (key, deviation, scale[key])
+
+
+def test_verify_reports_max_deviations(model, exported, frames):
+    result = verify(exported["float64"], model, frames[:5])
+    assert result["passed"] and result["frames"] == 5
+    for key in ("energy", "forces", "stress"):
+        assert result[f"{key}_max_abs"] < 1e-10
+    result32 = verify(exported["float32"], model, frames[:5], reference_dtype="float64")
+    assert 0.0 < result32["forces_max_abs"] < 1e-3
+
+
+FRESH_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np
+    import deploy
+    from md_drivers.ase import EquimdCalculator
+    frames = np.load(sys.argv[2], allow_pickle=True)["frames"]
+    model = deploy.load(sys.argv[1])
+    results = []
+    for positions, numbers, cell, pbc in frames:
+        out = model(positions, numbers, cell, pbc)
+        results.append({k: v.double().numpy() for k, v in out.items()})
+    np.save(sys.argv[3], np.array(results, dtype=object), allow_pickle=True)
+    loaded = sorted(m for m in sys.modules if m == "potentials" or m.startswith("potentials."))
+    print("POTENTIALS_MODULES=" + ",".join(loaded))
+    """
+)
+
+
+def test_reload_in_fresh_process_matches_eager_without_training_code(exported, frames, eager64, tmp_path):
+    packed = np.empty(len(frames), dtype=object)
+    for index, atoms in enumerate(frames):
+        packed[index] = (atoms.get_positions(), atoms.numbers, atoms.get_cell().array, atoms.pbc)
+    np.savez(tmp_path / "frames.npz", frames=packed)
+    script = tmp_path / "reload.py"
+    script.write_text(FRESH_PROCESS_SCRIPT)
+    completed = subprocess.run(
+        [sys.executable, str(script), str(exported["float64"]), str(tmp_path / "frames.npz"),
+         str(tmp_path / "results.npy")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    loaded = completed.stdout.split("POTENTIALS_MODULES=")[1].strip()
+    assert "potentials.train" not in loaded
+    assert loaded == "", f"loading a model imported {loaded}"
+    results = np.load(tmp_path / "results.npy", allow_pickle=True)
+    for out, reference in zip(results, eager64, strict=True):
+        assert_matches(out, reference, atol=1e-10, rtol=0.0)
+
+
+def test_metadata_round_trip(model, exported):
+    metadata = read_metadata(exported["float32"])
+    assert metadata["format"] == "equimd-model"
+    assert metadata["format_version"] == MODEL_FORMAT_VERSION
+    assert metadata["kind"] == "torchscript"
+    assert metadata["species"] == {"numbers": SPECIES, "symbols": ["H", "C", "O", "Cu"]}
+    assert metadata["r_max"] == model.r_max
+    assert metadata["dtype"] == "float32"
+    assert metadata["units"]["forces"] == "eV/Å"
+    assert metadata["model"]["type"] == "nequip"
+    assert metadata["model"]["hyperparameters"] == json.loads(json.dumps(model.hyperparameters()))
+    assert set(metadata["versions"]) == {"equimd", "torch", "e3nn"}
+    assert metadata["versions"]["torch"] == torch.__version__
+    deployed = load(exported["float32"])
+    assert deployed.species == SPECIES and deployed.r_max == model.r_max
+    assert deployed.metadata == metadata
+    # the model rebuilt from the metadata has the exported architecture
+    rebuilt = build_model(metadata["model"]["type"], **metadata["model"]["hyperparameters"])
+    assert set(rebuilt.state_dict()) == set(model.state_dict())
+
+
+def test_stress_is_skipped_for_molecules_and_on_request(exported):
+    deployed = load(exported["float64"])
+    water = molecule("H2O")
+    out = deployed(water.positions, water.numbers)
+    assert set(out) == {"energy", "atomic_energies", "forces"}
+    assert out["energy"].shape == () and out["forces"].shape == (3, 3)
+    crystal = bulk("Cu", "fcc", a=3.6) * (2, 2, 2)
+    args = (crystal.positions, crystal.numbers, crystal.cell.array, crystal.pbc)
+    assert {"stress", "virial"} <= set(deployed(*args))
+    assert "stress" not in deployed(*args, compute_stress=False)
+    module = deployed.module
+    module.compute_stress = False  # the module attribute used by forward()
+    assert "stress" not in module(*(torch.as_tensor(np.asarray(a)) for a in args))
+    module.compute_stress = True
+    assert "stress" in module(*(torch.as_tensor(np.asarray(a)) for a in args))
+
+
+def test_unknown_element_is_named_before_the_model_runs(exported):
+    deployed = load(exported["float32"])
+    atoms = molecule("CH3CH2OH")
+    atoms.numbers[4] = 54  # Xe
+    with pytest.raises(UnknownElementError, match=r"atom 4 is Xe \(Z=54\).*H, C, O, Cu"):
+        deployed(atoms.positions, atoms.numbers)
+
+
+def test_export_leaves_model_and_rng_untouched(model, tmp_path):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    export_model(model, tmp_path / "m.pt", dtype="float32")
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert next(model.parameters()).dtype == torch.float64
+
+
+# ---- refusals -------------------------------------------------------------------------
+
+
+def rewrite_metadata(source: Path, target: Path, **changes) -> Path:
+    module = torch.jit.load(str(source))
+    metadata = dict(read_metadata(source), **changes)
+    torch.jit.save(module, str(target), _extra_files={"metadata.json": json.dumps(metadata)})
+    return target
+
+
+def test_refuses_newer_format_version(exported, tmp_path):
+    path = rewrite_metadata(exported["float32"], tmp_path / "future.pt", format_version=MODEL_FORMAT_VERSION + 1)
+    with pytest.raises(ModelFileError, match=r"format version 2 .*newer.*upgrade equimd"):
+        load(path)
+
+
+def test_refuses_truncated_file(exported, tmp_path):
+    data = exported["float32"].read_bytes()
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
+        load(path)
+
+
+def test_refuses_corrupt_file(exported, tmp_path):
+    data = bytearray(exported["float32"].read_bytes())
+    with zipfile.ZipFile(exported["float32"]) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("data.pkl"))
+    # record data start: after the local header (30 bytes + name + extra field of its own)
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_length + extra_length
+    for offset in range(start, start + min(32, info.compress_size)):
+        data[offset] ^= 0xFF
+    path = tmp_path / "corrupt.pt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="corrupt"):
+        load(path)
+
+
+def test_refuses_training_checkpoint_and_says_to_deploy(model, tmp_path):
+    checkpoint = tmp_path / "best.ckpt"
+    save_model(model, checkpoint)
+    with pytest.raises(ModelFileError, match=r"training checkpoint.*equimd deploy"):
+        load(checkpoint)
+
+
+def test_refuses_foreign_files(tmp_path):
+    foreign = tmp_path / "linear.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 1)), str(foreign))
+    with pytest.raises(ModelFileError, match="without equimd metadata"):
+        load(foreign)
+    text = tmp_path / "notes.pt"
+    text.write_text("not a model")
+    with pytest.raises(ModelFileError, match="not a model file"):
+        load(text)
+    with pytest.raises(ModelFileError, match="no such model file"):
+        load(tmp_path / "missing.pt")
+
+
+def test_cli_exports_and_verifies(model, tmp_path, capsys):
+    import argparse
+
+    checkpoint = tmp_path / "model.ckpt"
+    save_model(model, checkpoint)
+    parser = add_deploy_arguments(argparse.ArgumentParser())
+    args = parser.parse_args([str(checkpoint), "-o", str(tmp_path / "out.pt"), "--dtype", "float64", "--verify"])
+    assert run_deploy(args) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "PASSED" in printed
+    assert read_metadata(tmp_path / "out.pt")["source"] == str(checkpoint)
+
+
+# ---- AOTInductor ----------------------------------------------------------------------
+
+
+def tiny_model():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        model = build_model(
+            "nequip", species=[1, 8, 29], r_max=3.5, l_max=1, num_features=4, num_layers=1,
+            radial_mlp_hidden=[8], avg_num_neighbors=8.0,
+        ).double()
+    model.scale_shift.set_statistics([-0.3, -1.2, -3.1], scale=0.8, shift=0.1)
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_aoti_package_loads_like_torchscript(tmp_path):
+    """One AOTInductor export (compile ≈ 1 min): same call, same outputs as TorchScript and eager."""
+    model = tiny_model()
+    aoti = load(export_model(model, tmp_path / "model.pt2", dtype="float64", format="aoti"))
+    script = load(export_model(model, tmp_path / "model.pt", dtype="float64"))
+    assert aoti.kind == "aoti" and script.kind == "torchscript"
+    assert aoti.species == script.species and aoti.r_max == script.r_max
+    cu = bulk("Cu", "fcc", a=3.6) * (2, 2, 2)
+    cu.rattle(0.05, seed=1)
+    water = molecule("H2O")
+    single = water[:1]
+    frames = [cu, water, single, cu * (1, 1, 2)] + sample_frames([1, 8, 29], seed=2)
+    for atoms in frames:
+        args = (atoms.get_positions(), atoms.numbers, atoms.get_cell().array, atoms.pbc)
+        out_aoti, out_script = aoti(*args), script(*args)
+        assert set(out_aoti) == set(out_script)
+        for key, value in out_script.items():
+            assert out_aoti[key].shape == value.shape
+            np.testing.assert_allclose(out_aoti[key].numpy(), value.numpy(), atol=1e-10, rtol=0)
+    result = verify(aoti, model, frames)
+    assert result["passed"], result
+    with pytest.raises(UnknownElementError, match=r"atom 1 is C \(Z=6\)"):
+        aoti(molecule("CO").positions, molecule("CO").numbers)

@@ -1,0 +1,100 @@
+"""`evaluate`: correct metrics, predictions file, parity plot, and a clear unknown-element error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from potentials.data.configuration import Configuration
+from potentials.data.graph import configuration_to_graph
+from potentials.forcefield import ForceField
+from potentials.models import build_model
+from potentials.models.serialization import save_model
+from potentials.nn.species import UnknownElementError
+from potentials.train.evaluate import evaluate
+from tests.test_train import write_emt_copper
+
+
+@pytest.fixture(scope="module")
+def copper(tmp_path_factory):
+    return write_emt_copper(tmp_path_factory.mktemp("data") / "cu_emt.xyz", num_frames=5, seed=3)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(
+        "nequip", species=[29], r_max=3.5, num_features=4, l_max=1, num_layers=2,
+        radial_mlp_hidden=[8], avg_num_neighbors=12.0,
+    ).double()
+    model.scale_shift.set_statistics([-0.1], scale=0.8, shift=0.05)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_model(model, path)
+    return path, model
+
+
+def reference_errors(model, path):
+    """MAE per quantity computed frame by frame, independently of `evaluate`."""
+    import ase.io
+
+    forcefield = ForceField(model)
+    energy, forces, stress = [], [], []
+    for atoms in ase.io.read(path, ":"):
+        config = Configuration.from_atoms(atoms)
+        out = forcefield(configuration_to_graph(config, model.r_max), compute_stress=True)
+        energy.append((float(out["energy"][0].detach()) - atoms.get_potential_energy()) / len(atoms))
+        forces.append(out["forces"].detach().numpy() - atoms.get_forces())
+        stress.append(out["stress"][0].detach().numpy() - atoms.get_stress(voigt=False))
+    return {
+        "energy_mae": 1000 * np.mean(np.abs(energy)),
+        "forces_mae": 1000 * np.mean(np.abs(np.concatenate(forces))),
+        "forces_rmse": 1000 * np.sqrt(np.mean(np.concatenate(forces) ** 2)),
+        "stress_mae": 1000 * np.mean(np.abs(np.stack(stress))),
+    }
+
+
+def test_evaluate_reports_correct_metrics_and_writes_files(copper, checkpoint, tmp_path, capsys):
+    path, model = checkpoint
+    result = evaluate(path, copper, output_dir=tmp_path / "eval", batch_size=2)
+    expected = reference_errors(model, copper)
+    for name, value in expected.items():
+        assert result["metrics"][name] == pytest.approx(value, rel=1e-8), name
+    assert result["num_frames"] == 5
+
+    import ase.io
+
+    frames = ase.io.read(result["predictions"], ":")
+    assert len(frames) == 5
+    predicted_energy = np.array([a.info["pred_energy"] for a in frames])
+    reference_energy = np.array([a.get_potential_energy() for a in frames])
+    per_atom = np.abs(predicted_energy - reference_energy) / len(frames[0])
+    assert 1000 * per_atom.mean() == pytest.approx(result["metrics"]["energy_mae"], rel=1e-8)
+    assert frames[0].arrays["pred_forces"].shape == (8, 3)
+    with open(result["parity_plot"], "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "forces" in out and "meV/Å" in out and str(result["parity_plot"]) in out
+
+
+def test_unknown_element_names_file_frame_atom_and_element(copper, checkpoint, tmp_path):
+    import ase.io
+
+    frames = ase.io.read(copper, ":")
+    frames[2].numbers[3] = 47  # silver
+    data = tmp_path / "with_silver.xyz"
+    ase.io.write(data, frames, format="extxyz")
+    with pytest.raises(UnknownElementError) as error:
+        evaluate(checkpoint[0], data, output_dir=tmp_path / "eval")
+    message = str(error.value)
+    assert "with_silver.xyz" in message and "frame 2" in message
+    assert "atom 3" in message and "Ag" in message
+
+
+def test_evaluate_reads_a_training_checkpoint(tmp_path, copper):
+    from potentials.train.trainer import train
+    from tests.test_train import tiny_config
+
+    result = train(tiny_config(copper, tmp_path / "run", epochs=1), progress=False)
+    metrics = evaluate(result.best_checkpoint, copper, output_dir=tmp_path / "eval")["metrics"]
+    assert np.isfinite(metrics["forces_mae"])
