@@ -59,6 +59,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         keys=_keys_from_args(args),
         output_dir=args.output,
         batch_size=args.batch_size,
+        device=args.device,
+        index=args.index,
     )
     return 0
 
@@ -122,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data", help="extxyz, equimd HDF5 or rMD17 npz")
     evaluate.add_argument("-o", "--output", default=None, help="output dir (default: next to the checkpoint)")
     evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    evaluate.add_argument("--index", default=":", help='frames, ASE style (":", ":100", "::5")')
     _add_key_arguments(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
 

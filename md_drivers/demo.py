@@ -35,7 +35,7 @@ def demo_config(out: Path, data: Path, minutes: float, seed: int) -> dict:
             "radial_mlp_hidden": [32, 32],
         },
         "training": {
-            "epochs": 1000,
+            "epochs": 200,
             "batch_size": 4,
             "lr": 0.01,
             "scheduler_patience": 5,
@@ -65,7 +65,12 @@ def run_ase_md(model_path: Path, nvt_steps: int, nve_steps: int, seed: int) -> d
     atoms.calc = EquimdCalculator(model_path)
     MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(seed))
     nvt = Langevin(
-        atoms, 2 * units.fs, temperature_K=600, friction=0.02, rng=np.random.default_rng(seed)
+        atoms,
+        2 * units.fs,
+        temperature_K=600,
+        friction=0.02,
+        fixcm=False,
+        rng=np.random.default_rng(seed),
     )
     temperatures = []
     nvt.attach(lambda: temperatures.append(atoms.get_temperature()), interval=10)
@@ -90,10 +95,10 @@ def run_ase_md(model_path: Path, nvt_steps: int, nve_steps: int, seed: int) -> d
 
 def run_openmm_md(model_path: Path, steps: int) -> dict[str, float]:
     """A short OpenMM NVT run of 108 Cu atoms through openmm-torch's TorchForce."""
+    import openmm
     import torch  # noqa: F401  (must be imported before openmmtorch)
     from ase.build import bulk
 
-    import openmm
     from md_drivers.openmm import create_torch_force
 
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)

@@ -60,6 +60,7 @@ def generate_demo_dataset(
                 2.0 * units.fs,
                 temperature_K=temperature,
                 friction=0.02,
+                fixcm=False,
                 rng=np.random.default_rng(rng.integers(1 << 31)),
             )
             for frame in range(frames_per_run):
