@@ -14,8 +14,9 @@ everywhere) and returns energy + forces:
   aoti             the AOTInductor package through `deploy.load`; its compiled graph always
                    computes stress/virial too, so compare it with torchscript+σ
 
-Timings on a shared machine vary: compare rows of one run. The AOTInductor compile takes
-about a minute on two cores.
+The formats are timed in turn (round robin), so load changes on a shared machine affect all
+rows alike; still, compare rows of one run. The AOTInductor compile of this model takes a few
+minutes on two cores (much longer on a loaded machine).
 """
 
 from __future__ import annotations
@@ -50,16 +51,19 @@ def copper(repeat: int):
     return atoms
 
 
-def seconds_per_call(function, calls: int, warmup: int = 3) -> float:
-    """Median wall time of `function()` over `calls` calls, after `warmup` calls."""
-    for _ in range(warmup):  # TorchScript's profiling executor specialises on the first runs
-        function()
-    samples = []
+def interleaved_medians(functions: dict, calls: int, warmup: int = 3) -> dict[str, float]:
+    """Median wall time (s) of each function, calling them in turn (round robin) so that a
+    change of machine load during the run affects every row alike."""
+    for function in functions.values():
+        for _ in range(warmup):  # TorchScript's profiling executor specialises on first runs
+            function()
+    samples: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(calls):
-        start = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def eager_runner(model, dtype: str):
@@ -128,11 +132,13 @@ def main(argv: list[str] | None = None) -> dict:
                 torch.tensor(atoms.pbc),
             )
             n_edges = count_edges(script.r_max, inputs)
-            row = {
-                name: 1e3 * seconds_per_call(
-                    lambda run=run, inputs=inputs: run(*inputs, False), args.calls
-                )
+            functions = {
+                name: (lambda run=run, inputs=inputs: run(*inputs, False))
                 for name, run in runners.items()
+            }
+            row = {
+                name: 1e3 * seconds
+                for name, seconds in interleaved_medians(functions, args.calls).items()
             }
             timings[str(len(atoms))] = row
             print(f"{len(atoms):>6} {n_edges:>7} " + " ".join(f"{row[name]:>14.2f}" for name in runners))

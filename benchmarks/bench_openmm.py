@@ -3,8 +3,8 @@
     python benchmarks/bench_openmm.py [--model model.pt] [--repeat 3] [--steps 50]
                                       [--platform CPU] [--dtype float32] [--aoti] [--json out.json]
 
-Without --model a random NequIP of a typical MD size (l_max 2, 32 features, 3 layers,
-r_max 5 Å) is exported. The system is periodic fcc Cu (4·repeat³ atoms, 2.0 fs Langevin steps).
+Without --model a random NequIP (l_max 2, 16 features, 2 layers, r_max 4.5 Å) is
+exported. The system is periodic fcc Cu (4·repeat³ atoms, 2.0 fs Langevin steps).
 
 Rows:
   model call      `deploy.load(path)(positions, ...)` alone (energy + forces), no OpenMM
@@ -26,15 +26,15 @@ from pathlib import Path
 
 
 def benchmark_model(directory: Path, dtype: str, kind: str) -> Path:
-    """Export a random NequIP of MD size (species Cu) as `kind` ('torchscript' | 'aoti')."""
+    """Export a random NequIP (species Cu) as `kind` ('torchscript' | 'aoti')."""
     import torch
 
     from deploy.export import export_model
     from potentials.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("nequip", species=[29], r_max=5.0, l_max=2, num_features=32,
-                        num_layers=3, avg_num_neighbors=40.0)
+    model = build_model("nequip", species=[29], r_max=4.5, l_max=2, num_features=16,
+                        num_layers=2, avg_num_neighbors=40.0)
     model.scale_shift.set_statistics([-3.5], scale=0.3, shift=0.0)
     suffix = "pt2" if kind == "aoti" else "pt"
     return export_model(model, directory / f"bench_{dtype}.{suffix}", dtype=dtype, format=kind)
@@ -54,8 +54,8 @@ def time_model_call(model_path: Path, atoms, calls: int) -> float:
 
     model = load(model_path)
     args = (atoms.get_positions(), atoms.numbers, atoms.cell.array, atoms.pbc)
-    model(*args, compute_stress=False)  # warm-up (TorchScript profiling runs)
-    model(*args, compute_stress=False)
+    for _ in range(3):  # warm-up: TorchScript's profiling runs and graph optimisation
+        model(*args, compute_stress=False)
     start = time.perf_counter()
     for _ in range(calls):
         model(*args, compute_stress=False)

@@ -23,7 +23,7 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument(
         "--format", choices=("torchscript", "aoti"), default="torchscript",
         help="torchscript (default; neighbor list in the graph, any device) or aoti "
-        "(AOTInductor ahead-of-time compiled, one device; compile takes about a minute)",
+        "(AOTInductor ahead-of-time compiled, one device; compiling takes minutes)",
     )
     parser.add_argument(
         "--device", default="cpu", help="device an aoti package is compiled for (default: cpu)"

@@ -19,9 +19,9 @@ e = 1.602176634e-19 C and N_A = 6.02214076e23 /mol, as `openmm.unit` computes it
 (``(1 * elementary_charge * volt * AVOGADRO_CONSTANT_NA).value_in_unit(kilojoule_per_mole)``).
 `ase.units` (CODATA 2014 by default in ASE 3.29) gives 96.48533288 — 8e-9 relative away.
 
-ML region. Either force may act on a subset of the particles (`atoms`: indices into the full
-System, e.g. a ligand in water): only those positions reach the model, the other particles get
-zero force from it. The model sees the subset as periodic when `periodic=True` (the OpenMM box),
+ML region. Either force may act on a subset of the particles (`atoms_subset`: indices into the
+full System, e.g. a ligand in water): only those positions reach the model, the other particles
+get zero force from it. The model sees the subset as periodic when `periodic=True` (the OpenMM box),
 otherwise as an isolated molecule.
 """
 

@@ -33,7 +33,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,6 @@ class MDSettings:
     force_path: str = "torch"
     output: str = "md_out"
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def timestep_ps(self) -> float:

@@ -41,11 +41,37 @@ def nequip_l1_no_parity() -> torch.nn.Module:
     return _randomize_statistics(model.double())
 
 
+def nequip_fused_l3() -> torch.nn.Module:
+    """The fast tensor-product backend pinned explicitly (whatever the default), l_max 3."""
+    torch.manual_seed(2)
+    model = build_model(
+        "nequip", species=SPECIES, r_max=R_MAX, l_max=3, num_features=6, num_layers=2,
+        avg_num_neighbors=10.0, resnet=True, tp_backend="fused",
+    )
+    return _randomize_statistics(model.double())
+
+
+def nequip_e3nn_reference() -> torch.nn.Module:
+    """`nequip_small` with the e3nn reference tensor-product backend."""
+    torch.manual_seed(0)
+    model = build_model(
+        "nequip", species=SPECIES, r_max=R_MAX, l_max=2, num_features=8, num_layers=2,
+        avg_num_neighbors=10.0, resnet=True, tp_backend="e3nn",
+    )
+    return _randomize_statistics(model.double())
+
+
 MODEL_FACTORIES = {"nequip": nequip_small, "nequip_l1_noparity": nequip_l1_no_parity}
 
 
 def register_factory(name: str, factory) -> None:
     MODEL_FACTORIES[name] = factory
+
+
+# tensor-product backends (potentials.nn.tensor_product): the default ("nequip" above) is the
+# fast one; the fast one pinned explicitly and the e3nn reference get every physics check too.
+register_factory("nequip_fused_l3", nequip_fused_l3)
+register_factory("nequip_e3nn_reference", nequip_e3nn_reference)
 
 
 def molecule_atoms() -> Atoms:
@@ -102,3 +128,24 @@ def graph_of(atoms: Atoms, dtype: torch.dtype = torch.float64) -> AtomicGraph:
 
 def batch_of(structures: list[Atoms]) -> AtomicGraph:
     return collate([graph_of(a) for a in structures])
+
+
+def mace_small() -> torch.nn.Module:
+    """MACE with both interaction variants (non-residual first layer, residual second), vector
+    hidden features and correlation 3; built under float64 default dtype (exact coupling bases)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(2)
+        model = build_model(
+            "mace", species=SPECIES, r_max=R_MAX, max_ell=2, hidden_irreps="8x0e+8x1o",
+            correlation=3, num_interactions=2, MLP_irreps="4x0e", radial_MLP=[16, 16],
+            interaction_first="RealAgnosticInteractionBlock",
+            interaction="RealAgnosticResidualInteractionBlock", avg_num_neighbors=8.0,
+        )
+    finally:
+        torch.set_default_dtype(previous)
+    return _randomize_statistics(model.double())
+
+
+register_factory("mace", mace_small)

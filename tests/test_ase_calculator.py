@@ -14,7 +14,7 @@ from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_s
 from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
 
-from deploy import UnknownElementError
+from deploy import UnknownElementError, load
 from deploy.export import export_model
 from md_drivers.ase import Calculator, EquimdCalculator
 from tests.model_zoo import STRUCTURES, nequip_small
@@ -32,27 +32,33 @@ def model_files(tmp_path_factory):
     }
 
 
+@pytest.fixture(scope="module")
+def model64(model_files):
+    """The float64 file loaded once; calculators built on it start with no results."""
+    return load(model_files["float64"])
+
+
 @pytest.mark.parametrize("structure", ["molecule", "triclinic_cu", "slab"])
-def test_forces_are_negative_gradient_of_ase_energy(model_files, structure):
+def test_forces_are_negative_gradient_of_ase_energy(model64, structure):
     atoms = STRUCTURES[structure]()
-    atoms.calc = EquimdCalculator(model_files["float64"])
+    atoms.calc = EquimdCalculator(model=model64)
     forces = atoms.get_forces()
     numerical = calculate_numerical_forces(atoms, eps=1e-5, iatoms=[0, 1, len(atoms) - 1])
     np.testing.assert_allclose(forces[[0, 1, -1]], numerical[[0, 1, -1]], rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("structure", ["triclinic_cu", "periodic_mixed_species", "small_cell"])
-def test_stress_is_finite_strain_derivative(model_files, structure):
+def test_stress_is_finite_strain_derivative(model64, structure):
     atoms = STRUCTURES[structure]()
-    atoms.calc = EquimdCalculator(model_files["float64"])
+    atoms.calc = EquimdCalculator(model=model64)
     stress = atoms.get_stress()  # Voigt xx yy zz yz xz xy
     assert stress.shape == (6,)
     numerical = calculate_numerical_stress(atoms, eps=1e-5)
     np.testing.assert_allclose(stress, numerical, rtol=1e-5, atol=1e-8)
 
 
-def test_stress_only_for_3d_periodic_cells(model_files):
-    calculator = EquimdCalculator(model_files["float64"])
+def test_stress_only_for_3d_periodic_cells(model64):
+    calculator = EquimdCalculator(model=model64)
     for name in ("molecule", "slab"):
         atoms = STRUCTURES[name]()
         atoms.calc = calculator
@@ -61,9 +67,9 @@ def test_stress_only_for_3d_periodic_cells(model_files):
             atoms.get_stress()
 
 
-def test_per_atom_energies_sum_to_energy(model_files):
+def test_per_atom_energies_sum_to_energy(model64):
     atoms = STRUCTURES["periodic_mixed_species"]()
-    atoms.calc = EquimdCalculator(model_files["float64"])
+    atoms.calc = EquimdCalculator(model=model64)
     energies = atoms.get_potential_energies()
     assert energies.shape == (len(atoms),)
     assert energies.sum() == pytest.approx(atoms.get_potential_energy(), abs=1e-10)
@@ -72,6 +78,7 @@ def test_per_atom_energies_sum_to_energy(model_files):
 
 def test_atom_count_species_and_pbc_may_change_between_calls(model_files):
     shared = EquimdCalculator(model_files["float64"])
+    loaded = shared.model  # fresh calculators below share the loaded model, not the state
     sequence = [STRUCTURES["triclinic_cu"](), STRUCTURES["molecule"](),
                 STRUCTURES["triclinic_cu"]() * (1, 2, 1), STRUCTURES["slab"](),
                 STRUCTURES["periodic_mixed_species"]()]
@@ -79,7 +86,7 @@ def test_atom_count_species_and_pbc_may_change_between_calls(model_files):
         atoms.calc = shared
         energy, forces = atoms.get_potential_energy(), atoms.get_forces()
         fresh = atoms.copy()
-        fresh.calc = EquimdCalculator(model_files["float64"])
+        fresh.calc = EquimdCalculator(model=loaded)
         assert energy == pytest.approx(fresh.get_potential_energy(), abs=1e-10)
         np.testing.assert_allclose(forces, fresh.get_forces(), atol=1e-10)
     # the same Atoms object, edited in place

@@ -72,6 +72,12 @@ def exported(model, tmp_path_factory):
     }
 
 
+@pytest.fixture(scope="module")
+def deployed(exported):
+    """{dtype: DeployedModel} loaded once for the tests that only call them."""
+    return {dtype: load(path) for dtype, path in exported.items()}
+
+
 def eager_results(model, frames, dtype=torch.float64) -> list[dict[str, np.ndarray]]:
     copy = build_model(model.model_type, **model.hyperparameters()).to(dtype)
     copy.load_state_dict(model.state_dict())
@@ -104,18 +110,18 @@ def deployed_results(deployed, frames) -> list[dict[str, np.ndarray]]:
     return results
 
 
-def test_exported_matches_eager_float64(exported, frames, eager64):
+def test_exported_matches_eager_float64(deployed, frames, eager64):
     assert len(frames) >= 20
-    deployed = load(exported["float64"])
-    for out, reference in zip(deployed_results(deployed, frames), eager64, strict=True):
+    for out, reference in zip(deployed_results(deployed["float64"], frames), eager64, strict=True):
         assert_matches(out, reference, atol=1e-10, rtol=0.0)
 
 
-def test_exported_matches_eager_float32(model, exported, frames):
-    deployed = load(exported["float32"])
-    assert deployed.dtype == torch.float32
+def test_exported_matches_eager_float32(model, deployed, frames):
+    assert deployed["float32"].dtype == torch.float32
     for out, reference in zip(
-        deployed_results(deployed, frames), eager_results(model, frames, torch.float32), strict=True
+        deployed_results(deployed["float32"], frames),
+        eager_results(model, frames, torch.float32),
+        strict=True,
     ):
         scale = {key: np.abs(value).max() + 1e-12 for key, value in reference.items()}
         for key in ("energy", "forces", "stress"):
@@ -124,12 +130,12 @@ def test_exported_matches_eager_float32(model, exported, frames):
                 assert deviation <= 1e-5 * scale[key], (key, deviation, scale[key])
 
 
-def test_verify_reports_max_deviations(model, exported, frames):
-    result = verify(exported["float64"], model, frames[:5])
+def test_verify_reports_max_deviations(model, exported, deployed, frames):
+    result = verify(exported["float64"], model, frames[:5])  # from the path
     assert result["passed"] and result["frames"] == 5
     for key in ("energy", "forces", "stress"):
         assert result[f"{key}_max_abs"] < 1e-10
-    result32 = verify(exported["float32"], model, frames[:5], reference_dtype="float64")
+    result32 = verify(deployed["float32"], model, frames[:5], reference_dtype="float64")
     assert 0.0 < result32["forces_max_abs"] < 1e-3
 
 
@@ -172,7 +178,7 @@ def test_reload_in_fresh_process_matches_eager_without_training_code(exported, f
         assert_matches(out, reference, atol=1e-10, rtol=0.0)
 
 
-def test_metadata_round_trip(model, exported):
+def test_metadata_round_trip(model, exported, deployed):
     metadata = read_metadata(exported["float32"])
     assert metadata["format"] == "equimd-model"
     assert metadata["format_version"] == MODEL_FORMAT_VERSION
@@ -185,16 +191,16 @@ def test_metadata_round_trip(model, exported):
     assert metadata["model"]["hyperparameters"] == json.loads(json.dumps(model.hyperparameters()))
     assert set(metadata["versions"]) == {"equimd", "torch", "e3nn"}
     assert metadata["versions"]["torch"] == torch.__version__
-    deployed = load(exported["float32"])
-    assert deployed.species == SPECIES and deployed.r_max == model.r_max
-    assert deployed.metadata == metadata
+    loaded = deployed["float32"]
+    assert loaded.species == SPECIES and loaded.r_max == model.r_max
+    assert loaded.metadata == metadata
     # the model rebuilt from the metadata has the exported architecture
     rebuilt = build_model(metadata["model"]["type"], **metadata["model"]["hyperparameters"])
     assert set(rebuilt.state_dict()) == set(model.state_dict())
 
 
 def test_stress_is_skipped_for_molecules_and_on_request(exported):
-    deployed = load(exported["float64"])
+    deployed = load(exported["float64"])  # own copy: the module attribute is changed below
     water = molecule("H2O")
     out = deployed(water.positions, water.numbers)
     assert set(out) == {"energy", "atomic_energies", "forces"}
@@ -210,12 +216,11 @@ def test_stress_is_skipped_for_molecules_and_on_request(exported):
     assert "stress" in module(*(torch.as_tensor(np.asarray(a)) for a in args))
 
 
-def test_unknown_element_is_named_before_the_model_runs(exported):
-    deployed = load(exported["float32"])
+def test_unknown_element_is_named_before_the_model_runs(deployed):
     atoms = molecule("CH3CH2OH")
     atoms.numbers[4] = 54  # Xe
     with pytest.raises(UnknownElementError, match=r"atom 4 is Xe \(Z=54\).*H, C, O, Cu"):
-        deployed(atoms.positions, atoms.numbers)
+        deployed["float32"](atoms.positions, atoms.numbers)
 
 
 def test_export_leaves_model_and_rng_untouched(model, tmp_path):

@@ -234,3 +234,28 @@ def test_python_force_survives_xml_serialization_and_deepcopy():
     energy_ev, forces_ev = reference(model_file("float64"), atoms)
     assert_close(energy, energy_ev * EV_TO_KJ_PER_MOL, 1e-6)
     assert_close(forces, forces_ev * FORCE_TO_KJ_PER_MOL_NM, 1e-6)
+
+
+@pytest.mark.slow
+def test_python_force_runs_an_aotinductor_model_and_torch_force_refuses_it():
+    """The PythonForce path exists for AOTInductor packages (compiling takes minutes)."""
+    from deploy.export import export_model
+    from potentials.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        # l_max 2, 16 features: with l_max 1 / 8 features torch 2.9.1's inductor generated
+        # C++ that does not compile ("tmp190 was not declared"), on CPU, float32 and float64
+        model = build_model("nequip", species=SPECIES, r_max=4.0, l_max=2, num_features=16,
+                            num_layers=2, avg_num_neighbors=8.0)
+    model.scale_shift.set_statistics([-0.3, -1.1, -0.7, -0.9, -2.0], scale=0.5, shift=0.01)
+    scripted = export_model(model, _SCRATCH / "nequip_l2.pt", dtype="float32")
+    aoti = export_model(model, _SCRATCH / "nequip_l2.pt2", dtype="float32", format="aoti")
+    atoms = periodic_box()
+    energy, forces = openmm_energy_forces(
+        create_python_force(aoti, atoms.numbers, periodic=True), atoms, "CPU")
+    energy_ev, forces_ev = reference(scripted, atoms)  # same weights, TorchScript
+    assert_close(energy, energy_ev * EV_TO_KJ_PER_MOL, 1e-5)
+    assert_close(forces, forces_ev * FORCE_TO_KJ_PER_MOL_NM, 1e-4)
+    with pytest.raises(ValueError, match="TorchForce cannot embed"):
+        create_torch_force(aoti, atoms.numbers, periodic=True)

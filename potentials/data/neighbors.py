@@ -26,6 +26,15 @@ def check_cell(cell: np.ndarray, pbc: np.ndarray, source: str = "<structure>") -
         volume = abs(np.linalg.det(cell))
         if pbc.all() and volume < 1e-6:
             raise CellError(f"{source}: periodic cell is degenerate (volume {volume:.3g} Å³)")
+        # slabs and wires: the periodic vectors must be linearly independent
+        periodic = cell[pbc]
+        gram = periodic @ periodic.T
+        relative = np.linalg.det(gram) / np.prod(np.diag(gram))
+        if relative < 1e-20:
+            raise CellError(
+                f"{source}: the periodic cell vectors {np.flatnonzero(pbc).tolist()} are "
+                "linearly dependent"
+            )
 
 
 def neighbor_list(
@@ -62,37 +71,51 @@ def neighbor_list(
                     norm = 1.0
                 cell[axis] = direction / norm * max(norm, length)
         if abs(np.linalg.det(cell)) < 1e-8:
-            # e.g. an all-zero cell for a molecule: fall back to an orthogonal box
-            lengths = np.full(3, span.max() + 2.0 * r_max + 1.0)
-            for axis in range(3):
-                if not pbc[axis]:
-                    cell[axis] = np.eye(3)[axis] * lengths[axis]
+            # e.g. an all-zero cell for a molecule, or a wire whose open vectors were filled
+            # in parallel to it: use vectors orthogonal to the periodic ones (only the
+            # periodic vectors define images, so the pair set does not change)
+            length = span.max() + 2.0 * r_max + 1.0
+            cell[~pbc] = _orthonormal_complement(cell[pbc])[: int((~pbc).sum())] * length
     sender, receiver, shift = matscipy_neighbour_list(
         "ijS", positions=positions, cell=cell, pbc=pbc, cutoff=float(r_max)
     )
     return sender.astype(np.int64), receiver.astype(np.int64), shift.astype(np.float64)
 
 
+def _orthonormal_complement(vectors: np.ndarray) -> np.ndarray:
+    """[3 - k, 3] orthonormal rows orthogonal to the k independent rows of `vectors`."""
+    if len(vectors) == 0:
+        return np.eye(3)
+    _, _, vh = np.linalg.svd(np.asarray(vectors, dtype=np.float64).reshape(-1, 3))
+    return vh[len(vectors) :]
+
+
 def brute_force_neighbor_list(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_max: float
 ) -> set[tuple[int, int, int, int, int]]:
-    """Reference O(N² · images) pair set {(i, j, s0, s1, s2)} for tests."""
-    positions = np.asarray(positions, dtype=np.float64)
+    """Reference O(N² · images) pair set {(i, j, s0, s1, s2)} for tests.
+
+    Positions need not be wrapped into the cell; cell vectors along open directions are
+    ignored (they may be zero).
+    """
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     cell = np.asarray(cell, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
+    # Basis: periodic vectors plus orthonormal vectors along the open directions; for a
+    # displacement d and periodic axis a, |fractional_a(d)| <= |d| / spacing_a.
+    basis = cell.copy()
+    basis[~pbc] = _orthonormal_complement(cell[pbc])
+    inverse = np.linalg.inv(basis)
+    fractional = positions @ inverse
     reach = []
-    if pbc.any():
-        inverse = np.linalg.inv(cell) if abs(np.linalg.det(cell)) > 1e-12 else None
     for axis in range(3):
-        if not pbc[axis]:
+        if not pbc[axis] or len(positions) == 0:
             reach.append(0)
             continue
-        # distance between lattice planes perpendicular to this axis
-        normal = inverse[:, axis]
-        spacing = 1.0 / np.linalg.norm(normal)
-        reach.append(int(np.ceil(r_max / spacing)) + 1)
+        spacing = 1.0 / np.linalg.norm(inverse[:, axis])
+        spread = fractional[:, axis].max() - fractional[:, axis].min()
+        reach.append(int(np.ceil(r_max / spacing + spread)) + 1)
     pairs = set()
-    n = len(positions)
     for s0 in range(-reach[0], reach[0] + 1):
         for s1 in range(-reach[1], reach[1] + 1):
             for s2 in range(-reach[2], reach[2] + 1):
@@ -103,5 +126,4 @@ def brute_force_neighbor_list(
                     if i == j and s0 == s1 == s2 == 0:
                         continue
                     pairs.add((int(i), int(j), s0, s1, s2))
-    assert n >= 0
     return pairs

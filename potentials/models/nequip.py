@@ -19,9 +19,8 @@ from potentials.data.graph import AtomicGraph, edge_vectors
 from potentials.models.base import Potential, register_model
 from potentials.nn.gate import equivariant_gate, gated_irreps
 from potentials.nn.radial import RadialEmbedding, radial_mlp
-from potentials.nn.scatter import scatter_sum
 from potentials.nn.species import one_hot
-from potentials.nn.tensor_product import EdgeConvolution
+from potentials.nn.tensor_product import DEFAULT_TP_BACKEND, EdgeConvolution
 
 
 def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
@@ -46,6 +45,7 @@ class NequIPInteraction(nn.Module):
         radial_hidden: list[int],
         avg_num_neighbors: float,
         resnet: bool,
+        tp_backend: str = DEFAULT_TP_BACKEND,
     ) -> None:
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
@@ -58,7 +58,9 @@ class NequIPInteraction(nn.Module):
         self.irreps_out = self.gate.irreps_out
 
         self.linear_in = o3.Linear(self.irreps_in, self.irreps_in)
-        self.convolution = EdgeConvolution(self.irreps_in, irreps_sh, irreps_pre_gate)
+        self.convolution = EdgeConvolution(
+            self.irreps_in, irreps_sh, irreps_pre_gate, backend=tp_backend
+        )
         self.radial_weights = radial_mlp(num_radial, radial_hidden, self.convolution.weight_numel)
         self.linear_out = o3.Linear(self.convolution.irreps_out, irreps_pre_gate)
         self.self_connection = o3.FullyConnectedTensorProduct(
@@ -78,8 +80,10 @@ class NequIPInteraction(nn.Module):
         sender, receiver = edge_index[0], edge_index[1]
         self_connection = self.self_connection(node_features, node_attrs)
         features = self.linear_in(node_features)
-        messages = self.convolution(features[sender], edge_sh, self.radial_weights(edge_radial))
-        aggregated = scatter_sum(messages, receiver, node_features.shape[0])
+        aggregated = self.convolution.aggregate(
+            features, edge_sh, self.radial_weights(edge_radial), sender, receiver,
+            node_features.shape[0],
+        )
         updated = self.linear_out(aggregated * self.message_normalization) + self_connection
         updated = self.gate(updated)
         if self.resnet:
@@ -105,6 +109,7 @@ class NequIP(Potential):
         radial_mlp_hidden: tuple[int, ...] | list[int] = (64, 64),
         avg_num_neighbors: float = 1.0,
         resnet: bool = False,
+        tp_backend: str = DEFAULT_TP_BACKEND,
     ) -> None:
         super().__init__(
             species,
@@ -120,6 +125,7 @@ class NequIP(Potential):
                 radial_mlp_hidden=list(radial_mlp_hidden),
                 avg_num_neighbors=float(avg_num_neighbors),
                 resnet=resnet,
+                tp_backend=tp_backend,
             ),
         )
         irreps_attrs = o3.Irreps(f"{self.num_species}x0e")
@@ -145,6 +151,7 @@ class NequIP(Potential):
                 list(radial_mlp_hidden),
                 avg_num_neighbors,
                 resnet,
+                tp_backend,
             )
             layers.append(layer)
             irreps = layer.irreps_out

@@ -1,17 +1,32 @@
 """The tensor-product core: the edge convolution h_i ⊗ Y(r̂_ij), weighted per edge.
 
 One interface, several backends. `e3nn` is the reference backend; fast backends are tested
-against it (equal outputs, equal forces, energy conservation).
+against it (equal outputs, equal forces, energy conservation; tests/test_tensor_product_backends.py).
 
 Both NequIP and MACE use the same "uvu" convolution: every input channel u of irrep l1 is
 coupled with the spherical harmonics Y^l2 into every allowed l3 (no channel mixing), with one
 weight per (edge, path, channel) produced by a radial MLP.
+
+Backends (all share `irreps_out`, `weight_numel`, the weight layout and the output layout, and
+hold no weights of their own, so models and checkpoints are interchangeable between them):
+
+- ``"e3nn"``:  `e3nn.o3.TensorProduct` (the reference).
+- ``"fused"``: `potentials.nn.fused_convolution.FusedUVUConvolution`: per-edge coupling
+  matrices from one matmul, channels batched in one bmm per input block, fused
+  gather → convolution → scatter in `aggregate` (see docs/performance.md). The default.
 """
 
 from __future__ import annotations
 
+import torch
 from e3nn import o3
 from torch import Tensor, nn
+
+from potentials.nn.fused_convolution import FusedUVUConvolution
+from potentials.nn.scatter import scatter_sum
+
+TP_BACKENDS = ("fused", "e3nn")
+DEFAULT_TP_BACKEND = "fused"
 
 
 def convolution_irreps(
@@ -42,10 +57,14 @@ def convolution_irreps(
 class EdgeConvolution(nn.Module):
     """Per-edge tensor product of sender features and edge spherical harmonics.
 
-    node_features: [E, irreps_node.dim] (features of the sender of each edge)
-    edge_sh:       [E, irreps_sh.dim]
-    weights:       [E, weight_numel] (from the radial MLP)
-    returns        [E, irreps_out.dim]
+    forward(node_features [E, irreps_node.dim] (features of the sender of each edge),
+            edge_sh [E, irreps_sh.dim], weights [E, weight_numel] (from the radial MLP))
+        -> [E, irreps_out.dim]
+    aggregate(node_features [N, irreps_node.dim], edge_sh, weights, sender [E], receiver [E],
+              num_nodes) -> [N, irreps_out.dim]:  Σ_{e: receiver[e] = n} forward(x[sender])[e],
+        the message-passing step of NequIP and MACE (fused in the fast backend).
+
+    `backend` is one of `TP_BACKENDS`; the choice never changes the numbers beyond rounding.
     """
 
     def __init__(
@@ -53,17 +72,20 @@ class EdgeConvolution(nn.Module):
         irreps_node: o3.Irreps,
         irreps_sh: o3.Irreps,
         irreps_target: o3.Irreps,
-        backend: str = "e3nn",
+        backend: str = DEFAULT_TP_BACKEND,
     ) -> None:
         super().__init__()
-        if backend != "e3nn":
-            raise ValueError(f"unknown tensor-product backend {backend!r}; available: 'e3nn'")
+        if backend not in TP_BACKENDS:
+            raise ValueError(
+                f"unknown tensor-product backend {backend!r}; available: {list(TP_BACKENDS)}"
+            )
+        self.backend = backend
         self.irreps_node = o3.Irreps(irreps_node)
         self.irreps_sh = o3.Irreps(irreps_sh)
         self.irreps_out, instructions = convolution_irreps(
             self.irreps_node, self.irreps_sh, o3.Irreps(irreps_target)
         )
-        self.tp = o3.TensorProduct(
+        reference = o3.TensorProduct(
             self.irreps_node,
             self.irreps_sh,
             self.irreps_out,
@@ -71,7 +93,65 @@ class EdgeConvolution(nn.Module):
             shared_weights=False,
             internal_weights=False,
         )
-        self.weight_numel = self.tp.weight_numel
+        self.weight_numel = reference.weight_numel
+        self.tp: nn.Module
+        if backend == "e3nn":
+            self.tp = E3nnConvolution(reference)
+        else:
+            # path weights (normalisation) are taken from e3nn's instructions: same numbers
+            self.tp = FusedUVUConvolution(
+                self.irreps_node,
+                self.irreps_sh,
+                self.irreps_out,
+                [(ins.i_in1, ins.i_in2, ins.i_out, ins.path_weight) for ins in reference.instructions],
+            )
+        # Backend constants (e3nn's `output_mask`, Wigner-3j buffers) are not model weights:
+        # incoming ones are replaced by this backend's own, so any backend loads any checkpoint.
+        self.register_load_state_dict_pre_hook(_use_own_backend_constants)
 
     def forward(self, node_features: Tensor, edge_sh: Tensor, weights: Tensor) -> Tensor:
         return self.tp(node_features, edge_sh, weights)
+
+    @torch.jit.export
+    def aggregate(
+        self,
+        node_features: Tensor,
+        edge_sh: Tensor,
+        weights: Tensor,
+        sender: Tensor,
+        receiver: Tensor,
+        num_nodes: int,
+    ) -> Tensor:
+        return self.tp.aggregate(node_features, edge_sh, weights, sender, receiver, num_nodes)
+
+
+class E3nnConvolution(nn.Module):
+    """Reference backend: e3nn's `TensorProduct`; `aggregate` = gather → forward → scatter-sum."""
+
+    def __init__(self, tensor_product: o3.TensorProduct) -> None:
+        super().__init__()
+        self.tp = tensor_product
+
+    def forward(self, node_features: Tensor, edge_sh: Tensor, weights: Tensor) -> Tensor:
+        return self.tp(node_features, edge_sh, weights)
+
+    @torch.jit.export
+    def aggregate(
+        self,
+        node_features: Tensor,
+        edge_sh: Tensor,
+        weights: Tensor,
+        sender: Tensor,
+        receiver: Tensor,
+        num_nodes: int,
+    ) -> Tensor:
+        messages = self.tp(node_features.index_select(0, sender), edge_sh, weights)
+        return scatter_sum(messages, receiver, num_nodes)
+
+
+def _use_own_backend_constants(module: EdgeConvolution, state_dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: drop the checkpoint's `tp.*` entries, supply the module's own."""
+    for key in [k for k in state_dict if k.startswith(prefix + "tp.")]:
+        del state_dict[key]
+    for name, value in module.tp.state_dict(prefix=prefix + "tp.").items():
+        state_dict[name] = value

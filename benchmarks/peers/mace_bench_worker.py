@@ -1,0 +1,165 @@
+"""Benchmark worker for the mace-torch peer (runs in .peers/mace; never imports equimd).
+
+Used by benchmarks/bench_mace.py. Two commands, each printing one ``BENCH_RESULT {json}`` line:
+
+    .peers/mace/bin/python benchmarks/peers/mace_bench_worker.py make \
+        --config-json '{"hidden_irreps": "128x0e", ...}' --system water --out DIR
+        builds a seeded float64 ScaleShiftMACE for the system's elements and writes
+        DIR/mace.model (the pickled module, as mace-torch saves it) and DIR/export.pt
+        (`mace_export.py`'s format, which equimd imports: same weights on both sides)
+
+    .peers/mace/bin/python benchmarks/peers/mace_bench_worker.py time \
+        --model DIR/mace.model --system water --dtype float32 --threads 2 --repeats 20 ...
+        times energy + forces of the model alone (mace's own neighbor list and data
+        pipeline, built beforehand) with the measurement code of `bench_models.measure`
+
+The structures are `bench_models.SYSTEMS` (the same as equimd's worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# mace before e3nn (torch >= 2.6 with e3nn 0.4.4; see setup_peers.sh)
+import mace  # noqa: F401  isort: skip
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_models as bench  # noqa: E402  (benchmarks/bench_models.py)
+
+MAKE_DEFAULTS = dict(
+    r_max=6.0,
+    num_bessel=8,
+    num_polynomial_cutoff=5,
+    max_ell=3,
+    correlation=3,
+    num_interactions=2,
+    hidden_irreps="128x0e",
+    MLP_irreps="16x0e",
+    radial_MLP=[64, 64, 64],
+    interaction_first="RealAgnosticResidualInteractionBlock",
+    interaction="RealAgnosticResidualInteractionBlock",
+    seed=0,
+)
+
+
+def _graph(atoms, r_max: float, z_table: list[int]) -> dict:
+    """mace's data pipeline: config → AtomicData → Batch, as a dict (default dtype)."""
+    from mace import data as mace_data
+    from mace.tools import torch_geometric
+    from mace.tools.utils import AtomicNumberTable
+
+    config = mace_data.config_from_atoms(atoms)
+    graph = mace_data.AtomicData.from_config(
+        config, z_table=AtomicNumberTable(z_table), cutoff=r_max
+    )
+    return torch_geometric.Batch.from_data_list([graph]).to_dict()
+
+
+def make(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+    from e3nn import o3
+    from mace import modules
+    from mace_export import export_model, save_export
+
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(args.threads)
+    cfg = {**MAKE_DEFAULTS, **json.loads(args.config_json)}
+    atoms = bench.SYSTEMS[args.system]()
+    z_table = sorted({int(z) for z in atoms.numbers})
+    batch = _graph(atoms, cfg["r_max"], z_table)
+    num_edges = int(batch["edge_index"].shape[1])
+    torch.manual_seed(cfg["seed"])
+    model = modules.ScaleShiftMACE(
+        r_max=cfg["r_max"],
+        num_bessel=cfg["num_bessel"],
+        num_polynomial_cutoff=cfg["num_polynomial_cutoff"],
+        max_ell=cfg["max_ell"],
+        interaction_cls=modules.interaction_classes[cfg["interaction"]],
+        interaction_cls_first=modules.interaction_classes[cfg["interaction_first"]],
+        num_interactions=cfg["num_interactions"],
+        num_elements=len(z_table),
+        hidden_irreps=o3.Irreps(cfg["hidden_irreps"]),
+        MLP_irreps=o3.Irreps(cfg["MLP_irreps"]),
+        atomic_energies=np.linspace(-10.0, -5.0, len(z_table)),
+        avg_num_neighbors=num_edges / len(atoms),
+        atomic_numbers=z_table,
+        correlation=cfg["correlation"],
+        gate=modules.gate_dict["silu"],
+        radial_MLP=cfg["radial_MLP"],
+        use_reduced_cg=False,  # e3nn's generalized CG basis (equimd's)
+        atomic_inter_scale=1.1,
+        atomic_inter_shift=0.05,
+    ).eval()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model, out_dir / "mace.model")
+    save_export(export_model(model, drop_coupling_buffers=True), str(out_dir / "export.pt"))
+    energy = model(batch, training=False, compute_force=False)["energy"]
+    return {
+        "implementation": "mace",
+        "model": str(out_dir / "mace.model"),
+        "export": str(out_dir / "export.pt"),
+        "atoms": len(atoms),
+        "edges": num_edges,
+        "energy_float64": float(energy[0]),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def time_model(args: argparse.Namespace) -> dict:
+    import torch
+    from mace.__version__ import __version__ as mace_version
+
+    dtype = getattr(torch, args.dtype)
+    torch.set_default_dtype(dtype)
+    torch.set_num_threads(args.threads)
+    model = torch.load(args.model, map_location="cpu", weights_only=False).to(dtype).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    atoms = bench.SYSTEMS[args.system]()
+    z_table = [int(z) for z in model.atomic_numbers]
+    batch = _graph(atoms, float(model.r_max), z_table)
+
+    def evaluate() -> None:
+        model(batch, training=False, compute_force=True)["forces"].sum().item()
+
+    out = model(batch, training=False, compute_force=True)
+    result = {
+        "implementation": "mace",
+        "version": mace_version,
+        "atoms": len(atoms),
+        "edges": int(batch["edge_index"].shape[1]),
+        "energy": float(out["energy"][0]),
+    }
+    result.update(
+        bench.measure(evaluate, args.repeats, args.warmup, args.quiet_load, args.max_wait)
+    )
+    result["peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("make", "time"))
+    parser.add_argument("--config-json", default="{}", help="make: ScaleShiftMACE arguments")
+    parser.add_argument("--out", default="bench_out/mace_model", help="make: output directory")
+    parser.add_argument("--model", help="time: the mace.model file written by make")
+    parser.add_argument("--system", required=True, choices=sorted(bench.SYSTEMS))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--quiet-load", type=float, default=0.15)
+    parser.add_argument("--max-wait", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    bench.emit(make(args) if args.command == "make" else time_model(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""MACE (Batatia, Kovács, Simm, Ortner, Csányi, NeurIPS 2022), as mace-torch's ScaleShiftMACE.
+
+h⁰_i = W · onehot(z_i)                                  element embedding (scalars)
+R_k(r) = √(2/r_max) sin(kπr/r_max)/r · f_cut(r)          Bessel × polynomial envelope (eq. 7)
+for each layer t = 1..num_interactions:
+    A_i  = W Σ_j MLP_t(R(r_ji)) ⊙ (W h_j) ⊗ Y(r̂_ji) / avg_num_neighbors     interaction (eq. 8-9)
+    B_i  = Σ_ν Σ_k W_{z_i} U^ν A_i^{⊗ν},  ν ≤ correlation                     product basis (eq. 10)
+    h_i  = W · B_i (+ W_sc · (h_i ⊗ onehot(z_i)), residual variant)           update (eq. 11)
+    e^t_i = W · h_i|scalars,  last layer: W₂ φ(W₁ h_i)                        readouts
+E_i = E0[z_i] + scale · Σ_t e^t_i + shift                                    (ScaleShiftMACE)
+
+Hyperparameter names follow mace-torch. The last layer keeps only the scalars of
+`hidden_irreps` (mace's default; `keep_last_layer_irreps=True` keeps them all). The blocks live in
+`potentials.nn.mace_blocks`; a mace-torch model is imported with `potentials.models.mace_import`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from e3nn import o3
+from torch import Tensor, nn
+
+from potentials.data.graph import AtomicGraph, edge_vectors
+from potentials.models.base import Potential, register_model
+from potentials.nn.mace_blocks import (
+    GATES,
+    INTERACTION_CLASSES,
+    InteractionBlock,
+    LinearReadout,
+    NonLinearReadout,
+    ProductBlock,
+    interaction_irreps,
+)
+from potentials.nn.radial import RadialEmbedding
+from potentials.nn.species import one_hot
+from potentials.nn.tensor_product import DEFAULT_TP_BACKEND
+
+
+@register_model("mace")
+class MACE(Potential):
+    """MACE potential: `forward(graph) -> [N]` per-atom energies (eV).
+
+    Hyperparameters (mace-torch names):
+        r_max: cutoff radius, Å.
+        num_bessel: radial Bessel functions; num_polynomial_cutoff: envelope order p.
+        max_ell: highest degree of the edge spherical harmonics and of the messages.
+        hidden_irreps: node features between layers, e.g. "128x0e+128x1o"; every irrep has the
+            same multiplicity (channels) and the first one is the scalars 0e.
+        correlation: body order of the product basis (ν ≤ correlation), or one per layer.
+        num_interactions: number of layers.
+        MLP_irreps: hidden scalars of the last layer's readout MLP, e.g. "16x0e".
+        radial_MLP: hidden widths of the radial MLP (edge features → convolution weights).
+        interaction_first, interaction: "RealAgnosticInteractionBlock" (non-residual) or
+            "RealAgnosticResidualInteractionBlock", for the first and the later layers.
+        avg_num_neighbors: message normalisation (computed from the training set by the trainer).
+        gate: readout nonlinearity, "silu" | "tanh" | "abs" | None.
+        keep_last_layer_irreps: keep all of hidden_irreps in the last layer (mace option).
+        apply_cutoff: multiply the envelope into the radial features (mace's default True);
+            False multiplies it into the convolution weights instead.
+        tp_backend: convolution backend (`potentials.nn.tensor_product.TP_BACKENDS`); same numbers.
+    Per-element E0s, scale and shift are buffers of `self.scale_shift` (set by the trainer or
+    the importer), not hyperparameters.
+
+    Build the model under float64 default dtype (or load a float64 checkpoint) for float64 work:
+    the contraction's coupling bases are computed at construction in the default dtype.
+    """
+
+    def __init__(
+        self,
+        species: list[int],
+        r_max: float = 5.0,
+        num_bessel: int = 8,
+        num_polynomial_cutoff: int = 5,
+        max_ell: int = 3,
+        hidden_irreps: str = "128x0e+128x1o",
+        correlation: int | list[int] = 3,
+        num_interactions: int = 2,
+        MLP_irreps: str = "16x0e",  # noqa: N803 - mace-torch's name
+        radial_MLP: tuple[int, ...] | list[int] = (64, 64, 64),  # noqa: N803
+        interaction_first: str = "RealAgnosticResidualInteractionBlock",
+        interaction: str = "RealAgnosticResidualInteractionBlock",
+        avg_num_neighbors: float = 1.0,
+        gate: Optional[str] = "silu",
+        keep_last_layer_irreps: bool = False,
+        apply_cutoff: bool = True,
+        tp_backend: str = DEFAULT_TP_BACKEND,
+    ) -> None:
+        correlations = (
+            [int(c) for c in correlation]
+            if isinstance(correlation, list | tuple)
+            else [int(correlation)] * int(num_interactions)
+        )
+        super().__init__(
+            species,
+            r_max,
+            dict(
+                num_bessel=int(num_bessel),
+                num_polynomial_cutoff=int(num_polynomial_cutoff),
+                max_ell=int(max_ell),
+                hidden_irreps=str(o3.Irreps(hidden_irreps)),
+                correlation=correlation if isinstance(correlation, int) else correlations,
+                num_interactions=int(num_interactions),
+                MLP_irreps=str(o3.Irreps(MLP_irreps)),
+                radial_MLP=[int(h) for h in radial_MLP],
+                interaction_first=interaction_first,
+                interaction=interaction,
+                avg_num_neighbors=float(avg_num_neighbors),
+                gate=gate,
+                keep_last_layer_irreps=bool(keep_last_layer_irreps),
+                apply_cutoff=bool(apply_cutoff),
+                tp_backend=tp_backend,
+            ),
+        )
+        irreps_hidden = o3.Irreps(hidden_irreps)
+        _check_hyperparameters(
+            irreps_hidden, correlations, int(num_interactions), interaction_first, interaction, gate
+        )
+        num_features = irreps_hidden[0].mul
+        irreps_attrs = o3.Irreps(f"{self.num_species}x0e")
+        irreps_sh = o3.Irreps.spherical_harmonics(max_ell)
+        pseudoscalars = irreps_hidden.count(o3.Irrep("0o")) > 0
+        irreps_scalars = o3.Irreps([irreps_hidden[0]])
+        self.apply_cutoff = bool(apply_cutoff)
+
+        # Embeddings: elements, edge directions Y(r̂) and lengths R(r).
+        self.node_embedding = o3.Linear(irreps_attrs, irreps_scalars)
+        self.spherical_harmonics = o3.SphericalHarmonics(
+            irreps_sh, normalize=True, normalization="component"
+        )
+        self.radial_embedding = RadialEmbedding(
+            r_max, num_bessel, num_polynomial_cutoff, trainable=False
+        )
+
+        interactions, products, readouts = [], [], []
+        irreps_node = irreps_scalars
+        for layer in range(num_interactions):
+            last = layer == num_interactions - 1
+            # mace: the last layer keeps only the scalars (a single layer too); the first layer's
+            # readout is linear even when it is the only one
+            keep_all = not last or (keep_last_layer_irreps and layer > 0)
+            irreps_out = irreps_hidden if keep_all else irreps_scalars
+            # Messages of later layers carry both parities when hidden_irreps has pseudoscalars.
+            irreps_message = interaction_irreps(
+                num_features, max_ell, both_parities=layer > 0 and pseudoscalars
+            )
+            block = interaction_first if layer == 0 else interaction
+            interactions.append(
+                InteractionBlock(
+                    irreps_node,
+                    irreps_attrs,
+                    irreps_sh,
+                    irreps_message,
+                    irreps_out,
+                    num_bessel,
+                    list(radial_MLP),
+                    avg_num_neighbors,
+                    residual=block == "RealAgnosticResidualInteractionBlock",
+                    tp_backend=tp_backend,
+                )
+            )
+            products.append(
+                ProductBlock(irreps_message, irreps_out, correlations[layer], self.num_species)
+            )
+            if last and layer > 0:
+                readouts.append(NonLinearReadout(irreps_out, MLP_irreps, gate))
+            else:
+                readouts.append(LinearReadout(irreps_out))
+            irreps_node = irreps_hidden
+        self.interactions = nn.ModuleList(interactions)
+        self.products = nn.ModuleList(products)
+        self.readouts = nn.ModuleList(readouts)
+
+    def forward(self, graph: AtomicGraph) -> Tensor:
+        species = self.species_index(graph.numbers)  # [N]
+        node_attrs = one_hot(species, self.num_species, graph.positions.dtype)  # [N, S]
+        vectors = edge_vectors(graph)  # [E, 3] Å, receiver - sender
+        lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)  # [E, 1] Å
+        edge_sh = self.spherical_harmonics(vectors)  # [E, (max_ell+1)²]
+        edge_cutoff: Optional[Tensor] = None
+        if self.apply_cutoff:
+            edge_radial = self.radial_embedding(lengths)  # [E, num_bessel]
+        else:
+            edge_radial = self.radial_embedding.bessel_fn(lengths)
+            edge_cutoff = self.radial_embedding.cutoff_fn(lengths)
+
+        node_features = self.node_embedding(node_attrs)
+        energy = torch.zeros_like(species, dtype=graph.positions.dtype)  # Σ_t e^t_i, [N]
+        layers = zip(self.interactions, self.products, self.readouts)  # noqa: B905 - TorchScript
+        for interaction, product, readout in layers:
+            message, self_connection = interaction(
+                node_features, node_attrs, edge_sh, edge_radial, graph.edge_index, edge_cutoff
+            )
+            node_features = product(message, species, self_connection)
+            energy = energy + readout(node_features)
+        return self.scale_shift(energy, species)
+
+
+def _check_hyperparameters(
+    irreps_hidden: o3.Irreps,
+    correlations: list[int],
+    num_interactions: int,
+    interaction_first: str,
+    interaction: str,
+    gate: Optional[str],
+) -> None:
+    """Raise ValueError naming the hyperparameter that MACE cannot be built with."""
+    if num_interactions < 1:
+        raise ValueError(f"num_interactions must be >= 1, got {num_interactions}")
+    if len(irreps_hidden) == 0 or irreps_hidden[0].ir != o3.Irrep("0e"):
+        raise ValueError(
+            f"hidden_irreps must start with scalars (e.g. 128x0e), got {irreps_hidden}"
+        )
+    if len({mul for mul, _ in irreps_hidden}) != 1:
+        raise ValueError(
+            f"every irrep of hidden_irreps needs the same multiplicity (channels), got {irreps_hidden}"
+        )
+    if len(correlations) != num_interactions or min(correlations) < 1:
+        raise ValueError(
+            f"correlation must be >= 1, one value or one per interaction ({num_interactions}),"
+            f" got {correlations}"
+        )
+    for name, value in (("interaction_first", interaction_first), ("interaction", interaction)):
+        if value not in INTERACTION_CLASSES:
+            raise ValueError(
+                f"{name}={value!r} is not supported; available: {list(INTERACTION_CLASSES)}"
+            )
+    if gate not in GATES:
+        raise ValueError(f"gate={gate!r} is not supported; available: {list(GATES)}")

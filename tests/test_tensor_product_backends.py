@@ -1,0 +1,298 @@
+"""Every fast tensor-product backend against the e3nn reference, on the same weights.
+
+Equal outputs and gradients of the convolution, equal energies/forces/stress of a whole model,
+forces = -dE/dx by finite differences, rotation equivariance, TorchScript == eager, weights and
+checkpoints interchangeable between backends, and energy conservation in a short NVE run.
+The physics tests of tests/test_physics.py run for the fast backend through tests/model_zoo.py.
+
+Reference numbers are compared with models built under a float64 default dtype: e3nn stores its
+Wigner-3j constants in the default dtype at construction (float32-rounded after `.double()`),
+while the fused backend always derives its constants from float64 values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import e3nn.util.jit
+import numpy as np
+import pytest
+import torch
+from ase import units
+from ase.build import bulk
+from ase.calculators.calculator import Calculator, all_changes
+from ase.md.velocitydistribution import thermalize_momenta
+from ase.md.verlet import VelocityVerlet
+from e3nn import o3
+from scipy.spatial.transform import Rotation
+
+from potentials.data.configuration import Configuration
+from potentials.data.graph import configuration_to_graph
+from potentials.forcefield import ForceField
+from potentials.models import build_model
+from potentials.nn.tensor_product import TP_BACKENDS, EdgeConvolution
+from tests.model_zoo import STRUCTURES, graph_of
+
+FAST_BACKENDS = [b for b in TP_BACKENDS if b != "e3nn"]
+
+# (irreps_node, l_max of the spherical harmonics, parity, irreps_target)
+CONVOLUTIONS = {
+    "nequip_first_layer": ("8x0e", 2, True, "8x0e+8x0o+8x1o+8x1e+8x2e+8x2o"),
+    "nequip_hidden": ("8x0o+8x0e+8x1o+8x1e+8x2o+8x2e", 2, True, "8x0e+8x0o+8x1o+8x1e+8x2e+8x2o"),
+    "mixed_multiplicities_l3": ("5x0e+3x1o+2x2e+4x3o", 3, True, "0e+1o+2e+3o+1e"),
+    "no_parity": ("6x0e+6x1o", 1, False, "6x0e+6x1o"),
+    "mace_first_layer": ("16x0e", 3, True, "16x0e+16x1o+16x2e+16x3o"),
+    "mace_vector": ("8x0e+8x1o", 3, True, "8x0e+8x1o+8x2e+8x3o"),
+}
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def convolution_pair(name: str, backend: str) -> tuple[EdgeConvolution, EdgeConvolution]:
+    node, l_max, parity, target = CONVOLUTIONS[name]
+    irreps_sh = o3.Irreps.spherical_harmonics(l_max, p=-1 if parity else 1)
+    with default_dtype(torch.float64):
+        reference = EdgeConvolution(o3.Irreps(node), irreps_sh, o3.Irreps(target), backend="e3nn")
+        fast = EdgeConvolution(o3.Irreps(node), irreps_sh, o3.Irreps(target), backend=backend)
+    return reference, fast
+
+
+def random_inputs(convolution: EdgeConvolution, num_edges: int, num_nodes: int, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(num_nodes, convolution.irreps_node.dim, generator=generator)
+    vectors = torch.randn(num_edges, 3, generator=generator)
+    edge_sh = o3.spherical_harmonics(convolution.irreps_sh, vectors, True, "component")
+    weights = torch.randn(num_edges, convolution.weight_numel, generator=generator)
+    sender = torch.randint(0, num_nodes, (num_edges,), generator=generator)
+    receiver = torch.randint(0, num_nodes, (num_edges,), generator=generator)
+    return (
+        features.to(dtype),
+        edge_sh.to(dtype),
+        weights.to(dtype),
+        sender,
+        receiver,
+    )
+
+
+TOLERANCES = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("name", sorted(CONVOLUTIONS))
+def test_fast_backend_has_reference_layout(name, backend):
+    reference, fast = convolution_pair(name, backend)
+    assert fast.irreps_out == reference.irreps_out
+    assert fast.weight_numel == reference.weight_numel
+    assert list(fast.parameters()) == [] and list(reference.parameters()) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("name", sorted(CONVOLUTIONS))
+def test_fast_backend_equals_reference(name, backend, dtype):
+    reference, fast = convolution_pair(name, backend)
+    reference, fast = reference.to(dtype), fast.to(dtype)
+    features, edge_sh, weights, sender, receiver = random_inputs(reference, 60, 9, dtype)
+    edge_features = features[sender]
+    scale = 1.0 + reference(edge_features, edge_sh, weights).abs().max().item()
+    tolerance = {k: v * scale for k, v in TOLERANCES[dtype].items()}
+    torch.testing.assert_close(
+        fast(edge_features, edge_sh, weights), reference(edge_features, edge_sh, weights), **tolerance
+    )
+
+    def aggregate_and_grads(convolution):
+        inputs = [t.clone().requires_grad_(True) for t in (features, edge_sh, weights)]
+        out = convolution.aggregate(inputs[0], inputs[1], inputs[2], sender, receiver, 9)
+        cotangent = torch.linspace(-1.0, 1.0, out.numel(), dtype=dtype).reshape(out.shape)
+        grads = torch.autograd.grad((out * cotangent).sum(), inputs)
+        return [out.detach(), *grads]
+
+    for fast_value, reference_value in zip(aggregate_and_grads(fast), aggregate_and_grads(reference)):
+        torch.testing.assert_close(fast_value, reference_value, **tolerance)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_fast_backend_handles_no_edges(backend):
+    reference, fast = convolution_pair("nequip_hidden", backend)
+    features, edge_sh, weights, sender, receiver = random_inputs(reference, 0, 4, torch.float64)
+    out = fast.aggregate(features, edge_sh, weights, sender, receiver, 4)
+    assert out.shape == (4, fast.irreps_out.dim) and not out.any()
+    assert fast(features[sender], edge_sh, weights).shape == (0, fast.irreps_out.dim)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("name", ["nequip_hidden", "mixed_multiplicities_l3"])
+def test_rotation_equivariance(name, backend):
+    _, fast = convolution_pair(name, backend)
+    features, edge_sh, weights, sender, receiver = random_inputs(fast, 40, 6, torch.float64)
+    vectors = torch.randn(40, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    edge_sh = o3.spherical_harmonics(fast.irreps_sh, vectors, True, "component")
+    rotation = torch.as_tensor(Rotation.random(random_state=4).as_matrix(), dtype=torch.float64)
+    for matrix in (rotation, -rotation):  # proper and improper
+        with default_dtype(torch.float64):
+            d_node = fast.irreps_node.D_from_matrix(matrix)
+            d_out = fast.irreps_out.D_from_matrix(matrix)
+        rotated_sh = o3.spherical_harmonics(fast.irreps_sh, vectors @ matrix.T, True, "component")
+        out = fast.aggregate(features, edge_sh, weights, sender, receiver, 6)
+        rotated_out = fast.aggregate(features @ d_node.T, rotated_sh, weights, sender, receiver, 6)
+        torch.testing.assert_close(rotated_out, out @ d_out.T, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_constants_are_float64_exact_after_double(backend):
+    """A model built in float32 and cast to float64 has float64-exact coupling constants."""
+    node, l_max, parity, target = CONVOLUTIONS["nequip_hidden"]
+    irreps_sh = o3.Irreps.spherical_harmonics(l_max, p=-1)
+    with default_dtype(torch.float32):
+        cast = EdgeConvolution(o3.Irreps(node), irreps_sh, o3.Irreps(target), backend=backend)
+    _, exact = convolution_pair("nequip_hidden", backend)
+    cast = cast.double()
+    features, edge_sh, weights, sender, receiver = random_inputs(exact, 30, 5, torch.float64)
+    torch.testing.assert_close(
+        cast.aggregate(features, edge_sh, weights, sender, receiver, 5),
+        exact.aggregate(features, edge_sh, weights, sender, receiver, 5),
+        rtol=1e-13,
+        atol=1e-13,
+    )
+
+
+# ----------------------------------------------------------------------------- whole models
+
+
+def nequip_pair(backend: str, **hyperparameters) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The same NequIP weights with the e3nn reference and with `backend` (float64)."""
+    settings = dict(
+        species=[1, 6, 8, 29], r_max=4.0, l_max=2, num_features=8, num_layers=2,
+        avg_num_neighbors=10.0, resnet=True,
+    )
+    settings.update(hyperparameters)
+    with default_dtype(torch.float64):
+        torch.manual_seed(0)
+        reference = build_model("nequip", tp_backend="e3nn", **settings)
+        fast = build_model("nequip", tp_backend=backend, **settings)
+    e0 = [0.1 * (-1) ** k * (k + 1) for k in range(reference.num_species)]
+    reference.scale_shift.set_statistics(e0, scale=1.3, shift=-0.2)
+    fast.load_state_dict(reference.state_dict(), strict=True)
+    return reference, fast
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_checkpoints_are_interchangeable_between_backends(backend):
+    reference, fast = nequip_pair(backend)
+    back = build_model("nequip", **dict(reference.hyperparameters(), tp_backend="e3nn")).double()
+    back.load_state_dict(fast.state_dict(), strict=True)  # fast → reference
+    graph = graph_of(STRUCTURES["molecule"]())
+    torch.testing.assert_close(back(graph), reference(graph), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("structure", sorted(STRUCTURES))
+def test_forces_and_stress_equal_reference(structure, backend):
+    reference, fast = nequip_pair(backend)
+    graph = graph_of(STRUCTURES[structure]())
+    expected = ForceField(reference)(graph, compute_stress=True)
+    actual = ForceField(fast)(graph, compute_stress=True)
+    for key in ("energy", "atomic_energies", "forces", "stress"):
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_float32_forces_equal_reference(backend):
+    reference, fast = nequip_pair(backend)
+    graph = graph_of(STRUCTURES["triclinic_cu"](), torch.float32)
+    expected = ForceField(reference.float())(graph)
+    actual = ForceField(fast.float())(graph)
+    scale = expected["forces"].abs().max().item()
+    torch.testing.assert_close(actual["energy"], expected["energy"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(actual["forces"], expected["forces"], rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_forces_are_negative_energy_gradient(backend):
+    _, fast = nequip_pair(backend, l_max=3)
+    forcefield = ForceField(fast)
+    atoms = STRUCTURES["periodic_mixed_species"]()
+    forces = forcefield(graph_of(atoms))["forces"].detach().numpy()
+    delta = 1e-5
+    for atom, axis in [(0, 0), (3, 1), (7, 2)]:
+        energies = []
+        for sign in (1, -1):
+            displaced = atoms.copy()
+            displaced.positions[atom, axis] += sign * delta
+            energies.append(forcefield(graph_of(displaced))["energy"].item())
+        numerical = -(energies[0] - energies[1]) / (2 * delta)
+        assert numerical == pytest.approx(forces[atom, axis], rel=1e-6, abs=1e-8)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_torchscript_matches_eager(backend):
+    _, fast = nequip_pair(backend)
+    graph = graph_of(STRUCTURES["triclinic_cu"]())
+    eager = ForceField(fast)(graph, compute_stress=True)
+    scripted = torch.jit.script(ForceField(e3nn.util.jit.compile(fast)))
+    for _ in range(3):  # the profiling executor specialises on the first calls
+        out = scripted(graph, True, True, False)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(out[key], eager[key], rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- NVE
+
+
+class _ModelCalculator(Calculator):
+    """Minimal ASE calculator around a `ForceField` (tests only; see md_drivers for the real one)."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.forcefield = ForceField(model)
+        self.r_max = model.r_max
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        graph = configuration_to_graph(Configuration.from_atoms(self.atoms), self.r_max)
+        out = self.forcefield(graph)
+        self.results = {
+            "energy": out["energy"].item(),
+            "forces": out["forces"].detach().numpy().copy(),
+        }
+
+
+def nve_total_energies(model: torch.nn.Module, steps: int) -> np.ndarray:
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    atoms.rattle(0.03, seed=1)
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(2))
+    atoms.calc = _ModelCalculator(model)
+    dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    energies = [atoms.get_total_energy()]
+    for _ in range(steps // 10):
+        dynamics.run(10)
+        energies.append(atoms.get_total_energy())
+    return np.array(energies)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_nve_conserves_energy_like_reference(backend):
+    """300 fs of NVE (Cu, 32 atoms): same trajectory energies and the same (small) drift."""
+    reference, fast = nequip_pair(
+        backend, species=[29], num_features=4, l_max=1, num_layers=2, r_max=4.0
+    )
+    for model in (reference, fast):
+        model.scale_shift.set_statistics([0.0], scale=0.5, shift=0.0)
+    expected = nve_total_energies(reference, 300)
+    actual = nve_total_energies(fast, 300)
+    drift_reference = np.abs(expected - expected[0]).max()
+    drift_fast = np.abs(actual - actual[0]).max()
+    kinetic_scale = 32 * 1.5 * units.kB * 300
+    assert drift_reference < 1e-3 * kinetic_scale  # the test is meaningful: a conserving model
+    assert drift_fast <= drift_reference + 1e-9
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-9)
