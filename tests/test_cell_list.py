@@ -73,6 +73,40 @@ def test_pairs_and_shifts_equal_matscipy(kind: str) -> None:
         assert torch.equal(outputs[0][1], outputs[1][1])
 
 
+def supercell(positions, cell, pbc, r_max, min_spacing: float):
+    """Repeat along periodic axes until every lattice-plane spacing is >= min_spacing r_max."""
+    basis = cell.copy()
+    _, _, vh = np.linalg.svd(cell[pbc]) if pbc.any() else (None, None, np.eye(3))
+    basis[~pbc] = vh[int(pbc.sum()) :]
+    spacing = 1.0 / np.linalg.norm(np.linalg.inv(basis), axis=0)
+    repeats = np.where(pbc, np.ceil(min_spacing * r_max / spacing), 1).astype(int)
+    translations = np.array(list(np.ndindex(*repeats))) @ cell
+    positions = (positions[None, :, :] + translations[:, None, :]).reshape(-1, 3)
+    return positions, cell * repeats[:, None]
+
+
+@pytest.mark.parametrize("kind", ["bulk", "skewed", "slab", "wire", "unwrapped", "molecule"])
+def test_grids_of_many_bins_equal_matscipy(kind: str) -> None:
+    """Supercells at least 3.2 r_max thick: grids of 3 or more bins per axis, with wrap-around
+    and open-axis edges, for the cell list and for "auto"."""
+    rng = np.random.default_rng(2000 + KINDS.index(kind))
+    done = 0
+    while done < 4:
+        positions, cell, pbc, r_max = random_structure(rng, kind)
+        if kind == "molecule":  # a large cluster instead: several bins along every axis
+            positions = rng.uniform(0.0, 4.0 * r_max, size=(400, 3))
+        else:
+            positions, cell = supercell(positions, cell, pbc, r_max, 3.2)
+        if not 50 <= len(positions) <= 1500:
+            continue
+        done += 1
+        expected = matscipy_pairs(positions, cell, pbc, r_max)
+        cell_list = compute(positions, cell, pbc, r_max, "cell_list")
+        assert checked_pairs(*cell_list) == expected, (kind, cell, pbc)
+        auto = compute(positions, cell, pbc, r_max, "auto")
+        assert torch.equal(auto[0], cell_list[0]) and torch.equal(auto[1], cell_list[1])
+
+
 def test_small_cells_include_images_of_the_atom_itself() -> None:
     """One atom in a cell smaller than r_max sees its own periodic images (never itself)."""
     cell = np.array([[2.0, 0.0, 0.0], [0.7, 2.2, 0.0], [0.3, -0.4, 2.5]])
