@@ -25,7 +25,7 @@ import json
 import time
 from pathlib import Path
 
-DATA = Path("/work/shared/data/rmd17")
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rmd17"
 
 
 def build_config(args: argparse.Namespace):

@@ -90,8 +90,8 @@ def ethanol_in_water(padding_nm: float = 1.0, periodic: bool = True):
     """(topology, positions nm, mm_system, ml_atoms): ethanol solvated in a TIP3P box.
 
     Modeller makes a cubic box of max(solute diameter + padding, 2 · padding).
-    periodic=True: PME, cutoff min(1 nm, padding) (at most half the box). periodic=False: the same waters as an isolated cluster
-    with no cutoff (handy for exact energy bookkeeping in tests).
+    periodic=True: PME, cutoff min(1 nm, padding) (at most half the box). periodic=False: the
+    same waters as an isolated cluster with no cutoff (exact energy bookkeeping in tests).
     """
     import openmm.app as app
     from openmm import unit
@@ -103,9 +103,9 @@ def ethanol_in_water(padding_nm: float = 1.0, periodic: bool = True):
     topology = modeller.getTopology()
     positions = np.asarray(modeller.getPositions().value_in_unit(unit.nanometer))
     if periodic:
-        system = ff.createSystem(topology, nonbondedMethod=app.PME,
-                                 nonbondedCutoff=min(1.0, padding_nm) * unit.nanometer, constraints=app.HBonds,
-                                 rigidWater=True)
+        cutoff = min(1.0, padding_nm) * unit.nanometer
+        system = ff.createSystem(topology, nonbondedMethod=app.PME, nonbondedCutoff=cutoff,
+                                 constraints=app.HBonds, rigidWater=True)
     else:
         topology.setPeriodicBoxVectors(None)
         system = ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds,

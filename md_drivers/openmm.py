@@ -114,7 +114,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, default: torch.dtype) -> torc
     return _DTYPES[dtype]
 
 
-def check_species(numbers: Sequence[int], species: Sequence[int], atoms: Sequence[int] | None) -> None:
+def check_species(numbers: Sequence[int], species: Sequence[int],
+                  atoms: Sequence[int] | None) -> None:
     """Raise `ModelSpeciesError` for the first ML atom whose element the model does not know.
 
     numbers: atomic numbers of the ML atoms; atoms: their indices in the full system (or None
@@ -200,7 +201,8 @@ class OpenMMModelWrapper(nn.Module):
         self.length_scale = NM_TO_ANGSTROM
         self.energy_scale = EV_TO_KJ_PER_MOL
 
-    def forward(self, positions: Tensor, box_vectors: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, positions: Tensor,
+                box_vectors: Tensor | None = None) -> tuple[Tensor, Tensor]:
         dtype = self.reference.dtype
         ml_positions = positions
         if self.use_subset:
@@ -330,7 +332,8 @@ class PythonForceComputation:
         cell = self.no_cell
         if self.periodic:
             box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
-            cell = torch.as_tensor(np.asarray(box) * NM_TO_ANGSTROM, device=self.device).to(self.dtype)
+            cell = torch.as_tensor(np.asarray(box) * NM_TO_ANGSTROM, device=self.device)
+            cell = cell.to(self.dtype)
             fractional = torch.linalg.solve(cell.t(), positions.t()).t()
             positions = positions - torch.floor(fractional) @ cell
         results = self.model(positions, self.numbers, cell, self.pbc, compute_stress=False)

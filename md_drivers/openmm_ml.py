@@ -19,6 +19,12 @@ elements. The model is local (finite cutoff), so `getMLLongRange` is False.
 
 This module is imported whenever openmm-ml is imported (entry-point discovery), so it
 imports torch and the model code only when a force is actually created.
+
+Import order: openmm-ml loads its entry points at the end of importing
+`openmmml.mlpotential`. If this module is imported first, that import (below) loads this
+module's entry point while the module is still half-initialised; the factory is therefore
+defined before `openmmml` is imported. It duck-types `MLPotentialImplFactory` (openmm-ml only
+calls `createImpl`).
 """
 
 from __future__ import annotations
@@ -27,14 +33,17 @@ from collections.abc import Iterable
 
 import openmm
 import openmm.app
-from openmmml.mlpotential import MLPotentialImpl, MLPotentialImplFactory
 
 
-class EquimdPotentialImplFactory(MLPotentialImplFactory):
-    """Creates `EquimdPotentialImpl` objects for ``MLPotential('equimd', modelPath=...)``."""
+class EquimdPotentialImplFactory:
+    """Creates `EquimdPotentialImpl` objects for ``MLPotential('equimd', modelPath=...)``
+    (an `openmmml.mlpotential.MLPotentialImplFactory`)."""
 
-    def createImpl(self, name: str, modelPath: str | None = None, **args) -> MLPotentialImpl:
+    def createImpl(self, name: str, modelPath: str | None = None, **args) -> EquimdPotentialImpl:
         return EquimdPotentialImpl(name, modelPath)
+
+
+from openmmml.mlpotential import MLPotentialImpl  # noqa: E402  (after the factory, see above)
 
 
 class EquimdPotentialImpl(MLPotentialImpl):
@@ -50,6 +59,9 @@ class EquimdPotentialImpl(MLPotentialImpl):
     forceType: 'torch' (an openmmtorch TorchForce, no Python in the MD loop), 'python' (an
         openmm.PythonForce; the path for torch.export/AOTInductor model files) or None
         (default): 'torch', except for the ML terms of ``interpolate=True`` (see below).
+    device: torch device for forceType='python' (default 'cpu'). The TorchForce runs where
+        the OpenMM platform runs (CUDA platform → the same GPU).
+    properties: TorchForce properties, e.g. {'useCUDAGraphs': 'true'}.
 
     Interpolation: openmm-ml builds the ML terms of ``createMixedSystem(..., interpolate=True)``
     in an empty temporary System and deep-copies them into a CustomCVForce. A deep copy goes
@@ -57,9 +69,6 @@ class EquimdPotentialImpl(MLPotentialImpl):
     TorchForceProxy::deserialize) with openmmtorch 1.5 wheels on OpenMM 8.6, so with
     forceType=None a force for an empty System is a PythonForce (TorchScript model files work
     there too). Pass forceType='torch' to insist.
-    device: torch device for forceType='python' (default 'cpu'). The TorchForce runs where
-        the OpenMM platform runs (CUDA platform → the same GPU).
-    properties: TorchForce properties, e.g. {'useCUDAGraphs': 'true'}.
     """
 
     def __init__(self, name: str, modelPath: str | None) -> None:

@@ -186,7 +186,8 @@ class DCDTrajectory:
             self.handle.seek(_DCD_LAST_STEP_OFFSET)
             self.handle.write(struct.pack("<i", first_step + max(restart_frames - 1, 0) * interval))
             self.handle.flush()
-            self.dcd = DCDFile(self.handle, topology, timestep_ps, first_step, interval, append=True)
+            self.dcd = DCDFile(self.handle, topology, timestep_ps, first_step, interval,
+                               append=True)
             self.frames = restart_frames
 
     def write(self, positions_nm: np.ndarray, box_vectors_nm: np.ndarray | None) -> None:

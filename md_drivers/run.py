@@ -117,7 +117,8 @@ def add_md_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="velocities and thermostat noise")
     parser.add_argument("--frame", type=int, default=-1,
                         help="frame of STRUCTURE to start from (default: last)")
-    parser.add_argument("-o", "--output", default="md_out", help="output directory (default md_out)")
+    parser.add_argument("-o", "--output", default="md_out",
+                        help="output directory (default md_out)")
     parser.add_argument("--traj-every", type=int, default=100, help="steps between frames")
     parser.add_argument("--thermo-every", type=int, default=100, help="steps between CSV rows")
     parser.add_argument("--checkpoint-every", type=int, default=1000,
@@ -333,8 +334,8 @@ class OpenMMEngine:
         return f"OpenMM {self.settings.force_path} force on platform {self.platform}"
 
     def advance(self, steps: int) -> None:
+        self._state = None  # also when step() raises: positions are then read afresh
         self.integrator.step(steps)
-        self._state = None
 
     def _current(self):
         if self._state is None:
@@ -532,7 +533,8 @@ def _openmm_seed(seed: int) -> int:
 class MDRun:
     """One MD run in `settings.output`: fresh start or `restart` from its checkpoint."""
 
-    def __init__(self, settings: MDSettings, restart: bool = False, overwrite: bool = False) -> None:
+    def __init__(self, settings: MDSettings, restart: bool = False,
+                 overwrite: bool = False) -> None:
         self.settings = settings
         self.restart = restart
         self.overwrite = overwrite
@@ -563,8 +565,9 @@ class MDRun:
         changed = [f"{key}: {saved.get(key)!r} → {current[key]!r}" for key in _FIXED_ON_RESTART
                    if not same(key)]
         if changed:
-            raise ValueError(f"{self.checkpoint_path}: --restart with settings different from the "
-                             "checkpoint's (they would change the trajectory): " + "; ".join(changed))
+            raise ValueError(f"{self.checkpoint_path}: --restart with settings different from "
+                             "the checkpoint's (they would change the trajectory): "
+                             + "; ".join(changed))
         return record
 
     def _write_checkpoint(self, snapshot: dict[str, Any]) -> None:
@@ -623,7 +626,8 @@ class MDRun:
             # a fresh run: a stale checkpoint of an earlier run must not survive a crash of
             # this one before its first checkpoint
             self.checkpoint_path.unlink(missing_ok=True)
-        engine = OpenMMEngine(settings, atoms) if settings.engine == "openmm" else ASEEngine(settings, atoms)
+        engine_class = OpenMMEngine if settings.engine == "openmm" else ASEEngine
+        engine = engine_class(settings, atoms)
         trajectory_path = self.directory / engine.trajectory_name
         if record is None:
             step = 0
@@ -675,9 +679,10 @@ class MDRun:
                     engine.write_frame(trajectory, step)
                 if step % settings.thermo_every == 0:
                     now = time.perf_counter()
-                    speed = math.nan
+                    speed = math.nan  # ns/day since the previous row of this process
                     if step > step_mark:
-                        speed = (step - step_mark) * settings.timestep_ps * 1e-3 * 86400.0 / (now - wall_mark)
+                        simulated_ns = (step - step_mark) * settings.timestep_ps * 1e-3
+                        speed = simulated_ns * 86400.0 / (now - wall_mark)
                     row = {"step": step, "time_ps": step * settings.timestep_ps,
                            **engine.thermo(), "ns_per_day": speed}
                     row["Etot_eV"] = row["Epot_eV"] + row["Ekin_eV"]

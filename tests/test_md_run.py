@@ -66,7 +66,8 @@ def assert_same_run(directory: Path, reference: Path, engine: str, last_step: in
     steps_new, frames_new = trajectory_frames(directory, engine)
     assert steps_new == steps_ref == list(range(0, last_step + 1, 10))
     np.testing.assert_array_equal(frames_new, frames_ref)
-    rows_ref, rows_new = read_thermo(reference / "thermo.csv"), read_thermo(directory / "thermo.csv")
+    rows_ref = read_thermo(reference / "thermo.csv")
+    rows_new = read_thermo(directory / "thermo.csv")
     for key in ("step", "time_ps", "T_K", "Epot_eV", "Etot_eV", "volume_A3"):
         assert [r[key] for r in rows_new] == [r[key] for r in rows_ref], key
 

@@ -239,19 +239,22 @@ def test_python_force_survives_xml_serialization_and_deepcopy():
 @pytest.mark.slow
 def test_python_force_runs_an_aotinductor_model_and_torch_force_refuses_it():
     """The PythonForce path exists for AOTInductor packages (compiling takes minutes)."""
+    from ase.build import bulk
+
     from deploy.export import export_model
     from potentials.models import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        # l_max 2, 16 features: with l_max 1 / 8 features torch 2.9.1's inductor generated
-        # C++ that does not compile ("tmp190 was not declared"), on CPU, float32 and float64
-        model = build_model("nequip", species=SPECIES, r_max=4.0, l_max=2, num_features=16,
+        # Cu only, l_max 2, 16 features: torch 2.9.1's inductor generated C++ that does not
+        # compile ("tmp190 was not declared") for the 5-species l_max 1 and l_max 2 models
+        model = build_model("nequip", species=[29], r_max=4.0, l_max=2, num_features=16,
                             num_layers=2, avg_num_neighbors=8.0)
-    model.scale_shift.set_statistics([-0.3, -1.1, -0.7, -0.9, -2.0], scale=0.5, shift=0.01)
-    scripted = export_model(model, _SCRATCH / "nequip_l2.pt", dtype="float32")
-    aoti = export_model(model, _SCRATCH / "nequip_l2.pt2", dtype="float32", format="aoti")
-    atoms = periodic_box()
+    model.scale_shift.set_statistics([-3.5], scale=0.5, shift=0.0)
+    scripted = export_model(model, _SCRATCH / "nequip_cu_l2.pt", dtype="float32")
+    aoti = export_model(model, _SCRATCH / "nequip_cu_l2.pt2", dtype="float32", format="aoti")
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    atoms.rattle(0.1, seed=5)
     energy, forces = openmm_energy_forces(
         create_python_force(aoti, atoms.numbers, periodic=True), atoms, "CPU")
     energy_ev, forces_ev = reference(scripted, atoms)  # same weights, TorchScript

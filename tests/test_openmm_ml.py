@@ -60,6 +60,20 @@ def test_equimd_is_registered_with_openmm_ml():
         MLPotential("equimd")
 
 
+def test_plugin_module_imported_before_openmm_ml_registers_cleanly():
+    """Importing md_drivers.openmm_ml first makes openmm-ml load its entry point mid-import."""
+    import subprocess
+    import sys
+
+    code = ("import md_drivers.openmm_ml as plugin\n"
+            "from openmmml import MLPotential\n"
+            "assert isinstance(MLPotential._implFactories['equimd'],"
+            " plugin.EquimdPotentialImplFactory)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("force_type", ["torch", "python"])
 def test_create_system_energy_and_forces_are_the_models(force_type):
     import openmm
