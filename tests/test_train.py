@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -216,6 +217,18 @@ _CHILD = textwrap.dedent(
 )
 
 
+@contextlib.contextmanager
+def same_threads_as_child():
+    """Run in-process training with the child's thread count (OMP_NUM_THREADS=1): float sums
+    depend on the number of threads, and bit-exact comparisons need the same arithmetic."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _start_training(data: Path, run_dir: Path, epochs: int) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     return subprocess.Popen(
@@ -261,8 +274,9 @@ def test_sigterm_saves_state_and_resume_matches_uninterrupted_run(copper, tmp_pa
     assert "state saved to" in output and "--resume" in output
     progress = read_checkpoint(run_dir / "last.pt")["progress"]
     target = progress["epoch"] + 2
-    resumed = train(tiny_config(copper, run_dir, epochs=target), resume=True, progress=False)
-    reference = train(tiny_config(copper, tmp_path / "straight", epochs=target), progress=False)
+    with same_threads_as_child():
+        resumed = train(tiny_config(copper, run_dir, epochs=target), resume=True, progress=False)
+        reference = train(tiny_config(copper, tmp_path / "straight", epochs=target), progress=False)
     assert_same_tensors(
         read_checkpoint(reference.last_checkpoint)["raw_state_dict"],
         read_checkpoint(resumed.last_checkpoint)["raw_state_dict"],
