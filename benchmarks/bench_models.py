@@ -393,13 +393,15 @@ def run_worker(command: list[str], timeout: float) -> dict[str, Any]:
             result = json.loads(line[len(RESULT_PREFIX) :])
             result["process_s"] = round(time.perf_counter() - started, 1)
             return result
-    tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
+    if completed.returncode in (-9, 137):
+        return {"error": "killed (SIGKILL): out of memory?"}
+    tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
     return {"error": f"exit code {completed.returncode}: " + " | ".join(tail)}
 
 
 def _format_row(r: dict[str, Any]) -> str:
     if "error" in r:
-        return f"{r['implementation']:<16} ERROR {r['error'][:150]}"
+        return f"{r['implementation']:<16} {r['error'][:150]}"
     load = f"{r['load_before']:.2f}/{r['load_during']:.2f}"
     text = (
         f"{r['implementation']:<16} {r['median_s'] * 1e3:>10.1f} {r['min_s'] * 1e3:>10.1f} "
@@ -444,6 +446,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-train", action="store_true")
     parser.add_argument("--no-flops", action="store_true")
     parser.add_argument("--train-steps", type=int, default=10)
+    parser.add_argument(
+        "--train-systems", nargs="+", default=["3bpa", "water"],
+        help="systems whose training throughput is measured (default: 3bpa water)",
+    )
     parser.add_argument("--json", default=str(ROOT / "bench_out" / "models.json"))
     parser.add_argument(
         "--quick", action="store_true",
@@ -477,7 +483,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 base = ["--row-json", row_json, "--system", system, "--dtype", dtype, *common]
                 equimd_command = [sys.executable, str(Path(__file__).resolve()), "--worker", "equimd", *base]
                 extra = []
-                if not args.no_train:
+                if not args.no_train and system in args.train_systems:
                     extra += ["--train-steps", str(args.train_steps)]
                 if not args.no_flops:
                     extra.append("--flops")

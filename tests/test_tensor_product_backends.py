@@ -1,4 +1,4 @@
-"""Every fast tensor-product backend against the e3nn reference, on the same weights.
+"""Every fast tensor-product backend (and fast linear layer) against e3nn, on the same weights.
 
 Equal outputs and gradients of the convolution, equal energies/forces/stress of a whole model,
 forces = -dE/dx by finite differences, rotation equivariance, TorchScript == eager, weights and
@@ -30,6 +30,7 @@ from potentials.data.configuration import Configuration
 from potentials.data.graph import configuration_to_graph
 from potentials.forcefield import ForceField
 from potentials.models import build_model
+from potentials.nn.linear import FastLinear, FastScalarTensorProduct, linear, scalar_tensor_product
 from potentials.nn.tensor_product import TP_BACKENDS, EdgeConvolution
 from tests.model_zoo import STRUCTURES, graph_of
 
@@ -94,12 +95,21 @@ def test_fast_backend_has_reference_layout(name, backend):
     assert list(fast.parameters()) == [] and list(reference.parameters()) == []
 
 
+def split_into_edge_chunks(convolution: EdgeConvolution, edges_per_chunk: int) -> None:
+    """Make a fast backend's `aggregate` process edges in chunks of about this size."""
+    convolution.tp.chunk_elements = edges_per_chunk * convolution.tp.elements_per_edge
+
+
+@pytest.mark.parametrize("edges_per_chunk", [0, 7])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("name", sorted(CONVOLUTIONS))
-def test_fast_backend_equals_reference(name, backend, dtype):
+def test_fast_backend_equals_reference(name, backend, dtype, edges_per_chunk):
     reference, fast = convolution_pair(name, backend)
     reference, fast = reference.to(dtype), fast.to(dtype)
+    if edges_per_chunk:
+        split_into_edge_chunks(fast, edges_per_chunk)
+        assert fast.tp.edge_chunk_size(60) == edges_per_chunk
     features, edge_sh, weights, sender, receiver = random_inputs(reference, 60, 9, dtype)
     edge_features = features[sender]
     scale = 1.0 + reference(edge_features, edge_sh, weights).abs().max().item()
@@ -115,13 +125,18 @@ def test_fast_backend_equals_reference(name, backend, dtype):
         grads = torch.autograd.grad((out * cotangent).sum(), inputs)
         return [out.detach(), *grads]
 
-    for fast_value, reference_value in zip(aggregate_and_grads(fast), aggregate_and_grads(reference)):
+    for fast_value, reference_value in zip(
+        aggregate_and_grads(fast), aggregate_and_grads(reference), strict=True
+    ):
         torch.testing.assert_close(fast_value, reference_value, **tolerance)
 
 
+@pytest.mark.parametrize("edges_per_chunk", [0, 1])
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
-def test_fast_backend_handles_no_edges(backend):
+def test_fast_backend_handles_no_edges(backend, edges_per_chunk):
     reference, fast = convolution_pair("nequip_hidden", backend)
+    if edges_per_chunk:
+        split_into_edge_chunks(fast, edges_per_chunk)
     features, edge_sh, weights, sender, receiver = random_inputs(reference, 0, 4, torch.float64)
     out = fast.aggregate(features, edge_sh, weights, sender, receiver, 4)
     assert out.shape == (4, fast.irreps_out.dim) and not out.any()
@@ -194,14 +209,20 @@ def test_checkpoints_are_interchangeable_between_backends(backend):
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
-@pytest.mark.parametrize("structure", sorted(STRUCTURES))
-def test_forces_and_stress_equal_reference(structure, backend):
+def test_forces_and_stress_equal_reference(backend):
     reference, fast = nequip_pair(backend)
-    graph = graph_of(STRUCTURES[structure]())
-    expected = ForceField(reference)(graph, compute_stress=True)
-    actual = ForceField(fast)(graph, compute_stress=True)
-    for key in ("energy", "atomic_energies", "forces", "stress"):
-        torch.testing.assert_close(actual[key], expected[key], rtol=1e-10, atol=1e-10)
+    with default_dtype(torch.float64):
+        chunked = build_model("nequip", **fast.hyperparameters())
+    chunked.load_state_dict(fast.state_dict())
+    for layer in chunked.interactions:
+        split_into_edge_chunks(layer.convolution, 30)
+    for structure in sorted(STRUCTURES):
+        graph = graph_of(STRUCTURES[structure]())
+        expected = ForceField(reference)(graph, compute_stress=True)
+        for model in (fast, chunked):
+            actual = ForceField(model)(graph, compute_stress=True)
+            for key in ("energy", "atomic_energies", "forces", "stress"):
+                torch.testing.assert_close(actual[key], expected[key], rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
@@ -232,9 +253,13 @@ def test_forces_are_negative_energy_gradient(backend):
         assert numerical == pytest.approx(forces[atom, axis], rel=1e-6, abs=1e-8)
 
 
+@pytest.mark.parametrize("edges_per_chunk", [0, 50])
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
-def test_torchscript_matches_eager(backend):
+def test_torchscript_matches_eager(backend, edges_per_chunk):
     _, fast = nequip_pair(backend)
+    for layer in fast.interactions:
+        if edges_per_chunk:
+            split_into_edge_chunks(layer.convolution, edges_per_chunk)
     graph = graph_of(STRUCTURES["triclinic_cu"]())
     eager = ForceField(fast)(graph, compute_stress=True)
     scripted = torch.jit.script(ForceField(e3nn.util.jit.compile(fast)))
@@ -296,3 +321,72 @@ def test_nve_conserves_energy_like_reference(backend):
     assert drift_reference < 1e-3 * kinetic_scale  # the test is meaningful: a conserving model
     assert drift_fast <= drift_reference + 1e-9
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- linear layers
+
+LINEARS = {
+    "nequip_linear_out": ("4x0o+4x0o+4x0e+4x1o+4x1o+4x1e+4x2e", "4x0e+4x0o+8x0e+4x1o+4x1e+4x2e"),
+    "duplicate_blocks": ("3x0e+2x1o+5x0e", "4x0e+4x0e+5x1o"),
+    "embedding": ("4x0e", "16x0e"),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", sorted(LINEARS))
+def test_fast_linear_equals_e3nn(name, dtype):
+    irreps_in, irreps_out = LINEARS[name]
+    with default_dtype(torch.float64):
+        reference = o3.Linear(irreps_in, irreps_out)
+        fast = FastLinear(irreps_in, irreps_out)
+    assert fast.state_dict().keys() == reference.state_dict().keys()
+    fast.load_state_dict(reference.state_dict(), strict=True)
+    reference, fast = reference.to(dtype), fast.to(dtype)
+    x = torch.randn(11, reference.irreps_in.dim, dtype=dtype, requires_grad=True)
+    expected = reference(x)
+    actual = fast(x)
+    torch.testing.assert_close(actual, expected, **TOLERANCES[dtype])
+    cotangent = torch.randn_like(expected)
+    torch.testing.assert_close(
+        torch.autograd.grad(actual, x, cotangent)[0],
+        torch.autograd.grad(expected, x, cotangent)[0],
+        **TOLERANCES[dtype],
+    )
+    scripted = torch.jit.script(e3nn.util.jit.compile(fast))
+    torch.testing.assert_close(scripted(x), actual, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scalars", ["one_hot", "general"])
+def test_fast_scalar_tensor_product_equals_e3nn(scalars):
+    irreps_in, irreps_attrs = "4x0o+4x0e+4x1o+4x1e+4x2e", "3x0e"
+    irreps_out = "4x0e+4x0o+8x0e+4x1o+4x1e+4x2e"
+    with default_dtype(torch.float64):
+        reference = o3.FullyConnectedTensorProduct(irreps_in, irreps_attrs, irreps_out)
+        fast = FastScalarTensorProduct(irreps_in, irreps_attrs, irreps_out)
+    fast.load_state_dict(reference.state_dict(), strict=True)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(9, reference.irreps_in1.dim, generator=generator, dtype=torch.float64)
+    if scalars == "one_hot":
+        attrs = torch.nn.functional.one_hot(torch.arange(9) % 3, 3).double()
+    else:
+        attrs = torch.randn(9, 3, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(fast(x, attrs), reference(x, attrs), rtol=1e-12, atol=1e-12)
+    scripted = torch.jit.script(e3nn.util.jit.compile(fast))
+    torch.testing.assert_close(scripted(x, attrs), fast(x, attrs), rtol=0, atol=0)
+
+
+def test_fast_layers_are_float64_exact_after_double():
+    with default_dtype(torch.float32):
+        cast = FastLinear("5x0e+5x0e+3x1o", "7x0e+2x1o").double()
+    with default_dtype(torch.float64):
+        exact = FastLinear("5x0e+5x0e+3x1o", "7x0e+2x1o")
+    exact.load_state_dict(cast.state_dict())
+    x = torch.randn(4, exact.irreps_in.dim, dtype=torch.float64)
+    torch.testing.assert_close(cast(x), exact(x), rtol=0, atol=0)
+
+
+def test_layer_factories_fall_back_to_e3nn():
+    assert type(linear("4x0e", "4x0e", biases=True)) is o3.Linear
+    assert type(linear("4x0e+2x1o", "3x0e+1x1o")) is FastLinear
+    assert type(scalar_tensor_product("4x0e", "2x0e+1x0o", "4x0e")) is o3.FullyConnectedTensorProduct
+    assert type(scalar_tensor_product("4x0e", "2x0e", "4x0e")) is FastScalarTensorProduct

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from potentials.data.graph import AtomicGraph, edge_vectors
 from potentials.models.base import Potential, register_model
 from potentials.nn.gate import equivariant_gate, gated_irreps
+from potentials.nn.linear import linear, scalar_tensor_product
 from potentials.nn.radial import RadialEmbedding, radial_mlp
 from potentials.nn.species import one_hot
 from potentials.nn.tensor_product import DEFAULT_TP_BACKEND, EdgeConvolution
@@ -57,15 +58,13 @@ class NequIPInteraction(nn.Module):
         irreps_pre_gate = self.gate.irreps_in
         self.irreps_out = self.gate.irreps_out
 
-        self.linear_in = o3.Linear(self.irreps_in, self.irreps_in)
+        self.linear_in = linear(self.irreps_in, self.irreps_in)
         self.convolution = EdgeConvolution(
             self.irreps_in, irreps_sh, irreps_pre_gate, backend=tp_backend
         )
         self.radial_weights = radial_mlp(num_radial, radial_hidden, self.convolution.weight_numel)
-        self.linear_out = o3.Linear(self.convolution.irreps_out, irreps_pre_gate)
-        self.self_connection = o3.FullyConnectedTensorProduct(
-            self.irreps_in, irreps_attrs, irreps_pre_gate
-        )
+        self.linear_out = linear(self.convolution.irreps_out, irreps_pre_gate)
+        self.self_connection = scalar_tensor_product(self.irreps_in, irreps_attrs, irreps_pre_gate)
         self.message_normalization = 1.0 / math.sqrt(avg_num_neighbors)
         self.resnet = bool(resnet) and self.irreps_in == self.irreps_out
 
@@ -138,7 +137,7 @@ class NequIP(Potential):
         self.radial_embedding = RadialEmbedding(
             r_max, num_bessel, polynomial_p, trainable=trainable_bessel
         )
-        self.embedding = o3.Linear(irreps_attrs, o3.Irreps(f"{num_features}x0e"))
+        self.embedding = linear(irreps_attrs, o3.Irreps(f"{num_features}x0e"))
         layers = []
         irreps = o3.Irreps(f"{num_features}x0e")
         for _ in range(num_layers):
@@ -156,8 +155,8 @@ class NequIP(Potential):
             layers.append(layer)
             irreps = layer.irreps_out
         self.interactions = nn.ModuleList(layers)
-        self.readout_hidden = o3.Linear(irreps, o3.Irreps(f"{max(num_features // 2, 1)}x0e"))
-        self.readout = o3.Linear(self.readout_hidden.irreps_out, o3.Irreps("1x0e"))
+        self.readout_hidden = linear(irreps, o3.Irreps(f"{max(num_features // 2, 1)}x0e"))
+        self.readout = linear(self.readout_hidden.irreps_out, o3.Irreps("1x0e"))
 
     def forward(self, graph: AtomicGraph) -> Tensor:
         species = self.species_index(graph.numbers)

@@ -1,25 +1,31 @@
 """Fast backend of the "uvu" edge convolution (`EdgeConvolution(..., backend="fused")`).
 
 Same numbers as e3nn's `TensorProduct` with the same instructions, weights and layouts, computed
-in a different order. For an input irrep block x_b (mul U, degree l1, d1 = 2 l1 + 1) and a path
-t = (l1, l2 → l3) with path weight α_t and Clebsch–Gordan block C_t (d1 × d2 × d3):
+in a different order. For an input irrep block x_b (U channels, degree l1, d1 = 2 l1 + 1) and a
+path t = (l1 ⊗ l2 → l3) with path weight α_t and Clebsch–Gordan block C_t (d1 × d2 × d3):
 
     m_t[e, u, k] = w_t[e, u] · α_t Σ_ij C_t[i, j, k] x_b[e, u, i] Y^{l2}[e, j]
                  = w_t[e, u] · Σ_i M_t[e, k, i] x_b[e, i, u],
-    M_t[e, k, i] = α_t Σ_j C_t[i, j, k] Y^{l2}[e, j]                        (per edge, no channels)
+    M_t[e, k, i] = α_t Σ_j C_t[i, j, k] Y^{l2}[e, j]        (per edge, independent of channels)
 
-1. The per-edge coupling matrices M_t of all paths of a block come from ONE matmul of the
-   spherical harmonics with a constant matrix (α_t C_t folded in): [E, D_sh] @ [D_sh, D3_b·d1].
-2. All paths of a block share ONE batched matmul over edges: [E, D3_b, d1] @ [E, d1, U], i.e.
-   the channels u are batched and the d2 factor of e3nn's outer product x ⊗ Y is never formed.
-3. Internally the layout is "m-major" [E, 2l+1, U] (channels innermost), so the per-path weight
-   multiply broadcasts over a leading axis and vectorises over U; e3nn's [E, U, 2l+1] layout is
-   restored once per path (on nodes, not edges, in `aggregate`).
-4. Pieces are taken with `torch.split` (backward: one `cat`) instead of slicing (backward: a full
-   zero tensor per slice), and the output is built with one `torch.cat`.
-5. `aggregate` fuses gather (sender) → convolution → scatter-sum (receiver): every edge-level
-   tensor is per block or per path, the layout change happens on nodes, and no [E, irreps_out.dim]
-   tensor is ever formed.
+How it is computed (see docs/performance.md for the measurements behind each choice):
+
+1. Paths are grouped by (input block, d3). Within a group all paths have the same shapes, so
+   every operation below is one call per group, not per path (few operations per layer: the
+   per-operation overhead dominates small systems).
+2. The coupling matrices M_t of all paths come from ONE matmul of the spherical harmonics with a
+   constant matrix (α_t C_t folded in): [E, D_sh] @ [D_sh, Σ_t d3·d1].
+3. Per group, ONE batched matmul over edges contracts M with the sender features, channels
+   batched: [E, P·d3, d1] @ [E, d1, U]. e3nn's outer product x ⊗ Y (d2 times larger) is never
+   formed. Scalar inputs (d1 = 1) use a broadcast product instead of a matmul.
+4. Internally features are "m-major", [E, 2l+1, U] (channels innermost), so the weight multiply
+   broadcasts over leading axes and vectorises over U. The layout change to and from e3nn's
+   [U, 2l+1] happens once per call, on nodes (N rows) rather than edges in `aggregate`.
+5. Weights are brought into group order with one split + cat (backward: one cat), and inputs and
+   outputs are permuted with one index_select each: no slicing, hence none of the zero-filled
+   full-size gradients that slicing produces in autograd.
+6. `aggregate` fuses gather (sender) → convolution → scatter-sum (receiver): the edge-level
+   tensors are per group, and no [E, irreps_out.dim] tensor is formed.
 
 TorchScript-compatible (plain tensor ops, typed attributes), device-agnostic, float32/float64.
 The coupling constants are recomputed exactly in float64 and cast whenever the module changes
@@ -36,73 +42,9 @@ from torch import Tensor, nn
 
 from potentials.nn.scatter import scatter_sum
 
-
-class _Path:
-    """One "uvu" path of a block: l1 ⊗ l2 → l3 (plain Python record used at construction)."""
-
-    def __init__(
-        self, sh_index: int, output_index: int, path_weight: float, weight_start: int
-    ) -> None:
-        self.sh_index = sh_index
-        self.output_index = output_index
-        self.path_weight = path_weight
-        self.weight_start = weight_start
-
-
-class FusedConvolutionBlock(nn.Module):
-    """All paths leaving one input irrep block (mul × l1) of the convolution.
-
-    forward(x [E, d1, U] m-major, edge_sh [E, D_sh], weights [P][E, U]) -> [P][E, d3_t, U]
-    where P is the number of paths of the block, in instruction order.
-    """
-
-    __jit_ignored_attributes__ = ["_coupling_exact"]
-
-    def __init__(
-        self, irreps_sh: o3.Irreps, irrep_in: o3.Irrep, irreps_out: o3.Irreps, paths: list[_Path]
-    ) -> None:
-        super().__init__()
-        self.dim_in: int = irrep_in.dim
-        self.path_dims: List[int] = [irreps_out[p.output_index].ir.dim for p in paths]
-        self.num_rows: int = sum(self.path_dims)
-        # coupling[j, (row, i)] with row = offset_t + k: α_t C_t[i, j - start(l2), k]
-        coupling = torch.zeros(irreps_sh.dim, self.num_rows, self.dim_in, dtype=torch.float64)
-        sh_slices = irreps_sh.slices()
-        row = 0
-        for path, d3 in zip(paths, self.path_dims):
-            ir_sh = irreps_sh[path.sh_index].ir
-            ir_out = irreps_out[path.output_index].ir
-            cg = o3.wigner_3j(irrep_in.l, ir_sh.l, ir_out.l, dtype=torch.float64)  # [i, j, k]
-            sh = sh_slices[path.sh_index]
-            coupling[sh.start : sh.stop, row : row + d3, :] = path.path_weight * cg.permute(1, 2, 0)
-            row += d3
-        self._coupling_exact = coupling.reshape(irreps_sh.dim, self.num_rows * self.dim_in)
-        self.register_buffer(
-            "coupling", self._coupling_exact.to(torch.get_default_dtype()), persistent=False
-        )
-
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch.nn.Module signature
-        module = super()._apply(fn, recurse)
-        # Re-derive the constants from their float64 values (no float32 rounding after .double()).
-        self.coupling = self._coupling_exact.to(
-            device=self.coupling.device, dtype=self.coupling.dtype
-        )
-        return module
-
-    def forward(self, x: Tensor, edge_sh: Tensor, weights: List[Tensor]) -> List[Tensor]:
-        num_edges = x.shape[0]
-        # M[e, row, i]: per-edge coupling of all paths of this block, [E, D3_b, d1]
-        coupling = torch.mm(edge_sh, self.coupling).view(num_edges, self.num_rows, self.dim_in)
-        messages: List[Tensor] = []
-        if self.dim_in == 1:
-            # scalar inputs: m_t = M_t ⊙ (w_t x), an outer product per edge
-            for coupling_path, weight in zip(torch.split(coupling, self.path_dims, dim=1), weights):
-                messages.append(coupling_path * (x * weight.unsqueeze(1)))
-        else:
-            products = torch.bmm(coupling, x)  # [E, D3_b, U]
-            for product, weight in zip(torch.split(products, self.path_dims, dim=1), weights):
-                messages.append(product * weight.unsqueeze(1))
-        return messages
+# Edge-level tensors of one `aggregate` chunk stay below this many elements (4 MiB in float32):
+# far below glibc's 32 MiB mmap threshold, so their memory is reused, not faulted in again.
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
 
 
 class FusedUVUConvolution(nn.Module):
@@ -117,6 +59,8 @@ class FusedUVUConvolution(nn.Module):
               num_nodes) -> [N, irreps_out.dim] = Σ_{e: receiver[e] = n} forward(x[sender])[e]
     """
 
+    __jit_ignored_attributes__ = ["_coupling_exact"]
+
     def __init__(
         self,
         irreps_node: o3.Irreps,
@@ -125,74 +69,163 @@ class FusedUVUConvolution(nn.Module):
         instructions: list[tuple[int, int, int, float]],
     ) -> None:
         super().__init__()
-        irreps_node, irreps_sh, irreps_out = (o3.Irreps(i) for i in (irreps_node, irreps_sh, irreps_out))
+        irreps_node, irreps_sh, irreps_out = (
+            o3.Irreps(irreps) for irreps in (irreps_node, irreps_sh, irreps_out)
+        )
         if any(mul != 1 for mul, _ in irreps_sh):
             raise ValueError(f"fused convolution needs multiplicity 1 in irreps_sh, got {irreps_sh}")
-        outputs = sorted(i_out for _, _, i_out, _ in instructions)
-        if outputs != list(range(len(irreps_out))):
-            raise ValueError("fused convolution needs exactly one instruction per output irrep block")
-        self.weight_numel: int = 0
-        paths_of_block: list[list[_Path]] = [[] for _ in irreps_node]
-        for i_in1, i_in2, i_out, path_weight in instructions:
-            mul_in, ir_in = irreps_node[i_in1]
-            mul_out, ir_out = irreps_out[i_out]
+        if not instructions:
+            raise ValueError("fused convolution needs at least one path")
+        if sorted(i_out for _, _, i_out, _ in instructions) != list(range(len(irreps_out))):
+            raise ValueError("fused convolution needs exactly one instruction per output block")
+        weight_starts = []
+        start = 0
+        for i_in1, i_in2, i_out, _ in instructions:
+            (mul_in, ir_in), (mul_out, ir_out) = irreps_node[i_in1], irreps_out[i_out]
             if mul_in != mul_out or ir_out not in ir_in * irreps_sh[i_in2].ir:
                 raise ValueError(f"instruction {(i_in1, i_in2, i_out)} is not a uvu path")
-            paths_of_block[i_in1].append(_Path(i_in2, i_out, float(path_weight), self.weight_numel))
-            self.weight_numel += mul_in
+            weight_starts.append(start)
+            start += mul_in
+        self.weight_numel = start
+        self.num_outputs = len(irreps_out)
 
-        self.num_outputs: int = len(irreps_out)
-        self.input_sizes: List[int] = [mul_ir.dim for mul_ir in irreps_node]
-        self.block_index: List[int] = []  # which input block feeds each FusedConvolutionBlock
-        self.block_mul: List[int] = []
-        self.block_dim: List[int] = []
-        weight_order: list[_Path] = []
-        output_of_piece: list[int] = []
-        blocks = []
-        for index, ((mul, ir), paths) in enumerate(zip(irreps_node, paths_of_block)):
-            if not paths:
-                continue
-            blocks.append(FusedConvolutionBlock(irreps_sh, ir, irreps_out, paths))
-            self.block_index.append(index)
-            self.block_mul.append(mul)
-            self.block_dim.append(ir.dim)
-            weight_order += paths
-            output_of_piece += [p.output_index for p in paths]
-        self.blocks = nn.ModuleList(blocks)
-        # weights are split per path in e3nn's (instruction) order; pieces come in block order
-        self.weight_sizes: List[int] = [
-            irreps_node[i_in1].mul for i_in1, _, _, _ in instructions
+        # groups: (input block, d3), in order of first appearance; paths in instruction order
+        groups: dict[tuple[int, int], list[int]] = {}
+        for t, (i_in1, _, i_out, _) in enumerate(instructions):
+            groups.setdefault((i_in1, irreps_out[i_out].ir.dim), []).append(t)
+        blocks = sorted({i_in1 for i_in1, _ in groups})
+        block_position = {b: k for k, b in enumerate(blocks)}
+
+        # input permutation: e3nn [N, (u, i)] per block -> m-major [N, (i, u)] per used block
+        in_offsets = [s.start for s in irreps_node.slices()]
+        input_permutation = []
+        for b in blocks:
+            mul, ir = irreps_node[b]
+            input_permutation += [
+                in_offsets[b] + u * ir.dim + i for i in range(ir.dim) for u in range(mul)
+            ]
+        self.block_sizes = [irreps_node[b].dim for b in blocks]  # m-major blocks, [(i, u)]
+
+        out_offsets = [s.start for s in irreps_out.slices()]
+        sh_slices = irreps_sh.slices()
+        coupling_columns: list[Tensor] = []
+        output_source = [0] * irreps_out.dim
+        # per group g: m-major input block, number of paths P, d1, d3, channels U, sizes
+        group_block, group_paths, group_dim_in, group_dim_out = [], [], [], []
+        group_mul, group_coupling_sizes, weight_order = [], [], []
+        message_offset = 0
+        for (b, d3), paths in groups.items():
+            mul, ir_in = irreps_node[b]
+            d1 = ir_in.dim
+            # coupling[j, (p, k, i)] = α_p C_p[i, j - start(l2_p), k]
+            coupling = torch.zeros(irreps_sh.dim, len(paths), d3, d1, dtype=torch.float64)
+            for p, t in enumerate(paths):
+                _, i_in2, i_out, path_weight = instructions[t]
+                l2, l3 = irreps_sh[i_in2].ir.l, irreps_out[i_out].ir.l
+                cg = o3.wigner_3j(ir_in.l, l2, l3, dtype=torch.float64)  # [i, j, k]
+                sh = sh_slices[i_in2]
+                coupling[sh.start : sh.stop, p] = path_weight * cg.permute(1, 2, 0)
+                # aggregated group layout [(p, k, u)] -> e3nn output [(u, k)] of block i_out
+                for k in range(d3):
+                    for u in range(mul):
+                        output_source[out_offsets[i_out] + u * d3 + k] = (
+                            message_offset + (p * d3 + k) * mul + u
+                        )
+                weight_order.append(t)
+            coupling_columns.append(coupling.reshape(irreps_sh.dim, -1))
+            group_block.append(block_position[b])
+            group_paths.append(len(paths))
+            group_dim_in.append(d1)
+            group_dim_out.append(d3)
+            group_mul.append(mul)
+            group_coupling_sizes.append(len(paths) * d3 * d1)
+            message_offset += len(paths) * d3 * mul
+        self.group_block = group_block
+        self.group_paths = group_paths
+        self.group_dim_in = group_dim_in
+        self.group_dim_out = group_dim_out
+        self.group_mul = group_mul
+        self.group_coupling_sizes = group_coupling_sizes
+        self.group_message_sizes = [
+            p * d3 * u for p, d3, u in zip(group_paths, group_dim_out, group_mul, strict=True)
         ]
-        starts = [p.weight_start for p in weight_order]
-        all_starts = sorted(starts)
-        self.weight_piece: List[int] = [all_starts.index(s) for s in starts]
-        self.path_counts: List[int] = [len(b.path_dims) for b in blocks]
-        self.output_order: List[int] = [output_of_piece.index(k) for k in range(self.num_outputs)]
-        self.output_dims: List[int] = [mul_ir.ir.dim for mul_ir in irreps_out]
+        self.group_weight_sizes = [p * u for p, u in zip(group_paths, group_mul, strict=True)]
+        self.weight_order = weight_order  # instruction index of each path, in group order
+        self.path_weight_sizes = [irreps_node[i_in1].mul for i_in1, _, _, _ in instructions]
 
-    def _block_weights(self, weights: Tensor) -> List[List[Tensor]]:
-        """Split [E, weight_numel] into per-path [E, U] pieces, grouped by block."""
-        pieces = torch.split(weights, self.weight_sizes, dim=1)
-        grouped: List[List[Tensor]] = []
-        start = 0
-        for count in self.path_counts:
-            grouped.append([pieces[self.weight_piece[start + t]] for t in range(count)])
-            start += count
-        return grouped
+        self._coupling_exact = torch.cat(coupling_columns, dim=1)
+        # largest per-edge tensor of a chunk (elements): a group's messages, or the weights
+        self.elements_per_edge = max(
+            self.group_message_sizes + [self.weight_numel, irreps_node.dim]
+        )
+        self.chunk_elements = DEFAULT_CHUNK_ELEMENTS
+        self.register_buffer(
+            "coupling", self._coupling_exact.to(torch.get_default_dtype()), persistent=False
+        )
+        self.register_buffer(
+            "input_permutation", torch.tensor(input_permutation, dtype=torch.long), persistent=False
+        )
+        self.register_buffer(
+            "output_permutation", torch.tensor(output_source, dtype=torch.long), persistent=False
+        )
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch.nn.Module signature
+        module = super()._apply(fn, recurse)
+        # Re-derive the constants from their float64 values (no float32 rounding after .double()).
+        self.coupling = self._coupling_exact.to(
+            device=self.coupling.device, dtype=self.coupling.dtype
+        )
+        return module
+
+    def _messages(self, inputs: Tensor, edge_sh: Tensor, weights: Tensor) -> List[Tensor]:
+        """Messages per group, [E, P·d3·U] each ((p, k, u) order).
+
+        inputs: [E, Σ_b d1·U] sender features, m-major per block; edge_sh: [E, D_sh];
+        weights: [E, weight_numel] in e3nn's order.
+        """
+        num_edges = inputs.shape[0]
+        blocks = torch.split(inputs, self.block_sizes, dim=1)
+        path_weights = torch.split(weights, self.path_weight_sizes, dim=1)
+        grouped_weights = torch.split(
+            torch.cat([path_weights[t] for t in self.weight_order], dim=1),
+            self.group_weight_sizes,
+            dim=1,
+        )
+        couplings = torch.split(torch.mm(edge_sh, self.coupling), self.group_coupling_sizes, dim=1)
+        messages: List[Tensor] = []
+        for g, coupling in enumerate(couplings):
+            paths, dim_in, dim_out, mul = (
+                self.group_paths[g], self.group_dim_in[g], self.group_dim_out[g], self.group_mul[g]
+            )
+            weight = grouped_weights[g].view(num_edges, paths, 1, mul)
+            x = blocks[self.group_block[g]].view(num_edges, dim_in, mul)
+            if dim_in == 1:  # scalar inputs: an outer product per edge, weights on the small side
+                message = coupling.view(num_edges, paths, dim_out, 1) * (
+                    x.view(num_edges, 1, 1, mul) * weight
+                )
+            elif paths * dim_out == 1:  # one scalar output row: a dot product, cheaper than bmm
+                product = (coupling.view(num_edges, dim_in, 1) * x).sum(dim=1, keepdim=True)
+                message = product.view(num_edges, 1, 1, mul) * weight
+            else:
+                product = torch.bmm(coupling.view(num_edges, paths * dim_out, dim_in), x)
+                message = product.view(num_edges, paths, dim_out, mul) * weight
+            messages.append(message.view(num_edges, paths * dim_out * mul))
+        return messages
 
     def forward(self, node_features: Tensor, edge_sh: Tensor, weights: Tensor) -> Tensor:
-        num_edges = node_features.shape[0]
-        inputs = torch.split(node_features, self.input_sizes, dim=1)
-        block_weights = self._block_weights(weights)
-        pieces: List[Tensor] = []
-        for b, block in enumerate(self.blocks):
-            mul = self.block_mul[b]
-            x = inputs[self.block_index[b]].reshape(num_edges, mul, self.block_dim[b])
-            for message in block(x.transpose(1, 2), edge_sh, block_weights[b]):
-                pieces.append(
-                    message.transpose(1, 2).reshape(num_edges, message.shape[1] * message.shape[2])
-                )
-        return self._assemble(pieces, node_features)
+        inputs = node_features.index_select(1, self.input_permutation)
+        messages = self._messages(inputs, edge_sh, weights)
+        return self._to_e3nn_layout(messages)
+
+    def edge_chunk_size(self, num_edges: int) -> int:
+        """Edges per chunk in `aggregate` (0: one chunk). Bounds every edge-level tensor to
+        about `chunk_elements` elements, so large systems reuse memory instead of mapping fresh
+        pages for every intermediate (see docs/performance.md)."""
+        if not torch.jit.is_scripting():
+            if not isinstance(num_edges, int):  # symbolic shapes (make_fx, export): one chunk
+                return 0
+        size = max(self.chunk_elements // self.elements_per_edge, 1)
+        return 0 if num_edges <= size else size
 
     @torch.jit.export
     def aggregate(
@@ -204,22 +237,23 @@ class FusedUVUConvolution(nn.Module):
         receiver: Tensor,
         num_nodes: int,
     ) -> Tensor:
-        inputs = torch.split(node_features, self.input_sizes, dim=1)
-        block_weights = self._block_weights(weights)
-        pieces: List[Tensor] = []
-        for b, block in enumerate(self.blocks):
-            mul = self.block_mul[b]
-            x = inputs[self.block_index[b]].reshape(num_nodes, mul, self.block_dim[b])
-            x = x.transpose(1, 2).contiguous().index_select(0, sender)  # [E, d1, U]
-            for message in block(x, edge_sh, block_weights[b]):
-                summed = scatter_sum(message, receiver, num_nodes)  # [N, d3, U]
-                pieces.append(
-                    summed.transpose(1, 2).reshape(num_nodes, summed.shape[1] * summed.shape[2])
-                )
-        return self._assemble(pieces, node_features)
+        features = node_features.index_select(1, self.input_permutation)  # [N, Σ d1·U] m-major
+        chunk = self.edge_chunk_size(edge_sh.shape[0])
+        if chunk == 0:
+            messages = self._messages(features.index_select(0, sender), edge_sh, weights)
+            summed = [scatter_sum(message, receiver, num_nodes) for message in messages]
+            return self._to_e3nn_layout(summed)
+        # Edge chunks: per-group messages accumulate in place on [N, P·d3·U] node tensors.
+        summed = [features.new_zeros(num_nodes, size) for size in self.group_message_sizes]
+        sh_chunks, weight_chunks = torch.split(edge_sh, chunk), torch.split(weights, chunk)
+        sender_chunks, receiver_chunks = torch.split(sender, chunk), torch.split(receiver, chunk)
+        for c in range(len(sh_chunks)):
+            inputs = features.index_select(0, sender_chunks[c])
+            messages = self._messages(inputs, sh_chunks[c], weight_chunks[c])
+            for g, message in enumerate(messages):
+                summed[g].index_add_(0, receiver_chunks[c], message)
+        return self._to_e3nn_layout(summed)
 
-    def _assemble(self, pieces: List[Tensor], like: Tensor) -> Tensor:
-        """Concatenate per-path pieces [rows, U·d3] in output-irrep order."""
-        if len(pieces) == 0:
-            return like.new_zeros(like.shape[0], 0)
-        return torch.cat([pieces[i] for i in self.output_order], dim=1)
+    def _to_e3nn_layout(self, pieces: List[Tensor]) -> Tensor:
+        """Per-group pieces [rows, P·d3·U] → [rows, irreps_out.dim] in e3nn's layout."""
+        return torch.cat(pieces, dim=1).index_select(1, self.output_permutation)
