@@ -118,16 +118,26 @@ def test_exported_matches_eager_float64(deployed, frames, eager64):
 
 def test_exported_matches_eager_float32(model, deployed, frames):
     assert deployed["float32"].dtype == torch.float32
-    for out, reference in zip(
+    for frame, out, reference in zip(
+        frames,
         deployed_results(deployed["float32"], frames),
         eager_results(model, frames, torch.float32),
         strict=True,
     ):
         scale = {key: np.abs(value).max() + 1e-12 for key, value in reference.items()}
+        if "stress" in reference:
+            # stress is a sum of pair terms r_ij ⊗ f_ij / V that largely cancel; float32
+            # rounding (the in-graph and matscipy neighbor lists sum edges in different
+            # orders) is relative to the size of those terms, not to their small sum.
+            pair_term = np.abs(reference["forces"]).max() * model.r_max / frame.get_volume()
+            scale["stress"] = max(scale["stress"], pair_term)
         for key in ("energy", "forces", "stress"):
             if key in reference:
                 deviation = np.abs(np.asarray(out[key]).ravel() - reference[key].ravel()).max()
-                assert deviation <= 1e-5 * scale[key], (key, deviation, scale[key])
+                # + 1e-7 eV/Å³ (16 Pa) floor for stress: float32 rounding of nearly cancelling
+                # pair terms summed in another edge order
+                floor = 1e-7 if key == "stress" else 0.0
+                assert deviation <= 1e-5 * scale[key] + floor, (key, deviation, scale[key])
 
 
 def test_verify_reports_max_deviations(model, exported, deployed, frames):
