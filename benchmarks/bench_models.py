@@ -15,6 +15,8 @@ What is measured, for every (row, system, dtype) and every implementation:
   `create_graph`, Adam step, one frame per step) and the achieved FLOP/s of the tensor-product
   core (`EdgeConvolution.aggregate` of the last interaction, forward, useful FLOPs counted by
   `convolution_flops`) next to the FLOP/s of a plain matmul measured in the same process;
+- optionally (`--thp`) everything again with torch's transparent-huge-page allocation, which
+  removes most page faults of large allocations for every implementation alike;
 - the foreign CPU load (cores busy with other processes, from /proc/stat, minus this process's
   own CPU time) before and during every measurement. Before measuring, a worker waits (at most
   `--max-wait` s) until the foreign load is below `--quiet-load` cores; the load it saw is
@@ -379,12 +381,13 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- orchestration
 
 
-def run_worker(command: list[str], timeout: float) -> dict[str, Any]:
+def run_worker(command: list[str], timeout: float, env: dict[str, str]) -> dict[str, Any]:
     """Run one worker subprocess; return its result line, or an error record."""
     started = time.perf_counter()
     try:
         completed = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+            command, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+            env={**os.environ, **env},
         )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
@@ -450,6 +453,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--train-systems", nargs="+", default=["3bpa", "water"],
         help="systems whose training throughput is measured (default: 3bpa water)",
     )
+    parser.add_argument(
+        "--thp", action="store_true",
+        help="run every worker (equimd and peers alike) with THP_MEM_ALLOC_ENABLE=1: torch "
+        "backs allocations >= 2 MiB with transparent huge pages (fewer page faults)",
+    )
     parser.add_argument("--json", default=str(ROOT / "bench_out" / "models.json"))
     parser.add_argument(
         "--quick", action="store_true",
@@ -500,8 +508,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             f"benchmarks/peers/setup_peers.sh {peer['name']}) or no worker"
                         )
                 results = []
+                env = {"THP_MEM_ALLOC_ENABLE": "1"} if args.thp else {}
                 for name, command in runs:
-                    result = run_worker(command, args.timeout)
+                    result = run_worker(command, args.timeout, env)
                     result.setdefault("implementation", name)
                     result.update(row=row_name, system=system, dtype=dtype)
                     results.append(result)
