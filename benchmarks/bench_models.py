@@ -15,8 +15,8 @@ What is measured, for every (row, system, dtype) and every implementation:
   `create_graph`, Adam step, one frame per step) and the achieved FLOP/s of the tensor-product
   core (`EdgeConvolution.aggregate` of the last interaction, forward, useful FLOPs counted by
   `convolution_flops`) next to the FLOP/s of a plain matmul measured in the same process;
-- optionally (`--thp`) everything again with torch's transparent-huge-page allocation, which
-  removes most page faults of large allocations for every implementation alike;
+- with `--thp`, every worker (equimd's and the peers') runs with torch's transparent-huge-page
+  allocation (`THP_MEM_ALLOC_ENABLE=1`), which removes most page faults of large allocations;
 - the foreign CPU load (cores busy with other processes, from /proc/stat, minus this process's
   own CPU time) before and during every measurement. Before measuring, a worker waits (at most
   `--max-wait` s) until the foreign load is below `--quiet-load` cores; the load it saw is

@@ -42,6 +42,7 @@ CONVOLUTIONS = {
     "nequip_hidden": ("8x0o+8x0e+8x1o+8x1e+8x2o+8x2e", 2, True, "8x0e+8x0o+8x1o+8x1e+8x2e+8x2o"),
     "mixed_multiplicities_l3": ("5x0e+3x1o+2x2e+4x3o", 3, True, "0e+1o+2e+3o+1e"),
     "no_parity": ("6x0e+6x1o", 1, False, "6x0e+6x1o"),
+    "parity_partners_mixed_multiplicities": ("4x0e+3x0o+4x1o+6x1e+2x2e", 2, True, "0e+0o+1o+1e+2e+2o"),
     "mace_first_layer": ("16x0e", 3, True, "16x0e+16x1o+16x2e+16x3o"),
     "mace_vector": ("8x0e+8x1o", 3, True, "8x0e+8x1o+8x2e+8x3o"),
 }
@@ -223,6 +224,43 @@ def test_forces_and_stress_equal_reference(backend):
             actual = ForceField(model)(graph, compute_stress=True)
             for key in ("energy", "atomic_energies", "forces", "stress"):
                 torch.testing.assert_close(actual[key], expected[key], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_layers_compute_only_what_the_energy_depends_on(backend):
+    """The last interaction convolves only into 0e (the readout reads only scalars), the one
+    before only into the irreps the last one reads; the reference computes everything.
+    (That this is exact is checked by the force/stress/gradient comparisons.)"""
+    reference, fast = nequip_pair(backend, num_layers=4)
+    last, before_last = fast.interactions[-1], fast.interactions[-2]
+    assert set(ir for _, ir in last.pruned_convolution.irreps_out) == {o3.Irrep("0e")}
+    assert last.pruned_weight_columns.numel() < last.convolution.weight_numel
+    assert set(ir for _, ir in before_last.pruned_convolution.irreps_out) == {
+        o3.Irrep(ir) for ir in ("0e", "1o", "2e")
+    }
+    assert not any(hasattr(layer, "pruned_convolution") for layer in reference.interactions)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_training_gradients_equal_reference(backend):
+    """Parameter gradients of an energy + forces loss (double backward) are the same."""
+    reference, fast = nequip_pair(backend)
+    graph = graph_of(STRUCTURES["periodic_mixed_species"]())
+    gradients = []
+    for model in (reference, fast):
+        out = ForceField(model)(graph, training=True)
+        loss = out["energy"].pow(2).sum() + out["forces"].pow(2).sum()
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        gradients.append(torch.autograd.grad(loss, parameters, allow_unused=True))
+    parameters = [p for p in fast.parameters() if p.requires_grad]
+    for parameter, expected, actual in zip(parameters, *gradients, strict=True):
+        zeros = torch.zeros_like(parameter)
+        torch.testing.assert_close(
+            zeros if actual is None else actual,
+            zeros if expected is None else expected,
+            rtol=1e-9,
+            atol=1e-11,
+        )
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)

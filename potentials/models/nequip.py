@@ -21,7 +21,7 @@ from potentials.nn.gate import equivariant_gate, gated_irreps
 from potentials.nn.linear import linear, scalar_tensor_product
 from potentials.nn.radial import RadialEmbedding, radial_mlp
 from potentials.nn.species import one_hot
-from potentials.nn.tensor_product import DEFAULT_TP_BACKEND, EdgeConvolution
+from potentials.nn.tensor_product import DEFAULT_TP_BACKEND, EdgeConvolution, convolution_irreps
 
 
 def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
@@ -67,6 +67,95 @@ class NequIPInteraction(nn.Module):
         self.self_connection = scalar_tensor_product(self.irreps_in, irreps_attrs, irreps_pre_gate)
         self.message_normalization = 1.0 / math.sqrt(avg_num_neighbors)
         self.resnet = bool(resnet) and self.irreps_in == self.irreps_out
+        # set by `restrict_to` (outputs the model does not read are not computed)
+        self.register_buffer("pruned_weight_columns", torch.zeros(0, dtype=torch.long), False)
+        self.register_buffer("pruned_output_columns", torch.zeros(0, dtype=torch.long), False)
+        self.radial_last_scale = 1.0
+        self.radial_depth = len(self.radial_weights)
+        self.convolution_dim = self.convolution.irreps_out.dim
+
+    def restrict_to(self, irreps_read: o3.Irreps) -> o3.Irreps:
+        """Compute only what the outputs `irreps_read` (the irreps of this layer's output that
+        the model reads) depend on; returns the irreps of this layer's input they depend on.
+
+        Linear layers and self-connection map each irrep onto the same irrep, the gate maps
+        scalars onto scalars and (gates, gated) onto gated, and a convolution path maps l1 onto
+        l1 ⊗ l2. The convolution paths into irreps that cannot reach `irreps_read` are skipped
+        (their outputs are zero) and so are their radial weights. Exact: skipped paths cannot
+        change the energy or any of its derivatives. In NequIP with l_max 2 and both parities,
+        the last layer needs 3 of its 30 paths (the readout reads only 0e), the one before
+        about half. The e3nn reference backend is never restricted.
+        """
+        read = {ir for _, ir in o3.Irreps(irreps_read)}
+        needed = {ir for _, ir in self.gate.irreps_in if ir in read}
+        if any(ir.l > 0 for ir in read):  # gated outputs also need their gates
+            needed |= {ir for _, ir in self.gate.irreps_gates}
+        irreps_sh = self.convolution.irreps_sh
+        inputs = set()
+        for _, ir_in in self.irreps_in:
+            reaches = ir_in in needed or any(  # self-connection or a convolution path
+                ir in needed for _, ir_sh in irreps_sh for ir in ir_in * ir_sh
+            )
+            if reaches or (self.resnet and ir_in in read):
+                inputs.add(ir_in)
+        irreps_inputs = o3.Irreps([(1, ir) for ir in sorted(inputs)])
+        target = o3.Irreps([(1, ir) for ir in sorted(needed)])
+        if self.convolution.backend == "e3nn" or not needed:
+            return irreps_inputs
+        partial = EdgeConvolution(self.irreps_in, irreps_sh, target, self.convolution.backend)
+        if partial.weight_numel >= self.convolution.weight_numel:
+            return irreps_inputs
+        _, full_instructions = convolution_irreps(
+            self.irreps_in, irreps_sh, o3.Irreps(self.gate.irreps_in)
+        )
+        _, partial_instructions = convolution_irreps(self.irreps_in, irreps_sh, target)
+        full_out, partial_out = self.convolution.irreps_out, partial.irreps_out
+        weight_start, start = {}, 0
+        for i_in1, i_in2, i_out, *_ in full_instructions:
+            weight_start[(i_in1, i_in2, full_out[i_out].ir)] = (start, i_out)
+            start += self.irreps_in[i_in1].mul
+        weight_columns: list[int] = []
+        output_of_block: dict[int, int] = {}
+        for i_in1, i_in2, i_out, *_ in partial_instructions:
+            full_start, full_i_out = weight_start[(i_in1, i_in2, partial_out[i_out].ir)]
+            weight_columns += range(full_start, full_start + self.irreps_in[i_in1].mul)
+            output_of_block[i_out] = full_i_out
+        full_slices = full_out.slices()
+        output_columns: list[int] = []
+        for block in range(len(partial_out)):
+            columns = full_slices[output_of_block[block]]
+            output_columns += range(columns.start, columns.stop)
+        last = list(self.radial_weights)[-1]
+        self.pruned_convolution = partial
+        self.pruned_weight_columns = torch.tensor(weight_columns, dtype=torch.long)
+        self.pruned_output_columns = torch.tensor(output_columns, dtype=torch.long)
+        self.radial_last_scale = float((last.h_in * last.var_in / last.var_out) ** 0.5)
+        return irreps_inputs
+
+    def _aggregate(
+        self, features: Tensor, edge_sh: Tensor, edge_radial: Tensor, edge_index: Tensor
+    ) -> Tensor:
+        """Σ over incoming edges of the convolution, [N, convolution.irreps_out.dim]."""
+        sender, receiver = edge_index[0], edge_index[1]
+        num_nodes = features.shape[0]
+        if not hasattr(self, "pruned_convolution"):  # resolved when scripting
+            weights = self.radial_weights(edge_radial)
+            return self.convolution.aggregate(
+                features, edge_sh, weights, sender, receiver, num_nodes
+            )
+        # radial MLP with only the needed output columns of its last (linear) layer
+        weights = edge_radial
+        for depth, layer in enumerate(self.radial_weights):
+            if depth + 1 < self.radial_depth:
+                weights = layer(weights)
+            else:
+                last_weight = layer.weight.index_select(1, self.pruned_weight_columns)
+                weights = torch.mm(weights, last_weight / self.radial_last_scale)
+        partial = self.pruned_convolution.aggregate(
+            features, edge_sh, weights, sender, receiver, num_nodes
+        )
+        full = features.new_zeros(num_nodes, self.convolution_dim)
+        return full.index_copy(1, self.pruned_output_columns, partial)
 
     def forward(
         self,
@@ -76,13 +165,9 @@ class NequIPInteraction(nn.Module):
         edge_radial: Tensor,
         edge_index: Tensor,
     ) -> Tensor:
-        sender, receiver = edge_index[0], edge_index[1]
         self_connection = self.self_connection(node_features, node_attrs)
         features = self.linear_in(node_features)
-        aggregated = self.convolution.aggregate(
-            features, edge_sh, self.radial_weights(edge_radial), sender, receiver,
-            node_features.shape[0],
-        )
+        aggregated = self._aggregate(features, edge_sh, edge_radial, edge_index)
         updated = self.linear_out(aggregated * self.message_normalization) + self_connection
         updated = self.gate(updated)
         if self.resnet:
@@ -155,6 +240,11 @@ class NequIP(Potential):
             layers.append(layer)
             irreps = layer.irreps_out
         self.interactions = nn.ModuleList(layers)
+        # The readout reads only the scalars (0e) of the last layer: from there back, each layer
+        # computes only what the energy depends on (exact; see NequIPInteraction.restrict_to).
+        irreps_read = o3.Irreps("0e")
+        for layer in reversed(layers):
+            irreps_read = layer.restrict_to(irreps_read)
         self.readout_hidden = linear(irreps, o3.Irreps(f"{max(num_features // 2, 1)}x0e"))
         self.readout = linear(self.readout_hidden.irreps_out, o3.Irreps("1x0e"))
 

@@ -12,7 +12,8 @@ How it is computed (see docs/performance.md for the measurements behind each cho
 
 1. Paths are grouped by (input block, d3). Within a group all paths have the same shapes, so
    every operation below is one call per group, not per path (few operations per layer: the
-   per-operation overhead dominates small systems).
+   per-operation overhead dominates small systems). Input blocks with the same coupling
+   structure (e.g. 1o and 1e) are concatenated along the channels and share every operation.
 2. The coupling matrices M_t of all paths come from ONE matmul of the spherical harmonics with a
    constant matrix (α_t C_t folded in): [E, D_sh] @ [D_sh, Σ_t d3·d1].
 3. Per group, ONE batched matmul over edges contracts M with the sender features, channels
@@ -89,57 +90,82 @@ class FusedUVUConvolution(nn.Module):
         self.weight_numel = start
         self.num_outputs = len(irreps_out)
 
-        # groups: (input block, d3), in order of first appearance; paths in instruction order
-        groups: dict[tuple[int, int], list[int]] = {}
+        # Paths of each input block, grouped by d3 (groups in order of first appearance,
+        # paths in instruction order within a group).
+        block_groups: dict[int, dict[int, list[int]]] = {}
         for t, (i_in1, _, i_out, _) in enumerate(instructions):
-            groups.setdefault((i_in1, irreps_out[i_out].ir.dim), []).append(t)
-        blocks = sorted({i_in1 for i_in1, _ in groups})
-        block_position = {b: k for k, b in enumerate(blocks)}
+            d3 = irreps_out[i_out].ir.dim
+            block_groups.setdefault(i_in1, {}).setdefault(d3, []).append(t)
 
-        # input permutation: e3nn [N, (u, i)] per block -> m-major [N, (i, u)] per used block
+        # Units: input blocks with identical coupling structure (same l1, and the same
+        # (Y block, l3, path weight) in every group position, e.g. 1o and 1e) are concatenated
+        # along the channels and share every operation: fewer and larger operations.
+        def signature(b: int) -> tuple:
+            return (
+                irreps_node[b].ir.l,
+                tuple(
+                    (d3, tuple((instructions[t][1], irreps_out[instructions[t][2]].ir.l,
+                                round(float(instructions[t][3]), 12)) for t in paths))
+                    for d3, paths in block_groups[b].items()
+                ),
+            )
+
+        units: dict[tuple, list[int]] = {}
+        for b in sorted(block_groups):
+            units.setdefault(signature(b), []).append(b)
+
+        # input permutation: e3nn [N, (u, i)] per block -> m-major [N, (i, (b, u))] per unit
         in_offsets = [s.start for s in irreps_node.slices()]
-        input_permutation = []
-        for b in blocks:
-            mul, ir = irreps_node[b]
-            input_permutation += [
-                in_offsets[b] + u * ir.dim + i for i in range(ir.dim) for u in range(mul)
-            ]
-        self.block_sizes = [irreps_node[b].dim for b in blocks]  # m-major blocks, [(i, u)]
+        input_permutation: list[int] = []
+        self.block_sizes = []  # m-major units, [(i, (b, u))]
+        for unit in units.values():
+            d1 = irreps_node[unit[0]].ir.dim
+            for i in range(d1):
+                for b in unit:
+                    input_permutation += [in_offsets[b] + u * d1 + i for u in range(irreps_node[b].mul)]
+            self.block_sizes.append(d1 * sum(irreps_node[b].mul for b in unit))
 
         out_offsets = [s.start for s in irreps_out.slices()]
         sh_slices = irreps_sh.slices()
         coupling_columns: list[Tensor] = []
         output_source = [0] * irreps_out.dim
-        # per group g: m-major input block, number of paths P, d1, d3, channels U, sizes
+        # per group g: m-major input unit, number of paths P, d1, d3, channels U, sizes
         group_block, group_paths, group_dim_in, group_dim_out = [], [], [], []
         group_mul, group_coupling_sizes, weight_order = [], [], []
         message_offset = 0
-        for (b, d3), paths in groups.items():
-            mul, ir_in = irreps_node[b]
+        for position, unit in enumerate(units.values()):
+            ir_in = irreps_node[unit[0]].ir
             d1 = ir_in.dim
-            # coupling[j, (p, k, i)] = α_p C_p[i, j - start(l2_p), k]
-            coupling = torch.zeros(irreps_sh.dim, len(paths), d3, d1, dtype=torch.float64)
-            for p, t in enumerate(paths):
-                _, i_in2, i_out, path_weight = instructions[t]
-                l2, l3 = irreps_sh[i_in2].ir.l, irreps_out[i_out].ir.l
-                cg = o3.wigner_3j(ir_in.l, l2, l3, dtype=torch.float64)  # [i, j, k]
-                sh = sh_slices[i_in2]
-                coupling[sh.start : sh.stop, p] = path_weight * cg.permute(1, 2, 0)
-                # aggregated group layout [(p, k, u)] -> e3nn output [(u, k)] of block i_out
-                for k in range(d3):
-                    for u in range(mul):
-                        output_source[out_offsets[i_out] + u * d3 + k] = (
-                            message_offset + (p * d3 + k) * mul + u
-                        )
-                weight_order.append(t)
-            coupling_columns.append(coupling.reshape(irreps_sh.dim, -1))
-            group_block.append(block_position[b])
-            group_paths.append(len(paths))
-            group_dim_in.append(d1)
-            group_dim_out.append(d3)
-            group_mul.append(mul)
-            group_coupling_sizes.append(len(paths) * d3 * d1)
-            message_offset += len(paths) * d3 * mul
+            mul = sum(irreps_node[b].mul for b in unit)
+            channel_offsets = [sum(irreps_node[c].mul for c in unit[:k]) for k in range(len(unit))]
+            for d3, paths in block_groups[unit[0]].items():
+                # coupling[j, (p, k, i)] = α_p C_p[i, j - start(l2_p), k]
+                coupling = torch.zeros(irreps_sh.dim, len(paths), d3, d1, dtype=torch.float64)
+                for p, t in enumerate(paths):
+                    _, i_in2, i_out, path_weight = instructions[t]
+                    l2, l3 = irreps_sh[i_in2].ir.l, irreps_out[i_out].ir.l
+                    cg = o3.wigner_3j(ir_in.l, l2, l3, dtype=torch.float64)  # [i, j, k]
+                    sh = sh_slices[i_in2]
+                    coupling[sh.start : sh.stop, p] = path_weight * cg.permute(1, 2, 0)
+                for p in range(len(paths)):
+                    for b, channel_offset in zip(unit, channel_offsets, strict=True):
+                        t = block_groups[b][d3][p]
+                        i_out = instructions[t][2]
+                        weight_order.append(t)  # weights in (p, b, u) order
+                        # messages [(p, k, (b, u))] -> e3nn output [(u, k)] of block i_out
+                        for k in range(d3):
+                            for u in range(irreps_node[b].mul):
+                                output_source[out_offsets[i_out] + u * d3 + k] = (
+                                    message_offset + (p * d3 + k) * mul + channel_offset + u
+                                )
+                coupling_columns.append(coupling.reshape(irreps_sh.dim, -1))
+                group_block.append(position)
+                group_paths.append(len(paths))
+                group_dim_in.append(d1)
+                group_dim_out.append(d3)
+                group_mul.append(mul)
+                group_coupling_sizes.append(len(paths) * d3 * d1)
+                message_offset += len(paths) * d3 * mul
         self.group_block = group_block
         self.group_paths = group_paths
         self.group_dim_in = group_dim_in
