@@ -142,6 +142,9 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         "--max-wait", str(args.max_wait),
     ]  # fmt: skip
     out_dir = Path(args.out)
+    env = {"EQUIMD_BENCH_TIME_BUDGET": str(args.time_budget)}
+    if args.thp:
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
     report: dict[str, Any] = {"settings": vars(args), "configs": CONFIGS, "results": []}
     print(
         f"{'implementation':<14} {'median ms':>10} {'min ms':>10} {'peak MiB':>9} {'load b/d':>11}"
@@ -157,6 +160,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
                     "--threads", str(args.threads),
                 ],
                 args.timeout,
+                env,
             )  # fmt: skip
             if "error" in made:
                 print(f"--- {config} | {system}: mace could not build the model: {made['error']}")
@@ -175,7 +179,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
                     runs.insert(1, runs[0] + ["--backend", "e3nn"])
                 results = []
                 for command in runs:
-                    result = bench.run_worker(command, args.timeout)
+                    result = bench.run_worker(command, args.timeout, env)
                     result.update(config=config, system=system, dtype=dtype)
                     results.append(result)
                 ours = results[0]
@@ -455,6 +459,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-wait", type=float, default=120.0, help="s per measurement")
     p.add_argument("--timeout", type=float, default=3600.0, help="s per subprocess")
     p.add_argument("--reference-backend", action="store_true", help="also equimd[e3nn]")
+    p.add_argument(
+        "--time-budget", type=float, default=240.0,
+        help="s per measurement: slow evaluations are timed fewer times, at least 5",
+    )
+    p.add_argument("--thp", action="store_true", help="THP_MEM_ALLOC_ENABLE=1 for every worker")
     p.add_argument("--out", default=str(ROOT / "bench_out" / "mace_models"))
     p.add_argument("--json", default=str(ROOT / "bench_out" / "mace_speed.json"))
     p.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 1 warm-up, no wait")

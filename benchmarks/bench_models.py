@@ -8,7 +8,9 @@
 What is measured, for every (row, system, dtype) and every implementation:
 
 - energy + forces wall time per evaluation of the model alone (neighbor list built beforehand):
-  median (and min) of `--repeats` evaluations after `--warmup` ones, `torch.set_num_threads`;
+  median (and min) of `--repeats` evaluations after `--warmup` ones, `torch.set_num_threads`
+  (`--time-budget` s per measurement: an evaluation that takes tens of seconds is timed fewer
+  times, at least 5, the same rule for every implementation; the count is reported);
 - peak memory: the RSS high-water mark of the process that ran the evaluations (one fresh
   subprocess per measurement, read before any training step);
 - for equimd: training throughput (frames/s: energy + forces loss, backward with
@@ -48,6 +50,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -178,11 +181,32 @@ def wait_for_quiet(threshold: float, max_wait: float, window: float = 1.0) -> di
 
 
 def measure(
-    fn: Callable[[], Any], repeats: int, warmup: int, quiet_load: float, max_wait: float
+    fn: Callable[[], Any],
+    repeats: int,
+    warmup: int,
+    quiet_load: float,
+    max_wait: float,
+    time_budget: float | None = None,
+    min_repeats: int = 5,
 ) -> dict[str, Any]:
-    """Warm up, wait for a quiet machine, then time `repeats` calls of `fn` one by one."""
-    for _ in range(warmup):
+    """Warm up, wait for a quiet machine, then time `repeats` calls of `fn` one by one.
+
+    `time_budget` (s; default: the `EQUIMD_BENCH_TIME_BUDGET` environment variable the
+    orchestrators set for every worker alike, 0 = none) bounds slow measurements: warm-up stops
+    after one call once it has used a fifth of the budget, and the number of timed calls is
+    cut to what fits in the budget, never below `min_repeats`. The count used is reported."""
+    if time_budget is None:
+        time_budget = float(os.environ.get("EQUIMD_BENCH_TIME_BUDGET", "0") or 0)
+    warm_start = time.perf_counter()
+    last = 0.0
+    for done in range(warmup):
+        if done and time_budget and time.perf_counter() - warm_start > 0.2 * time_budget:
+            break
+        start = time.perf_counter()
         fn()
+        last = time.perf_counter() - start
+    if time_budget and last > 0:
+        repeats = min(repeats, max(min_repeats, int(time_budget / last)))
     result: dict[str, Any] = wait_for_quiet(quiet_load, max_wait)
     window = LoadWindow()
     samples = []
@@ -381,25 +405,72 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- orchestration
 
 
-def run_worker(command: list[str], timeout: float, env: dict[str, str]) -> dict[str, Any]:
-    """Run one worker subprocess; return its result line, or an error record."""
-    started = time.perf_counter()
+def memory_limit_mb() -> float:
+    """Default RSS cap of one worker: `EQUIMD_BENCH_MEMORY_MB`, else 90 % of MemTotal."""
+    if os.environ.get("EQUIMD_BENCH_MEMORY_MB"):
+        return float(os.environ["EQUIMD_BENCH_MEMORY_MB"])
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemTotal:"):
+                return 0.9 * float(line.split()[1]) / 1024.0
+    return float("inf")
+
+
+def _rss_mb(pid: int) -> float:
+    """Current resident memory of a process (MiB), 0 when it is gone."""
     try:
-        completed = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-            env={**os.environ, **env},
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    for line in completed.stdout.splitlines():
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_worker(
+    command: list[str],
+    timeout: float,
+    env: dict[str, str] | None = None,
+    memory_mb: float | None = None,
+) -> dict[str, Any]:
+    """Run one worker subprocess; return its result line, or an error record.
+
+    The worker is killed when its resident memory exceeds `memory_mb` (default
+    `memory_limit_mb()`): a peer that runs out of memory is reported as such instead of
+    pushing the whole machine into swap or the kernel's OOM killer."""
+    limit = memory_limit_mb() if memory_mb is None else memory_mb
+    started = time.perf_counter()
+    peak = 0.0
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=err, text=True, cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        reason = None
+        while process.poll() is None:
+            peak = max(peak, _rss_mb(process.pid))
+            if peak > limit:
+                reason = f"out of memory: resident memory passed the {limit / 1024:.1f} GiB cap"
+            elif time.perf_counter() - started > timeout:
+                reason = f"timed out after {timeout:.0f} s"
+            if reason:
+                process.kill()
+                process.wait()
+                return {"error": reason, "peak_rss_mb": round(peak, 1)}
+            time.sleep(0.2)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    for line in stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             result = json.loads(line[len(RESULT_PREFIX) :])
             result["process_s"] = round(time.perf_counter() - started, 1)
             return result
-    if completed.returncode in (-9, 137):
+    if process.returncode in (-9, 137):
         return {"error": "killed (SIGKILL): out of memory?"}
-    tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
-    return {"error": f"exit code {completed.returncode}: " + " | ".join(tail)}
+    tail = (stderr or stdout).strip().splitlines()[-3:]
+    return {"error": f"exit code {process.returncode}: " + " | ".join(tail)}
 
 
 def _format_row(r: dict[str, Any]) -> str:
@@ -458,6 +529,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="run every worker (equimd and peers alike) with THP_MEM_ALLOC_ENABLE=1: torch "
         "backs allocations >= 2 MiB with transparent huge pages (fewer page faults)",
     )
+    parser.add_argument(
+        "--time-budget", type=float, default=240.0,
+        help="s per measurement (default 240): slow evaluations (the 2048-atom system) are "
+        "timed fewer times, never fewer than 5; 0: always --repeats",
+    )
     parser.add_argument("--json", default=str(ROOT / "bench_out" / "models.json"))
     parser.add_argument(
         "--quick", action="store_true",
@@ -508,7 +584,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             f"benchmarks/peers/setup_peers.sh {peer['name']}) or no worker"
                         )
                 results = []
-                env = {"THP_MEM_ALLOC_ENABLE": "1"} if args.thp else {}
+                env = {"EQUIMD_BENCH_TIME_BUDGET": str(args.time_budget)}
+                if args.thp:
+                    env["THP_MEM_ALLOC_ENABLE"] = "1"
                 for name, command in runs:
                     result = run_worker(command, args.timeout, env)
                     result.setdefault("implementation", name)

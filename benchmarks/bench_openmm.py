@@ -1,70 +1,96 @@
-"""OpenMM speed: TorchForce vs PythonForce on the same system, and the bare model call.
+"""MD step time through OpenMM and ASE against the bare model evaluation, same model, same run.
 
-    python benchmarks/bench_openmm.py [--model model.pt] [--repeat 3] [--steps 50]
-                                      [--platform CPU] [--dtype float32] [--aoti] [--json out.json]
+    python benchmarks/bench_openmm.py [--system water|cu] [--model model.pt] [--steps 50]
+        [--repeats 5] [--threads 2] [--platform CPU] [--dtype float32] [--aoti]
+        [--quiet-load 0.15] [--max-wait 120] [--json bench_out/md.json]
 
-Without --model a random NequIP (l_max 2, 16 features, 2 layers, r_max 4.5 Å) is
-exported. The system is periodic fcc Cu (4·repeat³ atoms, 2.0 fs Langevin steps).
+Without --model, a NequIP with the benchmark's typical hyperparameters (`bench_models.MODEL_ROWS
+["nequip"]`: l_max 2, 64 features, 4 layers, r_max 5 Å; seeded random weights, energies
+scaled to a few eV) is exported as TorchScript. Systems: `water` = 192-atom liquid water box
+(frame 0 of ../shared/data/water_rpbe_d3, the issue's reference system), `cu` = 256-atom fcc Cu.
 
-Rows:
-  model call      `deploy.load(path)(positions, ...)` alone (energy + forces), no OpenMM
-  TorchForce      openmmtorch.TorchForce around the TorchScript model (no Python per step)
-  PythonForce     openmm.PythonForce calling the same model file from Python every step
-  PythonForce (AOTI)  the same with the model exported by AOTInductor (--aoti; compiling takes
-                  about a minute)
+Rows (each the median of `--repeats` blocks of `--steps` steps, after warm-up; 1 fs steps):
+  model call       `deploy.load(path)(positions, numbers, cell, pbc)`: energy + forces including
+                   the in-graph neighbor list, no MD engine (the bare model evaluation)
+  TorchForce       OpenMM LangevinMiddleIntegrator with openmmtorch.TorchForce (no Python per step)
+  PythonForce      the same with openmm.PythonForce calling the model from Python
+  ASE VelocityVerlet  ase.md.VelocityVerlet with `EquimdCalculator` (stress off)
+  PythonForce (AOTI)  with `--aoti`, the model exported by AOTInductor (compiling takes minutes)
 
-Timings on a shared machine vary: compare rows of one run, not runs of different days.
+Reported per engine: ms per step, steps/s, ns/day, and overhead = step time / model call
+(the issue's target: TorchForce ≤ 1.10 on the water box). The foreign CPU load during every
+measurement is reported next to it (`bench_models.LoadWindow`): trust rows with load ~0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_models as bench  # noqa: E402
+
+TIMESTEP_FS = 1.0
 
 
-def benchmark_model(directory: Path, dtype: str, kind: str) -> Path:
-    """Export a random NequIP (species Cu) as `kind` ('torchscript' | 'aoti')."""
+def benchmark_model(directory: Path, numbers: list[int], dtype: str, kind: str) -> Path:
+    """Export the typical NequIP (seeded random weights) for these elements."""
     import torch
 
     from deploy.export import export_model
     from potentials.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("nequip", species=[29], r_max=4.5, l_max=2, num_features=16,
-                        num_layers=2, avg_num_neighbors=40.0)
-    model.scale_shift.set_statistics([-3.5], scale=0.3, shift=0.0)
+    species = sorted(set(numbers))
+    row = bench.MODEL_ROWS["nequip"]
+    model = build_model(
+        row["equimd"]["model_type"], species=species, r_max=row["r_max"],
+        avg_num_neighbors=30.0, **row["equimd"]["hyperparameters"],
+    )  # fmt: skip
+    model.scale_shift.set_statistics([0.0] * len(species), scale=0.1, shift=0.0)
     suffix = "pt2" if kind == "aoti" else "pt"
     return export_model(model, directory / f"bench_{dtype}.{suffix}", dtype=dtype, format=kind)
 
 
-def copper(repeat: int):
-    from ase.build import bulk
+def timed_blocks(block: Callable[[], Any], repeats: int, args: argparse.Namespace) -> dict:
+    """Median/min seconds of `block()` over `repeats` calls after one warm-up call, with the
+    foreign load before (after waiting for a quiet machine) and during."""
+    block()
+    result: dict[str, Any] = bench.wait_for_quiet(args.quiet_load, args.max_wait)
+    window = bench.LoadWindow()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        block()
+        samples.append(time.perf_counter() - start)
+    result.update(median_s=statistics.median(samples), min_s=min(samples),
+                  load_during=round(window.foreign_cores(), 3))
+    return result
 
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (repeat, repeat, repeat)
-    atoms.rattle(0.05, seed=0)
-    return atoms
 
-
-def time_model_call(model_path: Path, atoms, calls: int) -> float:
-    """Seconds per energy+forces evaluation of the deployed model alone."""
+def model_call(model_path: Path, atoms, args: argparse.Namespace) -> dict:
     from deploy import load
 
     model = load(model_path)
-    args = (atoms.get_positions(), atoms.numbers, atoms.cell.array, atoms.pbc)
-    for _ in range(3):  # warm-up: TorchScript's profiling runs and graph optimisation
-        model(*args, compute_stress=False)
-    start = time.perf_counter()
-    for _ in range(calls):
-        model(*args, compute_stress=False)
-    return (time.perf_counter() - start) / calls
+    inputs = (atoms.get_positions(), atoms.numbers, atoms.cell.array, atoms.pbc)
+    for _ in range(3):  # TorchScript's profiling runs
+        model(*inputs, compute_stress=False)
+
+    def block() -> None:
+        for _ in range(args.steps):
+            model(*inputs, compute_stress=False)
+
+    return timed_blocks(block, args.repeats, args)
 
 
-def ns_per_day(model_path: Path, atoms, path: str, steps: int, platform: str,
-               timestep_fs: float = 2.0) -> float:
-    """Simulated ns per wall-clock day of Langevin MD with the model as the only force."""
+def openmm_steps(model_path: Path, atoms, path: str, args: argparse.Namespace) -> dict:
     import openmm
     from openmm import unit
 
@@ -75,67 +101,85 @@ def ns_per_day(model_path: Path, atoms, path: str, steps: int, platform: str,
         system.addParticle(float(mass))
     system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*(row / 10)) for row in atoms.cell.array])
     system.addForce(create_force(model_path, atoms.numbers, None, True, path=path))
-    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond,
-                                                 timestep_fs * unit.femtosecond)
-    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform))
+    integrator = openmm.LangevinMiddleIntegrator(
+        300 * unit.kelvin, 1 / unit.picosecond, TIMESTEP_FS * unit.femtosecond
+    )
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(args.platform))
     context.setPositions(atoms.get_positions() / 10)
     context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
-    integrator.step(3)  # warm-up
-    start = time.perf_counter()
-    integrator.step(steps)
-    elapsed = time.perf_counter() - start
-    return steps * timestep_fs * 1e-6 / (elapsed / 86400.0)
+    integrator.step(3)
+    return timed_blocks(lambda: integrator.step(args.steps), args.repeats, args)
 
 
-def main() -> None:
+def ase_steps(model_path: Path, atoms, args: argparse.Namespace) -> dict:
+    import numpy as np
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    from md_drivers.ase import EquimdCalculator
+
+    atoms = atoms.copy()
+    atoms.calc = EquimdCalculator(str(model_path), compute_stress=False)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dynamics = VelocityVerlet(atoms, timestep=TIMESTEP_FS * units.fs)
+    dynamics.run(3)
+    return timed_blocks(lambda: dynamics.run(args.steps), args.repeats, args)
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", help="deployed TorchScript model (default: random NequIP)")
-    parser.add_argument("--repeat", type=int, default=3, help="Cu cells per side (4·n³ atoms)")
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--system", default="water", choices=("water", "cu"))
+    parser.add_argument("--model", help="deployed TorchScript model (default: typical NequIP)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--repeats", type=int, default=5, help="timed blocks")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--platform", default="CPU")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--aoti", action="store_true", help="also time an AOTInductor export")
-    parser.add_argument("--json", help="write the results here as JSON")
-    args = parser.parse_args()
+    parser.add_argument("--quiet-load", type=float, default=0.15)
+    parser.add_argument("--max-wait", type=float, default=120.0)
+    parser.add_argument("--json", default=str(bench.ROOT / "bench_out" / "md.json"))
+    args = parser.parse_args(argv)
 
     import torch
 
-    atoms = copper(args.repeat)
-    results: dict[str, float | str | int] = {
-        "atoms": len(atoms), "platform": args.platform, "dtype": args.dtype,
-        "torch_threads": torch.get_num_threads(), "steps": args.steps,
-    }
+    torch.set_num_threads(args.threads)
+    atoms = bench.SYSTEMS["water" if args.system == "water" else "cu256"]()
+    report: dict[str, Any] = {
+        "system": args.system, "atoms": len(atoms), "platform": args.platform,
+        "dtype": args.dtype, "threads": args.threads, "steps_per_block": args.steps,
+        "timestep_fs": TIMESTEP_FS, "rows": {},
+    }  # fmt: skip
+    rows = report["rows"]
     with tempfile.TemporaryDirectory() as scratch:
         model_path = Path(args.model) if args.model else benchmark_model(
-            Path(scratch), args.dtype, "torchscript")
-        call = time_model_call(model_path, atoms, max(args.steps // 5, 3))
-        results["model_call_ms"] = 1e3 * call
-        results["model_call_ns_per_day_bound"] = 2.0 * 1e-6 / (call / 86400.0)
-        results["torchforce_ns_per_day"] = ns_per_day(model_path, atoms, "torch", args.steps,
-                                                      args.platform)
-        results["pythonforce_ns_per_day"] = ns_per_day(model_path, atoms, "python", args.steps,
-                                                       args.platform)
+            Path(scratch), list(atoms.numbers), args.dtype, "torchscript")
+        rows["model call"] = model_call(model_path, atoms, args)
+        rows["TorchForce"] = openmm_steps(model_path, atoms, "torch", args)
+        rows["PythonForce"] = openmm_steps(model_path, atoms, "python", args)
+        rows["ASE VelocityVerlet"] = ase_steps(model_path, atoms, args)
         if args.aoti:
-            aoti_path = benchmark_model(Path(scratch), args.dtype, "aoti")
-            results["aoti_model_call_ms"] = 1e3 * time_model_call(aoti_path, atoms,
-                                                                  max(args.steps // 5, 3))
-            results["pythonforce_aoti_ns_per_day"] = ns_per_day(aoti_path, atoms, "python",
-                                                                args.steps, args.platform)
+            aoti_path = benchmark_model(Path(scratch), list(atoms.numbers), args.dtype, "aoti")
+            rows["PythonForce (AOTI)"] = openmm_steps(aoti_path, atoms, "python", args)
 
-    print(f"{results['atoms']} atoms, {args.platform}, {args.dtype}, "
-          f"{results['torch_threads']} torch threads, 2 fs steps")
-    print(f"  {'model call':<22} {results['model_call_ms']:9.2f} ms/eval "
-          f"(≤ {results['model_call_ns_per_day_bound']:.3g} ns/day)")
-    for key, label in [("torchforce_ns_per_day", "TorchForce"),
-                       ("pythonforce_ns_per_day", "PythonForce"),
-                       ("pythonforce_aoti_ns_per_day", "PythonForce (AOTI)")]:
-        if key in results:
-            print(f"  {label:<22} {results[key]:9.3g} ns/day")
-    if "aoti_model_call_ms" in results:
-        print(f"  {'AOTI model call':<22} {results['aoti_model_call_ms']:9.2f} ms/eval")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
+    call_s = rows["model call"]["median_s"] / args.steps
+    print(f"{report['atoms']} atoms ({args.system}), {args.platform}, {args.dtype}, "
+          f"{args.threads} threads, {TIMESTEP_FS} fs steps; overhead = step / model call")
+    print(f"  {'':<20} {'ms/step':>9} {'steps/s':>8} {'ns/day':>8} {'overhead':>9} {'load':>10}")
+    for name, row in rows.items():
+        per_step = row["median_s"] / args.steps
+        row.update(ms_per_step=1e3 * per_step, steps_per_s=1.0 / per_step,
+                   ns_per_day=TIMESTEP_FS * 1e-6 * 86400.0 / per_step,
+                   overhead=per_step / call_s)
+        print(f"  {name:<20} {row['ms_per_step']:9.2f} {row['steps_per_s']:8.2f} "
+              f"{row['ns_per_day']:8.3f} {row['overhead']:9.3f} "
+              f"{row['load_before']:.2f}/{row['load_during']:.2f}")
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {path}")
+    return report
 
 
 if __name__ == "__main__":
