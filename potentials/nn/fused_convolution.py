@@ -27,6 +27,13 @@ How it is computed (see docs/performance.md for the measurements behind each cho
    full-size gradients that slicing produces in autograd.
 6. `aggregate` fuses gather (sender) → convolution → scatter-sum (receiver): the edge-level
    tensors are per group, and no [E, irreps_out.dim] tensor is formed.
+7. Memory of large systems: autograd keeps each chunk's products for the backward pass (about
+   Σ_groups P·d3·U values per edge). When that would exceed `RECOMPUTE_ABOVE_BYTES` for one
+   layer (e.g. MACE-medium on 2048 Cu atoms in float64: ~9 GB), eager `aggregate` keeps only
+   each chunk's inputs and recomputes its messages in the backward pass
+   (`torch.utils.checkpoint`, non-reentrant: forces, stress and training's double backward
+   work alike); the numbers are the same, at the cost of one more forward of the messages.
+   TorchScript files always keep the products.
 
 TorchScript-compatible (plain tensor ops, typed attributes), device-agnostic, float32/float64.
 The coupling constants are recomputed exactly in float64 and cast whenever the module changes
@@ -46,6 +53,9 @@ from potentials.nn.scatter import scatter_sum
 # Edge-level tensors of one `aggregate` chunk stay below this many elements (4 MiB in float32):
 # far below glibc's 32 MiB mmap threshold, so their memory is reused, not faulted in again.
 DEFAULT_CHUNK_ELEMENTS = 1 << 20
+# Above this many bytes of products kept for the backward pass by one `aggregate`, eager
+# execution recomputes them instead (see point 7 of the module docstring).
+RECOMPUTE_ABOVE_BYTES = 6 * (1 << 30)
 
 
 class FusedUVUConvolution(nn.Module):
@@ -185,6 +195,12 @@ class FusedUVUConvolution(nn.Module):
             self.group_message_sizes + [self.weight_numel, irreps_node.dim]
         )
         self.chunk_elements = DEFAULT_CHUNK_ELEMENTS
+        self.recompute_above_bytes = RECOMPUTE_ABOVE_BYTES
+        # values autograd keeps per edge (coupling rows, gathered inputs, products, weights)
+        self.saved_per_edge = (
+            sum(self.group_message_sizes) + sum(self.group_coupling_sizes)
+            + irreps_node.dim + self.weight_numel
+        )  # fmt: skip
         self.register_buffer(
             "coupling", self._coupling_exact.to(torch.get_default_dtype()), persistent=False
         )
@@ -269,6 +285,12 @@ class FusedUVUConvolution(nn.Module):
             messages = self._messages(features.index_select(0, sender), edge_sh, weights)
             summed = [scatter_sum(message, receiver, num_nodes) for message in messages]
             return self._to_e3nn_layout(summed)
+        if not torch.jit.is_scripting():
+            saved_bytes = edge_sh.shape[0] * self.saved_per_edge * edge_sh.element_size()
+            if torch.is_grad_enabled() and saved_bytes > self.recompute_above_bytes:
+                return self._aggregate_recomputed(
+                    features, edge_sh, weights, sender, receiver, num_nodes, chunk
+                )
         # Edge chunks: per-group messages accumulate in place on [N, P·d3·U] node tensors.
         summed = [features.new_zeros(num_nodes, size) for size in self.group_message_sizes]
         sh_chunks, weight_chunks = torch.split(edge_sh, chunk), torch.split(weights, chunk)
@@ -279,6 +301,40 @@ class FusedUVUConvolution(nn.Module):
             for g, message in enumerate(messages):
                 summed[g].index_add_(0, receiver_chunks[c], message)
         return self._to_e3nn_layout(summed)
+
+    @torch.jit.unused
+    def _aggregate_recomputed(
+        self,
+        features: Tensor,
+        edge_sh: Tensor,
+        weights: Tensor,
+        sender: Tensor,
+        receiver: Tensor,
+        num_nodes: int,
+        chunk: int,
+    ) -> Tensor:
+        """`aggregate` over edge chunks whose messages are recomputed in the backward pass:
+        autograd keeps only each chunk's inputs (views of `edge_sh` and `weights`)."""
+        from torch.utils.checkpoint import checkpoint
+
+        def chunk_sums(features: Tensor, sh: Tensor, weight: Tensor, sender: Tensor,
+                       receiver: Tensor) -> Tensor:
+            messages = self._messages(features.index_select(0, sender), sh, weight)
+            return scatter_sum(torch.cat(messages, dim=1), receiver, num_nodes)
+
+        # the chunk's edge tensors live only during its (re)computation: larger chunks, fewer
+        # node-sized partial sums
+        chunk = max(chunk, (16 * self.chunk_elements) // self.elements_per_edge)
+        summed = features.new_zeros(num_nodes, sum(self.group_message_sizes))
+        pieces = zip(
+            torch.split(edge_sh, chunk), torch.split(weights, chunk),
+            torch.split(sender, chunk), torch.split(receiver, chunk), strict=True,
+        )  # fmt: skip
+        for sh, weight, send, receive in pieces:
+            summed = summed + checkpoint(
+                chunk_sums, features, sh, weight, send, receive, use_reentrant=False
+            )
+        return summed.index_select(1, self.output_permutation)
 
     def _to_e3nn_layout(self, pieces: List[Tensor]) -> Tensor:
         """Per-group pieces [rows, P·d3·U] → [rows, irreps_out.dim] in e3nn's layout."""
