@@ -187,16 +187,19 @@ def measure(
     quiet_load: float,
     max_wait: float,
     time_budget: float | None = None,
-    min_repeats: int = 5,
+    min_repeats: int | None = None,
 ) -> dict[str, Any]:
     """Warm up, wait for a quiet machine, then time `repeats` calls of `fn` one by one.
 
     `time_budget` (s; default: the `EQUIMD_BENCH_TIME_BUDGET` environment variable the
     orchestrators set for every worker alike, 0 = none) bounds slow measurements: warm-up stops
     after one call once it has used a fifth of the budget, and the number of timed calls is
-    cut to what fits in the budget, never below `min_repeats`. The count used is reported."""
+    cut to what fits in the budget, never below `min_repeats` (default:
+    `EQUIMD_BENCH_MIN_REPEATS`, else 5). The count used is reported."""
     if time_budget is None:
         time_budget = float(os.environ.get("EQUIMD_BENCH_TIME_BUDGET", "0") or 0)
+    if min_repeats is None:
+        min_repeats = int(os.environ.get("EQUIMD_BENCH_MIN_REPEATS", "5") or 5)
     warm_start = time.perf_counter()
     last = 0.0
     for done in range(warmup):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +34,7 @@ from deploy.metadata import (
     UNITS,
     dump_metadata,
 )
+from potentials.data.io import atomic_output
 from potentials.models.base import Potential, build_model
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -43,7 +43,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def export_model(
     checkpoint_or_model: str | os.PathLike | Potential,
     output_path: str | os.PathLike,
-    dtype: str = "float32",
+    dtype: str | torch.dtype = "float32",
     format: str = "torchscript",
     *,
     device: str = "cpu",
@@ -54,15 +54,21 @@ def export_model(
 
     checkpoint_or_model: a checkpoint path (`potentials.models.serialization`) or a
         `Potential` (not modified: the export works on a rebuilt copy).
-    dtype: "float32" (default, for MD) or "float64".
+    dtype: "float32" (default, for MD) or "float64" (or torch.float32 / torch.float64); other
+        dtypes (float16, bfloat16, integers) raise ValueError.
     format: "torchscript" or "aoti".
     device: for "aoti", the device the package is compiled for (TorchScript files run on
         any device; `deploy.load(path, device=...)` moves them).
     state_key: which weights of a checkpoint to export (e.g. an EMA copy stored by the trainer).
     progress: called with short status lines (the CLI passes `print`).
     """
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise ValueError(
+            f"dtype must be one of {sorted(DTYPES)}, got {dtype!r} (half precision and integer "
+            "dtypes are not supported: forces and the neighbor list need float32 or float64)"
+        )
     if format not in KINDS:
         raise ValueError(f"format must be one of {list(KINDS)}, got {format!r}")
     say = progress or (lambda message: None)
@@ -179,17 +185,8 @@ def torchscript_bytes(model: Potential, metadata: dict[str, Any]) -> bytes:
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
-    """Write `data` to a temp file next to `path`, fsync, rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write `data` to a temp file next to `path`, fsync, rename over `path`. A failed write
+    (disk full, read-only directory, ...) raises `OutputWriteError` ("could not write model
+    file PATH: REASON"), leaves an existing `path` as it was and removes the temp file."""
+    with atomic_output(path, "model file") as tmp, open(tmp, "wb") as handle:
+        handle.write(data)

@@ -13,42 +13,28 @@ import json
 import math
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from potentials.data.io import atomic_output, reporting_write_errors
 
 THERMO_COLUMNS = (
     "step", "time_ps", "T_K", "Epot_eV", "Ekin_eV", "Etot_eV", "volume_A3", "ns_per_day",
 )
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str, what: str = "file") -> None:
     """Write `text` to a temp file in the same directory, fsync, rename over `path`, fsync the
-    directory: a crash leaves the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    directory: a crash leaves the old file or the new one, never a partial one. A failed
+    write raises `OutputWriteError` naming `what` and `path` and leaves the old file as is."""
+    with atomic_output(path, what) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
-def atomic_write_json(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(record, indent=1))
+def atomic_write_json(path: str | os.PathLike, record: dict[str, Any], what: str = "file") -> None:
+    atomic_write_text(path, json.dumps(record, indent=1), what)
 
 
 def truncate_file(path: Path, offset: int) -> None:
@@ -66,35 +52,59 @@ def truncate_file(path: Path, offset: int) -> None:
 
 
 class AppendFile:
-    """Base for the writers: a binary handle opened for appending, with offset/sync/close."""
+    """Base for the writers: a binary handle opened for appending, with offset/sync/close.
+
+    A failed write, flush or fsync (disk full, ...) raises `OutputWriteError` naming `what`
+    and the file; the data up to the last checkpoint's offset stays as it was.
+    """
+
+    what = "output file"
 
     def __init__(self, path: str | os.PathLike, restart_offset: int | None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if restart_offset is None:
-            self.handle = open(self.path, "w+b")
-        else:
-            truncate_file(self.path, restart_offset)
-            self.handle = open(self.path, "r+b")
-            self.handle.seek(0, os.SEEK_END)
+        with self.reporting():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if restart_offset is None:
+                self.handle = open(self.path, "w+b")
+            else:
+                truncate_file(self.path, restart_offset)
+                self.handle = open(self.path, "r+b")
+                self.handle.seek(0, os.SEEK_END)
+
+    def reporting(self):
+        """Context: an OSError inside becomes an `OutputWriteError` naming this file."""
+        return reporting_write_errors(self.what, self.path)
+
+    def _append(self, data: bytes) -> None:
+        with self.reporting():
+            self.handle.write(data)
 
     def sync(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        with self.reporting():
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
 
     def offset(self) -> int:
-        self.handle.flush()
-        return self.handle.seek(0, os.SEEK_END)
+        with self.reporting():
+            self.handle.flush()
+            return self.handle.seek(0, os.SEEK_END)
 
     def close(self) -> None:
-        if not self.handle.closed:
+        """Sync and close; the handle is closed even when the sync fails."""
+        if self.handle.closed:
+            return
+        try:
             self.sync()
-            self.handle.close()
+        finally:
+            with self.reporting():
+                self.handle.close()
 
 
 class ThermoCSV(AppendFile):
     """step, time_ps, T_K, Epot_eV, Ekin_eV, Etot_eV, volume_A3 (empty if not periodic),
     ns_per_day (wall-clock speed since the previous row; empty on a run's first row)."""
+
+    what = "thermo log"
 
     def __init__(self, path: str | os.PathLike, restart_offset: int | None = None) -> None:
         super().__init__(path, restart_offset)
@@ -104,7 +114,7 @@ class ThermoCSV(AppendFile):
     def _write_row(self, values) -> None:
         text = io.StringIO()
         csv.writer(text, lineterminator="\n").writerow(values)
-        self.handle.write(text.getvalue().encode())
+        self._append(text.getvalue().encode())
 
     def write(self, row: dict[str, float]) -> None:
         def fmt(key: str) -> str:
@@ -130,6 +140,8 @@ class ExtxyzTrajectory(AppendFile):
     """Append ASE Atoms frames to an extxyz file (positions Å, plus energy/forces when the
     Atoms carry a calculator; `info` gets step and time_ps)."""
 
+    what = "trajectory"
+
     def write(self, atoms, step: int, time_ps: float) -> None:
         from ase.calculators.singlepoint import SinglePointCalculator
         from ase.io import write
@@ -143,7 +155,7 @@ class ExtxyzTrajectory(AppendFile):
         frame.info["time_ps"] = float(time_ps)
         text = io.StringIO()
         write(text, frame, format="extxyz")
-        self.handle.write(text.getvalue().encode())
+        self._append(text.getvalue().encode())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,12 +165,14 @@ _DCD_COUNT_OFFSET = 8  # int32 NSET: number of frames
 _DCD_LAST_STEP_OFFSET = 20  # int32 NSTEP: step of the last frame (as OpenMM writes it)
 
 
-class DCDTrajectory:
+class DCDTrajectory(AppendFile):
     """openmm.app.DCDFile with restart support: positions in nm in, Å in the file.
 
     Frames are written at steps first_step + k · interval. On restart the file is truncated to
     the checkpoint's byte offset and the frame count in the header rewritten before appending.
     """
+
+    what = "trajectory"
 
     def __init__(
         self,
@@ -173,22 +187,23 @@ class DCDTrajectory:
         from openmm.app import DCDFile
 
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.frames = 0
-        if restart_offset is None or restart_offset == 0:
-            self.handle = open(self.path, "w+b")
-            self.dcd = DCDFile(self.handle, topology, timestep_ps, first_step, interval)
-        else:
-            truncate_file(self.path, restart_offset)
-            self.handle = open(self.path, "r+b")
-            self.handle.seek(_DCD_COUNT_OFFSET)
-            self.handle.write(struct.pack("<i", restart_frames))
-            self.handle.seek(_DCD_LAST_STEP_OFFSET)
-            self.handle.write(struct.pack("<i", first_step + max(restart_frames - 1, 0) * interval))
-            self.handle.flush()
-            self.dcd = DCDFile(self.handle, topology, timestep_ps, first_step, interval,
-                               append=True)
-            self.frames = restart_frames
+        with self.reporting():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if restart_offset is None or restart_offset == 0:
+                self.handle = open(self.path, "w+b")
+                self.dcd = DCDFile(self.handle, topology, timestep_ps, first_step, interval)
+            else:
+                truncate_file(self.path, restart_offset)
+                self.handle = open(self.path, "r+b")
+                self.handle.seek(_DCD_COUNT_OFFSET)
+                self.handle.write(struct.pack("<i", restart_frames))
+                self.handle.seek(_DCD_LAST_STEP_OFFSET)
+                self.handle.write(struct.pack("<i", first_step + max(restart_frames - 1, 0) * interval))
+                self.handle.flush()
+                self.dcd = DCDFile(self.handle, topology, timestep_ps, first_step, interval,
+                                   append=True)
+                self.frames = restart_frames
 
     def write(self, positions_nm: np.ndarray, box_vectors_nm: np.ndarray | None) -> None:
         from openmm import Vec3
@@ -197,21 +212,9 @@ class DCDTrajectory:
         box = None
         if box_vectors_nm is not None:
             box = [Vec3(*map(float, row)) for row in box_vectors_nm] * nanometer
-        self.dcd.writeModel(np.asarray(positions_nm), periodicBoxVectors=box)
+        with self.reporting():
+            self.dcd.writeModel(np.asarray(positions_nm), periodicBoxVectors=box)
         self.frames += 1
-
-    def sync(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-
-    def offset(self) -> int:
-        self.handle.flush()
-        return self.handle.seek(0, os.SEEK_END)
-
-    def close(self) -> None:
-        if not self.handle.closed:
-            self.sync()
-            self.handle.close()
 
 
 def read_dcd(path: str | os.PathLike) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from md_drivers.reporters import (
     ThermoCSV,
     atomic_write_json,
 )
+from potentials.data.io import OutputWriteError, reporting_write_errors
 
 CHECKPOINT_FORMAT = "equimd-md-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -182,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_md(args)
-    except (MDInstabilityError, ValueError, FileNotFoundError) as error:
+    except (MDInstabilityError, OutputWriteError, ValueError, FileNotFoundError) as error:
         print(f"equimd md: error: {error}", file=sys.stderr)
         return 2
 
@@ -542,6 +543,7 @@ class MDRun:
         self.checkpoint_path = self.directory / CHECKPOINT_NAME
         self.thermo_path = self.directory / "thermo.csv"
         self._signal: int | None = None
+        self._checkpoint_step: int | None = None  # step of the last checkpoint written
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -577,7 +579,8 @@ class MDRun:
             "settings": asdict(self.settings),
             **snapshot,
         }
-        atomic_write_json(self.checkpoint_path, record)
+        atomic_write_json(self.checkpoint_path, record, "MD checkpoint")
+        self._checkpoint_step = int(snapshot["step"])
 
     def _take_snapshot(self, engine, step: int, trajectory, thermo: ThermoCSV) -> dict[str, Any]:
         """Engine state + step + file offsets (flushed), as one consistent record."""
@@ -633,9 +636,10 @@ class MDRun:
             step = 0
             trajectory = engine.open_trajectory(trajectory_path, None, 0)
             thermo = ThermoCSV(self.thermo_path)
-            engine.write_topology(self.directory / "topology.pdb")
+            with reporting_write_errors("topology", self.directory / "topology.pdb"):
+                engine.write_topology(self.directory / "topology.pdb")
         else:
-            step = int(record["step"])
+            step = self._checkpoint_step = int(record["step"])
             engine.restore(record["engine"])
             trajectory = engine.open_trajectory(trajectory_path, record["trajectory"]["offset"],
                                                 record["trajectory"].get("frames") or 0)
@@ -648,14 +652,25 @@ class MDRun:
 
         previous_handlers = self._install_signal_handlers()
         progress = _progress_bar(settings, step)
+        failed = True
         try:
-            return self._loop(engine, step, record, trajectory, thermo, progress)
+            code = self._loop(engine, step, record, trajectory, thermo, progress)
+            failed = False
+            return code
+        except OutputWriteError as error:
+            raise error.with_note(self._write_failure_note()) from error.__cause__
         finally:
             progress.close()
-            trajectory.close()
-            thermo.close()
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
+            _close_outputs((trajectory, thermo), keep_first_error=failed)
+
+    def _write_failure_note(self) -> str:
+        """What is left after a failed write and how to go on."""
+        if self._checkpoint_step is None:
+            return "the run stopped before its first checkpoint"
+        return (f"the run stopped; {self.checkpoint_path} (step {self._checkpoint_step}) is "
+                "intact: free space and continue with --restart")
 
     def _loop(self, engine, step: int, resumed: dict[str, Any] | None, trajectory,
               thermo: ThermoCSV, progress) -> int:
@@ -732,6 +747,19 @@ class MDRun:
         else:
             where = "there is no earlier good state to checkpoint"
         raise MDInstabilityError(f"{problem}{cause}; {where}")
+
+
+def _close_outputs(outputs, keep_first_error: bool) -> None:
+    """Close every output file. A failed close is raised after all are closed, unless the run
+    already failed (`keep_first_error`): then the run's own error is the one reported."""
+    failure = None
+    for output in outputs:
+        try:
+            output.close()
+        except OutputWriteError as error:
+            failure = failure or error
+    if failure is not None and not keep_first_error:
+        raise failure
 
 
 def _progress_bar(settings: MDSettings, start: int):

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def write_hdf5(configs: Sequence[Configuration], path: str | os.PathLike) -> Pat
         "has_stress": np.array([c.stress is not None for c in configs], bool),
     }
     sources = [_origin(c.source) for c in configs]
-    with atomic_output(path) as tmp:
+    with atomic_output(path, "dataset") as tmp, _os_errors_of_hdf5(tmp):
         with h5py.File(tmp, "w") as handle:
             handle.attrs.update(
                 format=FORMAT,
@@ -102,6 +103,23 @@ def write_hdf5(configs: Sequence[Configuration], path: str | os.PathLike) -> Pat
                 _create(handle, name, data)
             _create(handle, "source", np.array(sources, dtype=h5py.string_dtype()))
     return path
+
+
+_HDF5_SYSTEM_ERROR = re.compile(r"errno = (\d+), error message = '([^']*)'")
+
+
+@contextmanager
+def _os_errors_of_hdf5(path: Path) -> Iterator[None]:
+    """HDF5 reports a failed write (disk full, ...) as a RuntimeError or OSError whose text
+    holds "errno = 28, error message = 'No space left on device'": raise it as that OSError,
+    so `atomic_output` reports it like any other failed write."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        system = _HDF5_SYSTEM_ERROR.search(str(error))
+        if system is None:
+            raise
+        raise OSError(int(system[1]), system[2], str(path)) from error
 
 
 def _create(handle, name: str, data: np.ndarray) -> None:

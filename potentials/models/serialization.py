@@ -11,12 +11,12 @@ File layout (a `torch.save`d dict, loadable with ``weights_only=True``)::
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from potentials.data.io import atomic_output
 from potentials.models.base import Potential, build_model
 
 CHECKPOINT_FORMAT = "equimd-checkpoint"
@@ -35,29 +35,16 @@ def versions() -> dict[str, str]:
     return {"equimd": str(__version__), "torch": str(torch.__version__), "e3nn": str(e3nn.__version__)}
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+def atomic_torch_save(obj: Any, path: str | os.PathLike, what: str = "checkpoint") -> None:
     """torch.save to a temp file in the same directory, fsync, then rename over `path`.
 
-    A crash at any point leaves either the old file or the new one, never a partial file.
+    A crash at any point leaves either the old file or the new one, never a partial file. A
+    failed write (disk full, read-only directory, ...) raises
+    `potentials.data.io.OutputWriteError` ("could not write checkpoint PATH: REASON"), leaves
+    the old file as it was and removes the temp file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path, what) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def model_dtype(model: torch.nn.Module) -> torch.dtype:

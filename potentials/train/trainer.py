@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import yaml
 
+from potentials.data.io import OutputWriteError, atomic_output
 from potentials.forcefield import ForceField
 from potentials.models import build_model
 from potentials.train.batching import LabelledBatch, batch_indices, batch_to, collate_labelled
@@ -172,9 +173,8 @@ def _check_resumable(record: dict[str, Any], config: TrainConfig) -> None:
 
 
 def _write_config(config: TrainConfig, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
-    temporary.replace(path)
+    with atomic_output(path, "run config") as temporary, open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
 
 
 class _Run:
@@ -413,10 +413,24 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     def wall_time() -> float:
         return time.monotonic() - started
 
+    def save(order_state: torch.Tensor, name: str) -> None:
+        """Write best.pt or last.pt; a failed write says what is left and how to go on."""
+        run.progress.elapsed = elapsed_before + wall_time()
+        try:
+            save_checkpoint(run.record(split_indices, order_state), run_dir / name)
+        except OutputWriteError as error:
+            kept = (
+                f"{run_dir / LAST} holds epoch {last_saved_epoch}, continue with --resume"
+                if last_saved_epoch >= 0
+                else "no last.pt was written by this run"
+            )
+            raise error.with_note(
+                f"training stopped after {run.progress.epoch} epochs; {kept}"
+            ) from error.__cause__
+
     def save_last(order_state: torch.Tensor) -> None:
         nonlocal last_saved_epoch
-        run.progress.elapsed = elapsed_before + wall_time()
-        save_checkpoint(run.record(split_indices, order_state), run_dir / LAST)
+        save(order_state, LAST)
         last_saved_epoch = run.progress.epoch
 
     try:
@@ -446,8 +460,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                 row["time_s"] = elapsed_before + wall_time()
                 next_state = run.order_generator.get_state()
                 if is_best:
-                    run.progress.elapsed = elapsed_before + wall_time()
-                    save_checkpoint(run.record(split_indices, next_state), run_dir / BEST)
+                    save(next_state, BEST)
                 if run.progress.epoch % training.checkpoint_interval == 0:
                     save_last(next_state)
                 csv_log.append(row)
