@@ -14,6 +14,10 @@ hold no weights of their own, so models and checkpoints are interchangeable betw
 - ``"fused"``: `potentials.nn.fused_convolution.FusedUVUConvolution`: per-edge coupling
   matrices from one matmul, channels batched in one bmm per input block, fused
   gather → convolution → scatter in `aggregate` (see docs/performance.md). The default.
+- ``"so2"``:   `potentials.nn.so2_convolution.SO2UVUConvolution`: the SO(2)/eSCN convolution in
+  each edge's frame. Exact when `edge_sh` are the spherical harmonics of the edge vectors (as
+  in NequIP and MACE), so it is listed in `GEOMETRIC_TP_BACKENDS`, not in `TP_BACKENDS`
+  (backends exact for any `edge_sh`); see docs/performance.md ("SO(2) convolution").
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from torch import Tensor, nn
 
 from potentials.nn.fused_convolution import FusedUVUConvolution
 from potentials.nn.scatter import scatter_sum
+from potentials.nn.so2_convolution import SO2UVUConvolution
 
 TP_BACKENDS = ("fused", "e3nn")
+GEOMETRIC_TP_BACKENDS = ("so2",)  # exact only for edge_sh = Y(edge vectors)
 DEFAULT_TP_BACKEND = "fused"
 
 
@@ -75,9 +81,10 @@ class EdgeConvolution(nn.Module):
         backend: str = DEFAULT_TP_BACKEND,
     ) -> None:
         super().__init__()
-        if backend not in TP_BACKENDS:
+        if backend not in TP_BACKENDS + GEOMETRIC_TP_BACKENDS:
             raise ValueError(
-                f"unknown tensor-product backend {backend!r}; available: {list(TP_BACKENDS)}"
+                f"unknown tensor-product backend {backend!r}; "
+                f"available: {list(TP_BACKENDS + GEOMETRIC_TP_BACKENDS)}"
             )
         self.backend = backend
         self.irreps_node = o3.Irreps(irreps_node)
@@ -95,16 +102,14 @@ class EdgeConvolution(nn.Module):
         )
         self.weight_numel = reference.weight_numel
         self.tp: nn.Module
+        # path weights (normalisation) are taken from e3nn's instructions: same numbers
+        paths = [(ins.i_in1, ins.i_in2, ins.i_out, ins.path_weight) for ins in reference.instructions]
         if backend == "e3nn":
             self.tp = E3nnConvolution(reference)
+        elif backend == "so2":
+            self.tp = SO2UVUConvolution(self.irreps_node, self.irreps_sh, self.irreps_out, paths)
         else:
-            # path weights (normalisation) are taken from e3nn's instructions: same numbers
-            self.tp = FusedUVUConvolution(
-                self.irreps_node,
-                self.irreps_sh,
-                self.irreps_out,
-                [(ins.i_in1, ins.i_in2, ins.i_out, ins.path_weight) for ins in reference.instructions],
-            )
+            self.tp = FusedUVUConvolution(self.irreps_node, self.irreps_sh, self.irreps_out, paths)
         # Backend constants (e3nn's `output_mask`, Wigner-3j buffers) are not model weights:
         # incoming ones are replaced by this backend's own, so any backend loads any checkpoint.
         self.register_load_state_dict_pre_hook(_use_own_backend_constants)
