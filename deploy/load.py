@@ -6,7 +6,11 @@
 Only torch (and, for AOTInductor packages, torch._inductor's package loader) is imported:
 nothing from `potentials`, nothing from training. Every way a file can be unusable —
 missing, truncated, corrupt, another format version, a training checkpoint, a foreign
-TorchScript module — raises `ModelFileError` with the reason and the fix.
+TorchScript module — raises `ModelFileError` with the reason and the fix; a device that this
+machine does not have raises `DeviceError`. A structure the model cannot evaluate (bad shapes,
+non-finite positions, a zero or degenerate periodic cell, coincident atoms) raises
+`StructureError` / `CellError` naming the structure and the atoms or cell vectors at fault,
+instead of returning NaN or silently wrong numbers.
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from deploy.errors import ModelFileError, UnknownElementError
+from deploy.errors import (
+    CellError,
+    DeviceError,
+    ModelFileError,
+    StructureError,
+    UnknownElementError,
+)
 from deploy.metadata import METADATA_FILE, parse_metadata
 
 # Name of the extra file holding the TorchScript neighbor list inside an AOTInductor package
@@ -164,6 +174,8 @@ class DeployedModel:
     def to(self, dtype: torch.dtype) -> DeployedModel:
         """A new `DeployedModel` in another floating dtype (TorchScript only: the file is
         loaded again and its weights converted; an AOTInductor package has one dtype)."""
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         if self.kind != "torchscript":
             raise ValueError(f"{self.path}: an AOTInductor package cannot change dtype")
         runner = _TorchScriptRunner(self.path, self.device)
@@ -200,35 +212,77 @@ class DeployedModel:
         *,
         compute_forces: bool = True,
         compute_stress: bool | None = None,
+        source: str = "structure",
     ) -> dict[str, Tensor]:
         """Evaluate one structure.
 
         positions [N, 3] Å, numbers [N] atomic numbers, cell [3, 3] Å (rows are lattice
         vectors; None or zeros for a molecule), pbc [3] bool (None = not periodic).
+        Floating inputs of any dtype are cast to the model's dtype (float64 positions to a
+        float32 model and vice versa); the results are those of the cast inputs.
         compute_stress: None computes stress and virial when any direction is periodic.
+        source: names the structure in error messages (e.g. "md.xyz, frame 3").
 
         Returns energy [] eV, atomic_energies [N] eV, forces [N, 3] eV/Å (if compute_forces),
         stress [3, 3] eV/Å³ (ASE sign) and virial [3, 3] eV (if stress is computed); tensors
         in the model's dtype, on its device, detached.
+
+        Raises `UnknownElementError` (element not in the model), `StructureError` (shapes,
+        non-finite positions, non-finite results e.g. from coincident atoms) and `CellError`
+        (a periodic direction with a zero, non-finite or linearly dependent cell vector). A
+        left-handed cell is accepted and gives the results of the same lattice.
         """
-        self.check_species(numbers)
-        positions_t = _tensor(positions, self.dtype, self.device).reshape(-1, 3)
+        self.check_species(numbers, source)
+        positions_t = _tensor(positions, self.dtype, self.device)
+        if positions_t.dim() != 2 or positions_t.shape[-1] != 3:
+            raise StructureError(
+                f"{source}: positions must have shape [N, 3] (Å), got {tuple(positions_t.shape)}"
+            )
         numbers_t = _tensor(numbers, torch.long, self.device).reshape(-1)
         if numbers_t.shape[0] != positions_t.shape[0]:
-            raise ValueError(
-                f"{numbers_t.shape[0]} atomic numbers but {positions_t.shape[0]} positions"
+            raise StructureError(
+                f"{source}: {numbers_t.shape[0]} atomic numbers but {positions_t.shape[0]} positions"
             )
         cell_t = _tensor(np.zeros((3, 3)) if cell is None else cell, self.dtype, self.device)
+        if cell_t.numel() != 9:
+            raise StructureError(
+                f"{source}: cell must have shape [3, 3] (Å, rows are lattice vectors), got "
+                f"{tuple(cell_t.shape)}"
+            )
         cell_t = cell_t.reshape(3, 3)
-        pbc_t = _tensor(False if pbc is None else pbc, torch.bool, self.device)
-        pbc_t = pbc_t.reshape(-1).expand(3).contiguous()
+        pbc_t = _tensor(False if pbc is None else pbc, torch.bool, self.device).reshape(-1)
+        if pbc_t.numel() not in (1, 3):
+            raise StructureError(f"{source}: pbc must have 3 entries (or 1), got {pbc_t.numel()}")
+        pbc_t = pbc_t.expand(3).contiguous()
+        finite = torch.isfinite(positions_t).all(dim=1)
+        if not bool(finite.all()):
+            atom = int(torch.nonzero(~finite)[0, 0])
+            raise StructureError(
+                f"{source}: positions of atom {atom} ({_element_symbol(int(numbers_t[atom]))}) "
+                f"are not finite in {self.metadata['dtype']}: "
+                f"{positions_t[atom].tolist()} Å"
+            )
+        check_cell(cell_t.detach().to(device="cpu", dtype=torch.float64).numpy(),
+                   pbc_t.cpu().numpy(), source)
         if compute_stress is None:
             compute_stress = bool(pbc_t.any())
-        with torch.enable_grad():
-            out = self._runner.compute(
-                positions_t, numbers_t, cell_t, pbc_t, compute_forces, compute_stress
-            )
-        return {key: value.detach() for key, value in out.items()}
+        try:
+            with torch.enable_grad():
+                out = self._runner.compute(
+                    positions_t, numbers_t, cell_t, pbc_t, compute_forces, compute_stress
+                )
+        except (RuntimeError, torch.jit.Error) as error:  # the scripted neighbor list's
+            reason = _neighbor_list_reason(error)
+            if reason is None:
+                raise
+            raise CellError(f"{source}: {reason} (r_max {self.r_max} Å)") from error
+        out = {key: value.detach() for key, value in out.items()}
+        finite_results = torch.isfinite(out["energy"])
+        if "forces" in out:
+            finite_results = finite_results & torch.isfinite(out["forces"]).all()
+        if not bool(finite_results):
+            raise StructureError(_non_finite_results_message(out, positions_t, numbers_t, source))
+        return out
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> DeployedModel:
@@ -236,10 +290,11 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> DeployedModel:
 
     Raises `ModelFileError` for a missing, truncated or corrupt file, an incompatible
     format version, or a file that is not a deployed equimd model (e.g. a training
-    checkpoint: the message says to run `equimd deploy` on it).
+    checkpoint: the message says to run `equimd deploy` on it); `DeviceError` for a device
+    this machine does not have (e.g. "cuda" without CUDA, "cuda:3" with one GPU).
     """
     path = Path(path)
-    device = torch.device(device)
+    device = check_device(device)
     metadata, extra = read_model_file(path)
     if metadata["kind"] == "torchscript":
         runner: _Runner = _TorchScriptRunner(path, device)
@@ -326,6 +381,133 @@ def _not_a_model_message(path: Path, names: list[str]) -> str:
             "`equimd deploy` (models from other packages are not loaded by deploy.load)"
         )
     return f"{path}: a zip archive without equimd model metadata, not a deployed model"
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a `torch.device` if this machine has it, else raise `DeviceError`."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise DeviceError(
+            f"device {device!r} is not a device name torch knows ({_first_line(error)}); "
+            "use 'cpu', 'cuda' or 'cuda:N'"
+        ) from error
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {str(resolved)!r} was requested but CUDA is not available on this "
+                f"machine (torch {torch.__version__}, torch.cuda.is_available() is False); "
+                "use device='cpu'"
+            )
+        count = torch.cuda.device_count()
+        if resolved.index is not None and not 0 <= resolved.index < count:
+            raise DeviceError(
+                f"device {str(resolved)!r} was requested but this machine has {count} CUDA "
+                f"device(s) (cuda:0 to cuda:{count - 1})"
+            )
+        return resolved
+    try:
+        torch.empty(0, device=resolved)
+    except Exception as error:  # backend not built in or no such device
+        raise DeviceError(
+            f"device {str(resolved)!r} is not available on this machine ({_first_line(error)})"
+        ) from error
+    return resolved
+
+
+def check_cell(cell: np.ndarray, pbc: np.ndarray, source: str = "structure") -> None:
+    """Raise `CellError` naming the cell vector(s) at fault (and the determinant of a
+    degenerate 3D cell) if a periodic direction has a zero or non-finite cell vector or the
+    periodic vectors are linearly dependent. Open directions are not checked (a molecule may
+    have a zero cell); a left-handed cell (negative determinant) is valid.
+
+    The same rules as `potentials.data.neighbors.check_cell` (the deployed side does not
+    import `potentials`); tests/test_reliability_inputs.py runs both on the same cells.
+    """
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    periodic = np.flatnonzero(np.asarray(pbc, dtype=bool).reshape(3)).tolist()
+    lengths = np.zeros(3)
+    for axis in periodic:
+        vector = cell[axis]
+        if not np.isfinite(vector).all():
+            raise CellError(
+                f"{source}: cell vector {axis} is not finite ({_vector_text(vector)} Å) and pbc "
+                f"is True along axis {axis}"
+            )
+        lengths[axis] = np.linalg.norm(vector)
+        if lengths[axis] < 1e-8:
+            raise CellError(
+                f"{source}: pbc is True along axis {axis} but cell vector {axis} is zero "
+                f"({_vector_text(vector)} Å); give a non-zero cell vector or set pbc False "
+                f"along axis {axis}"
+            )
+    for position, first in enumerate(periodic):
+        for second in periodic[position + 1 :]:
+            sine = np.linalg.norm(np.cross(cell[first], cell[second])) / (
+                lengths[first] * lengths[second]
+            )
+            if sine < 1e-10:
+                raise CellError(
+                    f"{source}: periodic cell vectors {first} and {second} are parallel "
+                    f"({_vector_text(cell[first])} and {_vector_text(cell[second])} Å): "
+                    "linearly dependent, the cell is degenerate"
+                )
+    if len(periodic) == 3:
+        determinant = float(np.linalg.det(cell))
+        volume = abs(determinant)
+        if volume / np.prod(lengths) < 1e-10:
+            raise CellError(
+                f"{source}: periodic cell vectors 0, 1 and 2 are coplanar (determinant "
+                f"{determinant:.3g} Å³, volume {volume:.3g} Å³): linearly dependent, the cell "
+                "is degenerate"
+            )
+        if volume < 1e-6:
+            raise CellError(
+                f"{source}: periodic cell is degenerate (determinant {determinant:.3g} Å³, "
+                f"volume {volume:.3g} Å³)"
+            )
+
+
+def _vector_text(vector: np.ndarray) -> str:
+    return "[" + ", ".join(f"{value:.6g}" for value in vector) + "]"
+
+
+def _neighbor_list_reason(error: BaseException) -> str | None:
+    """The message of the in-graph neighbor list's own error (the last line of a TorchScript
+    traceback that starts with "neighbor_list_torch:"), or None for any other error."""
+    marker = "neighbor_list_torch:"
+    text = str(error)
+    if marker not in text:
+        return None
+    return text[text.rindex(marker) :].splitlines()[0].strip()
+
+
+def _non_finite_results_message(
+    out: dict[str, Tensor], positions: Tensor, numbers: Tensor, source: str
+) -> str:
+    """Name the atoms with non-finite results and the closest pair among them."""
+    per_atom = torch.isfinite(out["atomic_energies"])
+    if "forces" in out:
+        per_atom = per_atom & torch.isfinite(out["forces"]).all(dim=1)
+    bad = torch.nonzero(~per_atom).reshape(-1).cpu().tolist()
+    names = ", ".join(f"{i} ({_element_symbol(int(numbers[i]))})" for i in bad[:10])
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    message = (
+        f"{source}: the model's energy/forces are not finite (NaN or inf) for atoms {names}{more}"
+    )
+    if len(bad) >= 2:
+        subset = positions[bad].detach().to(device="cpu", dtype=torch.float64)
+        distances = torch.cdist(subset, subset)
+        distances.fill_diagonal_(float("inf"))
+        k = int(torch.argmin(distances))
+        i, j = bad[k // len(bad)], bad[k % len(bad)]
+        message += f"; atoms {i} and {j} are {float(distances.reshape(-1)[k]):.3g} Å apart"
+    return message + (
+        " — usually coincident atoms (two atoms, or an atom and a periodic image of another, "
+        "at the same position); check the structure"
+    )
 
 
 def _tensor(value: Any, dtype: torch.dtype, device: torch.device) -> Tensor:

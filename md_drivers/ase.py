@@ -32,7 +32,8 @@ class EquimdCalculator(ASECalculator):
     """ASE calculator running a deployed model file (TorchScript or AOTInductor).
 
     model_path: file written by `equimd deploy` (ignored if `model` is given).
-    device: "cpu", "cuda", "cuda:1", ...
+    device: "cpu", "cuda", "cuda:1", ...; one this machine lacks raises
+        `deploy.errors.DeviceError` (e.g. "cuda" without CUDA).
     dtype: None keeps the file's dtype; "float32"/"float64" (or a torch dtype) converts a
         TorchScript model (an AOTInductor package is compiled for one dtype and refuses).
     compute_stress: if True (default), stress is computed with every evaluation of a
@@ -73,7 +74,8 @@ class EquimdCalculator(ASECalculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         numbers = atoms.get_atomic_numbers()
-        self.model.check_species(numbers, source=f"atoms ({atoms.get_chemical_formula()})")
+        source = f"atoms ({atoms.get_chemical_formula()})"
+        self.model.check_species(numbers, source=source)
         periodic = bool(np.all(atoms.pbc))
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError(
@@ -82,7 +84,7 @@ class EquimdCalculator(ASECalculator):
         with_stress = periodic and (self.compute_stress or "stress" in properties)
         out = self.model(
             atoms.get_positions(), numbers, np.asarray(atoms.get_cell()), atoms.pbc,
-            compute_forces=True, compute_stress=with_stress,
+            compute_forces=True, compute_stress=with_stress, source=source,
         )
         energy = float(out["energy"])
         self.results = {
@@ -104,9 +106,9 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 
 def _with_dtype(model: DeployedModel, dtype: str | torch.dtype) -> DeployedModel:
     """The model in `dtype` (TorchScript: weights converted; AOTInductor: must match)."""
-    target = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    target = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
     if target not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        raise ValueError(f"dtype must be 'float32' or 'float64' (or None: the file's), got {dtype!r}")
     if target == model.dtype:
         return model
     if model.kind != "torchscript":

@@ -78,10 +78,17 @@ def graph_to(graph: AtomicGraph, device: torch.device | str, dtype: torch.dtype)
 def configuration_to_graph(
     config: Configuration, r_max: float, dtype: torch.dtype = torch.float64
 ) -> AtomicGraph:
-    """Single-structure graph with a matscipy neighbor list (CPU preprocessing path)."""
+    """Single-structure graph with a matscipy neighbor list (CPU preprocessing path).
+
+    Raises `potentials.data.neighbors.CellError` naming `config.source` (file and frame) and
+    the cell vectors at fault if a periodic direction has a zero, non-finite or linearly
+    dependent cell vector.
+    """
     from potentials.data.neighbors import neighbor_list
 
-    sender, receiver, shift = neighbor_list(config.positions, config.cell, config.pbc, r_max)
+    sender, receiver, shift = neighbor_list(
+        config.positions, config.cell, config.pbc, r_max, source=config.source
+    )
     n = config.n_atoms
 
     def maybe(x, shape) -> Optional[Tensor]:

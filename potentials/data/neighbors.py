@@ -10,31 +10,65 @@ import numpy as np
 
 
 class CellError(ValueError):
-    """A cell that cannot define periodic images (zero, degenerate or too thin)."""
+    """A cell that cannot define periodic images: a periodic direction whose cell vector is
+    zero or not finite, or periodic vectors that are linearly dependent (parallel, coplanar)."""
 
 
 def check_cell(cell: np.ndarray, pbc: np.ndarray, source: str = "<structure>") -> None:
-    """Raise `CellError` if a periodic direction has a zero or linearly dependent vector."""
-    cell = np.asarray(cell, dtype=np.float64)
-    pbc = np.asarray(pbc, dtype=bool)
-    for axis in range(3):
-        if pbc[axis] and np.linalg.norm(cell[axis]) < 1e-8:
+    """Raise `CellError` naming the cell vector(s) at fault (and the determinant for a
+    degenerate 3D cell) if the periodic part of the cell cannot define periodic images.
+
+    Only the vectors along periodic directions are checked; open directions may have zero
+    vectors (a molecule may use ``cell = zeros``). A left-handed cell (negative determinant)
+    is valid: it spans the same lattice as the right-handed cell with one vector negated.
+    `source` (e.g. "train.xyz, frame 12") starts the message.
+    """
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    periodic = np.flatnonzero(np.asarray(pbc, dtype=bool).reshape(3)).tolist()
+    lengths = np.zeros(3)
+    for axis in periodic:
+        vector = cell[axis]
+        if not np.isfinite(vector).all():
             raise CellError(
-                f"{source}: pbc is True along axis {axis} but cell vector {axis} is zero"
+                f"{source}: cell vector {axis} is not finite ({_vector_text(vector)} Å) and pbc "
+                f"is True along axis {axis}"
             )
-    if pbc.any():
-        volume = abs(np.linalg.det(cell))
-        if pbc.all() and volume < 1e-6:
-            raise CellError(f"{source}: periodic cell is degenerate (volume {volume:.3g} Å³)")
-        # slabs and wires: the periodic vectors must be linearly independent
-        periodic = cell[pbc]
-        gram = periodic @ periodic.T
-        relative = np.linalg.det(gram) / np.prod(np.diag(gram))
-        if relative < 1e-20:
+        lengths[axis] = np.linalg.norm(vector)
+        if lengths[axis] < 1e-8:
             raise CellError(
-                f"{source}: the periodic cell vectors {np.flatnonzero(pbc).tolist()} are "
-                "linearly dependent"
+                f"{source}: pbc is True along axis {axis} but cell vector {axis} is zero "
+                f"({_vector_text(vector)} Å); give a non-zero cell vector or set pbc False "
+                f"along axis {axis}"
             )
+    for position, first in enumerate(periodic):
+        for second in periodic[position + 1 :]:
+            sine = np.linalg.norm(np.cross(cell[first], cell[second])) / (
+                lengths[first] * lengths[second]
+            )
+            if sine < 1e-10:
+                raise CellError(
+                    f"{source}: periodic cell vectors {first} and {second} are parallel "
+                    f"({_vector_text(cell[first])} and {_vector_text(cell[second])} Å): "
+                    "linearly dependent, the cell is degenerate"
+                )
+    if len(periodic) == 3:
+        determinant = float(np.linalg.det(cell))
+        volume = abs(determinant)
+        if volume / np.prod(lengths) < 1e-10:
+            raise CellError(
+                f"{source}: periodic cell vectors 0, 1 and 2 are coplanar (determinant "
+                f"{determinant:.3g} Å³, volume {volume:.3g} Å³): linearly dependent, the cell "
+                "is degenerate"
+            )
+        if volume < 1e-6:
+            raise CellError(
+                f"{source}: periodic cell is degenerate (determinant {determinant:.3g} Å³, "
+                f"volume {volume:.3g} Å³)"
+            )
+
+
+def _vector_text(vector: np.ndarray) -> str:
+    return "[" + ", ".join(f"{value:.6g}" for value in vector) + "]"
 
 
 def neighbor_list(
@@ -49,12 +83,19 @@ def neighbor_list(
     Handles periodic, mixed (slab) and non-periodic structures, triclinic cells, and cells
     smaller than r_max (several images of the same atom). Returns sender [E], receiver [E] and
     integer shifts [E, 3] (as float64).
+
+    Raises ValueError for non-finite positions and `CellError` for an unusable periodic cell
+    (see `check_cell`), both starting with `source`.
     """
     from matscipy.neighbours import neighbour_list as matscipy_neighbour_list
 
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
     cell = np.asarray(cell, dtype=np.float64)
+    finite = np.isfinite(positions).all(axis=1)
+    if not finite.all():
+        atom = int(np.flatnonzero(~finite)[0])
+        raise ValueError(f"{source}: positions of atom {atom} are not finite: {positions[atom]}")
     check_cell(cell, pbc, source)
     if not pbc.all():
         # matscipy needs a non-degenerate box: for non-periodic directions use a box
