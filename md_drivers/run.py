@@ -451,8 +451,11 @@ class ASEEngine:
         else:
             # Berendsen: stateless (exact restarts); 0.1 ps thermostat, 1 ps barostat,
             # water's compressibility 4.57e-5 / bar as the coupling scale.
+            # ASE's thermostat counts 3N degrees of freedom, but the centre of mass is at rest
+            # (3N - 3): aim its kinetic temperature so that the true temperature is the target.
+            target_K = settings.temperature_K * self.dof / (3 * n_atoms)
             self.dynamics = NPTBerendsen(
-                atoms, dt, temperature_K=settings.temperature_K,
+                atoms, dt, temperature_K=target_K,
                 pressure_au=settings.pressure_bar * units.bar,
                 taut=100.0 * units.fs, taup=1000.0 * units.fs,
                 compressibility_au=4.57e-5 / units.bar)
