@@ -258,6 +258,7 @@ def test_so2_forces_are_negative_energy_gradient():
         assert numerical == pytest.approx(forces[atom, axis], rel=1e-6, abs=1e-8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edges_per_chunk", [0, 50])
 def test_so2_torchscript_matches_eager(edges_per_chunk):
     _, so2 = nequip_pair("so2")
@@ -273,6 +274,7 @@ def test_so2_torchscript_matches_eager(edges_per_chunk):
         torch.testing.assert_close(out[key], eager[key], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_so2_nve_conserves_energy_like_reference():
     """150 fs of NVE (Cu, 32 atoms): same trajectory energies and the same (small) drift."""
     reference, so2 = nequip_pair("so2", species=[29], num_features=4, l_max=1, num_layers=2)
