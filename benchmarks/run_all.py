@@ -107,6 +107,25 @@ def _speed_rows(results: list[dict], key: str, peer: str) -> list[str]:
     return lines
 
 
+def _throughput_lines(results: list[dict]) -> list[str]:
+    """'- system dtype: train N frames/s; TP core G GFLOP/s (P % of matmul M)' per equimd row."""
+    lines = []
+    for r in results:
+        if r.get("implementation") != "equimd" or "median_s" not in r:
+            continue
+        parts = []
+        if r.get("train"):
+            parts.append(f"train {r['train']['frames_per_s']:.2f} frames/s")
+        core = r.get("tp_core")
+        if core:
+            parts.append(f"TP core ({core['backend']}) {core['gflops']:.1f} GFLOP/s = "
+                         f"{100 * core['fraction_of_matmul']:.1f} % of matmul "
+                         f"{core['matmul_gflops']:.0f} GFLOP/s")
+        if parts:
+            lines.append(f"- {r['system']} {r['dtype']}: " + "; ".join(parts))
+    return lines
+
+
 def summary() -> str:
     out = ["| model | system | dtype | equimd | peer | peer / equimd | peak memory equimd vs peer "
            "| max foreign load (cores) |", "|---|---|---|---|---|---|---|---|"]
@@ -115,6 +134,13 @@ def summary() -> str:
         out += [f"| {line} |" for line in _speed_rows(models["results"], "row", "nequip")]
     if mace:
         out += [f"| MACE {line} |" for line in _speed_rows(mace["results"], "config", "mace")]
+    if models:
+        lines = _throughput_lines(models["results"])
+        if lines:
+            out.append("\nNequIP training throughput (energy + forces loss, one optimizer step per "
+                       "frame) and the tensor-product core's achieved FLOP/s vs a plain matmul "
+                       "in the same process:")
+            out += lines
     neighbors, md = _read("neighbors.json"), _read("md.json")
     if neighbors and (models or mace):
         out.append("\nNeighbor list (ours, float64) as a share of one MD step (model + list), "

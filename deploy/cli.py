@@ -33,6 +33,11 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help="which weights of the checkpoint to export (default: state_dict)",
     )
     parser.add_argument(
+        "--tp-backend", default=None,
+        help="convolution backend of the file (fused | e3nn | so2 | cueq; default: the model's, "
+        "cueq exported as fused so the file runs anywhere; same weights and numbers)",
+    )
+    parser.add_argument(
         "--verify", action="store_true",
         help="after export, compare the file with the eager model on sample structures",
     )
@@ -47,7 +52,7 @@ def run_deploy(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     path = export_model(
         args.checkpoint, args.output, dtype=args.dtype, format=args.format,
-        device=args.device, state_key=args.weights, progress=print,
+        device=args.device, state_key=args.weights, tp_backend=args.tp_backend, progress=print,
     )
     model = load(path, device=args.device if args.format == "aoti" else "cpu")
     print(f"  {model}")

@@ -12,6 +12,11 @@ Two formats, one loader (`deploy.load`), same call signature and outputs:
 
 Both files are zip archives carrying ``extra/metadata.json`` (`deploy.metadata`). The file is
 written atomically (temp file + fsync + rename).
+
+Convolution backend of the file (`tp_backend`; the weights are the same for every backend): by
+default the model's own, except an optional backend ("cueq", whose GPU kernels are custom ops
+the loading machine would need too), which is exported as the portable default ("fused").
+Pass `tp_backend="cueq"` to keep it (a GPU-only file when its kernels were used).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from deploy.metadata import (
 )
 from potentials.data.io import atomic_output
 from potentials.models.base import Potential, build_model
+from potentials.nn.tensor_product import DEFAULT_TP_BACKEND, OPTIONAL_TP_BACKENDS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -48,6 +54,7 @@ def export_model(
     *,
     device: str = "cpu",
     state_key: str = "state_dict",
+    tp_backend: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Write a deployed model file and return its path.
@@ -60,6 +67,7 @@ def export_model(
     device: for "aoti", the device the package is compiled for (TorchScript files run on
         any device; `deploy.load(path, device=...)` moves them).
     state_key: which weights of a checkpoint to export (e.g. an EMA copy stored by the trainer).
+    tp_backend: convolution backend of the exported graph (default: see the module docstring).
     progress: called with short status lines (the CLI passes `print`).
     """
     if isinstance(dtype, torch.dtype):
@@ -75,6 +83,10 @@ def export_model(
     output_path = Path(output_path)
     source = None if isinstance(checkpoint_or_model, Potential) else str(checkpoint_or_model)
     model = resolve_model(checkpoint_or_model, state_key)
+    backend = export_tp_backend(model, tp_backend)
+    if backend != model.hyperparameters().get("tp_backend", backend):
+        say(f"convolution backend {model.hyperparameters()['tp_backend']} -> {backend} (same weights)")
+        model = with_tp_backend(model, backend)
     metadata = build_metadata(model, dtype, format, device, source)
     # model construction and e3nn's tracing draw random numbers: keep the caller's RNG as is
     with torch.random.fork_rng(devices=[]):
@@ -104,6 +116,24 @@ def resolve_model(checkpoint_or_model: str | os.PathLike | Potential, state_key:
             f"available keys: {sorted(k for k in record if 'state' in k)}"
         )
     return model_from_record(record, state_key).eval()
+
+
+def export_tp_backend(model: Potential, requested: str | None = None) -> str:
+    """The convolution backend a file exported from `model` uses (module docstring)."""
+    if requested is not None:
+        return requested
+    backend = model.hyperparameters().get("tp_backend", DEFAULT_TP_BACKEND)
+    return DEFAULT_TP_BACKEND if backend in OPTIONAL_TP_BACKENDS else backend
+
+
+def with_tp_backend(model: Potential, backend: str) -> Potential:
+    """A copy of `model` (same weights, dtype and mode) whose convolutions use `backend`."""
+    with torch.random.fork_rng(devices=[]):
+        copy = build_model(model.model_type, **dict(model.hyperparameters(), tp_backend=backend))
+    dtype = next(model.parameters()).dtype
+    copy = copy.to(dtype)
+    copy.load_state_dict(model.state_dict())
+    return copy.train(model.training)
 
 
 @contextlib.contextmanager

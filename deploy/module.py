@@ -72,6 +72,22 @@ def single_structure_results(
     return out
 
 
+def check_finite_inputs(positions: Tensor, cell: Tensor) -> None:
+    """Raise (inside the exported graph too, e.g. under OpenMM's TorchForce) when a position or
+    the cell is NaN or infinite, naming the first such atom: a blown-up simulation must stop
+    with that message, not with NaN forces or an error from deep inside the neighbor list."""
+    finite = torch.isfinite(positions).all(dim=1)
+    if not bool(finite.all()):
+        atom = int(torch.nonzero(~finite)[0, 0])
+        raise RuntimeError(
+            "equimd model: the position of atom " + str(atom) + " is not finite (NaN or "
+            "infinity); the simulation has probably become unstable (time step, starting "
+            "structure, or a configuration far outside the training data)"
+        )
+    if not bool(torch.isfinite(cell).all()):
+        raise RuntimeError("equimd model: the cell (box vectors) is not finite (NaN or infinity)")
+
+
 class DeployedPotential(nn.Module):
     """A `ForceField` plus the in-graph neighbor list; TorchScript-able.
 
@@ -122,6 +138,7 @@ class DeployedPotential(nn.Module):
         cell = cell.to(device=device, dtype=dtype).reshape(3, 3)
         numbers = numbers.to(device=device, dtype=torch.long)
         pbc = pbc.to(device=device, dtype=torch.bool).reshape(3)
+        check_finite_inputs(positions, cell)
         edge_index, shifts = neighbor_list_torch(positions, cell, pbc, self.r_max)
         graph = single_structure_graph(
             positions, numbers, edge_index, shifts.to(dtype), cell, pbc

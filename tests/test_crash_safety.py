@@ -46,6 +46,7 @@ from md_drivers.run import main as md_main
 from potentials.data.io import OutputWriteError, convert, read_configurations, write_extxyz
 from potentials.models.serialization import read_checkpoint
 from potentials.train.checkpoint import save_checkpoint
+from potentials.train.report import MetricsCSV
 from potentials.train.trainer import train
 from tests.test_md_run import assert_same_run, md_args, trajectory_frames
 from tests.test_openmm import model_file, periodic_box
@@ -385,8 +386,15 @@ def _writers(copper: Path) -> dict[str, tuple[str, str, Callable[[Path, int], No
             write_extxyz(_configs(copper, slice(0, 2)), source)
         convert(source, path)
 
+    def metrics(path: Path, version: int) -> None:
+        if version == 0:
+            MetricsCSV(path).append({"epoch": 1, "time_s": 2.5, "lr": 0.01, "train_loss": 0.3})
+        else:  # a resume from before epoch 1 rewrites the file without that row
+            MetricsCSV(path, resume_epoch=0)
+
     return {
         "training checkpoint": ("checkpoint", "last.pt", checkpoint),
+        "training metrics": ("training metrics", "metrics.csv", metrics),
         "MD checkpoint": ("MD checkpoint", "checkpoint.json", md_checkpoint),
         "model file": ("model file", "model.pt", model_file_bytes),
         "extxyz dataset": ("dataset", "train.xyz", extxyz),
@@ -395,12 +403,14 @@ def _writers(copper: Path) -> dict[str, tuple[str, str, Callable[[Path, int], No
     }
 
 
-WRITER_NAMES = ["training checkpoint", "MD checkpoint", "model file", "extxyz dataset",
-                "HDF5 dataset", "converted dataset"]
+WRITER_NAMES = ["training checkpoint", "training metrics", "MD checkpoint", "model file",
+                "extxyz dataset", "HDF5 dataset", "converted dataset"]
 CASES = [(writer, failure) for writer in WRITER_NAMES for failure in REASONS
-         if not ("HDF5" in writer or "converted" in writer) or failure != "file size limit"]
+         if not ("HDF5" in writer or "converted" in writer or "metrics" in writer)
+         or failure != "file size limit"]
 # (not for HDF5: after a real failed write the HDF5 library crashes at interpreter exit, so
-# HDF5 gets the error text HDF5 itself raises on a full disk instead)
+# HDF5 gets the error text HDF5 itself raises on a full disk instead; metrics.csv is smaller
+# than the size limit)
 
 
 @pytest.mark.parametrize(("writer", "failure"), CASES)
@@ -423,6 +433,23 @@ def test_failed_write_names_the_file_and_keeps_the_previous_one(copper, tmp_path
     assert isinstance(error, OSError) and error.errno == code
     assert target.read_bytes() == previous
     assert sorted(p.name for p in directory.iterdir()) == [name]  # no temp file left
+
+
+def test_failed_metrics_append_names_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.csv"
+    metrics = MetricsCSV(path)
+    metrics.append({"epoch": 1, "train_loss": 0.5})
+
+    def fsync(fd):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OutputWriteError, match=rf"could not write training metrics "
+                       rf"{re.escape(str(path))}: Disk quota exceeded") as caught:
+        metrics.append({"epoch": 2, "train_loss": 0.4})
+    assert caught.value.errno == errno.EDQUOT
+    monkeypatch.undo()
+    assert [row["epoch"] for row in read_rows(path)][0] == "1"
 
 
 def test_failed_first_write_leaves_no_file(copper, tmp_path, monkeypatch):

@@ -221,6 +221,26 @@ def test_unknown_element_is_named_with_its_system_index(create):
         create(loaded(model_file("float64")), numbers, atoms_subset=[40, 41, 42, 43])
 
 
+def test_torch_force_names_a_non_finite_position():
+    """Inside OpenMM's TorchForce (no Python checks run there) a NaN position stops the
+    evaluation with a message naming the atom, not with NaN forces."""
+    import openmm
+
+    atoms = ethanol()
+    force = create_torch_force(loaded(model_file("float64")), atoms.numbers)
+    positions = atoms.get_positions() / 10.0
+    positions[3, 1] = np.nan
+    system = openmm.System()
+    for mass in atoms.get_masses():
+        system.addParticle(float(mass))
+    system.addForce(force)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001),
+                             openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(positions)
+    with pytest.raises(openmm.OpenMMException, match="position of atom 3 is not finite"):
+        context.getState(getEnergy=True, getForces=True)
+
+
 def test_python_force_survives_xml_serialization_and_deepcopy():
     """openmm-ml's interpolation deep-copies the ML force: the computation must pickle."""
     import copy

@@ -10,26 +10,18 @@ the edge frame) are part of every comparison.
 
 from __future__ import annotations
 
-import e3nn.util.jit
-import numpy as np
 import pytest
 import torch
-from ase import units
 from e3nn import o3
 from scipy.spatial.transform import Rotation
 
-from potentials.forcefield import ForceField
-from potentials.models import build_model
 from potentials.nn.so2_convolution import SO2UVUConvolution, wigner_sampling
 from potentials.nn.tensor_product import GEOMETRIC_TP_BACKENDS, TP_BACKENDS, EdgeConvolution
-from tests.model_zoo import STRUCTURES, graph_of
 from tests.test_tensor_product_backends import (
     CONVOLUTIONS,
     TOLERANCES,
     convolution_pair,
     default_dtype,
-    nequip_pair,
-    nve_total_energies,
     split_into_edge_chunks,
 )
 
@@ -191,100 +183,5 @@ def test_so2_convolution_is_scriptable():
     )
 
 
-# ----------------------------------------------------------------------------- whole models
-
-
-def test_so2_checkpoints_are_interchangeable():
-    reference, so2 = nequip_pair("so2")
-    back = build_model("nequip", **dict(reference.hyperparameters(), tp_backend="e3nn")).double()
-    back.load_state_dict(so2.state_dict(), strict=True)
-    graph = graph_of(STRUCTURES["molecule"]())
-    torch.testing.assert_close(back(graph), reference(graph), rtol=0, atol=0)
-
-
-def test_so2_forces_and_stress_equal_reference():
-    reference, so2 = nequip_pair("so2", l_max=3)
-    for structure in sorted(STRUCTURES):
-        graph = graph_of(STRUCTURES[structure]())
-        expected = ForceField(reference)(graph, compute_stress=True)
-        actual = ForceField(so2)(graph, compute_stress=True)
-        for key in ("energy", "atomic_energies", "forces", "stress"):
-            torch.testing.assert_close(actual[key], expected[key], rtol=1e-10, atol=1e-10)
-
-
-def test_so2_training_gradients_equal_reference():
-    """Parameter gradients of an energy + forces loss (double backward) are the same."""
-    reference, so2 = nequip_pair("so2")
-    graph = graph_of(STRUCTURES["periodic_mixed_species"]())
-    gradients = []
-    for model in (reference, so2):
-        out = ForceField(model)(graph, training=True)
-        loss = out["energy"].pow(2).sum() + out["forces"].pow(2).sum()
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        gradients.append(torch.autograd.grad(loss, parameters, allow_unused=True))
-    for parameter, expected, actual in zip(
-        [p for p in so2.parameters() if p.requires_grad], *gradients, strict=True
-    ):
-        zeros = torch.zeros_like(parameter)
-        torch.testing.assert_close(
-            zeros if actual is None else actual, zeros if expected is None else expected,
-            rtol=1e-9, atol=1e-11,
-        )
-
-
-def test_so2_float32_forces_equal_reference():
-    reference, so2 = nequip_pair("so2")
-    graph = graph_of(STRUCTURES["triclinic_cu"](), torch.float32)
-    expected = ForceField(reference.float())(graph)
-    actual = ForceField(so2.float())(graph)
-    scale = expected["forces"].abs().max().item()
-    torch.testing.assert_close(actual["energy"], expected["energy"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(actual["forces"], expected["forces"], rtol=1e-5, atol=1e-5 * scale)
-
-
-def test_so2_forces_are_negative_energy_gradient():
-    _, so2 = nequip_pair("so2", l_max=3)
-    forcefield = ForceField(so2)
-    atoms = STRUCTURES["periodic_mixed_species"]()
-    forces = forcefield(graph_of(atoms))["forces"].detach().numpy()
-    delta = 1e-5
-    for atom, axis in [(0, 0), (3, 1), (7, 2)]:
-        energies = []
-        for sign in (1, -1):
-            displaced = atoms.copy()
-            displaced.positions[atom, axis] += sign * delta
-            energies.append(forcefield(graph_of(displaced))["energy"].item())
-        numerical = -(energies[0] - energies[1]) / (2 * delta)
-        assert numerical == pytest.approx(forces[atom, axis], rel=1e-6, abs=1e-8)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("edges_per_chunk", [0, 50])
-def test_so2_torchscript_matches_eager(edges_per_chunk):
-    _, so2 = nequip_pair("so2")
-    if edges_per_chunk:
-        for layer in so2.interactions:
-            split_into_edge_chunks(layer.convolution, edges_per_chunk)
-    graph = graph_of(STRUCTURES["triclinic_cu"]())
-    eager = ForceField(so2)(graph, compute_stress=True)
-    scripted = torch.jit.script(ForceField(e3nn.util.jit.compile(so2)))
-    for _ in range(3):
-        out = scripted(graph, True, True, False)
-    for key in ("energy", "forces", "stress"):
-        torch.testing.assert_close(out[key], eager[key], rtol=1e-10, atol=1e-10)
-
-
-@pytest.mark.slow
-def test_so2_nve_conserves_energy_like_reference():
-    """150 fs of NVE (Cu, 32 atoms): same trajectory energies and the same (small) drift."""
-    reference, so2 = nequip_pair("so2", species=[29], num_features=4, l_max=1, num_layers=2)
-    for model in (reference, so2):
-        model.scale_shift.set_statistics([0.0], scale=0.5, shift=0.0)
-    expected = nve_total_energies(reference, 150)
-    actual = nve_total_energies(so2, 150)
-    drift_reference = np.abs(expected - expected[0]).max()
-    drift_so2 = np.abs(actual - actual[0]).max()
-    kinetic_scale = 32 * 1.5 * units.kB * 300
-    assert drift_reference < 1e-3 * kinetic_scale
-    assert drift_so2 <= drift_reference + 1e-9
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-9)
+# Whole models (checkpoints, forces/stress, training gradients, float32, finite differences,
+# TorchScript, NVE) run "so2" through MODEL_BACKENDS in tests/test_tensor_product_backends.py.

@@ -30,11 +30,29 @@ from potentials.data.configuration import Configuration
 from potentials.data.graph import configuration_to_graph
 from potentials.forcefield import ForceField
 from potentials.models import build_model
+from potentials.nn.edge_aggregation import EdgeChunkedConvolution
 from potentials.nn.linear import FastLinear, FastScalarTensorProduct, linear, scalar_tensor_product
-from potentials.nn.tensor_product import TP_BACKENDS, EdgeConvolution
+from potentials.nn.tensor_product import (
+    GEOMETRIC_TP_BACKENDS,
+    TP_BACKENDS,
+    EdgeConvolution,
+    available_tp_backends,
+)
 from tests.model_zoo import STRUCTURES, graph_of
 
-FAST_BACKENDS = [b for b in TP_BACKENDS if b != "e3nn"]
+# "cueq" runs here (cuEquivariance's plain-PyTorch method on CPU) when cuequivariance-torch is
+# installed, as in the dev environment; tests/test_cueq_convolution.py checks that it is.
+FAST_BACKENDS = [b for b in TP_BACKENDS if b != "e3nn" and b in available_tp_backends()]
+# Whole models also run the geometric backends ("so2": exact when edge_sh = Y(edge vectors), as
+# in every model; its convolution-level tests are in tests/test_so2_convolution.py).
+MODEL_BACKENDS = FAST_BACKENDS + list(GEOMETRIC_TP_BACKENDS)
+# the slowest model-level runs of the slower backends go to `make test-slow`
+SLOW_IN_LONG_RUNS = {"so2"}
+
+
+def long_run_backends() -> list:
+    return [pytest.param(b, marks=pytest.mark.slow) if b in SLOW_IN_LONG_RUNS else b
+            for b in MODEL_BACKENDS]
 
 # (irreps_node, l_max of the spherical harmonics, parity, irreps_target)
 CONVOLUTIONS = {
@@ -97,7 +115,10 @@ def test_fast_backend_has_reference_layout(name, backend):
 
 
 def split_into_edge_chunks(convolution: EdgeConvolution, edges_per_chunk: int) -> None:
-    """Make a fast backend's `aggregate` process edges in chunks of about this size."""
+    """Make a fast backend's `aggregate` process edges in chunks of about this size (skips the
+    test for a backend without edge chunks: "cueq" hands all edges to its kernel at once)."""
+    if not isinstance(convolution.tp, EdgeChunkedConvolution):
+        pytest.skip(f"backend {convolution.backend!r} does not split edges into chunks")
     convolution.tp.chunk_elements = edges_per_chunk * convolution.tp.elements_per_edge
 
 
@@ -200,7 +221,7 @@ def nequip_pair(backend: str, **hyperparameters) -> tuple[torch.nn.Module, torch
     return reference, fast
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend", MODEL_BACKENDS)
 def test_checkpoints_are_interchangeable_between_backends(backend):
     reference, fast = nequip_pair(backend)
     back = build_model("nequip", **dict(reference.hyperparameters(), tp_backend="e3nn")).double()
@@ -209,14 +230,15 @@ def test_checkpoints_are_interchangeable_between_backends(backend):
     torch.testing.assert_close(back(graph), reference(graph), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend", MODEL_BACKENDS)
 def test_forces_and_stress_equal_reference(backend):
     reference, fast = nequip_pair(backend)
     with default_dtype(torch.float64):
         chunked = build_model("nequip", **fast.hyperparameters())
     chunked.load_state_dict(fast.state_dict())
     for layer in chunked.interactions:
-        split_into_edge_chunks(layer.convolution, 30)
+        if isinstance(layer.convolution.tp, EdgeChunkedConvolution):
+            split_into_edge_chunks(layer.convolution, 30)
     for structure in sorted(STRUCTURES):
         graph = graph_of(STRUCTURES[structure]())
         expected = ForceField(reference)(graph, compute_stress=True)
@@ -241,7 +263,7 @@ def test_layers_compute_only_what_the_energy_depends_on(backend):
     assert not any(hasattr(layer, "pruned_convolution") for layer in reference.interactions)
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend", MODEL_BACKENDS)
 def test_training_gradients_equal_reference(backend):
     """Parameter gradients of an energy + forces loss (double backward) are the same."""
     reference, fast = nequip_pair(backend)
@@ -263,26 +285,27 @@ def test_training_gradients_equal_reference(backend):
         )
 
 
-def test_recomputed_edge_chunks_equal_reference(monkeypatch):
+@pytest.mark.parametrize("backend", ["fused", "so2"])
+def test_recomputed_edge_chunks_equal_reference(monkeypatch, backend):
     """Large systems: messages recomputed in the backward pass (forced here on a small system
     by a zero byte threshold and 13-edge chunks) give the same energy, forces, stress and
     training gradients (double backward) as the reference, and keep fewer tensors."""
-    from potentials.nn.fused_convolution import FusedUVUConvolution
+    from potentials.nn.edge_aggregation import EdgeChunkedConvolution
 
-    reference, fast = nequip_pair("fused")
-    fused = [m for m in fast.modules() if isinstance(m, FusedUVUConvolution)]
-    assert fused
-    for module in fused:
+    reference, fast = nequip_pair(backend)
+    chunked = [m for m in fast.modules() if isinstance(m, EdgeChunkedConvolution)]
+    assert chunked
+    for module in chunked:
         module.chunk_elements = 13 * module.elements_per_edge // 16  # 16x this in recompute
         module.recompute_above_bytes = 0
     calls = []
-    recomputed = FusedUVUConvolution._aggregate_recomputed
+    recomputed = EdgeChunkedConvolution._aggregate_recomputed
 
     def counted(self, *args):
         calls.append(args[-1])
         return recomputed(self, *args)
 
-    monkeypatch.setattr(FusedUVUConvolution, "_aggregate_recomputed", counted)
+    monkeypatch.setattr(EdgeChunkedConvolution, "_aggregate_recomputed", counted)
     graph = graph_of(STRUCTURES["periodic_mixed_species"]())
     assert graph.edge_index.shape[1] > 13
     expected = ForceField(reference)(graph, compute_stress=True)
@@ -304,7 +327,7 @@ def test_recomputed_edge_chunks_equal_reference(monkeypatch):
         )  # fmt: skip
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend", MODEL_BACKENDS)
 def test_float32_forces_equal_reference(backend):
     reference, fast = nequip_pair(backend)
     graph = graph_of(STRUCTURES["triclinic_cu"](), torch.float32)
@@ -315,7 +338,7 @@ def test_float32_forces_equal_reference(backend):
     torch.testing.assert_close(actual["forces"], expected["forces"], rtol=1e-5, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend", MODEL_BACKENDS)
 def test_forces_are_negative_energy_gradient(backend):
     _, fast = nequip_pair(backend, l_max=3)
     forcefield = ForceField(fast)
@@ -333,7 +356,7 @@ def test_forces_are_negative_energy_gradient(backend):
 
 
 @pytest.mark.parametrize("edges_per_chunk", [0, 50])
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend", long_run_backends())
 def test_torchscript_matches_eager(backend, edges_per_chunk):
     _, fast = nequip_pair(backend)
     for layer in fast.interactions:
@@ -384,7 +407,7 @@ def nve_total_energies(model: torch.nn.Module, steps: int) -> np.ndarray:
     return np.array(energies)
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend", long_run_backends())
 def test_nve_conserves_energy_like_reference(backend):
     """300 fs of NVE (Cu, 32 atoms): same trajectory energies and the same (small) drift."""
     reference, fast = nequip_pair(

@@ -22,18 +22,16 @@ How it is computed (see docs/performance.md for the measurements behind each cho
 4. Internally features are "m-major", [E, 2l+1, U] (channels innermost), so the weight multiply
    broadcasts over leading axes and vectorises over U. The layout change to and from e3nn's
    [U, 2l+1] happens once per call, on nodes (N rows) rather than edges in `aggregate`.
-5. Weights are brought into group order with one split + cat (backward: one cat), and inputs and
+5. Weights are brought into group order with one split + cat (backward: one cat; no copy when
+   they are already in group order, as in MACE's scalar-input layers), and inputs and
    outputs are permuted with one index_select each: no slicing, hence none of the zero-filled
    full-size gradients that slicing produces in autograd.
 6. `aggregate` fuses gather (sender) → convolution → scatter-sum (receiver): the edge-level
    tensors are per group, and no [E, irreps_out.dim] tensor is formed.
-7. Memory of large systems: autograd keeps each chunk's products for the backward pass (about
-   Σ_groups P·d3·U values per edge). When that would exceed `RECOMPUTE_ABOVE_BYTES` for one
-   layer (e.g. MACE-medium on 2048 Cu atoms in float64: ~9 GB), eager `aggregate` keeps only
-   each chunk's inputs and recomputes its messages in the backward pass
-   (`torch.utils.checkpoint`, non-reentrant: forces, stress and training's double backward
-   work alike); the numbers are the same, at the cost of one more forward of the messages.
-   TorchScript files always keep the products.
+7. Memory of large systems: edge chunks, and messages recomputed in the backward pass when
+   autograd would keep more than `RECOMPUTE_ABOVE_BYTES` for one layer (e.g. MACE-medium on
+   2048 Cu atoms in float64: ~9 GB), come from `potentials.nn.edge_aggregation`, shared with
+   the SO(2) backend. Same numbers either way.
 
 TorchScript-compatible (plain tensor ops, typed attributes), device-agnostic, float32/float64.
 The coupling constants are recomputed exactly in float64 and cast whenever the module changes
@@ -46,31 +44,21 @@ from typing import List
 
 import torch
 from e3nn import o3
-from torch import Tensor, nn
+from torch import Tensor
 
-from potentials.nn.scatter import scatter_sum
-
-# Edge-level tensors of one `aggregate` chunk stay below this many elements (4 MiB in float32):
-# far below glibc's 32 MiB mmap threshold, so their memory is reused, not faulted in again.
-DEFAULT_CHUNK_ELEMENTS = 1 << 20
-# Above this many bytes of products kept for the backward pass by one `aggregate`, eager
-# execution recomputes them instead (see point 7 of the module docstring).
-RECOMPUTE_ABOVE_BYTES = 6 * (1 << 30)
+from potentials.nn.edge_aggregation import EdgeChunkedConvolution
 
 
-class FusedUVUConvolution(nn.Module):
+class FusedUVUConvolution(EdgeChunkedConvolution):
     """The "uvu" convolution of `EdgeConvolution`, fast backend (see the module docstring).
 
     instructions: (i_in1, i_in2, i_out, path_weight) in e3nn's weight order; each output irrep
     block is written by exactly one instruction (the convolution's outputs are not simplified).
 
-    forward(node_features [E, irreps_node.dim], edge_sh [E, irreps_sh.dim],
-            weights [E, weight_numel]) -> [E, irreps_out.dim]                (e3nn layouts)
-    aggregate(node_features [N, irreps_node.dim], edge_sh, weights, sender [E], receiver [E],
-              num_nodes) -> [N, irreps_out.dim] = Σ_{e: receiver[e] = n} forward(x[sender])[e]
+    forward / aggregate: as `EdgeChunkedConvolution` (e3nn layouts in and out).
     """
 
-    __jit_ignored_attributes__ = ["_coupling_exact"]
+    backend = "fused"
 
     def __init__(
         self,
@@ -79,25 +67,8 @@ class FusedUVUConvolution(nn.Module):
         irreps_out: o3.Irreps,
         instructions: list[tuple[int, int, int, float]],
     ) -> None:
-        super().__init__()
-        irreps_node, irreps_sh, irreps_out = (
-            o3.Irreps(irreps) for irreps in (irreps_node, irreps_sh, irreps_out)
-        )
-        if any(mul != 1 for mul, _ in irreps_sh):
-            raise ValueError(f"fused convolution needs multiplicity 1 in irreps_sh, got {irreps_sh}")
-        if not instructions:
-            raise ValueError("fused convolution needs at least one path")
-        if sorted(i_out for _, _, i_out, _ in instructions) != list(range(len(irreps_out))):
-            raise ValueError("fused convolution needs exactly one instruction per output block")
-        weight_starts = []
-        start = 0
-        for i_in1, i_in2, i_out, _ in instructions:
-            (mul_in, ir_in), (mul_out, ir_out) = irreps_node[i_in1], irreps_out[i_out]
-            if mul_in != mul_out or ir_out not in ir_in * irreps_sh[i_in2].ir:
-                raise ValueError(f"instruction {(i_in1, i_in2, i_out)} is not a uvu path")
-            weight_starts.append(start)
-            start += mul_in
-        self.weight_numel = start
+        super().__init__(irreps_node, irreps_sh, irreps_out, instructions)
+        irreps_node, irreps_sh, irreps_out = self.irreps_node, self.irreps_sh, self.irreps_out
         self.num_outputs = len(irreps_out)
 
         # Paths of each input block, grouped by d3 (groups in order of first appearance,
@@ -187,37 +158,31 @@ class FusedUVUConvolution(nn.Module):
         ]
         self.group_weight_sizes = [p * u for p, u in zip(group_paths, group_mul, strict=True)]
         self.weight_order = weight_order  # instruction index of each path, in group order
+        # e.g. MACE's scalar-input layers: the weights are already in group order (no copy)
+        self.weights_in_group_order = weight_order == list(range(len(instructions)))
         self.path_weight_sizes = [irreps_node[i_in1].mul for i_in1, _, _, _ in instructions]
 
-        self._coupling_exact = torch.cat(coupling_columns, dim=1)
         # largest per-edge tensor of a chunk (elements): a group's messages, or the weights
         self.elements_per_edge = max(
             self.group_message_sizes + [self.weight_numel, irreps_node.dim]
         )
-        self.chunk_elements = DEFAULT_CHUNK_ELEMENTS
-        self.recompute_above_bytes = RECOMPUTE_ABOVE_BYTES
-        # values autograd keeps per edge (coupling rows, gathered inputs, products, weights)
+        # values autograd keeps per edge: coupling rows, gathered inputs, weights, and per group
+        # the product the weights multiply (P·U for scalar inputs, P·d3·U otherwise); the
+        # messages themselves are not kept (the scatter keeps only the receiver index)
+        products = [
+            p * u if d1 == 1 else p * d3 * u
+            for p, d1, d3, u in zip(group_paths, group_dim_in, group_dim_out, group_mul, strict=True)
+        ]
         self.saved_per_edge = (
-            sum(self.group_message_sizes) + sum(self.group_coupling_sizes)
-            + irreps_node.dim + self.weight_numel
-        )  # fmt: skip
-        self.register_buffer(
-            "coupling", self._coupling_exact.to(torch.get_default_dtype()), persistent=False
+            sum(products) + sum(self.group_coupling_sizes) + irreps_node.dim + self.weight_numel
         )
+        self._register_exact("coupling", torch.cat(coupling_columns, dim=1))
         self.register_buffer(
             "input_permutation", torch.tensor(input_permutation, dtype=torch.long), persistent=False
         )
         self.register_buffer(
             "output_permutation", torch.tensor(output_source, dtype=torch.long), persistent=False
         )
-
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch.nn.Module signature
-        module = super()._apply(fn, recurse)
-        # Re-derive the constants from their float64 values (no float32 rounding after .double()).
-        self.coupling = self._coupling_exact.to(
-            device=self.coupling.device, dtype=self.coupling.dtype
-        )
-        return module
 
     def _messages(self, inputs: Tensor, edge_sh: Tensor, weights: Tensor) -> List[Tensor]:
         """Messages per group, [E, P·d3·U] each ((p, k, u) order).
@@ -227,12 +192,15 @@ class FusedUVUConvolution(nn.Module):
         """
         num_edges = inputs.shape[0]
         blocks = torch.split(inputs, self.block_sizes, dim=1)
-        path_weights = torch.split(weights, self.path_weight_sizes, dim=1)
-        grouped_weights = torch.split(
-            torch.cat([path_weights[t] for t in self.weight_order], dim=1),
-            self.group_weight_sizes,
-            dim=1,
-        )
+        if self.weights_in_group_order:
+            grouped_weights = torch.split(weights, self.group_weight_sizes, dim=1)
+        else:
+            path_weights = torch.split(weights, self.path_weight_sizes, dim=1)
+            grouped_weights = torch.split(
+                torch.cat([path_weights[t] for t in self.weight_order], dim=1),
+                self.group_weight_sizes,
+                dim=1,
+            )
         couplings = torch.split(torch.mm(edge_sh, self.coupling), self.group_coupling_sizes, dim=1)
         messages: List[Tensor] = []
         for g, coupling in enumerate(couplings):
@@ -253,89 +221,3 @@ class FusedUVUConvolution(nn.Module):
                 message = product.view(num_edges, paths, dim_out, mul) * weight
             messages.append(message.view(num_edges, paths * dim_out * mul))
         return messages
-
-    def forward(self, node_features: Tensor, edge_sh: Tensor, weights: Tensor) -> Tensor:
-        inputs = node_features.index_select(1, self.input_permutation)
-        messages = self._messages(inputs, edge_sh, weights)
-        return self._to_e3nn_layout(messages)
-
-    def edge_chunk_size(self, num_edges: int) -> int:
-        """Edges per chunk in `aggregate` (0: one chunk). Bounds every edge-level tensor to
-        about `chunk_elements` elements, so large systems reuse memory instead of mapping fresh
-        pages for every intermediate (see docs/performance.md)."""
-        if not torch.jit.is_scripting():
-            if not isinstance(num_edges, int):  # symbolic shapes (make_fx, export): one chunk
-                return 0
-        size = max(self.chunk_elements // self.elements_per_edge, 1)
-        return 0 if num_edges <= size else size
-
-    @torch.jit.export
-    def aggregate(
-        self,
-        node_features: Tensor,
-        edge_sh: Tensor,
-        weights: Tensor,
-        sender: Tensor,
-        receiver: Tensor,
-        num_nodes: int,
-    ) -> Tensor:
-        features = node_features.index_select(1, self.input_permutation)  # [N, Σ d1·U] m-major
-        chunk = self.edge_chunk_size(edge_sh.shape[0])
-        if chunk == 0:
-            messages = self._messages(features.index_select(0, sender), edge_sh, weights)
-            summed = [scatter_sum(message, receiver, num_nodes) for message in messages]
-            return self._to_e3nn_layout(summed)
-        if not torch.jit.is_scripting():
-            saved_bytes = edge_sh.shape[0] * self.saved_per_edge * edge_sh.element_size()
-            if torch.is_grad_enabled() and saved_bytes > self.recompute_above_bytes:
-                return self._aggregate_recomputed(
-                    features, edge_sh, weights, sender, receiver, num_nodes, chunk
-                )
-        # Edge chunks: per-group messages accumulate in place on [N, P·d3·U] node tensors.
-        summed = [features.new_zeros(num_nodes, size) for size in self.group_message_sizes]
-        sh_chunks, weight_chunks = torch.split(edge_sh, chunk), torch.split(weights, chunk)
-        sender_chunks, receiver_chunks = torch.split(sender, chunk), torch.split(receiver, chunk)
-        for c in range(len(sh_chunks)):
-            inputs = features.index_select(0, sender_chunks[c])
-            messages = self._messages(inputs, sh_chunks[c], weight_chunks[c])
-            for g, message in enumerate(messages):
-                summed[g].index_add_(0, receiver_chunks[c], message)
-        return self._to_e3nn_layout(summed)
-
-    @torch.jit.unused
-    def _aggregate_recomputed(
-        self,
-        features: Tensor,
-        edge_sh: Tensor,
-        weights: Tensor,
-        sender: Tensor,
-        receiver: Tensor,
-        num_nodes: int,
-        chunk: int,
-    ) -> Tensor:
-        """`aggregate` over edge chunks whose messages are recomputed in the backward pass:
-        autograd keeps only each chunk's inputs (views of `edge_sh` and `weights`)."""
-        from torch.utils.checkpoint import checkpoint
-
-        def chunk_sums(features: Tensor, sh: Tensor, weight: Tensor, sender: Tensor,
-                       receiver: Tensor) -> Tensor:
-            messages = self._messages(features.index_select(0, sender), sh, weight)
-            return scatter_sum(torch.cat(messages, dim=1), receiver, num_nodes)
-
-        # the chunk's edge tensors live only during its (re)computation: larger chunks, fewer
-        # node-sized partial sums
-        chunk = max(chunk, (16 * self.chunk_elements) // self.elements_per_edge)
-        summed = features.new_zeros(num_nodes, sum(self.group_message_sizes))
-        pieces = zip(
-            torch.split(edge_sh, chunk), torch.split(weights, chunk),
-            torch.split(sender, chunk), torch.split(receiver, chunk), strict=True,
-        )  # fmt: skip
-        for sh, weight, send, receive in pieces:
-            summed = summed + checkpoint(
-                chunk_sums, features, sh, weight, send, receive, use_reentrant=False
-            )
-        return summed.index_select(1, self.output_permutation)
-
-    def _to_e3nn_layout(self, pieces: List[Tensor]) -> Tensor:
-        """Per-group pieces [rows, P·d3·U] → [rows, irreps_out.dim] in e3nn's layout."""
-        return torch.cat(pieces, dim=1).index_select(1, self.output_permutation)

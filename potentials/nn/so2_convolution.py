@@ -41,8 +41,10 @@ Gradients with respect to node features, weights and edge vectors (through `edge
 reference's; a gradient with respect to `edge_sh` treated as a free input (off the manifold of
 spherical harmonics) does not, since only the directions and the m = 0 values are read.
 
-Layouts, edge chunks in `aggregate` and constants re-derived in float64 on dtype/device changes
-follow `potentials.nn.fused_convolution`. TorchScript-compatible, device-agnostic.
+Layouts, edge chunks in `aggregate` (with messages recomputed in the backward pass for large
+systems) and constants re-derived in float64 on dtype/device changes come from
+`potentials.nn.edge_aggregation`, shared with the fused backend. TorchScript-compatible,
+device-agnostic.
 """
 
 from __future__ import annotations
@@ -52,10 +54,9 @@ from typing import List
 
 import torch
 from e3nn import o3
-from torch import Tensor, nn
+from torch import Tensor
 
-from potentials.nn.fused_convolution import DEFAULT_CHUNK_ELEMENTS
-from potentials.nn.scatter import scatter_sum
+from potentials.nn.edge_aggregation import EdgeChunkedConvolution
 
 # Largest condition number accepted for the sampling matrices A_l = Y^l(V) (l ≤ max degree).
 _MAX_SAMPLING_CONDITION = 8.0
@@ -91,19 +92,17 @@ def wigner_sampling(l_max: int) -> tuple[Tensor, Tensor]:
     raise ValueError(f"no well-conditioned Wigner sampling found for l_max {l_max}")
 
 
-class SO2UVUConvolution(nn.Module):
+class SO2UVUConvolution(EdgeChunkedConvolution):
     """The "uvu" convolution of `EdgeConvolution` in the edge frame (see the module docstring).
 
     instructions: (i_in1, i_in2, i_out, path_weight) in e3nn's weight order; each output irrep
     block is written by exactly one instruction. `irreps_sh` must contain the l = 1 harmonics.
 
-    forward(node_features [E, irreps_node.dim], edge_sh [E, irreps_sh.dim] = Y(r_ij) (any e3nn
-            normalization), weights [E, weight_numel]) -> [E, irreps_out.dim]    (e3nn layouts)
-    aggregate(node_features [N, irreps_node.dim], edge_sh, weights, sender [E], receiver [E],
-              num_nodes) -> [N, irreps_out.dim] = Σ_{e: receiver[e] = n} forward(x[sender])[e]
+    forward / aggregate: as `EdgeChunkedConvolution` (e3nn layouts), with edge_sh = Y(r_ij) in
+    any e3nn normalization.
     """
 
-    __jit_ignored_attributes__ = ["_points_exact", "_inverses_exact", "_coefficients_exact"]
+    backend = "so2"
 
     def __init__(
         self,
@@ -112,31 +111,15 @@ class SO2UVUConvolution(nn.Module):
         irreps_out: o3.Irreps,
         instructions: list[tuple[int, int, int, float]],
     ) -> None:
-        super().__init__()
-        irreps_node, irreps_sh, irreps_out = (
-            o3.Irreps(irreps) for irreps in (irreps_node, irreps_sh, irreps_out)
-        )
-        if any(mul != 1 for mul, _ in irreps_sh):
-            raise ValueError(f"so2 convolution needs multiplicity 1 in irreps_sh, got {irreps_sh}")
+        super().__init__(irreps_node, irreps_sh, irreps_out, instructions)
+        irreps_node, irreps_sh, irreps_out = self.irreps_node, self.irreps_sh, self.irreps_out
+        weight_starts = self.weight_starts
         vector_blocks = [j for j, (_, ir) in enumerate(irreps_sh) if ir.l == 1]
         if len(vector_blocks) != 1:
             raise ValueError(
                 f"so2 convolution reads the edge direction from the l=1 harmonics; irreps_sh "
                 f"{irreps_sh} has {len(vector_blocks)} l=1 blocks"
             )
-        if not instructions:
-            raise ValueError("so2 convolution needs at least one path")
-        if sorted(i_out for _, _, i_out, _ in instructions) != list(range(len(irreps_out))):
-            raise ValueError("so2 convolution needs exactly one instruction per output block")
-        weight_starts = []
-        start = 0
-        for i_in1, i_in2, i_out, _ in instructions:
-            (mul_in, ir_in), (mul_out, ir_out) = irreps_node[i_in1], irreps_out[i_out]
-            if mul_in != mul_out or ir_out not in ir_in * irreps_sh[i_in2].ir:
-                raise ValueError(f"instruction {(i_in1, i_in2, i_out)} is not a uvu path")
-            weight_starts.append(start)
-            start += mul_in
-        self.weight_numel = start
         sh_slices = irreps_sh.slices()
         self.sh_vector_start = sh_slices[vector_blocks[0]].start
         self.sh_degrees = [ir.l for _, ir in irreps_sh]
@@ -238,23 +221,27 @@ class SO2UVUConvolution(nn.Module):
         self.max_degree = max(unit_degrees + self.group_degrees + self.sh_degrees)
         self.wigner_degrees = list(range(1, self.max_degree + 1))
         self.wigner_dims = [2 * degree + 1 for degree in self.wigner_degrees]
-        self._points_exact, self._inverses_exact = wigner_sampling(self.max_degree)
-        self.num_points = self._points_exact.shape[0]
+        points, inverses = wigner_sampling(self.max_degree)
+        self.num_points = points.shape[0]
         self.num_harmonics = (self.max_degree + 1) ** 2
         self.sampled_harmonics = o3.SphericalHarmonics(
             list(range(self.max_degree + 1)), normalize=False, normalization="component"
         )
-        self._coefficients_exact = torch.tensor(coefficients, dtype=torch.float64)
-
+        wigner_per_edge = sum(dim * dim for dim in self.wigner_dims)
+        sampled_per_edge = self.num_points * (3 + self.num_harmonics)
         self.elements_per_edge = max(
             [len(gather_index), max(self.group_message_sizes), rotated_size, self.weight_numel,
-             irreps_node.dim, self.num_points * (self.max_degree + 1) ** 2]
+             irreps_node.dim, self.num_points * self.num_harmonics, wigner_per_edge]
         )
-        self.chunk_elements = DEFAULT_CHUNK_ELEMENTS
-        dtype = torch.get_default_dtype()
-        self.register_buffer("points", self._points_exact.to(dtype), persistent=False)
-        self.register_buffer("inverses", self._inverses_exact.to(dtype), persistent=False)
-        self.register_buffer("coefficients", self._coefficients_exact.to(dtype), persistent=False)
+        # values autograd keeps per edge: frames and Wigner matrices, rotated and coupled
+        # inputs, scaled weights, messages before and after the rotation back, inputs, weights
+        self.saved_per_edge = (
+            sampled_per_edge + wigner_per_edge + rotated_size + 2 * len(gather_index)
+            + 2 * self.weight_numel + 2 * sum(self.group_message_sizes) + irreps_node.dim
+        )  # fmt: skip
+        self._register_exact("points", points)
+        self._register_exact("inverses", inverses)
+        self._register_exact("coefficients", torch.tensor(coefficients, dtype=torch.float64))
         for name, values in (
             ("input_permutation", input_permutation),
             ("gather_index", gather_index),
@@ -263,18 +250,6 @@ class SO2UVUConvolution(nn.Module):
             ("output_permutation", output_source),
         ):
             self.register_buffer(name, torch.tensor(values, dtype=torch.long), persistent=False)
-
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch.nn.Module signature
-        module = super()._apply(fn, recurse)
-        # Re-derive the constants from their float64 values (no float32 rounding after .double()).
-        for name, exact in (
-            ("points", self._points_exact),
-            ("inverses", self._inverses_exact),
-            ("coefficients", self._coefficients_exact),
-        ):
-            current = getattr(self, name)
-            setattr(self, name, exact.to(device=current.device, dtype=current.dtype))
-        return module
 
     def edge_frames(self, edge_sh: Tensor) -> tuple[List[Tensor], Tensor]:
         """Wigner matrices of the edge-frame rotations and the harmonics in that frame.
@@ -353,45 +328,3 @@ class SO2UVUConvolution(nn.Module):
                 message = torch.bmm(rows.transpose(1, 2), frame_message)
             messages.append(message.reshape(num_edges, (2 * l3 + 1) * channels))
         return messages
-
-    def forward(self, node_features: Tensor, edge_sh: Tensor, weights: Tensor) -> Tensor:
-        inputs = node_features.index_select(1, self.input_permutation)
-        return self._to_e3nn_layout(self._messages(inputs, edge_sh, weights))
-
-    def edge_chunk_size(self, num_edges: int) -> int:
-        """Edges per chunk in `aggregate` (0: one chunk); see `FusedUVUConvolution`."""
-        if not torch.jit.is_scripting():
-            if not isinstance(num_edges, int):  # symbolic shapes (make_fx, export): one chunk
-                return 0
-        size = max(self.chunk_elements // self.elements_per_edge, 1)
-        return 0 if num_edges <= size else size
-
-    @torch.jit.export
-    def aggregate(
-        self,
-        node_features: Tensor,
-        edge_sh: Tensor,
-        weights: Tensor,
-        sender: Tensor,
-        receiver: Tensor,
-        num_nodes: int,
-    ) -> Tensor:
-        features = node_features.index_select(1, self.input_permutation)  # [N, Σ d1·C] m-major
-        chunk = self.edge_chunk_size(edge_sh.shape[0])
-        if chunk == 0:
-            messages = self._messages(features.index_select(0, sender), edge_sh, weights)
-            summed = [scatter_sum(message, receiver, num_nodes) for message in messages]
-            return self._to_e3nn_layout(summed)
-        summed = [features.new_zeros(num_nodes, size) for size in self.group_message_sizes]
-        sh_chunks, weight_chunks = torch.split(edge_sh, chunk), torch.split(weights, chunk)
-        sender_chunks, receiver_chunks = torch.split(sender, chunk), torch.split(receiver, chunk)
-        for c in range(len(sh_chunks)):
-            inputs = features.index_select(0, sender_chunks[c])
-            messages = self._messages(inputs, sh_chunks[c], weight_chunks[c])
-            for g, message in enumerate(messages):
-                summed[g].index_add_(0, receiver_chunks[c], message)
-        return self._to_e3nn_layout(summed)
-
-    def _to_e3nn_layout(self, pieces: List[Tensor]) -> Tensor:
-        """Per-group pieces [rows, d3·C_g] → [rows, irreps_out.dim] in e3nn's layout."""
-        return torch.cat(pieces, dim=1).index_select(1, self.output_permutation)

@@ -18,6 +18,10 @@ hold no weights of their own, so models and checkpoints are interchangeable betw
   each edge's frame. Exact when `edge_sh` are the spherical harmonics of the edge vectors (as
   in NequIP and MACE), so it is listed in `GEOMETRIC_TP_BACKENDS`, not in `TP_BACKENDS`
   (backends exact for any `edge_sh`); see docs/performance.md ("SO(2) convolution").
+- ``"cueq"``:  `potentials.nn.cueq_convolution.CueqUVUConvolution`: NVIDIA cuEquivariance's
+  segmented polynomial built from e3nn's coefficients; its fused CUDA kernels on a GPU with
+  `cuequivariance-ops-torch-cu12`, plain PyTorch otherwise. Optional (`equimd[cueq]`):
+  `available_tp_backends()` lists it only when `cuequivariance_torch` imports.
 """
 
 from __future__ import annotations
@@ -26,13 +30,21 @@ import torch
 from e3nn import o3
 from torch import Tensor, nn
 
+from potentials.nn.cueq_convolution import HAS_CUEQ, CueqUVUConvolution
 from potentials.nn.fused_convolution import FusedUVUConvolution
 from potentials.nn.scatter import scatter_sum
 from potentials.nn.so2_convolution import SO2UVUConvolution
 
-TP_BACKENDS = ("fused", "e3nn")
+TP_BACKENDS = ("fused", "e3nn", "cueq")
 GEOMETRIC_TP_BACKENDS = ("so2",)  # exact only for edge_sh = Y(edge vectors)
+OPTIONAL_TP_BACKENDS = ("cueq",)  # need an optional package (cuequivariance-torch)
 DEFAULT_TP_BACKEND = "fused"
+
+
+def available_tp_backends() -> tuple[str, ...]:
+    """Backends usable in this environment (optional ones only when their package imports)."""
+    missing = () if HAS_CUEQ else ("cueq",)
+    return tuple(b for b in TP_BACKENDS + GEOMETRIC_TP_BACKENDS if b not in missing)
 
 
 def convolution_irreps(
@@ -108,6 +120,8 @@ class EdgeConvolution(nn.Module):
             self.tp = E3nnConvolution(reference)
         elif backend == "so2":
             self.tp = SO2UVUConvolution(self.irreps_node, self.irreps_sh, self.irreps_out, paths)
+        elif backend == "cueq":
+            self.tp = CueqUVUConvolution(self.irreps_node, self.irreps_sh, self.irreps_out, paths)
         else:
             self.tp = FusedUVUConvolution(self.irreps_node, self.irreps_sh, self.irreps_out, paths)
         # Backend constants (e3nn's `output_mask`, Wigner-3j buffers) are not model weights:

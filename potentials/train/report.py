@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from potentials.data.io import atomic_output, reporting_write_errors
 from potentials.train.metrics import METRIC_NAMES
 
 CSV_COLUMNS = (
@@ -34,21 +35,21 @@ class MetricsCSV:
             self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        with temporary.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
+        with atomic_output(self.path, "training metrics") as temporary:
+            with open(temporary, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
 
     def append(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            writer.writerow({k: _csv_value(v) for k, v in row.items()})
-            handle.flush()
-            os.fsync(handle.fileno())
+        """Append one row (flushed and fsynced); a failed write (disk full, file made
+        read-only, ...) raises `OutputWriteError` naming the file and the reason."""
+        with reporting_write_errors("training metrics", self.path):
+            with open(self.path, "a", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+                writer.writerow({k: _csv_value(v) for k, v in row.items()})
+                handle.flush()
+                os.fsync(handle.fileno())
 
 
 def _csv_value(value: Any) -> Any:

@@ -1,0 +1,234 @@
+"""What the "uvu" convolution backends share: instruction checks (`UVUConvolution`, all
+non-reference backends), and for the fast CPU/GPU backends (`EdgeChunkedConvolution`) edge-chunked aggregation
+(gather → messages → scatter-sum), recomputation of large systems' messages in the backward
+pass, exact constants across dtype changes, and the permutation back to e3nn's layout.
+
+A backend (`FusedUVUConvolution`, `SO2UVUConvolution`) subclasses `EdgeChunkedConvolution` and
+supplies `_messages` (per-group messages, [E, size_g] each, in its own order) plus the
+attributes listed in the class docstring; `forward` and `aggregate` come from here.
+
+Memory of large systems: `aggregate` processes edges in chunks whose edge-level tensors hold
+about `chunk_elements` elements (memory is reused instead of faulted in again). Autograd still
+keeps each chunk's intermediates for the backward pass (`saved_per_edge` values per edge); when
+that would exceed `recompute_above_bytes` for one call (e.g. MACE-medium on 2048 Cu atoms in
+float64: ~9 GB per layer), eager `aggregate` keeps only each chunk's inputs and recomputes its
+messages in the backward pass (`torch.utils.checkpoint`, non-reentrant: forces, stress and
+training's double backward work alike). Same numbers, one more forward of the messages.
+TorchScript files always keep the intermediates.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List
+
+import torch
+from e3nn import o3
+from torch import Tensor, nn
+
+from potentials.nn.scatter import scatter_add_, scatter_sum
+
+# Edge-level tensors of one `aggregate` chunk stay below this many elements (4 MiB in float32):
+# far below glibc's 32 MiB mmap threshold, so their memory is reused, not faulted in again.
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
+# Above this many bytes of intermediates kept for the backward pass by one `aggregate`, eager
+# execution recomputes them instead (see the module docstring).
+RECOMPUTE_ABOVE_BYTES = 6 * (1 << 30)
+
+
+class UVUConvolution(nn.Module):
+    """Base of every non-reference "uvu" convolution backend: checks the instructions and sets
+    `irreps_node`, `irreps_sh`, `irreps_out`, `weight_starts` (where each path's weights start
+    in e3nn's weight vector: one weight per channel) and `weight_numel`.
+
+    instructions: (i_in1, i_in2, i_out, path_weight) in e3nn's weight order; each output irrep
+    block is written by exactly one instruction (the convolution's outputs are not simplified).
+    """
+
+    backend = "uvu"  # named in error messages
+
+    def __init__(
+        self,
+        irreps_node: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        irreps_out: o3.Irreps,
+        instructions: list[tuple[int, int, int, float]],
+    ) -> None:
+        super().__init__()
+        irreps_node, irreps_sh, irreps_out = (
+            o3.Irreps(irreps) for irreps in (irreps_node, irreps_sh, irreps_out)
+        )
+        self.irreps_node, self.irreps_sh, self.irreps_out = irreps_node, irreps_sh, irreps_out
+        if any(mul != 1 for mul, _ in irreps_sh):
+            raise ValueError(
+                f"{self.backend} convolution needs multiplicity 1 in irreps_sh, got {irreps_sh}"
+            )
+        if not instructions:
+            raise ValueError(f"{self.backend} convolution needs at least one path")
+        if sorted(i_out for _, _, i_out, _ in instructions) != list(range(len(irreps_out))):
+            raise ValueError(
+                f"{self.backend} convolution needs exactly one instruction per output block"
+            )
+        self.weight_starts: list[int] = []
+        start = 0
+        for i_in1, i_in2, i_out, _ in instructions:
+            (mul_in, ir_in), (mul_out, ir_out) = irreps_node[i_in1], irreps_out[i_out]
+            if mul_in != mul_out or ir_out not in ir_in * irreps_sh[i_in2].ir:
+                raise ValueError(f"instruction {(i_in1, i_in2, i_out)} is not a uvu path")
+            self.weight_starts.append(start)
+            start += mul_in
+        self.weight_numel = start
+
+
+class EdgeChunkedConvolution(UVUConvolution):
+    """Base of the fast "uvu" convolution backends (see the module docstring).
+
+    A subclass calls `super().__init__(irreps_node, irreps_sh, irreps_out, instructions)`, then
+    sets:
+      input_permutation (buffer [irreps_node.dim]): e3nn node layout → the backend's input order;
+      output_permutation (buffer [irreps_out.dim]): concatenated group messages → e3nn layout;
+      group_message_sizes: per-edge size of each group's messages;
+      elements_per_edge: largest per-edge tensor of one chunk (elements);
+      saved_per_edge: values autograd keeps per edge (for the recompute decision);
+    and implements `_messages(inputs [E, ·], edge_sh [E, D_sh], weights [E, weight_numel])`.
+    Constants derived in float64 are registered with `_register_exact(name, tensor)`: the buffer
+    is re-derived from the float64 value on every dtype/device change (no float32 rounding
+    survives `.double()`).
+
+    forward(node_features [E, irreps_node.dim], edge_sh [E, irreps_sh.dim],
+            weights [E, weight_numel]) -> [E, irreps_out.dim]                (e3nn layouts)
+    aggregate(node_features [N, irreps_node.dim], edge_sh, weights, sender [E], receiver [E],
+              num_nodes) -> [N, irreps_out.dim] = Σ_{e: receiver[e] = n} forward(x[sender])[e]
+    """
+
+    __jit_ignored_attributes__ = ["_exact_constants"]
+
+    def __init__(
+        self,
+        irreps_node: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        irreps_out: o3.Irreps,
+        instructions: list[tuple[int, int, int, float]],
+    ) -> None:
+        super().__init__(irreps_node, irreps_sh, irreps_out, instructions)
+        self._exact_constants: Dict[str, Tensor] = {}
+        self.chunk_elements = DEFAULT_CHUNK_ELEMENTS
+        self.recompute_above_bytes = RECOMPUTE_ABOVE_BYTES
+
+    def _register_exact(self, name: str, exact: Tensor) -> None:
+        """A non-persistent buffer `name` in the default dtype, re-derived from `exact`
+        (float64) whenever the module changes dtype or device."""
+        self._exact_constants[name] = exact
+        self.register_buffer(name, exact.to(torch.get_default_dtype()), persistent=False)
+
+    def _apply(self, fn: Callable, recurse: bool = True):  # noqa: ANN201 - nn.Module signature
+        module = super()._apply(fn, recurse)
+        for name, exact in self._exact_constants.items():
+            current = getattr(self, name)
+            setattr(self, name, exact.to(device=current.device, dtype=current.dtype))
+        return module
+
+    def _messages(self, inputs: Tensor, edge_sh: Tensor, weights: Tensor) -> List[Tensor]:
+        raise NotImplementedError
+
+    def forward(self, node_features: Tensor, edge_sh: Tensor, weights: Tensor) -> Tensor:
+        inputs = node_features.index_select(1, self.input_permutation)
+        return self._to_e3nn_layout(self._messages(inputs, edge_sh, weights))
+
+    def edge_chunk_size(self, num_edges: int) -> int:
+        """Edges per chunk in `aggregate` (0: one chunk). Bounds every edge-level tensor to
+        about `chunk_elements` elements, so large systems reuse memory instead of mapping fresh
+        pages for every intermediate (see docs/performance.md)."""
+        if not torch.jit.is_scripting():
+            if not isinstance(num_edges, int):  # symbolic shapes (make_fx, export): one chunk
+                return 0
+        size = max(self.chunk_elements // self.elements_per_edge, 1)
+        return 0 if num_edges <= size else size
+
+    @torch.jit.export
+    def aggregate(
+        self,
+        node_features: Tensor,
+        edge_sh: Tensor,
+        weights: Tensor,
+        sender: Tensor,
+        receiver: Tensor,
+        num_nodes: int,
+    ) -> Tensor:
+        features = node_features.index_select(1, self.input_permutation)
+        chunk = self.edge_chunk_size(edge_sh.shape[0])
+        if chunk == 0:
+            messages = self._messages(features.index_select(0, sender), edge_sh, weights)
+            summed = [scatter_sum(message, receiver, num_nodes) for message in messages]
+            return self._to_e3nn_layout(summed)
+        if not torch.jit.is_scripting():
+            saved_bytes = edge_sh.shape[0] * self.saved_per_edge * edge_sh.element_size()
+            if torch.is_grad_enabled() and saved_bytes > self.recompute_above_bytes:
+                return self._aggregate_recomputed(
+                    features, edge_sh, weights, sender, receiver, num_nodes, chunk, saved_bytes
+                )
+        return self._to_e3nn_layout(
+            self._chunk_sums(features, edge_sh, weights, sender, receiver, num_nodes, chunk)
+        )
+
+    def _chunk_sums(
+        self,
+        features: Tensor,
+        edge_sh: Tensor,
+        weights: Tensor,
+        sender: Tensor,
+        receiver: Tensor,
+        num_nodes: int,
+        chunk: int,
+    ) -> List[Tensor]:
+        """Per-group message sums [N, size_g] over edge chunks of `chunk` edges: each chunk's
+        messages accumulate in place on the node tensors. features: m-major [N, ·]."""
+        summed = [features.new_zeros(num_nodes, size) for size in self.group_message_sizes]
+        sh_chunks, weight_chunks = torch.split(edge_sh, chunk), torch.split(weights, chunk)
+        sender_chunks, receiver_chunks = torch.split(sender, chunk), torch.split(receiver, chunk)
+        for c in range(len(sh_chunks)):
+            inputs = features.index_select(0, sender_chunks[c])
+            messages = self._messages(inputs, sh_chunks[c], weight_chunks[c])
+            for g, message in enumerate(messages):
+                scatter_add_(summed[g], receiver_chunks[c], message)
+        return summed
+
+    @torch.jit.unused
+    def _aggregate_recomputed(
+        self,
+        features: Tensor,
+        edge_sh: Tensor,
+        weights: Tensor,
+        sender: Tensor,
+        receiver: Tensor,
+        num_nodes: int,
+        chunk: int,
+        saved_bytes: int,
+    ) -> Tensor:
+        """`aggregate` over as few edge pieces as keep each piece's saved tensors below
+        `recompute_above_bytes`; each piece runs the chunked loop under `checkpoint`, so
+        autograd keeps only its inputs and recomputes its messages in the backward pass (one
+        piece's tensors at a time)."""
+        from torch.utils.checkpoint import checkpoint
+
+        def piece_sums(features: Tensor, sh: Tensor, weight: Tensor, sender: Tensor,
+                       receiver: Tensor) -> Tensor:
+            sums = self._chunk_sums(features, sh, weight, sender, receiver, num_nodes, chunk)
+            return torch.cat(sums, dim=1)
+
+        num_edges = edge_sh.shape[0]
+        num_pieces = min(-(-saved_bytes // max(self.recompute_above_bytes, 1)), -(-num_edges // chunk))
+        piece = max(-(-num_edges // max(num_pieces, 2)), 1)
+        summed = features.new_zeros(num_nodes, sum(self.group_message_sizes))
+        pieces = zip(
+            torch.split(edge_sh, piece), torch.split(weights, piece),
+            torch.split(sender, piece), torch.split(receiver, piece), strict=True,
+        )  # fmt: skip
+        for sh, weight, send, receive in pieces:
+            summed = summed + checkpoint(
+                piece_sums, features, sh, weight, send, receive, use_reentrant=False
+            )
+        return summed.index_select(1, self.output_permutation)
+
+    def _to_e3nn_layout(self, pieces: List[Tensor]) -> Tensor:
+        """Per-group pieces [rows, size_g] → [rows, irreps_out.dim] in e3nn's layout."""
+        return torch.cat(pieces, dim=1).index_select(1, self.output_permutation)
