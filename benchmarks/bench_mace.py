@@ -175,11 +175,14 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
                      "--export", made["export"], *base],
                     [str(PEER_PYTHON), str(PEER_WORKER), "time", "--model", made["model"], *base],
                 ]  # fmt: skip
+                names = ["equimd", "mace"]
                 if args.reference_backend:
                     runs.insert(1, runs[0] + ["--backend", "e3nn"])
+                    names.insert(1, "equimd[e3nn]")
                 results = []
-                for command in runs:
+                for name, command in zip(names, runs, strict=True):
                     result = bench.run_worker(command, args.timeout, env)
+                    result.setdefault("implementation", name)  # error records carry none
                     result.update(config=config, system=system, dtype=dtype)
                     results.append(result)
                 ours = results[0]

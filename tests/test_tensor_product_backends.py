@@ -120,6 +120,7 @@ def split_into_edge_chunks(convolution: EdgeConvolution, edges_per_chunk: int) -
     if not isinstance(convolution.tp, EdgeChunkedConvolution):
         pytest.skip(f"backend {convolution.backend!r} does not split edges into chunks")
     convolution.tp.chunk_elements = edges_per_chunk * convolution.tp.elements_per_edge
+    convolution.tp.keep_messages_below_bytes = 0  # chunked runs also take the index-only scatter
 
 
 @pytest.mark.parametrize("edges_per_chunk", [0, 7])
@@ -298,6 +299,7 @@ def test_recomputed_edge_chunks_equal_reference(monkeypatch, backend):
     for module in chunked:
         module.chunk_elements = 13 * module.elements_per_edge // 16  # 16x this in recompute
         module.recompute_above_bytes = 0
+        module.keep_messages_below_bytes = 0
     calls = []
     recomputed = EdgeChunkedConvolution._aggregate_recomputed
 

@@ -1,20 +1,24 @@
-"""What the "uvu" convolution backends share: instruction checks (`UVUConvolution`, all
-non-reference backends), and for the fast CPU/GPU backends (`EdgeChunkedConvolution`) edge-chunked aggregation
-(gather → messages → scatter-sum), recomputation of large systems' messages in the backward
-pass, exact constants across dtype changes, and the permutation back to e3nn's layout.
+"""What the "uvu" convolution backends share: instruction checks (`UVUConvolution`, every
+non-reference backend) and, for the fused and SO(2) backends (`EdgeChunkedConvolution`),
+edge-chunked aggregation (gather → messages → scatter-sum), recomputation of large layers'
+messages in the backward pass, exact constants across dtype changes, and the permutation back
+to e3nn's layout.
 
 A backend (`FusedUVUConvolution`, `SO2UVUConvolution`) subclasses `EdgeChunkedConvolution` and
 supplies `_messages` (per-group messages, [E, size_g] each, in its own order) plus the
 attributes listed in the class docstring; `forward` and `aggregate` come from here.
 
 Memory of large systems: `aggregate` processes edges in chunks whose edge-level tensors hold
-about `chunk_elements` elements (memory is reused instead of faulted in again). Autograd still
-keeps each chunk's intermediates for the backward pass (`saved_per_edge` values per edge); when
-that would exceed `recompute_above_bytes` for one call (e.g. MACE-medium on 2048 Cu atoms in
-float64: ~9 GB per layer), eager `aggregate` keeps only each chunk's inputs and recomputes its
-messages in the backward pass (`torch.utils.checkpoint`, non-reentrant: forces, stress and
-training's double backward work alike). Same numbers, one more forward of the messages.
-TorchScript files always keep the intermediates.
+about `chunk_elements` elements (memory is reused instead of faulted in again), and sums
+messages with `potentials.nn.scatter.scatter_add_`, which for calls whose messages exceed
+`keep_messages_below_bytes` keeps only the receiver index for the backward pass, not the
+messages (slower backward, much less memory). Autograd still keeps each chunk's products for the backward pass (`saved_per_edge`
+values per edge); when that would exceed `recompute_above_bytes` for one call (e.g.
+MACE-medium on 2048 Cu atoms in float64: 6.5 GiB in its second layer), eager `aggregate`
+splits the edges into as few pieces as keep each below it and runs every piece under
+`torch.utils.checkpoint` (non-reentrant: forces, stress and training's double backward work
+alike), which keeps only the piece's inputs and recomputes its messages in the backward pass.
+Same numbers, one more forward of the messages. TorchScript files always keep the products.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 20
 # Above this many bytes of intermediates kept for the backward pass by one `aggregate`, eager
 # execution recomputes them instead (see the module docstring).
 RECOMPUTE_ABOVE_BYTES = 6 * (1 << 30)
+# Up to this many bytes of messages per `aggregate`, the scatter keeps them for the backward
+# pass (`index_add`: faster backward); above, it keeps only the receiver index.
+KEEP_MESSAGES_BELOW_BYTES = 1 << 29
 
 
 class UVUConvolution(nn.Module):
@@ -113,6 +120,7 @@ class EdgeChunkedConvolution(UVUConvolution):
         self._exact_constants: Dict[str, Tensor] = {}
         self.chunk_elements = DEFAULT_CHUNK_ELEMENTS
         self.recompute_above_bytes = RECOMPUTE_ABOVE_BYTES
+        self.keep_messages_below_bytes = KEEP_MESSAGES_BELOW_BYTES
 
     def _register_exact(self, name: str, exact: Tensor) -> None:
         """A non-persistent buffer `name` in the default dtype, re-derived from `exact`
@@ -133,6 +141,12 @@ class EdgeChunkedConvolution(UVUConvolution):
     def forward(self, node_features: Tensor, edge_sh: Tensor, weights: Tensor) -> Tensor:
         inputs = node_features.index_select(1, self.input_permutation)
         return self._to_e3nn_layout(self._messages(inputs, edge_sh, weights))
+
+    def keeps_messages(self, edge_sh: Tensor) -> bool:
+        """Whether the scatter-sum may keep this call's messages for the backward pass
+        (faster) rather than only the receiver index: when they are small."""
+        message_bytes = edge_sh.shape[0] * sum(self.group_message_sizes) * edge_sh.element_size()
+        return message_bytes <= self.keep_messages_below_bytes
 
     def edge_chunk_size(self, num_edges: int) -> int:
         """Edges per chunk in `aggregate` (0: one chunk). Bounds every edge-level tensor to
@@ -158,7 +172,8 @@ class EdgeChunkedConvolution(UVUConvolution):
         chunk = self.edge_chunk_size(edge_sh.shape[0])
         if chunk == 0:
             messages = self._messages(features.index_select(0, sender), edge_sh, weights)
-            summed = [scatter_sum(message, receiver, num_nodes) for message in messages]
+            keep = self.keeps_messages(edge_sh)
+            summed = [scatter_sum(message, receiver, num_nodes, keep) for message in messages]
             return self._to_e3nn_layout(summed)
         if not torch.jit.is_scripting():
             saved_bytes = edge_sh.shape[0] * self.saved_per_edge * edge_sh.element_size()
@@ -183,13 +198,14 @@ class EdgeChunkedConvolution(UVUConvolution):
         """Per-group message sums [N, size_g] over edge chunks of `chunk` edges: each chunk's
         messages accumulate in place on the node tensors. features: m-major [N, ·]."""
         summed = [features.new_zeros(num_nodes, size) for size in self.group_message_sizes]
+        keep = self.keeps_messages(edge_sh)
         sh_chunks, weight_chunks = torch.split(edge_sh, chunk), torch.split(weights, chunk)
         sender_chunks, receiver_chunks = torch.split(sender, chunk), torch.split(receiver, chunk)
         for c in range(len(sh_chunks)):
             inputs = features.index_select(0, sender_chunks[c])
             messages = self._messages(inputs, sh_chunks[c], weight_chunks[c])
             for g, message in enumerate(messages):
-                scatter_add_(summed[g], receiver_chunks[c], message)
+                scatter_add_(summed[g], receiver_chunks[c], message, keep)
         return summed
 
     @torch.jit.unused

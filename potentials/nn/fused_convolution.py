@@ -22,8 +22,7 @@ How it is computed (see docs/performance.md for the measurements behind each cho
 4. Internally features are "m-major", [E, 2l+1, U] (channels innermost), so the weight multiply
    broadcasts over leading axes and vectorises over U. The layout change to and from e3nn's
    [U, 2l+1] happens once per call, on nodes (N rows) rather than edges in `aggregate`.
-5. Weights are brought into group order with one split + cat (backward: one cat; no copy when
-   they are already in group order, as in MACE's scalar-input layers), and inputs and
+5. Weights are brought into group order with one split + cat (backward: one cat), and inputs and
    outputs are permuted with one index_select each: no slicing, hence none of the zero-filled
    full-size gradients that slicing produces in autograd.
 6. `aggregate` fuses gather (sender) → convolution → scatter-sum (receiver): the edge-level
@@ -158,8 +157,6 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         ]
         self.group_weight_sizes = [p * u for p, u in zip(group_paths, group_mul, strict=True)]
         self.weight_order = weight_order  # instruction index of each path, in group order
-        # e.g. MACE's scalar-input layers: the weights are already in group order (no copy)
-        self.weights_in_group_order = weight_order == list(range(len(instructions)))
         self.path_weight_sizes = [irreps_node[i_in1].mul for i_in1, _, _, _ in instructions]
 
         # largest per-edge tensor of a chunk (elements): a group's messages, or the weights
@@ -168,7 +165,7 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         )
         # values autograd keeps per edge: coupling rows, gathered inputs, weights, and per group
         # the product the weights multiply (P·U for scalar inputs, P·d3·U otherwise); the
-        # messages themselves are not kept (the scatter keeps only the receiver index)
+        # messages of large calls are not kept (the scatter keeps only the receiver index)
         products = [
             p * u if d1 == 1 else p * d3 * u
             for p, d1, d3, u in zip(group_paths, group_dim_in, group_dim_out, group_mul, strict=True)
@@ -192,15 +189,12 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         """
         num_edges = inputs.shape[0]
         blocks = torch.split(inputs, self.block_sizes, dim=1)
-        if self.weights_in_group_order:
-            grouped_weights = torch.split(weights, self.group_weight_sizes, dim=1)
-        else:
-            path_weights = torch.split(weights, self.path_weight_sizes, dim=1)
-            grouped_weights = torch.split(
-                torch.cat([path_weights[t] for t in self.weight_order], dim=1),
-                self.group_weight_sizes,
-                dim=1,
-            )
+        path_weights = torch.split(weights, self.path_weight_sizes, dim=1)
+        grouped_weights = torch.split(
+            torch.cat([path_weights[t] for t in self.weight_order], dim=1),
+            self.group_weight_sizes,
+            dim=1,
+        )
         couplings = torch.split(torch.mm(edge_sh, self.coupling), self.group_coupling_sizes, dim=1)
         messages: List[Tensor] = []
         for g, coupling in enumerate(couplings):
