@@ -175,14 +175,16 @@ class EdgeChunkedConvolution(UVUConvolution):
             keep = self.keeps_messages(edge_sh)
             summed = [scatter_sum(message, receiver, num_nodes, keep) for message in messages]
             return self._to_e3nn_layout(summed)
+        keep = self.keeps_messages(edge_sh)
         if not torch.jit.is_scripting():
             saved_bytes = edge_sh.shape[0] * self.saved_per_edge * edge_sh.element_size()
             if torch.is_grad_enabled() and saved_bytes > self.recompute_above_bytes:
                 return self._aggregate_recomputed(
-                    features, edge_sh, weights, sender, receiver, num_nodes, chunk, saved_bytes
-                )
+                    features, edge_sh, weights, sender, receiver, num_nodes, chunk, keep,
+                    saved_bytes,
+                )  # fmt: skip
         return self._to_e3nn_layout(
-            self._chunk_sums(features, edge_sh, weights, sender, receiver, num_nodes, chunk)
+            self._chunk_sums(features, edge_sh, weights, sender, receiver, num_nodes, chunk, keep)
         )
 
     def _chunk_sums(
@@ -194,11 +196,12 @@ class EdgeChunkedConvolution(UVUConvolution):
         receiver: Tensor,
         num_nodes: int,
         chunk: int,
+        keep: bool,
     ) -> List[Tensor]:
         """Per-group message sums [N, size_g] over edge chunks of `chunk` edges: each chunk's
-        messages accumulate in place on the node tensors. features: m-major [N, ·]."""
+        messages accumulate in place on the node tensors (kept for the backward pass if
+        `keep`, decided once per `aggregate` call). features: m-major [N, ·]."""
         summed = [features.new_zeros(num_nodes, size) for size in self.group_message_sizes]
-        keep = self.keeps_messages(edge_sh)
         sh_chunks, weight_chunks = torch.split(edge_sh, chunk), torch.split(weights, chunk)
         sender_chunks, receiver_chunks = torch.split(sender, chunk), torch.split(receiver, chunk)
         for c in range(len(sh_chunks)):
@@ -218,6 +221,7 @@ class EdgeChunkedConvolution(UVUConvolution):
         receiver: Tensor,
         num_nodes: int,
         chunk: int,
+        keep: bool,
         saved_bytes: int,
     ) -> Tensor:
         """`aggregate` over as few edge pieces as keep each piece's saved tensors below
@@ -228,7 +232,7 @@ class EdgeChunkedConvolution(UVUConvolution):
 
         def piece_sums(features: Tensor, sh: Tensor, weight: Tensor, sender: Tensor,
                        receiver: Tensor) -> Tensor:
-            sums = self._chunk_sums(features, sh, weight, sender, receiver, num_nodes, chunk)
+            sums = self._chunk_sums(features, sh, weight, sender, receiver, num_nodes, chunk, keep)
             return torch.cat(sums, dim=1)
 
         num_edges = edge_sh.shape[0]
@@ -243,7 +247,7 @@ class EdgeChunkedConvolution(UVUConvolution):
             summed = summed + checkpoint(
                 piece_sums, features, sh, weight, send, receive, use_reentrant=False
             )
-        return summed.index_select(1, self.output_permutation)
+        return self._to_e3nn_layout([summed])
 
     def _to_e3nn_layout(self, pieces: List[Tensor]) -> Tensor:
         """Per-group pieces [rows, size_g] → [rows, irreps_out.dim] in e3nn's layout."""
