@@ -27,7 +27,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check potentials deploy md_drivers tests benchmarks examples
+	$(VENV)/bin/ruff check equimd potentials deploy md_drivers tests benchmarks examples setup.py
 
 clean:
 	rm -rf $(VENV) demo_out runs

@@ -29,7 +29,7 @@ DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rmd17"
 
 
 def build_config(args: argparse.Namespace):
-    from potentials.train.config import config_from_dict
+    from equimd.potentials.train.config import config_from_dict
 
     train_file = args.data_dir / "rmd17_aspirin_train_01.npz"
     return config_from_dict(
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    from potentials.data.io import DatasetKeys
-    from potentials.train.evaluate import evaluate
-    from potentials.train.trainer import resolve_device, train
+    from equimd.potentials.data.io import DatasetKeys
+    from equimd.potentials.train.evaluate import evaluate
+    from equimd.potentials.train.trainer import resolve_device, train
 
     config = build_config(args)
     started = time.monotonic()

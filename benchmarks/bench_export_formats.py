@@ -8,10 +8,10 @@ is exported in both formats; the structures are rattled fcc Cu supercells (4·n�
 each n in --sizes). Every row includes the neighbor list (the same torch cell list
 everywhere) and returns energy + forces:
 
-  eager            `deploy.module.DeployedPotential` run as plain Python modules
-  torchscript      the TorchScript file through `deploy.load` (forces only)
+  eager            `equimd.deploy.module.DeployedPotential` run as plain Python modules
+  torchscript      the TorchScript file through `equimd.deploy.load` (forces only)
   torchscript+σ    the same, also computing stress/virial
-  aoti             the AOTInductor package through `deploy.load`; its compiled graph always
+  aoti             the AOTInductor package through `equimd.deploy.load`; its compiled graph always
                    computes stress/virial too, so compare it with torchscript+σ
 
 The formats are timed in turn (round robin), so load changes on a shared machine affect all
@@ -33,7 +33,7 @@ def benchmark_model(dtype: str):
     """A random NequIP of MD size for Cu (float64 weights; exported in `dtype`)."""
     import torch
 
-    from potentials.models import build_model
+    from equimd.potentials.models import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -70,9 +70,9 @@ def eager_runner(model, dtype: str):
     """The deployed computation as plain Python modules (no TorchScript, no compile)."""
     import torch
 
-    from deploy.export import DTYPES, rebuild_model
-    from deploy.module import DeployedPotential
-    from potentials.forcefield import ForceField
+    from equimd.deploy.export import DTYPES, rebuild_model
+    from equimd.deploy.module import DeployedPotential
+    from equimd.potentials.forcefield import ForceField
 
     copy = rebuild_model(model, DTYPES[dtype])
     module = DeployedPotential(ForceField(copy), copy.r_max, copy.species)
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import torch
 
-    from deploy import load
-    from deploy.export import export_model
+    from equimd.deploy import load
+    from equimd.deploy.export import export_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def count_edges(r_max: float, inputs) -> int:
     """Number of directed edges of the structure (the in-graph cell list)."""
-    from deploy.module import NeighborList
+    from equimd.deploy.module import NeighborList
 
     edge_index, _ = NeighborList(r_max)(inputs[0], inputs[2], inputs[3])
     return int(edge_index.shape[1])

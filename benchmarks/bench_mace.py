@@ -12,7 +12,7 @@ training budget.
 (`bench_models.SYSTEMS`: water = 192-atom liquid water, frame 0 of water_rpbe_d3; cu256 / cu2048 =
 fcc Cu), the mace peer (`.peers/mace`, `benchmarks/peers/setup_peers.sh mace`) builds a seeded
 float64 ScaleShiftMACE and writes it twice: as mace.model and in `mace_export.py`'s format, which
-equimd imports (`potentials.models.mace_import`), so both sides run the same weights. Then, per
+equimd imports (`equimd.potentials.models.mace_import`), so both sides run the same weights. Then, per
 dtype, energy + forces of the model alone (neighbor list built beforehand, each side with its
 own) is timed in one fresh subprocess per implementation with the same measurement code
 (`bench_models.measure`: median of `--repeats` after `--warmup`, waiting up to `--max-wait` s for
@@ -85,10 +85,10 @@ def run_equimd_speed(args: argparse.Namespace) -> dict[str, Any]:
     """Worker: time equimd's MACE imported from the peer's export file."""
     import torch
 
-    from potentials.data.configuration import Configuration
-    from potentials.data.graph import configuration_to_graph
-    from potentials.forcefield import ForceField
-    from potentials.models.mace_import import mace_model_from_export, read_mace_export
+    from equimd.potentials.data.configuration import Configuration
+    from equimd.potentials.data.graph import configuration_to_graph
+    from equimd.potentials.forcefield import ForceField
+    from equimd.potentials.models.mace_import import mace_model_from_export, read_mace_export
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -238,9 +238,9 @@ def run_equimd_training(args: argparse.Namespace) -> dict[str, Any]:
     """Worker: equimd's trainer with the budget left after this process's start-up."""
     import torch
 
-    from potentials.elements import symbol
-    from potentials.train.config import config_from_dict
-    from potentials.train.trainer import train
+    from equimd.potentials.elements import symbol
+    from equimd.potentials.train.config import config_from_dict
+    from equimd.potentials.train.trainer import train
 
     torch.set_num_threads(args.threads)
     job = json.loads(args.job_json)

@@ -295,7 +295,7 @@ def convolution_flops(convolution, num_edges: int) -> float:
 def _instructions(convolution):
     from e3nn import o3
 
-    from potentials.nn.tensor_product import convolution_irreps
+    from equimd.potentials.nn.tensor_product import convolution_irreps
 
     return convolution_irreps(
         convolution.irreps_node, convolution.irreps_sh, o3.Irreps(convolution.irreps_out)
@@ -315,10 +315,10 @@ def _time(fn: Callable[[], Any], repeats: int) -> float:
 def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from potentials.data.configuration import Configuration
-    from potentials.data.graph import configuration_to_graph, edge_vectors
-    from potentials.forcefield import ForceField
-    from potentials.models import build_model
+    from equimd.potentials.data.configuration import Configuration
+    from equimd.potentials.data.graph import configuration_to_graph, edge_vectors
+    from equimd.potentials.forcefield import ForceField
+    from equimd.potentials.models import build_model
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)

@@ -10,7 +10,7 @@ scaled to a few eV) is exported as TorchScript. Systems: `water` = 192-atom liqu
 (frame 0 of ../shared/data/water_rpbe_d3, the issue's reference system), `cu` = 256-atom fcc Cu.
 
 Rows (each the median of `--repeats` blocks of `--steps` steps, after warm-up; 1 fs steps):
-  model call       `deploy.load(path)(positions, numbers, cell, pbc)`: energy + forces including
+  model call       `equimd.deploy.load(path)(positions, numbers, cell, pbc)`: energy + forces including
                    the in-graph neighbor list, no MD engine (the bare model evaluation)
   TorchForce       OpenMM LangevinMiddleIntegrator with openmmtorch.TorchForce (no Python per step)
   PythonForce      the same with openmm.PythonForce calling the model from Python
@@ -44,8 +44,8 @@ def benchmark_model(directory: Path, numbers: list[int], dtype: str, kind: str) 
     """Export the typical NequIP (seeded random weights) for these elements."""
     import torch
 
-    from deploy.export import export_model
-    from potentials.models import build_model
+    from equimd.deploy.export import export_model
+    from equimd.potentials.models import build_model
 
     torch.manual_seed(0)
     species = sorted(set(numbers))
@@ -76,7 +76,7 @@ def timed_blocks(block: Callable[[], Any], repeats: int, args: argparse.Namespac
 
 
 def model_call(model_path: Path, atoms, args: argparse.Namespace) -> dict:
-    from deploy import load
+    from equimd.deploy import load
 
     model = load(model_path)
     inputs = (atoms.get_positions(), atoms.numbers, atoms.cell.array, atoms.pbc)
@@ -94,7 +94,7 @@ def openmm_steps(model_path: Path, atoms, path: str, args: argparse.Namespace) -
     import openmm
     from openmm import unit
 
-    from md_drivers.openmm import create_force
+    from equimd.md_drivers.openmm import create_force
 
     system = openmm.System()
     for mass in atoms.get_masses():
@@ -117,7 +117,7 @@ def ase_steps(model_path: Path, atoms, args: argparse.Namespace) -> dict:
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
 
-    from md_drivers.ase import EquimdCalculator
+    from equimd.md_drivers.ase import EquimdCalculator
 
     atoms = atoms.copy()
     atoms.calc = EquimdCalculator(str(model_path), compute_stress=False)

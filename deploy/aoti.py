@@ -10,7 +10,7 @@ Recipe (checked on torch 2.9.1, see DESIGN.md "Stack facts"):
 4. compile with AOTInductor and package as a PT2 archive, adding ``extra/metadata.json`` and
    the TorchScript neighbor list (``extra/neighbor_list.torchscript.b64``).
 
-The neighbor list has data-dependent output shapes and is not traced: `deploy.load` runs the
+The neighbor list has data-dependent output shapes and is not traced: `equimd.deploy.load` runs the
 stored TorchScript cell list (the same code as in the TorchScript format) and passes
 (edge_index, shifts) to the compiled graph. The species check is also done by the loader,
 before the call (a data-dependent branch cannot be traced); the compiled graph uses a plain
@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deploy.load import NEIGHBOR_LIST_FILE
-from deploy.metadata import METADATA_FILE, dump_metadata
-from potentials.models.base import Potential
+from equimd.deploy.load import NEIGHBOR_LIST_FILE
+from equimd.deploy.metadata import METADATA_FILE, dump_metadata
+from equimd.potentials.models.base import Potential
 
 # Inductor's CPU vectorizer emits uncompilable C++ for some indirect-indexing bounds checks
 # on this model family (VecMask<int64_t, 2> built from a scalar, torch 2.9.1). The indices
@@ -38,7 +38,7 @@ INDUCTOR_CONFIGS: dict[str, Any] = {"assert_indirect_indexing": False}
 
 class SpeciesLookup(nn.Module):
     """numbers [N] → species index [N] by table lookup, without the data-dependent check of
-    `potentials.nn.species.SpeciesIndex` (the loader checks species before calling)."""
+    `equimd.potentials.nn.species.SpeciesIndex` (the loader checks species before calling)."""
 
     def __init__(self, z_to_index: Tensor) -> None:
         super().__init__()
@@ -54,7 +54,7 @@ class EnergyForcesStress(nn.Module):
 
     def __init__(self, model: Potential) -> None:
         super().__init__()
-        from potentials.forcefield import ForceField
+        from equimd.potentials.forcefield import ForceField
 
         model.species_index = SpeciesLookup(model.species_index.z_to_index)
         self.forcefield = ForceField(model)
@@ -62,7 +62,7 @@ class EnergyForcesStress(nn.Module):
     def forward(
         self, positions: Tensor, numbers: Tensor, edge_index: Tensor, shifts: Tensor, cell: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        from deploy.module import single_structure_graph, single_structure_results
+        from equimd.deploy.module import single_structure_graph, single_structure_results
 
         pbc = torch.ones(3, dtype=torch.bool, device=positions.device)  # not read by models
         graph = single_structure_graph(positions, numbers, edge_index, shifts, cell, pbc)
@@ -79,7 +79,7 @@ def example_inputs(
     Atom and edge counts differ from each other and from 1, 2 and 3 so that no dynamic size
     is specialised or merged with a static one.
     """
-    from deploy.module import NeighborList
+    from equimd.deploy.module import NeighborList
 
     spacing = 0.6 * model.r_max
     grid = torch.stack(torch.meshgrid(*[torch.arange(2)] * 3, indexing="ij"), -1).reshape(-1, 3)
@@ -99,8 +99,8 @@ def aoti_package_bytes(
     from torch.export.pt2_archive._package import package_pt2
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from deploy.export import rebuild_model
-    from deploy.module import NeighborList
+    from equimd.deploy.export import rebuild_model
+    from equimd.deploy.module import NeighborList
 
     function = EnergyForcesStress(rebuild_model(model, dtype, jit_script_fx=False)).to(device)
     inputs = example_inputs(model, dtype, device)

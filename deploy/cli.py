@@ -46,8 +46,8 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 def run_deploy(args: argparse.Namespace) -> int:
     """Export (and optionally verify); print every file written. Returns the exit status."""
-    from deploy.export import export_model
-    from deploy.load import load
+    from equimd.deploy.export import export_model
+    from equimd.deploy.load import load
 
     start = time.perf_counter()
     path = export_model(
@@ -59,7 +59,7 @@ def run_deploy(args: argparse.Namespace) -> int:
     print(f"  exported in {time.perf_counter() - start:.1f} s")
     if not args.verify:
         return 0
-    from deploy.verify import format_report, verify
+    from equimd.deploy.verify import format_report, verify
 
     result = verify(model, args.checkpoint, state_key=args.weights)
     print(format_report(result))
@@ -67,7 +67,7 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point: `python -m deploy.cli CHECKPOINT -o model.pt`."""
+    """Standalone entry point: `python -m equimd.deploy.cli CHECKPOINT -o model.pt`."""
     parser = add_deploy_arguments(
         argparse.ArgumentParser(prog="equimd deploy", description="Export a trained model.")
     )

@@ -11,7 +11,7 @@ class ModelFileError(ValueError):
 class UnknownElementError(ValueError):
     """A structure contains an element the deployed model was not trained on.
 
-    Same meaning as `potentials.nn.species.UnknownElementError`, raised by the deployed-model
+    Same meaning as `equimd.potentials.nn.species.UnknownElementError`, raised by the deployed-model
     side (which does not import `potentials`).
     """
 
@@ -26,7 +26,7 @@ class CellError(StructureError):
     """A periodic direction whose cell vector is zero or not finite, or periodic cell vectors
     that are linearly dependent (or a cell too small for the cutoff).
 
-    Same meaning as `potentials.data.neighbors.CellError`, raised by the deployed-model side
+    Same meaning as `equimd.potentials.data.neighbors.CellError`, raised by the deployed-model side
     (which does not import `potentials`).
     """
 

@@ -2,15 +2,15 @@
 
     export_model("run/best.ckpt", "model.pt", dtype="float32", format="torchscript")
 
-Two formats, one loader (`deploy.load`), same call signature and outputs:
+Two formats, one loader (`equimd.deploy.load`), same call signature and outputs:
 
-- ``torchscript`` (default): `deploy.module.DeployedPotential` scripted; the neighbor list
+- ``torchscript`` (default): `equimd.deploy.module.DeployedPotential` scripted; the neighbor list
   runs inside the graph; loadable from C++ / OpenMM-Torch / LAMMPS-style hosts.
 - ``aoti``: the energy-and-forces graph traced (make_fx, symbolic shapes) and compiled ahead
   of time by AOTInductor into a ``.pt2`` package; the neighbor list is computed by the same
-  TorchScript cell list, stored in the package, before the compiled graph (see `deploy.aoti`).
+  TorchScript cell list, stored in the package, before the compiled graph (see `equimd.deploy.aoti`).
 
-Both files are zip archives carrying ``extra/metadata.json`` (`deploy.metadata`). The file is
+Both files are zip archives carrying ``extra/metadata.json`` (`equimd.deploy.metadata`). The file is
 written atomically (temp file + fsync + rename).
 
 Convolution backend of the file (`tp_backend`; the weights are the same for every backend): by
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from deploy.metadata import (
+from equimd.deploy.metadata import (
     KINDS,
     METADATA_FILE,
     MODEL_FORMAT,
@@ -39,9 +39,9 @@ from deploy.metadata import (
     UNITS,
     dump_metadata,
 )
-from potentials.data.io import atomic_output
-from potentials.models.base import Potential, build_model
-from potentials.nn.tensor_product import DEFAULT_TP_BACKEND, OPTIONAL_TP_BACKENDS
+from equimd.potentials.data.io import atomic_output
+from equimd.potentials.models.base import Potential, build_model
+from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND, OPTIONAL_TP_BACKENDS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -59,13 +59,13 @@ def export_model(
 ) -> Path:
     """Write a deployed model file and return its path.
 
-    checkpoint_or_model: a checkpoint path (`potentials.models.serialization`) or a
+    checkpoint_or_model: a checkpoint path (`equimd.potentials.models.serialization`) or a
         `Potential` (not modified: the export works on a rebuilt copy).
     dtype: "float32" (default, for MD) or "float64" (or torch.float32 / torch.float64); other
         dtypes (float16, bfloat16, integers) raise ValueError.
     format: "torchscript" or "aoti".
     device: for "aoti", the device the package is compiled for (TorchScript files run on
-        any device; `deploy.load(path, device=...)` moves them).
+        any device; `equimd.deploy.load(path, device=...)` moves them).
     state_key: which weights of a checkpoint to export (e.g. an EMA copy stored by the trainer).
     tp_backend: convolution backend of the exported graph (default: see the module docstring).
     progress: called with short status lines (the CLI passes `print`).
@@ -94,7 +94,7 @@ def export_model(
             say(f"scripting {model.model_type} ({dtype}) ...")
             data = torchscript_bytes(rebuild_model(model, DTYPES[dtype]), metadata)
         else:
-            from deploy.aoti import aoti_package_bytes
+            from equimd.deploy.aoti import aoti_package_bytes
 
             say(f"tracing and compiling {model.model_type} ({dtype}) with AOTInductor ...")
             data = aoti_package_bytes(model, DTYPES[dtype], torch.device(device), metadata)
@@ -107,7 +107,7 @@ def resolve_model(checkpoint_or_model: str | os.PathLike | Potential, state_key:
     """A `Potential` from itself or from a checkpoint file (weights `state_key`)."""
     if isinstance(checkpoint_or_model, Potential):
         return checkpoint_or_model
-    from potentials.models.serialization import model_from_record, read_checkpoint
+    from equimd.potentials.models.serialization import model_from_record, read_checkpoint
 
     record = read_checkpoint(checkpoint_or_model)
     if state_key not in record:
@@ -170,8 +170,8 @@ def build_metadata(
     model: Potential, dtype: str, kind: str, device: str = "cpu", source: str | None = None
 ) -> dict[str, Any]:
     """The metadata dict written to ``extra/metadata.json`` (schema in docs/deploy.md)."""
-    from potentials.elements import symbol
-    from potentials.models.serialization import versions
+    from equimd.potentials.elements import symbol
+    from equimd.potentials.models.serialization import versions
 
     return {
         "format": MODEL_FORMAT,
@@ -204,8 +204,8 @@ def torchscript_bytes(model: Potential, metadata: dict[str, Any]) -> bytes:
     """Script `DeployedPotential(ForceField(model))` and serialize it with its metadata."""
     import e3nn.util.jit
 
-    from deploy.module import DeployedPotential
-    from potentials.forcefield import ForceField
+    from equimd.deploy.module import DeployedPotential
+    from equimd.potentials.forcefield import ForceField
 
     module = DeployedPotential(ForceField(e3nn.util.jit.compile(model)), model.r_max, model.species)
     scripted = torch.jit.script(module.eval())

@@ -1,6 +1,6 @@
 """Load a deployed model file (TorchScript or AOTInductor) behind one call signature.
 
-    model = deploy.load("model.pt")
+    model = equimd.deploy.load("model.pt")
     out = model(positions, numbers, cell, pbc)   # energy [] eV, forces [N, 3] eV/Å, ...
 
 Only torch (and, for AOTInductor packages, torch._inductor's package loader) is imported:
@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from deploy.errors import (
+from equimd.deploy.errors import (
     CellError,
     DeviceError,
     ModelFileError,
     StructureError,
     UnknownElementError,
 )
-from deploy.metadata import METADATA_FILE, parse_metadata
+from equimd.deploy.metadata import METADATA_FILE, parse_metadata
 
 # Name of the extra file holding the TorchScript neighbor list inside an AOTInductor package
 # (base64 text: PT2 extra files are strings).
@@ -378,7 +378,7 @@ def _not_a_model_message(path: Path, names: list[str]) -> str:
     if has_code:
         return (
             f"{path}: a TorchScript module without equimd metadata — not written by "
-            "`equimd deploy` (models from other packages are not loaded by deploy.load)"
+            "`equimd deploy` (models from other packages are not loaded by equimd.deploy.load)"
         )
     return f"{path}: a zip archive without equimd model metadata, not a deployed model"
 
@@ -423,7 +423,7 @@ def check_cell(cell: np.ndarray, pbc: np.ndarray, source: str = "structure") -> 
     periodic vectors are linearly dependent. Open directions are not checked (a molecule may
     have a zero cell); a left-handed cell (negative determinant) is valid.
 
-    The same rules as `potentials.data.neighbors.check_cell` (the deployed side does not
+    The same rules as `equimd.potentials.data.neighbors.check_cell` (the deployed side does not
     import `potentials`); tests/test_reliability_inputs.py runs both on the same cells.
     """
     cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)

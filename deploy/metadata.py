@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from deploy.errors import ModelFileError
+from equimd.deploy.errors import ModelFileError
 
 MODEL_FORMAT = "equimd-model"
 # Version 1: forward(positions, numbers, cell, pbc) -> {energy, atomic_energies, forces,

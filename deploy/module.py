@@ -6,12 +6,12 @@
         -> {"energy": [] eV, "atomic_energies": [N] eV, "forces": [N, 3] eV/Å,
             "stress": [3, 3] eV/Å³ (ASE sign), "virial": [3, 3] eV}
 
-The neighbor list is the TorchScript cell list of `potentials.data.cell_list`, computed in
+The neighbor list is the TorchScript cell list of `equimd.potentials.data.cell_list`, computed in
 the model's dtype on the model's device. Forces, stress and virial come from
-`potentials.forcefield.ForceField` (autograd), never from a second derivation here.
+`equimd.potentials.forcefield.ForceField` (autograd), never from a second derivation here.
 
 `single_structure_graph` and `single_structure_results` are shared with the AOTInductor export
-(`deploy.aoti`), which traces the same computation from a precomputed neighbor list.
+(`equimd.deploy.aoti`), which traces the same computation from a precomputed neighbor list.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from potentials.data.cell_list import neighbor_list_torch
-from potentials.data.graph import AtomicGraph
-from potentials.forcefield import ForceField
+from equimd.potentials.data.cell_list import neighbor_list_torch
+from equimd.potentials.data.graph import AtomicGraph
+from equimd.potentials.forcefield import ForceField
 
 
 def single_structure_graph(

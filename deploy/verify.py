@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from deploy.load import DeployedModel, load
-from potentials.models.base import Potential
+from equimd.deploy.load import DeployedModel, load
+from equimd.potentials.models.base import Potential
 
 # Relative deviation (max |Δ| / max |reference|) accepted by `verify` per dtype.
 TOLERANCES = {"float64": 1e-10, "float32": 1e-5}
@@ -68,10 +68,10 @@ def verify(
     "energy_per_atom_max_abs" (eV/atom), "forces_max_abs" (eV/Å), "stress_max_abs" (eV/Å³),
     "<quantity>_max_rel" (max |Δ| / max |reference|), "tolerance", "passed"}.
     """
-    from deploy.export import DTYPES, rebuild_model, resolve_model
-    from potentials.data.configuration import Configuration
-    from potentials.data.graph import configuration_to_graph
-    from potentials.forcefield import ForceField
+    from equimd.deploy.export import DTYPES, rebuild_model, resolve_model
+    from equimd.potentials.data.configuration import Configuration
+    from equimd.potentials.data.graph import configuration_to_graph
+    from equimd.potentials.forcefield import ForceField
 
     deployed = model_path if isinstance(model_path, DeployedModel) else load(model_path)
     reference_name = reference_dtype or deployed.metadata["dtype"]

@@ -23,7 +23,7 @@ from ase.md import velocitydistribution
 from ase.md.langevin import Langevin
 from ase.md.verlet import VelocityVerlet
 
-from md_drivers.ase import EquimdCalculator
+from equimd.md_drivers.ase import EquimdCalculator
 
 
 def build_structure(structure: str, repeat: int) -> Atoms:

@@ -21,8 +21,8 @@ def demo_model(path: Path) -> Path:
     """Export a tiny random NequIP for Cu (float32)."""
     import torch
 
-    from deploy.export import export_model
-    from potentials.models import build_model
+    from equimd.deploy.export import export_model
+    from equimd.potentials.models import build_model
 
     torch.manual_seed(0)
     model = build_model("nequip", species=[29], r_max=4.5, l_max=1, num_features=8,
@@ -47,7 +47,7 @@ def main() -> None:
     from ase.io import read
     from openmm import unit
 
-    from md_drivers.openmm import create_python_force, create_torch_force
+    from equimd.md_drivers.openmm import create_python_force, create_torch_force
 
     if args.structure:
         atoms = read(args.structure)

@@ -118,8 +118,8 @@ def demo_model(path: str | Path, seed: int = 0) -> Path:
     """Export a tiny random NequIP model (H, C, N, O; float32) — mechanics only, not physics."""
     import torch
 
-    from deploy.export import export_model
-    from potentials.models import build_model
+    from equimd.deploy.export import export_model
+    from equimd.potentials.models import build_model
 
     torch.manual_seed(seed)
     model = build_model("nequip", species=[1, 6, 7, 8], r_max=4.0, l_max=1, num_features=8,

@@ -22,7 +22,7 @@ from ase.filters import FrechetCellFilter
 from ase.io import read, write
 from ase.optimize import BFGS
 
-from md_drivers.ase import EquimdCalculator
+from equimd.md_drivers.ase import EquimdCalculator
 
 
 def build_structure(structure: str, strain: float, seed: int) -> Atoms:

@@ -1,6 +1,6 @@
 """ASE calculator for deployed equimd models.
 
-    from md_drivers.ase import EquimdCalculator
+    from equimd.md_drivers.ase import EquimdCalculator
     atoms.calc = EquimdCalculator("model.pt")          # file from `equimd deploy`
     atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
 
@@ -23,7 +23,7 @@ from ase.calculators.calculator import Calculator as ASECalculator
 from ase.calculators.calculator import PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from deploy.load import DeployedModel, load
+from equimd.deploy.load import DeployedModel, load
 
 __all__ = ["Calculator", "EquimdCalculator"]
 
@@ -33,7 +33,7 @@ class EquimdCalculator(ASECalculator):
 
     model_path: file written by `equimd deploy` (ignored if `model` is given).
     device: "cpu", "cuda", "cuda:1", ...; one this machine lacks raises
-        `deploy.errors.DeviceError` (e.g. "cuda" without CUDA).
+        `equimd.deploy.errors.DeviceError` (e.g. "cuda" without CUDA).
     dtype: None keeps the file's dtype; "float32"/"float64" (or a torch dtype) converts a
         TorchScript model (an AOTInductor package is compiled for one dtype and refuses).
     compute_stress: if True (default), stress is computed with every evaluation of a

@@ -5,7 +5,7 @@ Two paths, same physics:
 * `create_torch_force` — an `openmmtorch.TorchForce` around a TorchScript wrapper
   (`OpenMMModelWrapper`). No Python runs in the MD loop; this is the default path.
 * `create_python_force` — an `openmm.PythonForce` that calls the model from Python each step.
-  It works with every format `deploy.load` reads, including torch.export/AOTInductor packages
+  It works with every format `equimd.deploy.load` reads, including torch.export/AOTInductor packages
   that cannot be embedded in a TorchForce.
 
 Units. OpenMM works in nm and kJ/mol, the model in Å and eV:
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deploy.errors import UnknownElementError
+from equimd.deploy.errors import UnknownElementError
 
 EV_TO_KJ_PER_MOL = 96.48533212331
 """1 eV in kJ/mol (exact SI-2019 constants, as `openmm.unit` evaluates e · N_A)."""
@@ -162,7 +162,7 @@ def load_model(model, device: str | torch.device = "cpu", dtype: str | torch.dty
     A changed dtype is a new object (`DeployedModel.to`: TorchScript files only); the
     argument itself is never modified.
     """
-    from deploy import DeployedModel, load
+    from equimd.deploy import DeployedModel, load
 
     deployed = model if isinstance(model, DeployedModel) else load(model, device=str(device))
     target = resolve_dtype(dtype, deployed.dtype)

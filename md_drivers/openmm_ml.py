@@ -1,6 +1,6 @@
 """openmm-ml plugin: ``MLPotential('equimd', modelPath='model.pt')``.
 
-Registered through the entry point ``equimd = "md_drivers.openmm_ml:EquimdPotentialImplFactory"``
+Registered through the entry point ``equimd = "equimd.md_drivers.openmm_ml:EquimdPotentialImplFactory"``
 (group ``openmmml.potentials`` in pyproject.toml), so after ``pip install`` it is available
 wherever openmm-ml is::
 
@@ -91,7 +91,7 @@ class EquimdPotentialImpl(MLPotentialImpl):
         properties: dict[str, str] | None = None,
         **args,
     ) -> None:
-        from md_drivers.openmm import (
+        from equimd.md_drivers.openmm import (
             atomic_numbers_from_topology,
             create_python_force,
             create_torch_force,

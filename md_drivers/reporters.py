@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from potentials.data.io import atomic_output, reporting_write_errors
+from equimd.potentials.data.io import atomic_output, reporting_write_errors
 
 THERMO_COLUMNS = (
     "step", "time_ps", "T_K", "Epot_eV", "Ekin_eV", "Etot_eV", "volume_A3", "ns_per_day",

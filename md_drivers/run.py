@@ -39,13 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from md_drivers.reporters import (
+from equimd.md_drivers.reporters import (
     DCDTrajectory,
     ExtxyzTrajectory,
     ThermoCSV,
     atomic_write_json,
 )
-from potentials.data.io import OutputWriteError, reporting_write_errors
+from equimd.potentials.data.io import OutputWriteError, reporting_write_errors
 
 CHECKPOINT_FORMAT = "equimd-md-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -177,7 +177,7 @@ def run_md(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m md_drivers.run ...` (the same as `equimd md ...`)."""
+    """`python -m equimd.md_drivers.run ...` (the same as `equimd md ...`)."""
     parser = argparse.ArgumentParser(prog="equimd md", description=__doc__.split("\n")[0])
     add_md_arguments(parser)
     args = parser.parse_args(argv)
@@ -262,7 +262,7 @@ class OpenMMEngine:
         import openmm.app as app
         from openmm import unit
 
-        from md_drivers.openmm import create_force
+        from equimd.md_drivers.openmm import create_force
 
         self.settings = settings
         self.numbers = atoms.get_atomic_numbers()
@@ -362,7 +362,7 @@ class OpenMMEngine:
     def thermo(self) -> dict[str, float]:
         from openmm import unit
 
-        from md_drivers.openmm import EV_TO_KJ_PER_MOL
+        from equimd.md_drivers.openmm import EV_TO_KJ_PER_MOL
 
         state = self._current()
         epot = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
@@ -426,7 +426,7 @@ class ASEEngine:
         from ase.md.velocitydistribution import Stationary
         from ase.md.verlet import VelocityVerlet
 
-        from md_drivers.ase import EquimdCalculator
+        from equimd.md_drivers.ase import EquimdCalculator
 
         self.settings = settings
         self.atoms = atoms

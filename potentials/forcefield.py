@@ -17,8 +17,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from potentials.data.graph import AtomicGraph
-from potentials.nn.scatter import scatter_sum
+from equimd.potentials.data.graph import AtomicGraph
+from equimd.potentials.nn.scatter import scatter_sum
 
 
 class ForceField(nn.Module):

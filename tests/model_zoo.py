@@ -7,9 +7,9 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 
-from potentials.data.configuration import Configuration
-from potentials.data.graph import AtomicGraph, collate, configuration_to_graph
-from potentials.models import build_model
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.data.graph import AtomicGraph, collate, configuration_to_graph
+from equimd.potentials.models import build_model
 
 R_MAX = 4.0
 SPECIES = [1, 6, 8, 29]
@@ -68,7 +68,7 @@ def register_factory(name: str, factory) -> None:
     MODEL_FACTORIES[name] = factory
 
 
-# tensor-product backends (potentials.nn.tensor_product): the default ("nequip" above) is the
+# tensor-product backends (equimd.potentials.nn.tensor_product): the default ("nequip" above) is the
 # fast one; the fast one pinned explicitly and the e3nn reference get every physics check too.
 register_factory("nequip_fused_l3", nequip_fused_l3)
 register_factory("nequip_e3nn_reference", nequip_e3nn_reference)

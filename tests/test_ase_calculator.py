@@ -14,9 +14,9 @@ from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_s
 from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
 
-from deploy import UnknownElementError, load
-from deploy.export import export_model
-from md_drivers.ase import Calculator, EquimdCalculator
+from equimd.deploy import UnknownElementError, load
+from equimd.deploy.export import export_model
+from equimd.md_drivers.ase import Calculator, EquimdCalculator
 from tests.model_zoo import STRUCTURES, nequip_small
 from tests.test_nve import copper_cell, fitted_copper_model
 
@@ -131,7 +131,7 @@ from ase.build import bulk
 torch.set_num_threads(1)
 before = (torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled(),
           torch.get_rng_state().clone())
-from md_drivers.ase import EquimdCalculator
+from equimd.md_drivers.ase import EquimdCalculator
 for path in sys.argv[1:]:
     atoms = bulk("Cu", "fcc", a=3.6) * (2, 2, 2)
     atoms.calc = EquimdCalculator(path)
@@ -144,7 +144,7 @@ after = (torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabl
          torch.get_rng_state())
 assert before[:3] == after[:3], (before[:3], after[:3])
 assert torch.equal(before[3], after[3])
-print("OK", sorted(m for m in sys.modules if m.startswith("potentials")))
+print("OK", sorted(m for m in sys.modules if m.startswith("equimd.potentials")))
 """
 
 

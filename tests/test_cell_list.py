@@ -1,4 +1,4 @@
-"""The TorchScript cell list (`potentials.data.cell_list.neighbor_list_torch`): same pairs and
+"""The TorchScript cell list (`equimd.potentials.data.cell_list.neighbor_list_torch`): same pairs and
 shifts as matscipy, deterministic order, scripted == eager, CPU == CUDA, clear errors."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from potentials.data.cell_list import neighbor_list_torch
-from potentials.data.neighbors import brute_force_neighbor_list
+from equimd.potentials.data.cell_list import neighbor_list_torch
+from equimd.potentials.data.neighbors import brute_force_neighbor_list
 from tests.test_neighbors import KINDS, as_set, matscipy_pairs, random_structure
 
 METHODS = ("cell_list", "brute_force")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from e3nn import o3
 
-from potentials.nn.contraction import (
+from equimd.potentials.nn.contraction import (
     E3NN_044_FLIPPED_TRIPLES,
     SymmetricContraction,
     coupling_basis,

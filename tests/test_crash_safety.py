@@ -39,15 +39,15 @@ import torch
 import yaml
 from ase.io import write
 
-import md_drivers.run as run_module
-from deploy.export import atomic_write_bytes, export_model
-from md_drivers.reporters import atomic_write_json, read_thermo
-from md_drivers.run import main as md_main
-from potentials.data.io import OutputWriteError, convert, read_configurations, write_extxyz
-from potentials.models.serialization import read_checkpoint
-from potentials.train.checkpoint import save_checkpoint
-from potentials.train.report import MetricsCSV
-from potentials.train.trainer import train
+import equimd.md_drivers.run as run_module
+from equimd.deploy.export import atomic_write_bytes, export_model
+from equimd.md_drivers.reporters import atomic_write_json, read_thermo
+from equimd.md_drivers.run import main as md_main
+from equimd.potentials.data.io import OutputWriteError, convert, read_configurations, write_extxyz
+from equimd.potentials.models.serialization import read_checkpoint
+from equimd.potentials.train.checkpoint import save_checkpoint
+from equimd.potentials.train.report import MetricsCSV
+from equimd.potentials.train.trainer import train
 from tests.test_md_run import assert_same_run, md_args, trajectory_frames
 from tests.test_openmm import model_file, periodic_box
 from tests.test_train import (
@@ -129,7 +129,7 @@ _TRAIN_CHILD = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from potentials.train.trainer import train
+    from equimd.potentials.train.trainer import train
     from tests.test_train import tiny_config
     data, run_dir, interval = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     config = tiny_config(data, run_dir, epochs=100_000, checkpoint_interval=interval)
@@ -216,7 +216,7 @@ def test_md_killed_at_random_moments_restarts_without_lost_or_repeated_frames(bo
     checkpoint_step = 0
     for trial in range(KILL_TRIALS):
         extra = ["--restart"] if trial else []
-        process = start([sys.executable, "-m", "md_drivers.run",
+        process = start([sys.executable, "-m", "equimd.md_drivers.run",
                          *md_args(box, output, *extra, steps=MD_STEPS)], log)
         previous = checkpoint_step
         kill_when(process, lambda previous=previous: md_checkpoint_step(output) > previous,
@@ -376,7 +376,7 @@ def _writers(copper: Path) -> dict[str, tuple[str, str, Callable[[Path, int], No
         write_extxyz(_configs(copper, slice(version, version + 6)), path)
 
     def hdf5(path: Path, version: int) -> None:
-        from potentials.data.hdf5 import write_hdf5
+        from equimd.potentials.data.hdf5 import write_hdf5
 
         write_hdf5(_configs(copper, slice(version, version + 6)), path)
 
@@ -502,7 +502,7 @@ def test_equimd_train_on_a_full_disk_prints_one_clear_line(copper, tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(tiny_config(copper, run_dir, epochs=3).to_dict()))
     process = subprocess.run(
-        [sys.executable, "-m", "md_drivers.cli", "train", str(config), "--resume", "--no-progress"],
+        [sys.executable, "-m", "equimd.cli", "train", str(config), "--resume", "--no-progress"],
         cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=300,
         preexec_fn=limit_file_size,
     )
@@ -557,7 +557,7 @@ def test_md_stops_on_a_failed_checkpoint_write_and_restarts(box, tmp_path, monke
 def test_md_stops_on_a_failed_output_write_and_restarts(box, tmp_path, monkeypatch, capsys,
                                                         engine, name, what):
     """The disk fills up at step 120: the write of that frame/row fails half-way."""
-    import md_drivers.reporters as reporters
+    import equimd.md_drivers.reporters as reporters
 
     output = tmp_path / "md"
     disk_full = {"on": False}
@@ -601,8 +601,8 @@ def test_md_stops_on_a_failed_output_write_and_restarts(box, tmp_path, monkeypat
 
 
 def test_failed_model_export_keeps_the_previous_model_file(tmp_path, monkeypatch):
-    from deploy import load
-    from potentials.models import build_model
+    from equimd.deploy import load
+    from equimd.potentials.models import build_model
 
     target = tmp_path / "model.pt"
     target.write_bytes(model_file("float64", 0.2, num_layers=1).read_bytes())

@@ -13,10 +13,10 @@ import pytest
 import torch
 from e3nn import o3
 
-import potentials.nn.cueq_convolution as cueq_module
-from potentials.forcefield import ForceField
-from potentials.models import build_model
-from potentials.nn.tensor_product import EdgeConvolution, available_tp_backends
+import equimd.potentials.nn.cueq_convolution as cueq_module
+from equimd.potentials.forcefield import ForceField
+from equimd.potentials.models import build_model
+from equimd.potentials.nn.tensor_product import EdgeConvolution, available_tp_backends
 from tests.model_zoo import STRUCTURES, graph_of
 from tests.test_tensor_product_backends import convolution_pair, default_dtype, random_inputs
 
@@ -69,8 +69,8 @@ def test_mace_forces_and_stress_equal_reference():
 
 def test_export_defaults_to_a_portable_backend(tmp_path):
     """A cueq model is exported with the fused backend unless asked (same numbers)."""
-    from deploy.export import export_model
-    from deploy.load import load
+    from equimd.deploy.export import export_model
+    from equimd.deploy.load import load
 
     reference, fast = mace_pair("cueq")
     atoms = STRUCTURES["triclinic_cu"]()

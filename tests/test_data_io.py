@@ -15,7 +15,7 @@ from ase import units
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from potentials.data import (
+from equimd.potentials.data import (
     Configuration,
     DataFormatError,
     DatasetKeys,
@@ -26,7 +26,7 @@ from potentials.data import (
     write_extxyz,
     write_hdf5,
 )
-from potentials.data import hdf5 as hdf5_module
+from equimd.potentials.data import hdf5 as hdf5_module
 
 FIELDS = ("positions", "numbers", "cell", "pbc", "energy", "forces", "stress")
 

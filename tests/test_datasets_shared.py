@@ -18,7 +18,7 @@ import pytest
 from ase import units
 from ase.data import atomic_numbers
 
-from potentials.data import (
+from equimd.potentials.data import (
     Configuration,
     DatasetKeys,
     read_configurations,

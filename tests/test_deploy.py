@@ -16,15 +16,15 @@ import torch
 from ase.build import bulk, molecule
 from scipy.spatial.transform import Rotation
 
-from deploy import MODEL_FORMAT_VERSION, ModelFileError, UnknownElementError, load, read_metadata
-from deploy.cli import add_deploy_arguments, run_deploy
-from deploy.export import export_model
-from deploy.verify import sample_frames, verify
-from potentials.data.configuration import Configuration
-from potentials.data.graph import configuration_to_graph
-from potentials.forcefield import ForceField
-from potentials.models import build_model
-from potentials.models.serialization import save_model
+from equimd.deploy import MODEL_FORMAT_VERSION, ModelFileError, UnknownElementError, load, read_metadata
+from equimd.deploy.cli import add_deploy_arguments, run_deploy
+from equimd.deploy.export import export_model
+from equimd.deploy.verify import sample_frames, verify
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.data.graph import configuration_to_graph
+from equimd.potentials.forcefield import ForceField
+from equimd.potentials.models import build_model
+from equimd.potentials.models.serialization import save_model
 from tests.model_zoo import SPECIES, STRUCTURES, nequip_small
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def deployment_frames() -> list:
     """24 frames: each zoo structure (periodic triclinic, mixed species, cell < r_max, slab,
-    molecule) in 4 rattled/rotated variants, plus `deploy.verify.sample_frames`."""
+    molecule) in 4 rattled/rotated variants, plus `equimd.deploy.verify.sample_frames`."""
     frames = []
     for seed in range(4):
         for name in sorted(STRUCTURES):
@@ -152,16 +152,16 @@ def test_verify_reports_max_deviations(model, exported, deployed, frames):
 FRESH_PROCESS_SCRIPT = textwrap.dedent(
     """
     import sys, numpy as np
-    import deploy
-    from md_drivers.ase import EquimdCalculator
+    import equimd.deploy
+    from equimd.md_drivers.ase import EquimdCalculator
     frames = np.load(sys.argv[2], allow_pickle=True)["frames"]
-    model = deploy.load(sys.argv[1])
+    model = equimd.deploy.load(sys.argv[1])
     results = []
     for positions, numbers, cell, pbc in frames:
         out = model(positions, numbers, cell, pbc)
         results.append({k: v.double().numpy() for k, v in out.items()})
     np.save(sys.argv[3], np.array(results, dtype=object), allow_pickle=True)
-    loaded = sorted(m for m in sys.modules if m == "potentials" or m.startswith("potentials."))
+    loaded = sorted(m for m in sys.modules if m == "equimd.potentials" or m.startswith("equimd.potentials."))
     print("POTENTIALS_MODULES=" + ",".join(loaded))
     """
 )
@@ -181,7 +181,7 @@ def test_reload_in_fresh_process_matches_eager_without_training_code(exported, f
     )
     assert completed.returncode == 0, completed.stderr
     loaded = completed.stdout.split("POTENTIALS_MODULES=")[1].strip()
-    assert "potentials.train" not in loaded
+    assert "equimd.potentials.train" not in loaded
     assert loaded == "", f"loading a model imported {loaded}"
     results = np.load(tmp_path / "results.npy", allow_pickle=True)
     for out, reference in zip(results, eager64, strict=True):

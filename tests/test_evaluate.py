@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from potentials.data.configuration import Configuration
-from potentials.data.graph import configuration_to_graph
-from potentials.forcefield import ForceField
-from potentials.models import build_model
-from potentials.models.serialization import save_model
-from potentials.nn.species import UnknownElementError
-from potentials.train.evaluate import evaluate
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.data.graph import configuration_to_graph
+from equimd.potentials.forcefield import ForceField
+from equimd.potentials.models import build_model
+from equimd.potentials.models.serialization import save_model
+from equimd.potentials.nn.species import UnknownElementError
+from equimd.potentials.train.evaluate import evaluate
 from tests.test_train import write_emt_copper
 
 
@@ -92,7 +92,7 @@ def test_unknown_element_names_file_frame_atom_and_element(copper, checkpoint, t
 
 
 def test_evaluate_reads_a_training_checkpoint(tmp_path, copper):
-    from potentials.train.trainer import train
+    from equimd.potentials.train.trainer import train
     from tests.test_train import tiny_config
 
     result = train(tiny_config(copper, tmp_path / "run", epochs=1), progress=False)

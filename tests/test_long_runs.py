@@ -2,8 +2,8 @@
 
 A tiny float64 NequIP fitted to ASE EMT energies and forces of fcc Cu
 (`tests.test_nve.fitted_copper_model`, shared with the other slow tests of the session) is
-exported with `deploy.export.export_model` and run through `equimd md`
-(`md_drivers.run.main`, in-process), with the same arguments a user would type:
+exported with `equimd.deploy.export.export_model` and run through `equimd md`
+(`equimd.md_drivers.run.main`, in-process), with the same arguments a user would type:
 
 - NVE, OpenMM engine (VerletIntegrator, Reference platform), 32 atoms, 100 ps at 2 fs:
   the total energy neither drifts nor wanders off (bounds in the test).
@@ -27,10 +27,10 @@ import pytest
 from ase.build import bulk
 from ase.io import write
 
-from deploy.export import export_model
-from md_drivers.ase import EquimdCalculator
-from md_drivers.reporters import read_thermo
-from md_drivers.run import main
+from equimd.deploy.export import export_model
+from equimd.md_drivers.ase import EquimdCalculator
+from equimd.md_drivers.reporters import read_thermo
+from equimd.md_drivers.run import main
 
 pytestmark = pytest.mark.slow
 

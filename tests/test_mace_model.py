@@ -14,9 +14,9 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from potentials.forcefield import ForceField
-from potentials.models import build_model
-from potentials.nn.mace_blocks import LinearReadout, NonLinearReadout
+from equimd.potentials.forcefield import ForceField
+from equimd.potentials.models import build_model
+from equimd.potentials.nn.mace_blocks import LinearReadout, NonLinearReadout
 from tests.model_zoo import R_MAX, SPECIES, STRUCTURES, graph_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_invalid_hyperparameters_are_named(changes: dict, named: str) -> None:
 
 
 def test_example_config_is_valid() -> None:
-    from potentials.train.config import load_config
+    from equimd.potentials.train.config import load_config
 
     config = load_config(REPO / "examples" / "train_mace.yaml")
     assert config.model.model_type == "mace"
@@ -121,9 +121,9 @@ def test_example_config_is_valid() -> None:
 
 def test_training_smoke_run_reloads(tmp_path: Path) -> None:
     """The trainer builds, trains and checkpoints a MACE (2 epochs on EMT copper)."""
-    from potentials.models.serialization import load_model
-    from potentials.train.config import config_from_dict
-    from potentials.train.trainer import train
+    from equimd.potentials.models.serialization import load_model
+    from equimd.potentials.train.config import config_from_dict
+    from equimd.potentials.train.trainer import train
     from tests.test_train import write_emt_copper
 
     data = write_emt_copper(tmp_path / "cu.xyz", num_frames=6)

@@ -19,18 +19,18 @@ import numpy as np
 import pytest
 import torch
 
-from potentials.data.configuration import Configuration
-from potentials.data.graph import AtomicGraph, configuration_to_graph
-from potentials.forcefield import ForceField
-from potentials.models import build_model
-from potentials.models.mace import MACE
-from potentials.models.mace_import import (
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.data.graph import AtomicGraph, configuration_to_graph
+from equimd.potentials.forcefield import ForceField
+from equimd.potentials.models import build_model
+from equimd.potentials.models.mace import MACE
+from equimd.potentials.models.mace_import import (
     MaceImportError,
     import_mace_file,
     mace_model_from_export,
     read_mace_export,
 )
-from potentials.models.serialization import load_model
+from equimd.potentials.models.serialization import load_model
 
 DATA = Path(__file__).parent / "data"
 CONFIGS = ["scalar", "vector"]
@@ -166,11 +166,11 @@ def test_e3nn_backend_matches_mace(name: str) -> None:
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_exported_model_matches_mace(name: str, tmp_path: Path) -> None:
-    """deploy.export_model(float64) → deploy.load: the model scripted as the deploy path does
+    """equimd.deploy.export_model(float64) → equimd.deploy.load: the model scripted as the deploy path does
     (`torch.jit.script(ForceField(e3nn.util.jit.compile(model)))`) with the in-graph neighbor
     list gives mace's numbers (scripted == eager for small models: tests/test_mace_model.py)."""
-    from deploy.export import export_model
-    from deploy.load import load
+    from equimd.deploy.export import export_model
+    from equimd.deploy.load import load
 
     path = export_model(_model(name), tmp_path / "mace.pt", dtype="float64")
     deployed = load(path)
@@ -210,7 +210,7 @@ def test_imported_checkpoint_reloads_equal(tmp_path: Path) -> None:
 
 
 def test_cli_imports_mace(tmp_path: Path, capsys) -> None:
-    from md_drivers.cli import main
+    from equimd.cli import main
 
     output = tmp_path / "cli.ckpt"
     assert main(["import", "mace", str(DATA / "mace_scalar_model.pt"), "-o", str(output)]) == 0

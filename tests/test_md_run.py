@@ -1,8 +1,8 @@
-"""`equimd md` (md_drivers.run): outputs, checkpoints, exact restarts, instability stops.
+"""`equimd md` (equimd.md_drivers.run): outputs, checkpoints, exact restarts, instability stops.
 
 The model is a small random NequIP (tests/test_openmm.py), so atoms may come close: runs use
 `--min-distance 0` unless the check itself is tested. Only the SIGKILL test needs
-subprocesses; the rest run in-process through `md_drivers.run.main`.
+subprocesses; the rest run in-process through `equimd.md_drivers.run.main`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from ase.io import read, write
 
-import md_drivers.run as run_module
-from md_drivers.reporters import THERMO_COLUMNS, read_dcd, read_thermo
-from md_drivers.run import check_positions, main
+import equimd.md_drivers.run as run_module
+from equimd.md_drivers.reporters import THERMO_COLUMNS, read_dcd, read_thermo
+from equimd.md_drivers.run import check_positions, main
 from tests.test_openmm import model_file, periodic_box
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def reference_runs(box_file, tmp_path_factory) -> dict[str, Path]:
 def test_openmm_run_killed_with_sigkill_and_restarted_equals_uninterrupted_run(
         box_file, reference_runs, tmp_path):
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "md_drivers.run", *md_args(box_file, killed)]
+    command = [sys.executable, "-m", "equimd.md_drivers.run", *md_args(box_file, killed)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)

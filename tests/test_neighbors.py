@@ -1,4 +1,4 @@
-"""The matscipy neighbor list (`potentials.data.neighbors.neighbor_list`) against the
+"""The matscipy neighbor list (`equimd.potentials.data.neighbors.neighbor_list`) against the
 brute-force reference, on periodic, triclinic, mixed-pbc, small and open structures.
 
 `random_structure` is shared with `tests/test_cell_list.py`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from potentials.data.neighbors import CellError, brute_force_neighbor_list, neighbor_list
+from equimd.potentials.data.neighbors import CellError, brute_force_neighbor_list, neighbor_list
 
 KINDS = ("bulk", "skewed", "small", "slab", "wire", "molecule", "unwrapped")
 

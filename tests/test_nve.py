@@ -19,12 +19,12 @@ from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 from ase.units import fs
 
-from deploy.export import export_model
-from md_drivers.ase import EquimdCalculator
-from potentials.data.configuration import Configuration
-from potentials.data.graph import collate, configuration_to_graph
-from potentials.forcefield import ForceField
-from potentials.models import build_model
+from equimd.deploy.export import export_model
+from equimd.md_drivers.ase import EquimdCalculator
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.data.graph import collate, configuration_to_graph
+from equimd.potentials.forcefield import ForceField
+from equimd.potentials.models import build_model
 
 R_MAX = 4.0
 DRIFT_BOUND = 1e-3  # eV/atom/ps (= 1 meV/atom/ps)

@@ -18,7 +18,7 @@ import torch
 from ase import Atoms
 from ase.build import molecule
 
-from md_drivers.openmm import (
+from equimd.md_drivers.openmm import (
     EV_TO_KJ_PER_MOL,
     FORCE_TO_KJ_PER_MOL_NM,
     ModelSpeciesError,
@@ -36,8 +36,8 @@ def model_file(dtype: str = "float64", scale: float = 0.5, seed: int = 0,
                num_layers: int = 2) -> Path:
     """A small random NequIP (H, C, N, O, Cu; r_max 4 Å) exported as TorchScript, cached per
     session. `scale`: energy scale of the per-atom readout (eV), small → gentle forces."""
-    from deploy.export import export_model
-    from potentials.models import build_model
+    from equimd.deploy.export import export_model
+    from equimd.potentials.models import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -69,7 +69,7 @@ def periodic_box() -> Atoms:
 
 @functools.cache
 def loaded(model_path: Path):
-    from deploy import load
+    from equimd.deploy import load
 
     return load(model_path)
 
@@ -261,8 +261,8 @@ def test_python_force_runs_an_aotinductor_model_and_torch_force_refuses_it():
     """The PythonForce path exists for AOTInductor packages (compiling takes minutes)."""
     from ase.build import bulk
 
-    from deploy.export import export_model
-    from potentials.models import build_model
+    from equimd.deploy.export import export_model
+    from equimd.potentials.models import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -16,7 +16,7 @@ import pytest
 import torch  # noqa: F401
 from openmm import unit
 
-from md_drivers.openmm import EV_TO_KJ_PER_MOL, FORCE_TO_KJ_PER_MOL_NM, ModelSpeciesError
+from equimd.md_drivers.openmm import EV_TO_KJ_PER_MOL, FORCE_TO_KJ_PER_MOL_NM, ModelSpeciesError
 from tests.test_openmm import assert_close, loaded, model_file
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "openmm_mlmm.py"
@@ -61,11 +61,11 @@ def test_equimd_is_registered_with_openmm_ml():
 
 
 def test_plugin_module_imported_before_openmm_ml_registers_cleanly():
-    """Importing md_drivers.openmm_ml first makes openmm-ml load its entry point mid-import."""
+    """Importing equimd.md_drivers.openmm_ml first makes openmm-ml load its entry point mid-import."""
     import subprocess
     import sys
 
-    code = ("import md_drivers.openmm_ml as plugin\n"
+    code = ("import equimd.md_drivers.openmm_ml as plugin\n"
             "from openmmml import MLPotential\n"
             "assert isinstance(MLPotential._implFactories['equimd'],"
             " plugin.EquimdPotentialImplFactory)\n")

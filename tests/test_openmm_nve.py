@@ -13,7 +13,7 @@ import pytest
 import torch  # noqa: F401
 from ase.build import bulk
 
-from md_drivers.openmm import EV_TO_KJ_PER_MOL, create_torch_force
+from equimd.md_drivers.openmm import EV_TO_KJ_PER_MOL, create_torch_force
 from tests.test_openmm import model_file
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from potentials.forcefield import ForceField
+from equimd.potentials.forcefield import ForceField
 from tests.model_zoo import MODEL_FACTORIES, STRUCTURES, batch_of, graph_of
 
 MODELS = sorted(MODEL_FACTORIES)

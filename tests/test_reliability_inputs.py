@@ -5,7 +5,7 @@
   results, forces summing to zero, invariance under translation, under moving one atom by a
   lattice vector, and under negating a periodic cell vector (a left-handed cell).
 - Degenerate cells (zero, non-finite, parallel, coplanar, vanishing volume) through
-  `potentials.data` (neighbor list, `configuration_to_graph`), the deployed model and the
+  `equimd.potentials.data` (neighbor list, `configuration_to_graph`), the deployed model and the
   ASE calculator: a `CellError` naming the cell vectors (and determinant) and the frame.
 - Left-handed cells are valid everywhere and give the results of the right-handed cell.
 - dtype and device requests: unsupported export dtypes, devices this machine lacks, inputs
@@ -21,14 +21,14 @@ from ase import Atoms
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from deploy import load, read_metadata
-from deploy.errors import CellError as DeployedCellError
-from deploy.errors import DeviceError, StructureError
-from deploy.export import export_model
-from md_drivers.ase import EquimdCalculator
-from potentials.data.configuration import Configuration
-from potentials.data.graph import configuration_to_graph, edge_vectors
-from potentials.data.neighbors import CellError, neighbor_list
+from equimd.deploy import load, read_metadata
+from equimd.deploy.errors import CellError as DeployedCellError
+from equimd.deploy.errors import DeviceError, StructureError
+from equimd.deploy.export import export_model
+from equimd.md_drivers.ase import EquimdCalculator
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.data.graph import configuration_to_graph, edge_vectors
+from equimd.potentials.data.neighbors import CellError, neighbor_list
 from tests.model_zoo import R_MAX, SPECIES, mace_small, nequip_small, triclinic_cu
 
 # ---- fixtures: one export per model and dtype for the whole module ------------------------

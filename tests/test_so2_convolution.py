@@ -15,8 +15,8 @@ import torch
 from e3nn import o3
 from scipy.spatial.transform import Rotation
 
-from potentials.nn.so2_convolution import SO2UVUConvolution, wigner_sampling
-from potentials.nn.tensor_product import GEOMETRIC_TP_BACKENDS, TP_BACKENDS, EdgeConvolution
+from equimd.potentials.nn.so2_convolution import SO2UVUConvolution, wigner_sampling
+from equimd.potentials.nn.tensor_product import GEOMETRIC_TP_BACKENDS, TP_BACKENDS, EdgeConvolution
 from tests.test_tensor_product_backends import (
     CONVOLUTIONS,
     TOLERANCES,

@@ -26,13 +26,13 @@ from ase.md.verlet import VelocityVerlet
 from e3nn import o3
 from scipy.spatial.transform import Rotation
 
-from potentials.data.configuration import Configuration
-from potentials.data.graph import configuration_to_graph
-from potentials.forcefield import ForceField
-from potentials.models import build_model
-from potentials.nn.edge_aggregation import EdgeChunkedConvolution
-from potentials.nn.linear import FastLinear, FastScalarTensorProduct, linear, scalar_tensor_product
-from potentials.nn.tensor_product import (
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.data.graph import configuration_to_graph
+from equimd.potentials.forcefield import ForceField
+from equimd.potentials.models import build_model
+from equimd.potentials.nn.edge_aggregation import EdgeChunkedConvolution
+from equimd.potentials.nn.linear import FastLinear, FastScalarTensorProduct, linear, scalar_tensor_product
+from equimd.potentials.nn.tensor_product import (
     GEOMETRIC_TP_BACKENDS,
     TP_BACKENDS,
     EdgeConvolution,
@@ -291,7 +291,7 @@ def test_recomputed_edge_chunks_equal_reference(monkeypatch, backend):
     """Large systems: messages recomputed in the backward pass (forced here on a small system
     by a zero byte threshold and 13-edge chunks) give the same energy, forces, stress and
     training gradients (double backward) as the reference, and keep fewer tensors."""
-    from potentials.nn.edge_aggregation import EdgeChunkedConvolution
+    from equimd.potentials.nn.edge_aggregation import EdgeChunkedConvolution
 
     reference, fast = nequip_pair(backend)
     chunked = [m for m in fast.modules() if isinstance(m, EdgeChunkedConvolution)]

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from potentials.models.serialization import load_model, read_checkpoint
-from potentials.train.checkpoint import save_checkpoint
-from potentials.train.config import ConfigError, TrainConfig, config_from_dict
-from potentials.train.trainer import TrainingInterrupted, train
+from equimd.potentials.models.serialization import load_model, read_checkpoint
+from equimd.potentials.train.checkpoint import save_checkpoint
+from equimd.potentials.train.config import ConfigError, TrainConfig, config_from_dict
+from equimd.potentials.train.trainer import TrainingInterrupted, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,8 +145,8 @@ def test_checkpoint_write_is_atomic(copper, tmp_path, monkeypatch):
 
 
 def test_hdf5_training_data_reads_like_extxyz(copper, tmp_path):
-    from potentials.data.io import convert
-    from potentials.train.data import read_split
+    from equimd.potentials.data.io import convert
+    from equimd.potentials.train.data import read_split
 
     convert(copper, tmp_path / "cu.h5")
     from_xyz = read_split(tiny_config(copper, tmp_path).data, seed=0)
@@ -169,7 +169,7 @@ def test_fresh_run_refuses_to_overwrite_an_existing_run(copper, tmp_path):
 
 
 def test_split_is_seeded_disjoint_and_respects_frame_selection(copper):
-    from potentials.train.data import read_split
+    from equimd.potentials.train.data import read_split
 
     data = tiny_config(copper, Path("unused")).data
     first, second = read_split(data, seed=3), read_split(data, seed=3)
@@ -192,7 +192,7 @@ def test_resume_rejects_a_changed_model(copper, tmp_path):
 
 
 def test_early_stopping_stops_when_validation_stalls(copper, tmp_path, monkeypatch):
-    from potentials.train import trainer
+    from equimd.potentials.train import trainer
 
     constant = {"energy_rmse": 10.0, "forces_rmse": 100.0}
     monkeypatch.setattr(trainer, "validate", lambda forcefield, batches: dict(constant))
@@ -210,7 +210,7 @@ _CHILD = textwrap.dedent(
     import sys
     from tests.test_train import tiny_config
     from pathlib import Path
-    from potentials.train.trainer import train
+    from equimd.potentials.train.trainer import train
     config = tiny_config(Path(sys.argv[1]), Path(sys.argv[2]), epochs=int(sys.argv[3]))
     train(config, resume=len(sys.argv) > 4, progress=False)
     """
@@ -284,7 +284,7 @@ def test_sigterm_saves_state_and_resume_matches_uninterrupted_run(copper, tmp_pa
 
 
 def test_keyboard_interrupt_in_process_saves_last_checkpoint(copper, tmp_path, monkeypatch):
-    from potentials.train import trainer
+    from equimd.potentials.train import trainer
 
     calls = {"n": 0}
     original = trainer._Run.train_step

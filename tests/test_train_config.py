@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from potentials.train.config import ConfigError, load_config
+from equimd.potentials.train.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

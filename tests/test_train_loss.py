@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from potentials.data.configuration import Configuration
-from potentials.train.batching import collate_labelled, labelled_graph
-from potentials.train.loss import LossWeights, loss_from_metrics, loss_terms, weighted_loss
-from potentials.train.metrics import ErrorAccumulator
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.train.batching import collate_labelled, labelled_graph
+from equimd.potentials.train.loss import LossWeights, loss_from_metrics, loss_terms, weighted_loss
+from equimd.potentials.train.metrics import ErrorAccumulator
 
 CELL = np.eye(3) * 4.0
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from potentials.data.io import DatasetKeys, read_configurations
-from potentials.train.config import config_from_dict
-from potentials.train.trainer import train
+from equimd.potentials.data.io import DatasetKeys, read_configurations
+from equimd.potentials.train.config import config_from_dict
+from equimd.potentials.train.trainer import train
 
 DATA = Path("/work/shared/data")
 RMD17_ETHANOL = DATA / "rmd17" / "rmd17_ethanol_train_01.npz"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from potentials.data.configuration import Configuration
-from potentials.train.batching import labelled_graph
-from potentials.train.statistics import (
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.train.batching import labelled_graph
+from equimd.potentials.train.statistics import (
     StatisticsError,
     average_num_neighbors,
     compute_statistics,
@@ -94,7 +94,7 @@ def test_given_e0s_must_cover_every_species():
 
 
 def test_statistics_set_into_a_model_shift_its_energies():
-    from potentials.models import build_model
+    from equimd.potentials.models import build_model
 
     model = build_model("nequip", species=SPECIES, r_max=3.0, num_features=4, l_max=1, num_layers=1)
     model.scale_shift.set_statistics([-1.0, -2.0, -3.0], scale=2.0, shift=0.25)
@@ -107,8 +107,8 @@ def test_e0s_from_an_isolated_atom_file_and_from_the_config(tmp_path):
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from potentials.train.config import DataConfig
-    from potentials.train.data import resolve_e0s
+    from equimd.potentials.train.config import DataConfig
+    from equimd.potentials.train.data import resolve_e0s
 
     atoms = []
     for z in SPECIES:

@@ -22,7 +22,7 @@ The output is a plain `torch.save` of a dict holding only tensors and plain Pyth
 `--drop-coupling-buffers` leaves out the symmetric contractions' `U_matrix_*` buffers (the
 generalized Clebsch-Gordan bases; they are a deterministic function of the irreps and the
 correlation order and are the bulk of the file for models with vector outputs). equimd
-recomputes them (`potentials.nn.contraction`); keep them when the model was built with
+recomputes them (`equimd.potentials.nn.contraction`); keep them when the model was built with
 cuequivariance's reduced CG basis (`use_reduced_cg=True` with cuequivariance installed).
 """
 

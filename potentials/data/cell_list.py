@@ -1,9 +1,9 @@
 """In-graph neighbor list: pure torch, TorchScript-scriptable, CPU and CUDA.
 
 `neighbor_list_torch(positions, cell, pbc, r_max)` is the neighbor list that exported models
-run inside their `forward` (see `deploy.module`). It needs no numpy and no Python-only
+run inside their `forward` (see `equimd.deploy.module`). It needs no numpy and no Python-only
 constructs, so `torch.jit.script` compiles it, and it runs on whatever device `positions`
-live on. For preprocessing on the CPU, `potentials.data.neighbors.neighbor_list` (matscipy)
+live on. For preprocessing on the CPU, `equimd.potentials.data.neighbors.neighbor_list` (matscipy)
 returns the same pairs.
 
 Contract
@@ -34,7 +34,7 @@ Guarantees:
   S_a, S_b, S_c). Scripted and eager, CPU and CUDA, the cell list and the O(N²) path return
   identical tensors for the same input (up to pairs within rounding of r_max).
 - Not differentiable: positions and cell are detached; edge vectors are to be recomputed
-  (differentiably) from the returned shifts, e.g. by `potentials.data.graph.edge_vectors`.
+  (differentiably) from the returned shifts, e.g. by `equimd.potentials.data.graph.edge_vectors`.
 - Memory O(N + E): distances are computed in chunks of ~2^20 at a time (8 MB in float64),
   never as an N x N matrix (the O(N²) path is chosen only when it is that small). A chunk
   holds at least one M x M block, M the largest bin occupancy, so strongly clustered atoms

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from potentials.data.configuration import Configuration
+from equimd.potentials.data.configuration import Configuration
 
 
 class AtomicGraph(NamedTuple):
@@ -80,11 +80,11 @@ def configuration_to_graph(
 ) -> AtomicGraph:
     """Single-structure graph with a matscipy neighbor list (CPU preprocessing path).
 
-    Raises `potentials.data.neighbors.CellError` naming `config.source` (file and frame) and
+    Raises `equimd.potentials.data.neighbors.CellError` naming `config.source` (file and frame) and
     the cell vectors at fault if a periodic direction has a zero, non-finite or linearly
     dependent cell vector.
     """
-    from potentials.data.neighbors import neighbor_list
+    from equimd.potentials.data.neighbors import neighbor_list
 
     sender, receiver, shift = neighbor_list(
         config.positions, config.cell, config.pbc, r_max, source=config.source

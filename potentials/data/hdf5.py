@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from potentials.data.configuration import Configuration
-from potentials.data.io import DataFormatError, atomic_output, check_finite
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.data.io import DataFormatError, atomic_output, check_finite
 
 __all__ = ["FORMAT", "VERSION", "HDF5Dataset", "write_hdf5"]
 
@@ -265,7 +265,7 @@ def _check_schema(path: Path, handle) -> None:
     if found != FORMAT:
         raise DataFormatError(
             f"{path}: attribute 'format' is {found!r}, expected {FORMAT!r} (write the file with "
-            "potentials.data.hdf5.write_hdf5 or `equimd data convert`)"
+            "equimd.potentials.data.hdf5.write_hdf5 or `equimd data convert`)"
         )
     version = handle.attrs.get("version")
     if version is None or int(version) > VERSION:

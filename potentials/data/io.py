@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from ase import units
 
-from potentials.data.configuration import Configuration, voigt_to_matrix
+from equimd.potentials.data.configuration import Configuration, voigt_to_matrix
 
 __all__ = [
     "DataFormatError",
@@ -201,7 +201,7 @@ def read_configurations(
     if suffix in EXTXYZ_SUFFIXES:
         return _read_extxyz(path, keys, index)
     if suffix in HDF5_SUFFIXES:
-        from potentials.data.hdf5 import HDF5Dataset
+        from equimd.potentials.data.hdf5 import HDF5Dataset
 
         with HDF5Dataset(path) as dataset:
             frames = select_frames(len(dataset), index, path)
@@ -328,7 +328,7 @@ def convert(
         raise ValueError(f"{out_path}: cannot write {suffix!r}; use .h5/.hdf5 or .xyz/.extxyz")
     configs = read_configurations(in_path, keys)
     if suffix in HDF5_SUFFIXES:
-        from potentials.data.hdf5 import write_hdf5
+        from equimd.potentials.data.hdf5 import write_hdf5
 
         write_hdf5(configs, out_path)
     else:

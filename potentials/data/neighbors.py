@@ -1,7 +1,7 @@
 """Neighbor lists for preprocessing (CPU, matscipy).
 
 The in-graph, TorchScript-able cell list used by exported models lives in
-`potentials.data.cell_list`.
+`equimd.potentials.data.cell_list`.
 """
 
 from __future__ import annotations

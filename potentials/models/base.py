@@ -1,7 +1,7 @@
 """`Potential` interface and model registry.
 
 A potential maps an `AtomicGraph` to per-atom energies [N] in eV. Everything else (forces,
-stress) is derived by `potentials.forcefield.ForceField`. Models are rebuilt from
+stress) is derived by `equimd.potentials.forcefield.ForceField`. Models are rebuilt from
 ``(model_type, hyperparameters)`` plus a state dict: the model file never pickles code.
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from potentials.data.graph import AtomicGraph
-from potentials.nn.scale_shift import AtomicEnergyScaleShift
-from potentials.nn.species import SpeciesIndex
+from equimd.potentials.data.graph import AtomicGraph
+from equimd.potentials.nn.scale_shift import AtomicEnergyScaleShift
+from equimd.potentials.nn.species import SpeciesIndex
 
 MODELS: dict[str, type[Potential]] = {}
 

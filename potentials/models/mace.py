@@ -11,7 +11,7 @@ E_i = E0[z_i] + scale · Σ_t e^t_i + shift                                    (
 
 Hyperparameter names follow mace-torch. The last layer keeps only the scalars of
 `hidden_irreps` (mace's default; `keep_last_layer_irreps=True` keeps them all). The blocks live in
-`potentials.nn.mace_blocks`; a mace-torch model is imported with `potentials.models.mace_import`.
+`equimd.potentials.nn.mace_blocks`; a mace-torch model is imported with `equimd.potentials.models.mace_import`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 from e3nn import o3
 from torch import Tensor, nn
 
-from potentials.data.graph import AtomicGraph, edge_vectors
-from potentials.models.base import Potential, register_model
-from potentials.nn.mace_blocks import (
+from equimd.potentials.data.graph import AtomicGraph, edge_vectors
+from equimd.potentials.models.base import Potential, register_model
+from equimd.potentials.nn.mace_blocks import (
     GATES,
     INTERACTION_CLASSES,
     InteractionBlock,
@@ -33,9 +33,9 @@ from potentials.nn.mace_blocks import (
     ProductBlock,
     interaction_irreps,
 )
-from potentials.nn.radial import RadialEmbedding
-from potentials.nn.species import one_hot
-from potentials.nn.tensor_product import DEFAULT_TP_BACKEND
+from equimd.potentials.nn.radial import RadialEmbedding
+from equimd.potentials.nn.species import one_hot
+from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND
 
 
 @register_model("mace")
@@ -59,7 +59,7 @@ class MACE(Potential):
         keep_last_layer_irreps: keep all of hidden_irreps in the last layer (mace option).
         apply_cutoff: multiply the envelope into the radial features (mace's default True);
             False multiplies it into the convolution weights instead.
-        tp_backend: convolution backend (`potentials.nn.tensor_product.TP_BACKENDS`); same numbers.
+        tp_backend: convolution backend (`equimd.potentials.nn.tensor_product.TP_BACKENDS`); same numbers.
     Per-element E0s, scale and shift are buffers of `self.scale_shift` (set by the trainer or
     the importer), not hyperparameters.
 

@@ -7,7 +7,7 @@ so the conversion has two steps (docs/mace.md):
    mace-free file (format "mace-torch-state-dict": hyperparameters, per-layer irreps and the
    state dict as plain types; see benchmarks/peers/README.md);
 2. `import_mace_file(out.pt, checkpoint.pt)` (here) builds the equivalent equimd `MACE` and
-   writes an equimd checkpoint (`potentials.models.serialization`).
+   writes an equimd checkpoint (`equimd.potentials.models.serialization`).
 
 The e3nn weights (`o3.Linear`, `FullyConnectedTensorProduct`, `FullyConnectedNet`) have the same
 layout in e3nn 0.4.4 and 0.6 and are copied verbatim; the product-basis weights go through
@@ -32,9 +32,9 @@ import torch
 from e3nn import o3
 from torch import Tensor
 
-from potentials.models.mace import MACE
-from potentials.nn.mace_blocks import GATES, INTERACTION_CLASSES
-from potentials.nn.tensor_product import DEFAULT_TP_BACKEND, convolution_irreps
+from equimd.potentials.models.mace import MACE
+from equimd.potentials.nn.mace_blocks import GATES, INTERACTION_CLASSES
+from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND, convolution_irreps
 
 EXPORT_FORMAT = "mace-torch-state-dict"
 EXPORT_FORMAT_VERSION = 1
@@ -197,7 +197,7 @@ def import_mace_file(
 
     dtype: "float32" | "float64" | None (the mace model's). Returns the checkpoint path.
     """
-    from potentials.models.serialization import save_model
+    from equimd.potentials.models.serialization import save_model
 
     record = read_mace_export(path)
     try:

@@ -15,13 +15,13 @@ import torch
 from e3nn import o3
 from torch import Tensor, nn
 
-from potentials.data.graph import AtomicGraph, edge_vectors
-from potentials.models.base import Potential, register_model
-from potentials.nn.gate import equivariant_gate, gated_irreps
-from potentials.nn.linear import linear, scalar_tensor_product
-from potentials.nn.radial import RadialEmbedding, radial_mlp
-from potentials.nn.species import one_hot
-from potentials.nn.tensor_product import DEFAULT_TP_BACKEND, EdgeConvolution, convolution_irreps
+from equimd.potentials.data.graph import AtomicGraph, edge_vectors
+from equimd.potentials.models.base import Potential, register_model
+from equimd.potentials.nn.gate import equivariant_gate, gated_irreps
+from equimd.potentials.nn.linear import linear, scalar_tensor_product
+from equimd.potentials.nn.radial import RadialEmbedding, radial_mlp
+from equimd.potentials.nn.species import one_hot
+from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND, EdgeConvolution, convolution_irreps
 
 
 def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from potentials.data.io import atomic_output
-from potentials.models.base import Potential, build_model
+from equimd.potentials.data.io import atomic_output
+from equimd.potentials.models.base import Potential, build_model
 
 CHECKPOINT_FORMAT = "equimd-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -30,7 +30,7 @@ class CheckpointError(ValueError):
 def versions() -> dict[str, str]:
     import e3nn
 
-    from potentials import __version__
+    from equimd.potentials import __version__
 
     return {"equimd": str(__version__), "torch": str(torch.__version__), "e3nn": str(e3nn.__version__)}
 
@@ -40,7 +40,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, what: str = "checkpoint
 
     A crash at any point leaves either the old file or the new one, never a partial file. A
     failed write (disk full, read-only directory, ...) raises
-    `potentials.data.io.OutputWriteError` ("could not write checkpoint PATH: REASON"), leaves
+    `equimd.potentials.data.io.OutputWriteError` ("could not write checkpoint PATH: REASON"), leaves
     the old file as it was and removes the temp file.
     """
     with atomic_output(path, what) as tmp, open(tmp, "wb") as handle:
@@ -90,7 +90,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise CheckpointError(
             f"{path}: not an equimd checkpoint (format {found!r}); a deployed model file is "
-            "loaded with deploy.load, a mace-torch file is imported with `equimd import mace`"
+            "loaded with equimd.deploy.load, a mace-torch file is imported with `equimd import mace`"
         )
     if record.get("format_version", 0) > CHECKPOINT_VERSION:
         raise CheckpointError(

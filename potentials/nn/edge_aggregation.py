@@ -10,7 +10,7 @@ attributes listed in the class docstring; `forward` and `aggregate` come from he
 
 Memory of large systems: `aggregate` processes edges in chunks whose edge-level tensors hold
 about `chunk_elements` elements (memory is reused instead of faulted in again), and sums
-messages with `potentials.nn.scatter.scatter_add_`, which for calls whose messages exceed
+messages with `equimd.potentials.nn.scatter.scatter_add_`, which for calls whose messages exceed
 `keep_messages_below_bytes` keeps only the receiver index for the backward pass, not the
 messages (slower backward, much less memory). Autograd still keeps each chunk's products for the backward pass (`saved_per_edge`
 values per edge); when that would exceed `recompute_above_bytes` for one call (e.g.
@@ -29,7 +29,7 @@ import torch
 from e3nn import o3
 from torch import Tensor, nn
 
-from potentials.nn.scatter import scatter_add_, scatter_sum
+from equimd.potentials.nn.scatter import scatter_add_, scatter_sum
 
 # Edge-level tensors of one `aggregate` chunk stay below this many elements (4 MiB in float32):
 # far below glibc's 32 MiB mmap threshold, so their memory is reused, not faulted in again.

@@ -145,7 +145,7 @@ class FastLinear(o3.Linear):
             offset += mul_in * mul_out
         tables = _TypeTables(self.irreps_in, self.irreps_out, paths)
         if not (supports_fast_linear(self) and tables.complete):
-            raise ValueError("FastLinear: use potentials.nn.linear.linear() for this layer")
+            raise ValueError("FastLinear: use equimd.potentials.nn.linear.linear() for this layer")
         _register_tables(self, tables)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch.nn.Module signature

@@ -10,7 +10,7 @@ One MACE layer t maps node features h^(t) [N, irreps_node.dim] to h^(t+1):
 The numbers are those of mace-torch's `RealAgnosticInteractionBlock`,
 `RealAgnosticResidualInteractionBlock`, `EquivariantProductBasisBlock`, `LinearReadoutBlock`
 and `NonLinearReadoutBlock` (same e3nn weight layouts, so mace-torch weights copy verbatim:
-`potentials.models.mace_import`). The convolution is the shared `EdgeConvolution` (any backend),
+`equimd.potentials.models.mace_import`). The convolution is the shared `EdgeConvolution` (any backend),
 the radial MLP the shared `radial_mlp`, the product basis the shared `SymmetricContraction`.
 """
 
@@ -23,9 +23,9 @@ from e3nn import nn as e3nn_nn
 from e3nn import o3
 from torch import Tensor, nn
 
-from potentials.nn.contraction import SymmetricContraction
-from potentials.nn.radial import radial_mlp
-from potentials.nn.tensor_product import DEFAULT_TP_BACKEND, EdgeConvolution
+from equimd.potentials.nn.contraction import SymmetricContraction
+from equimd.potentials.nn.radial import radial_mlp
+from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND, EdgeConvolution
 
 INTERACTION_CLASSES = ("RealAgnosticInteractionBlock", "RealAgnosticResidualInteractionBlock")
 GATES = {"silu": torch.nn.functional.silu, "tanh": torch.tanh, "abs": torch.abs, None: None}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from potentials.elements import symbol
+from equimd.potentials.elements import symbol
 
 
 class UnknownElementError(ValueError):

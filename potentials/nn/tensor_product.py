@@ -11,14 +11,14 @@ Backends (all share `irreps_out`, `weight_numel`, the weight layout and the outp
 hold no weights of their own, so models and checkpoints are interchangeable between them):
 
 - ``"e3nn"``:  `e3nn.o3.TensorProduct` (the reference).
-- ``"fused"``: `potentials.nn.fused_convolution.FusedUVUConvolution`: per-edge coupling
+- ``"fused"``: `equimd.potentials.nn.fused_convolution.FusedUVUConvolution`: per-edge coupling
   matrices from one matmul, channels batched in one bmm per input block, fused
   gather → convolution → scatter in `aggregate` (see docs/performance.md). The default.
-- ``"so2"``:   `potentials.nn.so2_convolution.SO2UVUConvolution`: the SO(2)/eSCN convolution in
+- ``"so2"``:   `equimd.potentials.nn.so2_convolution.SO2UVUConvolution`: the SO(2)/eSCN convolution in
   each edge's frame. Exact when `edge_sh` are the spherical harmonics of the edge vectors (as
   in NequIP and MACE), so it is listed in `GEOMETRIC_TP_BACKENDS`, not in `TP_BACKENDS`
   (backends exact for any `edge_sh`); see docs/performance.md ("SO(2) convolution").
-- ``"cueq"``:  `potentials.nn.cueq_convolution.CueqUVUConvolution`: NVIDIA cuEquivariance's
+- ``"cueq"``:  `equimd.potentials.nn.cueq_convolution.CueqUVUConvolution`: NVIDIA cuEquivariance's
   segmented polynomial built from e3nn's coefficients; its fused CUDA kernels on a GPU with
   `cuequivariance-ops-torch-cu12`, plain PyTorch otherwise. Optional (`equimd[cueq]`):
   `available_tp_backends()` lists it only when `cuequivariance_torch` imports.
@@ -30,10 +30,10 @@ import torch
 from e3nn import o3
 from torch import Tensor, nn
 
-from potentials.nn.cueq_convolution import HAS_CUEQ, CueqUVUConvolution
-from potentials.nn.fused_convolution import FusedUVUConvolution
-from potentials.nn.scatter import scatter_sum
-from potentials.nn.so2_convolution import SO2UVUConvolution
+from equimd.potentials.nn.cueq_convolution import HAS_CUEQ, CueqUVUConvolution
+from equimd.potentials.nn.fused_convolution import FusedUVUConvolution
+from equimd.potentials.nn.scatter import scatter_sum
+from equimd.potentials.nn.so2_convolution import SO2UVUConvolution
 
 TP_BACKENDS = ("fused", "e3nn", "cueq")
 GEOMETRIC_TP_BACKENDS = ("so2",)  # exact only for edge_sh = Y(edge vectors)

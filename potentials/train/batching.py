@@ -8,8 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from potentials.data.configuration import Configuration
-from potentials.data.graph import AtomicGraph, collate, configuration_to_graph, graph_to
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.data.graph import AtomicGraph, collate, configuration_to_graph, graph_to
 
 
 class LabelledBatch(NamedTuple):

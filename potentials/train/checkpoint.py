@@ -1,6 +1,6 @@
 """Training checkpoints: everything needed to continue a run bit-exactly (CPU, fixed seed).
 
-A training checkpoint is a model checkpoint (`potentials.models.serialization.model_record`,
+A training checkpoint is a model checkpoint (`equimd.potentials.models.serialization.model_record`,
 so `load_model` and `equimd deploy` read it directly) with extra keys::
 
     state_dict          weights to use: the EMA weights when EMA is on, else the raw weights
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from potentials.models.serialization import atomic_torch_save, model_record, read_checkpoint
+from equimd.potentials.models.serialization import atomic_torch_save, model_record, read_checkpoint
 
 
 @dataclass
@@ -119,7 +119,7 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     record = read_checkpoint(path)
     missing = [k for k in ("raw_state_dict", "optimizer", "progress", "rng") if k not in record]
     if missing:
-        from potentials.models.serialization import CheckpointError
+        from equimd.potentials.models.serialization import CheckpointError
 
         raise CheckpointError(
             f"{path}: a model checkpoint without training state ({', '.join(missing)} missing); "

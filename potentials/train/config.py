@@ -40,7 +40,7 @@ class DataConfig:
     valid_index:    frames of `valid` to use (same syntax)
     max_frames:     use at most this many frames of `train` (the first ones, after `train_index`)
     energy_key, forces_key, stress_key, virial_key, energy_unit, length_unit: see
-                    `potentials.data.io.DatasetKeys` (labels are converted to eV and Å on
+                    `equimd.potentials.data.io.DatasetKeys` (labels are converted to eV and Å on
                     read; a key set to null is not read)
     e0s:            per-species reference energies (eV): "least_squares" (fit on the training
                     set), "isolated:<file>" (isolated-atom frames), or {symbol: energy in eV}
@@ -227,7 +227,7 @@ def _build_section(cls: type, name: str, values: dict[str, Any], source: str) ->
 
 def _model_section(values: dict[str, Any], source: str) -> ModelConfig:
     """`model_type` and `species`, plus the rest as hyperparameters checked against the model."""
-    from potentials.models import MODELS
+    from equimd.potentials.models import MODELS
 
     model_type = _check_type(values.get("model_type", "nequip"), str, "model.model_type", source)
     if model_type not in MODELS:
@@ -253,7 +253,7 @@ def _model_section(values: dict[str, Any], source: str) -> ModelConfig:
 
 def model_hyperparameter_defaults(model_type: str) -> dict[str, Any]:
     """{name: default} of a registered model's constructor (without `species`)."""
-    from potentials.models import MODELS
+    from equimd.potentials.models import MODELS
 
     signature = inspect.signature(MODELS[model_type].__init__)
     return {
@@ -349,14 +349,14 @@ def _check_type(value: Any, annotation: Any, where: str, source: str) -> Any:
 
 
 def _check_values(config: TrainConfig, source: str) -> None:
-    from potentials.elements import atomic_number
+    from equimd.potentials.elements import atomic_number
 
     data, training = config.data, config.training
 
     def fail(message: str) -> None:
         raise ConfigError(f"{source}: {message}")
 
-    from potentials.data.io import DatasetKeys
+    from equimd.potentials.data.io import DatasetKeys
 
     try:
         DatasetKeys(energy_unit=data.energy_unit, length_unit=data.length_unit)

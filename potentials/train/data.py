@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from potentials.data.configuration import Configuration
-from potentials.elements import atomic_number, symbol
-from potentials.train.batching import LabelledBatch, labelled_graph
-from potentials.train.config import DataConfig
-from potentials.train.statistics import (
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.elements import atomic_number, symbol
+from equimd.potentials.train.batching import LabelledBatch, labelled_graph
+from equimd.potentials.train.config import DataConfig
+from equimd.potentials.train.statistics import (
     StatisticsError,
     e0s_from_mapping,
     least_squares_e0s,
@@ -40,7 +40,7 @@ def dataset_keys(data: DataConfig):
     that the section has (energy_key, ..., length_unit)."""
     from dataclasses import fields
 
-    from potentials.data.io import DatasetKeys
+    from equimd.potentials.data.io import DatasetKeys
 
     shared = {f.name for f in fields(DatasetKeys)} & {f.name for f in fields(data)}
     return DatasetKeys(**{name: getattr(data, name) for name in shared})
@@ -52,7 +52,7 @@ def read_split(data: DataConfig, seed: int) -> Split:
     Without `data.valid`, a random `valid_fraction` of the training frames (at least one) is
     held out, drawn with a generator seeded by `seed` (independent of every other RNG).
     """
-    from potentials.data.io import read_configurations
+    from equimd.potentials.data.io import read_configurations
 
     keys = dataset_keys(data)
     frames = read_configurations(data.train, keys, data.train_index)
@@ -81,7 +81,7 @@ def read_split(data: DataConfig, seed: int) -> Split:
 def model_species(configured: list[str] | None, split: Split) -> list[int]:
     """Atomic numbers the model will know: the configured list, else those in the data.
     Raises `DataError` naming the first frame/atom whose element is not configured."""
-    from potentials.nn.species import UnknownElementError, check_species
+    from equimd.potentials.nn.species import UnknownElementError, check_species
 
     if configured is None:
         return species_of(split.train + split.valid)
@@ -99,7 +99,7 @@ def resolve_e0s(data: DataConfig, train: Sequence[Configuration], species: list[
     if isinstance(data.e0s, dict):
         return e0s_from_mapping(data.e0s, species, "data.e0s")
     if data.e0s.startswith("isolated:"):
-        from potentials.data.io import read_isolated_atom_energies
+        from equimd.potentials.data.io import read_isolated_atom_energies
 
         path = data.e0s.removeprefix("isolated:")
         return e0s_from_mapping(read_isolated_atom_energies(path, dataset_keys(data)), species, path)

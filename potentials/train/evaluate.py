@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from potentials.data.configuration import Configuration
-from potentials.forcefield import ForceField
-from potentials.models.serialization import model_dtype, model_from_record, read_checkpoint
-from potentials.nn.species import check_species
-from potentials.train.batching import batch_indices, batch_to, collate_labelled
-from potentials.train.data import build_graphs
-from potentials.train.metrics import ErrorAccumulator, format_metrics_table
-from potentials.train.parity import parity_plot
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.forcefield import ForceField
+from equimd.potentials.models.serialization import model_dtype, model_from_record, read_checkpoint
+from equimd.potentials.nn.species import check_species
+from equimd.potentials.train.batching import batch_indices, batch_to, collate_labelled
+from equimd.potentials.train.data import build_graphs
+from equimd.potentials.train.metrics import ErrorAccumulator, format_metrics_table
+from equimd.potentials.train.parity import parity_plot
 
 PREDICTIONS_NAME = "predictions.extxyz"
 PARITY_NAME = "parity.png"
@@ -109,14 +109,14 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a data file (.xyz/.extxyz, equimd .h5, rMD17 .npz).
 
-    keys: `potentials.data.io.DatasetKeys` (label names and units), default keys if None.
+    keys: `equimd.potentials.data.io.DatasetKeys` (label names and units), default keys if None.
     output_dir: where predictions.extxyz and parity.png go (default: next to the checkpoint,
     in eval_<data file stem>/).
-    Returns {"metrics": {name: value} (units in `potentials.train.metrics.UNITS`),
+    Returns {"metrics": {name: value} (units in `equimd.potentials.train.metrics.UNITS`),
     "num_frames": int, "predictions": path, "parity_plot": path}.
     Raises `UnknownElementError` naming the file, frame, atom and element the model lacks.
     """
-    from potentials.data.io import DatasetKeys, read_configurations, write_extxyz
+    from equimd.potentials.data.io import DatasetKeys, read_configurations, write_extxyz
 
     checkpoint_path, data_path = Path(checkpoint_path), Path(data_path)
     record = read_checkpoint(checkpoint_path)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from potentials.train.batching import LabelledBatch
+from equimd.potentials.train.batching import LabelledBatch
 
 
 @dataclass(frozen=True)

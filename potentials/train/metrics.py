@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from potentials.train.batching import LabelledBatch
+from equimd.potentials.train.batching import LabelledBatch
 
 UNITS = {
     "energy_mae": "meV/atom",

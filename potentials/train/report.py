@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from potentials.data.io import atomic_output, reporting_write_errors
-from potentials.train.metrics import METRIC_NAMES
+from equimd.potentials.data.io import atomic_output, reporting_write_errors
+from equimd.potentials.train.metrics import METRIC_NAMES
 
 CSV_COLUMNS = (
     ["epoch", "time_s", "lr", "train_loss"]

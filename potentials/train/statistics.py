@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from potentials.data.configuration import Configuration
-from potentials.elements import atomic_number, symbol
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.elements import atomic_number, symbol
 
 
 class StatisticsError(ValueError):

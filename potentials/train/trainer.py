@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import yaml
 
-from potentials.data.io import OutputWriteError, atomic_output
-from potentials.forcefield import ForceField
-from potentials.models import build_model
-from potentials.train.batching import LabelledBatch, batch_indices, batch_to, collate_labelled
-from potentials.train.checkpoint import (
+from equimd.potentials.data.io import OutputWriteError, atomic_output
+from equimd.potentials.forcefield import ForceField
+from equimd.potentials.models import build_model
+from equimd.potentials.train.batching import LabelledBatch, batch_indices, batch_to, collate_labelled
+from equimd.potentials.train.checkpoint import (
     TrainProgress,
     load_training_checkpoint,
     restore_rng_states,
@@ -34,13 +34,13 @@ from potentials.train.checkpoint import (
     save_checkpoint,
     training_record,
 )
-from potentials.train.config import (
+from equimd.potentials.train.config import (
     ConfigError,
     TrainConfig,
     TrainingConfig,
     model_hyperparameter_defaults,
 )
-from potentials.train.data import (
+from equimd.potentials.train.data import (
     DataError,
     build_graphs,
     count_edges,
@@ -49,18 +49,18 @@ from potentials.train.data import (
     read_split,
     resolve_e0s,
 )
-from potentials.train.ema import ExponentialMovingAverage
-from potentials.train.loss import (
+from equimd.potentials.train.ema import ExponentialMovingAverage
+from equimd.potentials.train.loss import (
     LossWeights,
     loss_from_metrics,
     needs_forces,
     needs_stress,
     weighted_loss,
 )
-from potentials.train.metrics import ErrorAccumulator, format_metrics_table
-from potentials.train.report import MetricsCSV, ProgressBar, epoch_header, epoch_line
-from potentials.train.signals import GracefulStop
-from potentials.train.statistics import DataStatistics, compute_statistics
+from equimd.potentials.train.metrics import ErrorAccumulator, format_metrics_table
+from equimd.potentials.train.report import MetricsCSV, ProgressBar, epoch_header, epoch_line
+from equimd.potentials.train.signals import GracefulStop
+from equimd.potentials.train.statistics import DataStatistics, compute_statistics
 
 BEST, LAST, CSV_NAME, CONFIG_NAME = "best.pt", "last.pt", "metrics.csv", "config.yaml"
 
@@ -78,7 +78,7 @@ class TrainResult:
     """Files and outcome of a run.
 
     stop_reason: "completed", "early_stopping" or "max_wall_time"
-    final_metrics: validation metrics of best.pt (units in `potentials.train.metrics.UNITS`)
+    final_metrics: validation metrics of best.pt (units in `equimd.potentials.train.metrics.UNITS`)
     """
 
     run_dir: Path

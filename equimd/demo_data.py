@@ -39,8 +39,8 @@ def generate_demo_dataset(
     One Langevin run (2 fs step, 10 steps between frames) per structure kind and temperature;
     bulk frames also get a random ±`strain` cell deformation so stress is learnable.
     """
-    from potentials.data.configuration import Configuration
-    from potentials.data.io import write_extxyz
+    from equimd.potentials.data.configuration import Configuration
+    from equimd.potentials.data.io import write_extxyz
 
     rng = np.random.default_rng(seed)
     configs: list[Configuration] = []

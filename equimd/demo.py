@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from md_drivers.demo_data import DEMO_LABEL, generate_demo_dataset
+from equimd.demo_data import DEMO_LABEL, generate_demo_dataset
 
 R_MAX = 4.5
 
@@ -59,7 +59,7 @@ def run_ase_md(model_path: Path, nvt_steps: int, nve_steps: int, seed: int) -> d
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
 
-    from md_drivers.ase import EquimdCalculator
+    from equimd.md_drivers.ase import EquimdCalculator
 
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
     atoms.calc = EquimdCalculator(model_path)
@@ -99,7 +99,7 @@ def run_openmm_md(model_path: Path, steps: int) -> dict[str, float]:
     import torch  # noqa: F401  (must be imported before openmmtorch)
     from ase.build import bulk
 
-    from md_drivers.openmm import create_torch_force
+    from equimd.md_drivers.openmm import create_torch_force
 
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
     system = openmm.System()
@@ -133,11 +133,11 @@ def run_openmm_md(model_path: Path, steps: int) -> dict[str, float]:
 
 def run_demo(out: str | Path = "demo_out", minutes: float = 4.0, seed: int = 0) -> int:
     """Run the demo end to end; every file it writes is under `out`."""
-    from deploy.export import export_model
-    from potentials.data.io import DatasetKeys
-    from potentials.train.config import load_config
-    from potentials.train.evaluate import evaluate
-    from potentials.train.trainer import train
+    from equimd.deploy.export import export_model
+    from equimd.potentials.data.io import DatasetKeys
+    from equimd.potentials.train.config import load_config
+    from equimd.potentials.train.evaluate import evaluate
+    from equimd.potentials.train.trainer import train
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)

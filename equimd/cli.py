@@ -28,7 +28,7 @@ def _add_key_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _keys_from_args(args: argparse.Namespace):
-    from potentials.data.io import DatasetKeys
+    from equimd.potentials.data.io import DatasetKeys
 
     return DatasetKeys(
         energy_key=args.energy_key,
@@ -41,8 +41,8 @@ def _keys_from_args(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from potentials.train.config import load_config
-    from potentials.train.trainer import train
+    from equimd.potentials.train.config import load_config
+    from equimd.potentials.train.trainer import train
 
     config = load_config(args.config)
     result = train(config, resume=args.resume, progress=not args.no_progress)
@@ -51,7 +51,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from potentials.train.evaluate import evaluate
+    from equimd.potentials.train.evaluate import evaluate
 
     evaluate(
         args.checkpoint,
@@ -66,7 +66,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_convert(args: argparse.Namespace) -> int:
-    from potentials.data.io import convert
+    from equimd.potentials.data.io import convert
 
     count = convert(args.input, args.output, _keys_from_args(args))
     print(f"wrote {count} frames to {args.output}")
@@ -74,19 +74,19 @@ def _cmd_data_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
-    from deploy.cli import run_deploy
+    from equimd.deploy.cli import run_deploy
 
     return run_deploy(args)
 
 
 def _cmd_md(args: argparse.Namespace) -> int:
-    from md_drivers.run import run_md
+    from equimd.md_drivers.run import run_md
 
     return run_md(args)
 
 
 def _cmd_import_mace(args: argparse.Namespace) -> int:
-    from potentials.models.mace_import import import_mace_file
+    from equimd.potentials.models.mace_import import import_mace_file
 
     path = import_mace_file(args.model, args.output)
     print(f"wrote equimd checkpoint {path}; export it with: equimd deploy {path} -o model.pt")
@@ -94,14 +94,14 @@ def _cmd_import_mace(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from md_drivers.info import describe
+    from equimd.info import describe
 
     print(describe(args.path))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from md_drivers.demo import run_demo
+    from equimd.demo import run_demo
 
     return run_demo(args.out, minutes=args.minutes, seed=args.seed)
 
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     deploy = commands.add_parser("deploy", help="export a checkpoint to one model file")
     try:
-        from deploy.cli import add_deploy_arguments
+        from equimd.deploy.cli import add_deploy_arguments
     except ImportError:  # pragma: no cover - broken installation
         add_deploy_arguments = None
     if add_deploy_arguments is not None:
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     md = commands.add_parser("md", help="run molecular dynamics with a deployed model")
     try:
-        from md_drivers.run import add_md_arguments
+        from equimd.md_drivers.run import add_md_arguments
     except ImportError:  # pragma: no cover - broken installation
         add_md_arguments = None
     if add_md_arguments is not None:
@@ -195,9 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_equimd_error(error: BaseException) -> bool:
     module = type(error).__module__ or ""
-    return module.split(".")[0] in {"potentials", "deploy", "md_drivers"} or isinstance(
-        error, FileNotFoundError
-    )
+    return module.split(".")[0] == "equimd" or isinstance(error, FileNotFoundError)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,7 @@ def describe(path: str | Path) -> str:
             if metadata_names:
                 metadata = json.loads(archive.read(metadata_names[0]))
                 return f"{path}: deployed equimd model\n" + json.dumps(metadata, indent=2)
-    from potentials.models.serialization import read_checkpoint
+    from equimd.potentials.models.serialization import read_checkpoint
 
     record = read_checkpoint(path)
     lines = [
