@@ -16,7 +16,13 @@ import torch
 from ase.build import bulk, molecule
 from scipy.spatial.transform import Rotation
 
-from equimd.deploy import MODEL_FORMAT_VERSION, ModelFileError, UnknownElementError, load, read_metadata
+from equimd.deploy import (
+    MODEL_FORMAT_VERSION,
+    ModelFileError,
+    UnknownElementError,
+    load,
+    read_metadata,
+)
 from equimd.deploy.cli import add_deploy_arguments, run_deploy
 from equimd.deploy.export import export_model
 from equimd.deploy.verify import sample_frames, verify

@@ -31,7 +31,12 @@ from equimd.potentials.data.graph import configuration_to_graph
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
 from equimd.potentials.nn.edge_aggregation import EdgeChunkedConvolution
-from equimd.potentials.nn.linear import FastLinear, FastScalarTensorProduct, linear, scalar_tensor_product
+from equimd.potentials.nn.linear import (
+    FastLinear,
+    FastScalarTensorProduct,
+    linear,
+    scalar_tensor_product,
+)
 from equimd.potentials.nn.tensor_product import (
     GEOMETRIC_TP_BACKENDS,
     TP_BACKENDS,

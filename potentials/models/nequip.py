@@ -21,7 +21,11 @@ from equimd.potentials.nn.gate import equivariant_gate, gated_irreps
 from equimd.potentials.nn.linear import linear, scalar_tensor_product
 from equimd.potentials.nn.radial import RadialEmbedding, radial_mlp
 from equimd.potentials.nn.species import one_hot
-from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND, EdgeConvolution, convolution_irreps
+from equimd.potentials.nn.tensor_product import (
+    DEFAULT_TP_BACKEND,
+    EdgeConvolution,
+    convolution_irreps,
+)
 
 
 def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:

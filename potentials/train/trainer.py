@@ -25,7 +25,12 @@ import yaml
 from equimd.potentials.data.io import OutputWriteError, atomic_output
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
-from equimd.potentials.train.batching import LabelledBatch, batch_indices, batch_to, collate_labelled
+from equimd.potentials.train.batching import (
+    LabelledBatch,
+    batch_indices,
+    batch_to,
+    collate_labelled,
+)
 from equimd.potentials.train.checkpoint import (
     TrainProgress,
     load_training_checkpoint,
