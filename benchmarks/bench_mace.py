@@ -238,7 +238,7 @@ def run_equimd_training(args: argparse.Namespace) -> dict[str, Any]:
     """Worker: equimd's trainer with the budget left after this process's start-up."""
     import torch
 
-    from equimd.potentials.elements import symbol
+    from equimd.checks import symbol
     from equimd.potentials.train.config import config_from_dict
     from equimd.potentials.train.trainer import train
 

@@ -170,7 +170,7 @@ def build_metadata(
     model: Potential, dtype: str, kind: str, device: str = "cpu", source: str | None = None
 ) -> dict[str, Any]:
     """The metadata dict written to ``extra/metadata.json`` (schema in docs/deploy.md)."""
-    from equimd.potentials.elements import symbol
+    from equimd.checks import symbol
     from equimd.potentials.models.serialization import versions
 
     return {

@@ -26,13 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from equimd.deploy.errors import (
-    CellError,
-    DeviceError,
-    ModelFileError,
-    StructureError,
-    UnknownElementError,
-)
+from equimd.checks import check_cell, check_species, symbol
+from equimd.deploy.errors import CellError, DeviceError, ModelFileError, StructureError
 from equimd.deploy.metadata import METADATA_FILE, parse_metadata
 
 # Name of the extra file holding the TorchScript neighbor list inside an AOTInductor package
@@ -161,8 +156,6 @@ class DeployedModel:
         self.r_max = float(metadata["r_max"])
         self.dtype: torch.dtype = getattr(torch, metadata["dtype"])
         self.kind: str = metadata["kind"]
-        self._known = torch.zeros(max(self.species) + 1, dtype=torch.bool)
-        self._known[self.species] = True
 
     def __repr__(self) -> str:
         model = self.metadata.get("model", {}).get("type", "?")
@@ -186,22 +179,10 @@ class DeployedModel:
 
     def check_species(self, numbers: Sequence[int] | np.ndarray | Tensor, source: str = "structure") -> None:
         """Raise `UnknownElementError` naming the first atom (index, element) that the model
-        does not know, and the model's species."""
+        does not know, and the model's species (`equimd.checks.check_species`)."""
         if isinstance(numbers, Tensor):
-            numbers = numbers.detach().to(device="cpu", dtype=torch.long).reshape(-1)
-        else:
-            numbers = torch.from_numpy(np.asarray(numbers, dtype=np.int64).reshape(-1))
-        in_table = (numbers >= 0) & (numbers < self._known.shape[0])
-        known = torch.zeros_like(in_table)
-        known[in_table] = self._known[numbers[in_table]]
-        if bool(known.all()):
-            return
-        index = int(torch.nonzero(~known)[0, 0])
-        z = int(numbers[index])
-        raise UnknownElementError(
-            f"{source}: atom {index} is {_element_symbol(z)} (Z={z}), which this model does not "
-            f"know; the model's species are: {', '.join(self.symbols)}"
-        )
+            numbers = numbers.detach().cpu()
+        check_species(numbers, self.species, source)
 
     def __call__(
         self,
@@ -258,7 +239,7 @@ class DeployedModel:
         if not bool(finite.all()):
             atom = int(torch.nonzero(~finite)[0, 0])
             raise StructureError(
-                f"{source}: positions of atom {atom} ({_element_symbol(int(numbers_t[atom]))}) "
+                f"{source}: positions of atom {atom} ({symbol(int(numbers_t[atom]))}) "
                 f"are not finite in {self.metadata['dtype']}: "
                 f"{positions_t[atom].tolist()} Å"
             )
@@ -417,63 +398,6 @@ def check_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-def check_cell(cell: np.ndarray, pbc: np.ndarray, source: str = "structure") -> None:
-    """Raise `CellError` naming the cell vector(s) at fault (and the determinant of a
-    degenerate 3D cell) if a periodic direction has a zero or non-finite cell vector or the
-    periodic vectors are linearly dependent. Open directions are not checked (a molecule may
-    have a zero cell); a left-handed cell (negative determinant) is valid.
-
-    The same rules as `equimd.potentials.data.neighbors.check_cell` (the deployed side does not
-    import `potentials`); tests/test_reliability_inputs.py runs both on the same cells.
-    """
-    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
-    periodic = np.flatnonzero(np.asarray(pbc, dtype=bool).reshape(3)).tolist()
-    lengths = np.zeros(3)
-    for axis in periodic:
-        vector = cell[axis]
-        if not np.isfinite(vector).all():
-            raise CellError(
-                f"{source}: cell vector {axis} is not finite ({_vector_text(vector)} Å) and pbc "
-                f"is True along axis {axis}"
-            )
-        lengths[axis] = np.linalg.norm(vector)
-        if lengths[axis] < 1e-8:
-            raise CellError(
-                f"{source}: pbc is True along axis {axis} but cell vector {axis} is zero "
-                f"({_vector_text(vector)} Å); give a non-zero cell vector or set pbc False "
-                f"along axis {axis}"
-            )
-    for position, first in enumerate(periodic):
-        for second in periodic[position + 1 :]:
-            sine = np.linalg.norm(np.cross(cell[first], cell[second])) / (
-                lengths[first] * lengths[second]
-            )
-            if sine < 1e-10:
-                raise CellError(
-                    f"{source}: periodic cell vectors {first} and {second} are parallel "
-                    f"({_vector_text(cell[first])} and {_vector_text(cell[second])} Å): "
-                    "linearly dependent, the cell is degenerate"
-                )
-    if len(periodic) == 3:
-        determinant = float(np.linalg.det(cell))
-        volume = abs(determinant)
-        if volume / np.prod(lengths) < 1e-10:
-            raise CellError(
-                f"{source}: periodic cell vectors 0, 1 and 2 are coplanar (determinant "
-                f"{determinant:.3g} Å³, volume {volume:.3g} Å³): linearly dependent, the cell "
-                "is degenerate"
-            )
-        if volume < 1e-6:
-            raise CellError(
-                f"{source}: periodic cell is degenerate (determinant {determinant:.3g} Å³, "
-                f"volume {volume:.3g} Å³)"
-            )
-
-
-def _vector_text(vector: np.ndarray) -> str:
-    return "[" + ", ".join(f"{value:.6g}" for value in vector) + "]"
-
-
 def _neighbor_list_reason(error: BaseException) -> str | None:
     """The message of the in-graph neighbor list's own error (the last line of a TorchScript
     traceback that starts with "neighbor_list_torch:"), or None for any other error."""
@@ -492,7 +416,7 @@ def _non_finite_results_message(
     if "forces" in out:
         per_atom = per_atom & torch.isfinite(out["forces"]).all(dim=1)
     bad = torch.nonzero(~per_atom).reshape(-1).cpu().tolist()
-    names = ", ".join(f"{i} ({_element_symbol(int(numbers[i]))})" for i in bad[:10])
+    names = ", ".join(f"{i} ({symbol(int(numbers[i]))})" for i in bad[:10])
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
     message = (
         f"{source}: the model's energy/forces are not finite (NaN or inf) for atoms {names}{more}"
@@ -519,15 +443,6 @@ def _tensor(value: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
 
 def _device_index(device: torch.device) -> int:
     return -1 if device.index is None else int(device.index)
-
-
-def _element_symbol(z: int) -> str:
-    try:
-        from ase.data import chemical_symbols
-
-        return chemical_symbols[z] if 0 <= z < len(chemical_symbols) else f"Z{z}"
-    except ImportError:  # pragma: no cover - ase is a dependency
-        return f"Z{z}"
 
 
 def _first_line(error: BaseException) -> str:

@@ -194,8 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_equimd_error(error: BaseException) -> bool:
-    module = type(error).__module__ or ""
-    return module.split(".")[0] == "equimd" or isinstance(error, FileNotFoundError)
+    from equimd.errors import EquimdError
+
+    return isinstance(error, (EquimdError, FileNotFoundError))
 
 
 if __name__ == "__main__":  # pragma: no cover

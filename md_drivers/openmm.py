@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from equimd.deploy.errors import UnknownElementError
+from equimd import checks
+from equimd.errors import UnknownElementError
 
 EV_TO_KJ_PER_MOL = 96.48533212331
 """1 eV in kJ/mol (exact SI-2019 constants, as `openmm.unit` evaluates e · N_A)."""
@@ -48,9 +49,9 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "single": torch.f
            "double": torch.float64}
 
 
-class ModelSpeciesError(UnknownElementError):
-    """An ML atom whose element the model was not trained on, or a particle without an element
-    (the message names the atom's index in the System and its element)."""
+ModelSpeciesError = UnknownElementError
+"""The error for an ML atom whose element the model does not know (kept as a name for scripts
+written against earlier versions; it is `equimd.errors.UnknownElementError`)."""
 
 
 def import_openmmtorch():
@@ -112,29 +113,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, default: torch.dtype) -> torc
     if dtype not in _DTYPES:
         raise ValueError(f"unsupported precision {dtype!r}; use one of {sorted(_DTYPES)}")
     return _DTYPES[dtype]
-
-
-def check_species(numbers: Sequence[int], species: Sequence[int],
-                  atoms: Sequence[int] | None) -> None:
-    """Raise `ModelSpeciesError` for the first ML atom whose element the model does not know.
-
-    numbers: atomic numbers of the ML atoms; atoms: their indices in the full system (or None
-    when the ML region is the whole system), used only to name the offending atom.
-    """
-    from ase.data import chemical_symbols
-
-    def symbol(z: int) -> str:
-        return chemical_symbols[z] if 0 <= z < len(chemical_symbols) else f"Z{z}"
-
-    known = {int(z) for z in species}
-    for position, z in enumerate(numbers):
-        if int(z) not in known:
-            index = position if atoms is None else int(list(atoms)[position])
-            elements = ", ".join(symbol(s) for s in species)
-            raise ModelSpeciesError(
-                f"atom {index} is {symbol(int(z))} (Z={int(z)}), an element the model was not "
-                f"trained on; the model knows {elements}"
-            )
 
 
 def atomic_numbers_from_topology(topology, atoms: Sequence[int] | None = None) -> list[int]:
@@ -244,7 +222,7 @@ def build_wrapper(
     numbers = [int(z) for z in numbers]
     if atoms is not None and len(atoms) != len(numbers):
         raise ValueError(f"{len(atoms)} ML atoms but {len(numbers)} atomic numbers")
-    check_species(numbers, deployed.species, atoms)
+    checks.check_species(numbers, deployed.species, "OpenMM System", atom_indices=atoms)
     wrapper = OpenMMModelWrapper(deployed.module, numbers, atoms, periodic, deployed.dtype)
     return torch.jit.script(wrapper)
 
@@ -364,7 +342,8 @@ def create_python_force(
     if atoms_subset is not None and len(atoms_subset) != len(numbers):
         raise ValueError(f"{len(atoms_subset)} ML atoms but {len(numbers)} atomic numbers")
     computation = PythonForceComputation(model, numbers, periodic, device, dtype)
-    check_species(numbers, computation.model.species, atoms_subset)
+    checks.check_species(numbers, computation.model.species, "OpenMM System",
+                         atom_indices=atoms_subset)
     force = openmm.PythonForce(computation)
     if atoms_subset is not None:
         force.setParticles([int(i) for i in atoms_subset])

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from equimd.checks import symbol
+from equimd.errors import EquimdError
 from equimd.md_drivers.reporters import (
     DCDTrajectory,
     ExtxyzTrajectory,
@@ -58,7 +60,7 @@ _FIXED_ON_RESTART = (
 )
 
 
-class MDInstabilityError(RuntimeError):
+class MDInstabilityError(EquimdError, RuntimeError):
     """Non-finite positions or two atoms closer than the threshold (names step and atoms)."""
 
 
@@ -226,11 +228,10 @@ def check_positions(positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray
     positions [N, 3] Å (unwrapped is fine), cell [3, 3] Å, min_distance Å (0 disables).
     """
     from ase import Atoms
-    from ase.data import chemical_symbols
     from ase.neighborlist import neighbor_list
 
     def name(i: int) -> str:
-        return f"{i} ({chemical_symbols[int(numbers[i])]})"
+        return f"{i} ({symbol(int(numbers[i]))})"
 
     bad = np.nonzero(~np.isfinite(positions).all(axis=1))[0]
     if len(bad):

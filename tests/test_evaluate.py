@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from equimd.errors import UnknownElementError
 from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import configuration_to_graph
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
 from equimd.potentials.models.serialization import save_model
-from equimd.potentials.nn.species import UnknownElementError
 from equimd.potentials.train.evaluate import evaluate
 from tests.test_train import write_emt_copper
 

@@ -22,13 +22,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from equimd.deploy import load, read_metadata
-from equimd.deploy.errors import CellError as DeployedCellError
-from equimd.deploy.errors import DeviceError, StructureError
+from equimd.deploy.errors import DeviceError
+from equimd.errors import CellError, EquimdError, StructureError
 from equimd.deploy.export import export_model
 from equimd.md_drivers.ase import EquimdCalculator
 from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import configuration_to_graph, edge_vectors
-from equimd.potentials.data.neighbors import CellError, neighbor_list
+from equimd.potentials.data.neighbors import neighbor_list
 from tests.model_zoo import R_MAX, SPECIES, mace_small, nequip_small, triclinic_cu
 
 # ---- fixtures: one export per model and dtype for the whole module ------------------------
@@ -233,25 +233,32 @@ def test_degenerate_cell_in_data_pipeline_names_frame_and_vectors(case):
 def test_degenerate_cell_in_deployed_model_and_ase_calculator(deployed, case):
     cell, pbc, message = BAD_CELLS[case]
     model = deployed["nequip32"]
-    with pytest.raises(DeployedCellError, match=r"^structure: .*" + message):
+    with pytest.raises(CellError, match=r"^structure: .*" + message):
         model(POSITIONS, NUMBERS, cell, pbc)
-    with pytest.raises(DeployedCellError, match=r"^md\.xyz, frame 9: .*" + message):
+    with pytest.raises(CellError, match=r"^md\.xyz, frame 9: .*" + message):
         model(POSITIONS, NUMBERS, cell, pbc, source="md.xyz, frame 9")
     atoms = Atoms(numbers=NUMBERS, positions=POSITIONS, cell=cell, pbc=pbc)
     atoms.calc = EquimdCalculator(model=model)
-    with pytest.raises(DeployedCellError, match=r"^atoms \(HCuO\): .*" + message):
+    with pytest.raises(CellError, match=r"^atoms \(HCuO\): .*" + message):
         atoms.get_potential_energy()
 
 
-def test_both_cell_errors_are_value_errors():
-    assert issubclass(CellError, ValueError)
-    assert issubclass(DeployedCellError, StructureError) and issubclass(StructureError, ValueError)
+def test_cell_error_is_one_class_for_data_and_deployed_models():
+    """One CellError (equimd.errors) for the data pipeline and the deployed model; a script can
+    catch it as a ValueError, a StructureError or the base EquimdError."""
+    import equimd
+    from equimd.deploy import errors as deploy_errors
+    from equimd.potentials.data import neighbors
+
+    assert neighbors.CellError is deploy_errors.CellError is CellError is equimd.CellError
+    assert issubclass(CellError, StructureError) and issubclass(StructureError, ValueError)
+    assert issubclass(StructureError, EquimdError)
 
 
 def test_cell_too_small_for_cutoff_is_a_cell_error(deployed):
     """A periodic vector of 1e-5 Å would need more than a million images per atom: the in-graph
     neighbor list refuses, and the TorchScript traceback becomes a one-line CellError."""
-    with pytest.raises(DeployedCellError, match=r"^structure: neighbor_list_torch: .*too small for r_max.*r_max 4.0 Å"):
+    with pytest.raises(CellError, match=r"^structure: neighbor_list_torch: .*too small for r_max.*r_max 4.0 Å"):
         deployed["nequip64"](POSITIONS, NUMBERS, np.diag([1e-5, 5.0, 5.0]), [T, T, T])
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from ase import units
 
+from equimd.errors import EquimdError
 from equimd.potentials.data.configuration import Configuration, voigt_to_matrix
 
 __all__ = [
@@ -64,12 +65,12 @@ LENGTH_UNITS: dict[str, float] = {
 }
 
 
-class DataFormatError(ValueError):
+class DataFormatError(EquimdError, ValueError):
     """A data file that cannot be read as labelled structures; the message names the file,
     the frame, the field and, for text files, the 1-based line."""
 
 
-class OutputWriteError(OSError, RuntimeError):
+class OutputWriteError(EquimdError, OSError, RuntimeError):
     """A file could not be written (disk full, read-only directory, quota, ...).
 
     The message names what was written, the file and the operating system's reason, e.g.

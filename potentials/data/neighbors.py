@@ -8,67 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from equimd.checks import check_cell
+from equimd.errors import CellError
 
-class CellError(ValueError):
-    """A cell that cannot define periodic images: a periodic direction whose cell vector is
-    zero or not finite, or periodic vectors that are linearly dependent (parallel, coplanar)."""
-
-
-def check_cell(cell: np.ndarray, pbc: np.ndarray, source: str = "<structure>") -> None:
-    """Raise `CellError` naming the cell vector(s) at fault (and the determinant for a
-    degenerate 3D cell) if the periodic part of the cell cannot define periodic images.
-
-    Only the vectors along periodic directions are checked; open directions may have zero
-    vectors (a molecule may use ``cell = zeros``). A left-handed cell (negative determinant)
-    is valid: it spans the same lattice as the right-handed cell with one vector negated.
-    `source` (e.g. "train.xyz, frame 12") starts the message.
-    """
-    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
-    periodic = np.flatnonzero(np.asarray(pbc, dtype=bool).reshape(3)).tolist()
-    lengths = np.zeros(3)
-    for axis in periodic:
-        vector = cell[axis]
-        if not np.isfinite(vector).all():
-            raise CellError(
-                f"{source}: cell vector {axis} is not finite ({_vector_text(vector)} Å) and pbc "
-                f"is True along axis {axis}"
-            )
-        lengths[axis] = np.linalg.norm(vector)
-        if lengths[axis] < 1e-8:
-            raise CellError(
-                f"{source}: pbc is True along axis {axis} but cell vector {axis} is zero "
-                f"({_vector_text(vector)} Å); give a non-zero cell vector or set pbc False "
-                f"along axis {axis}"
-            )
-    for position, first in enumerate(periodic):
-        for second in periodic[position + 1 :]:
-            sine = np.linalg.norm(np.cross(cell[first], cell[second])) / (
-                lengths[first] * lengths[second]
-            )
-            if sine < 1e-10:
-                raise CellError(
-                    f"{source}: periodic cell vectors {first} and {second} are parallel "
-                    f"({_vector_text(cell[first])} and {_vector_text(cell[second])} Å): "
-                    "linearly dependent, the cell is degenerate"
-                )
-    if len(periodic) == 3:
-        determinant = float(np.linalg.det(cell))
-        volume = abs(determinant)
-        if volume / np.prod(lengths) < 1e-10:
-            raise CellError(
-                f"{source}: periodic cell vectors 0, 1 and 2 are coplanar (determinant "
-                f"{determinant:.3g} Å³, volume {volume:.3g} Å³): linearly dependent, the cell "
-                "is degenerate"
-            )
-        if volume < 1e-6:
-            raise CellError(
-                f"{source}: periodic cell is degenerate (determinant {determinant:.3g} Å³, "
-                f"volume {volume:.3g} Å³)"
-            )
-
-
-def _vector_text(vector: np.ndarray) -> str:
-    return "[" + ", ".join(f"{value:.6g}" for value in vector) + "]"
+__all__ = ["CellError", "brute_force_neighbor_list", "check_cell", "neighbor_list"]
 
 
 def neighbor_list(

@@ -32,6 +32,7 @@ import torch
 from e3nn import o3
 from torch import Tensor
 
+from equimd.errors import EquimdError
 from equimd.potentials.models.mace import MACE
 from equimd.potentials.nn.mace_blocks import GATES, INTERACTION_CLASSES
 from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND, convolution_irreps
@@ -49,7 +50,7 @@ _REDUNDANT = re.compile(
 )
 
 
-class MaceImportError(ValueError):
+class MaceImportError(EquimdError, ValueError):
     """A file that is not a mace export, or a mace model with an option equimd does not implement."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from equimd.errors import EquimdError
 from equimd.potentials.data.io import atomic_output
 from equimd.potentials.models.base import Potential, build_model
 
@@ -23,7 +24,7 @@ CHECKPOINT_FORMAT = "equimd-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EquimdError, ValueError):
     """A checkpoint that cannot be read: missing, corrupt, or of another format/version."""
 
 

@@ -5,24 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from equimd.potentials.elements import symbol
-
-
-class UnknownElementError(ValueError):
-    """An atom's element is not one of the model's species."""
-
-
-def check_species(numbers, species: list[int], source: str = "structure") -> None:
-    """Raise `UnknownElementError` naming the first atom whose element the model does not know."""
-    known = set(int(z) for z in species)
-    for index, z in enumerate(numbers):
-        if int(z) not in known:
-            names = ", ".join(symbol(s) for s in species)
-            raise UnknownElementError(
-                f"{source}: atom {index} is {symbol(int(z))} (Z={int(z)}), which this model "
-                f"does not know; the model's species are: {names}"
-            )
-
 
 class SpeciesIndex(nn.Module):
     """numbers [N] (atomic numbers) → species index [N] in 0..num_species-1.

@@ -24,8 +24,10 @@ from typing import Any, Literal
 
 import yaml
 
+from equimd.errors import EquimdError
 
-class ConfigError(ValueError):
+
+class ConfigError(EquimdError, ValueError):
     """A training configuration that cannot be used (unknown key, wrong type, bad value)."""
 
 
@@ -349,7 +351,7 @@ def _check_type(value: Any, annotation: Any, where: str, source: str) -> Any:
 
 
 def _check_values(config: TrainConfig, source: str) -> None:
-    from equimd.potentials.elements import atomic_number
+    from equimd.checks import atomic_number
 
     data, training = config.data, config.training
 

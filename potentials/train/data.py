@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from equimd.checks import atomic_number, symbol
+from equimd.errors import EquimdError
 from equimd.potentials.data.configuration import Configuration
-from equimd.potentials.elements import atomic_number, symbol
 from equimd.potentials.train.batching import LabelledBatch, labelled_graph
 from equimd.potentials.train.config import DataConfig
 from equimd.potentials.train.statistics import (
@@ -21,7 +22,7 @@ from equimd.potentials.train.statistics import (
 )
 
 
-class DataError(ValueError):
+class DataError(EquimdError, ValueError):
     """Training data that cannot be used (empty split, element outside the model's species)."""
 
 
@@ -81,7 +82,8 @@ def read_split(data: DataConfig, seed: int) -> Split:
 def model_species(configured: list[str] | None, split: Split) -> list[int]:
     """Atomic numbers the model will know: the configured list, else those in the data.
     Raises `DataError` naming the first frame/atom whose element is not configured."""
-    from equimd.potentials.nn.species import UnknownElementError, check_species
+    from equimd.checks import check_species
+    from equimd.errors import UnknownElementError
 
     if configured is None:
         return species_of(split.train + split.valid)

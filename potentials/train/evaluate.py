@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from equimd.checks import check_species
 from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models.serialization import model_dtype, model_from_record, read_checkpoint
-from equimd.potentials.nn.species import check_species
 from equimd.potentials.train.batching import batch_indices, batch_to, collate_labelled
 from equimd.potentials.train.data import build_graphs
 from equimd.potentials.train.metrics import ErrorAccumulator, format_metrics_table

@@ -15,11 +15,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from equimd.checks import atomic_number, symbol
+from equimd.errors import EquimdError
 from equimd.potentials.data.configuration import Configuration
-from equimd.potentials.elements import atomic_number, symbol
 
 
-class StatisticsError(ValueError):
+class StatisticsError(EquimdError, ValueError):
     """Statistics that cannot be computed from the data given (e.g. a species without E0)."""
 
 
