@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from equimd.demo_data import DEMO_LABEL, generate_demo_dataset
+from equimd.units import EV_TO_KJ_PER_MOL
 
 R_MAX = 4.5
 
@@ -125,7 +126,7 @@ def run_openmm_md(model_path: Path, steps: int) -> dict[str, float]:
         "steps": steps,
         "final_temperature_K": float(temperature),
         "potential_energy_eV": float(
-            state.getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole) / 96.48533212331
+            state.getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
         ),
         "ns_per_day": float(steps * 0.002 / 1000 / elapsed * 86400),
     }

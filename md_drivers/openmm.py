@@ -14,10 +14,7 @@ Units. OpenMM works in nm and kJ/mol, the model in Å and eV:
     energy_kJ/mol = 96.48533212331 · energy_eV
     forces_kJ/mol/nm = 964.8533212331 · forces_eV/Å
 
-The conversion factor is 1 eV · N_A = e · N_A / 1000 kJ/mol with the exact SI-2019 values
-e = 1.602176634e-19 C and N_A = 6.02214076e23 /mol, as `openmm.unit` computes it
-(``(1 * elementary_charge * volt * AVOGADRO_CONSTANT_NA).value_in_unit(kilojoule_per_mole)``).
-`ase.units` (CODATA 2014 by default in ASE 3.29) gives 96.48533288 — 8e-9 relative away.
+The constants live in `equimd.units` (exact SI-2019 values, as `openmm.unit` computes them).
 
 ML region. Either force may act on a subset of the particles (`atoms_subset`: indices into the
 full System, e.g. a ligand in water): only those positions reach the model, the other particles
@@ -37,13 +34,7 @@ from torch import Tensor, nn
 
 from equimd import checks
 from equimd.errors import UnknownElementError
-
-EV_TO_KJ_PER_MOL = 96.48533212331
-"""1 eV in kJ/mol (exact SI-2019 constants, as `openmm.unit` evaluates e · N_A)."""
-NM_TO_ANGSTROM = 10.0
-"""1 nm in Å."""
-FORCE_TO_KJ_PER_MOL_NM = EV_TO_KJ_PER_MOL * NM_TO_ANGSTROM
-"""1 eV/Å in kJ/mol/nm."""
+from equimd.units import EV_TO_KJ_PER_MOL, FORCE_TO_KJ_PER_MOL_NM, NM_TO_ANGSTROM
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "single": torch.float32,
            "double": torch.float64}

@@ -363,7 +363,7 @@ class OpenMMEngine:
     def thermo(self) -> dict[str, float]:
         from openmm import unit
 
-        from equimd.md_drivers.openmm import EV_TO_KJ_PER_MOL
+        from equimd.units import EV_TO_KJ_PER_MOL
 
         state = self._current()
         epot = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL

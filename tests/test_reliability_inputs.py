@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from equimd.deploy import load, read_metadata
 from equimd.deploy.errors import DeviceError
-from equimd.errors import CellError, EquimdError, StructureError
 from equimd.deploy.export import export_model
+from equimd.errors import CellError, EquimdError, StructureError
 from equimd.md_drivers.ase import EquimdCalculator
 from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import configuration_to_graph, edge_vectors

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ase import units
 
 from equimd.errors import EquimdError
 from equimd.potentials.data.configuration import Configuration, voigt_to_matrix
+from equimd.units import ENERGY_UNITS, LENGTH_UNITS
 
 __all__ = [
     "DataFormatError",
@@ -46,23 +46,6 @@ EXTXYZ_SUFFIXES = (".xyz", ".extxyz")
 HDF5_SUFFIXES = (".h5", ".hdf5")
 NPZ_SUFFIXES = (".npz",)
 
-# Unit name (case-insensitive) -> value of one unit in eV, or in Å.
-ENERGY_UNITS: dict[str, float] = {
-    "ev": 1.0,
-    "mev": 1e-3,
-    "kcal/mol": units.kcal / units.mol,
-    "kj/mol": units.kJ / units.mol,
-    "hartree": units.Hartree,
-    "ha": units.Hartree,
-}
-LENGTH_UNITS: dict[str, float] = {
-    "å": 1.0,
-    "a": 1.0,
-    "ang": 1.0,
-    "angstrom": 1.0,
-    "bohr": units.Bohr,
-    "nm": 10.0,
-}
 
 
 class DataFormatError(EquimdError, ValueError):
