@@ -9,18 +9,18 @@ training budget.
 
 (a) speed. For every MACE configuration (`CONFIGS`: mace-torch's "small" 128x0e and "medium"
 128x0e+128x1o, max_ell 3, correlation 3, 2 interactions, r_max 6 Å) and system
-(`bench_models.SYSTEMS`: water = 192-atom liquid water, frame 0 of water_rpbe_d3; cu256 / cu2048 =
+(`harness.SYSTEMS`: water = 192-atom liquid water, frame 0 of water_rpbe_d3; cu256 / cu2048 =
 fcc Cu), the mace peer (`.peers/mace`, `benchmarks/peers/setup_peers.sh mace`) builds a seeded
 float64 ScaleShiftMACE and writes it twice: as mace.model and in `mace_export.py`'s format, which
 equimd imports (`equimd.potentials.models.mace_import`), so both sides run the same weights. Then, per
 dtype, energy + forces of the model alone (neighbor list built beforehand, each side with its
 own) is timed in one fresh subprocess per implementation with the same measurement code
-(`bench_models.measure`: median of `--repeats` after `--warmup`, waiting up to `--max-wait` s for
+(`harness.measure`: median of `--repeats` after `--warmup`, waiting up to `--max-wait` s for
 the foreign CPU load to fall below `--quiet-load` cores, and reporting that load). Reported:
 median/min ms, peak RSS, foreign load before/during, the float64 energy of both (same weights
 → equal to ~1e-10), and ratio = mace time / equimd time (> 1: equimd is faster).
 
-(b) training. 3BPA (`/work/shared/data/3bpa/train_300K.xyz`): the first `--train-frames`
+(b) training. 3BPA (`3bpa/train_300K.xyz` of the shared datasets, `--data DIR`): the first `--train-frames`
 frames train, the last `--valid-frames` validate, written once to `<out>/data/{train,valid}.xyz`
 (keys REF_energy/REF_forces) and read by both; E0s are the isolated-atom energies of
 iso_atoms.xyz for both. The same MACE hyperparameters, batch size, AMSGrad lr 0.01 with weight
@@ -51,7 +51,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bench_models as bench  # noqa: E402  (measurement code shared with the peer workers)
+import harness as bench  # noqa: E402  (benchmarks/harness.py: systems, timing, workers)
 
 PROCESS_START = time.monotonic()
 PEER_PYTHON = ROOT / ".peers" / "mace" / "bin" / "python"
@@ -74,9 +74,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # for CPU training comparisons in minutes rather than hours
     "tiny": dict(COMMON, hidden_irreps="32x0e", r_max=5.0, radial_MLP=[32, 32]),
 }
-DATA_3BPA = Path("/work/shared/data/3bpa")
-if not DATA_3BPA.exists():  # shared/ next to the repository
-    DATA_3BPA = ROOT.parent / "shared" / "data" / "3bpa"
 
 # ----------------------------------------------------------------------------- (a) speed
 
@@ -211,9 +208,10 @@ def write_split(out_dir: Path, train_frames: int, valid_frames: int) -> dict[str
     keys, and the isolated-atom E0s."""
     import ase.io
 
-    frames = ase.io.read(DATA_3BPA / "train_300K.xyz", index=":")
+    path = bench.data_dir() / "3bpa" / "train_300K.xyz"
+    frames = ase.io.read(path, index=":")
     if train_frames + valid_frames > len(frames):
-        raise SystemExit(f"only {len(frames)} frames in {DATA_3BPA / 'train_300K.xyz'}")
+        raise SystemExit(f"only {len(frames)} frames in {path}")
     data_dir = out_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -229,7 +227,7 @@ def write_split(out_dir: Path, train_frames: int, valid_frames: int) -> dict[str
         ase.io.write(paths[name], plain, format="extxyz")
     e0s = {
         int(atoms.numbers[0]): float(atoms.get_potential_energy())
-        for atoms in ase.io.read(DATA_3BPA / "iso_atoms.xyz", index=":")
+        for atoms in ase.io.read(bench.data_dir() / "3bpa" / "iso_atoms.xyz", index=":")
     }
     return {"train": str(paths["train"]), "valid": str(paths["valid"]), "e0s": e0s}
 
@@ -383,8 +381,8 @@ def training(args: argparse.Namespace) -> dict[str, Any]:
         sys.executable, str(Path(__file__).resolve()), "--worker", "train-equimd",
         "--job-json", json.dumps(equimd_job), "--threads", str(args.threads),
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    results.append(_run_with_env(command, env, job["seconds"] + 600.0, "equimd"))
+    result = bench.run_worker(command, job["seconds"] + 600.0, {"OMP_NUM_THREADS": str(args.threads)})
+    results.append({"implementation": "equimd", **result})
     if PEER_PYTHON.exists():
         results.append(run_mace_training(dict(job, run_dir=str(out_dir / "mace")), args.threads))
     else:
@@ -399,23 +397,6 @@ def training(args: argparse.Namespace) -> dict[str, Any]:
                 f"of {result['epochs']}, {result['wall_s']:.0f} s)"
             )
     return {"settings": vars(args), "config": CONFIGS[args.config], "results": results}
-
-
-def _run_with_env(command: list[str], env: dict[str, str], timeout: float, name: str) -> dict:
-    try:
-        completed = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
-        )
-    except subprocess.TimeoutExpired:
-        return {"implementation": name, "error": f"timed out after {timeout:.0f} s"}
-    for line in completed.stdout.splitlines():
-        if line.startswith(bench.RESULT_PREFIX):
-            return json.loads(line[len(bench.RESULT_PREFIX) :])
-    tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
-    return {
-        "implementation": name,
-        "error": f"exit code {completed.returncode}: " + " | ".join(tail),
-    }
 
 
 # ----------------------------------------------------------------------------- command line
@@ -484,7 +465,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t.add_argument("--json", default=str(ROOT / "bench_out" / "mace_train.json"))
     t.add_argument("--quick", action="store_true", help="smoke run: tiny model, 20 frames, 1 min")
 
+    for command in (p, t):
+        bench.add_data_argument(command)
     args = parser.parse_args(argv)
+    bench.use_data_argument(args)
     if args.command == "speed":
         if args.quick:
             args.repeats, args.warmup, args.max_wait = 2, 1, 0.0

@@ -19,7 +19,7 @@ Rows (each the median of `--repeats` blocks of `--steps` steps, after warm-up; 1
 
 Reported per engine: ms per step, steps/s, ns/day, and overhead = step time / model call
 (the issue's target: TorchForce ≤ 1.10 on the water box). The foreign CPU load during every
-measurement is reported next to it (`bench_models.LoadWindow`): trust rows with load ~0.
+measurement is reported next to it (`harness.LoadWindow`): trust rows with load ~0.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_models as bench  # noqa: E402
+import bench_models  # noqa: E402
+import harness as bench  # noqa: E402
 
 TIMESTEP_FS = 1.0
 
@@ -49,7 +50,7 @@ def benchmark_model(directory: Path, numbers: list[int], dtype: str, kind: str) 
 
     torch.manual_seed(0)
     species = sorted(set(numbers))
-    row = bench.MODEL_ROWS["nequip"]
+    row = bench_models.MODEL_ROWS["nequip"]
     model = build_model(
         row["equimd"]["model_type"], species=species, r_max=row["r_max"],
         avg_num_neighbors=30.0, **row["equimd"]["hyperparameters"],
@@ -140,7 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quiet-load", type=float, default=0.15)
     parser.add_argument("--max-wait", type=float, default=120.0)
     parser.add_argument("--json", default=str(bench.ROOT / "bench_out" / "md.json"))
+    bench.add_data_argument(parser)
     args = parser.parse_args(argv)
+    bench.use_data_argument(args)
 
     import torch
 

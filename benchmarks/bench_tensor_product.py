@@ -11,7 +11,7 @@ Cases (full layers, no restriction to what the energy reads):
 
 One call = harmonics of the edge vectors → `aggregate` (gather, convolution, scatter-sum to the
 receivers) → backward to the node features, the weights and the edge vectors (what forces and
-training need). Median over `--repeats` after `--warmup`, measured with `bench_models.measure`
+training need). Median over `--repeats` after `--warmup`, measured with `harness.measure`
 (waits for foreign CPU load to drop, reports it), and the median CPU time of the process (all
 threads; the fairer comparison between backends when other jobs share the cores). Prints one
 line per (case, dtype, backend).
@@ -31,7 +31,7 @@ from e3nn import o3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import bench_models as bench  # noqa: E402  (load-aware timing shared with the model benchmark)
+import harness as bench  # noqa: E402  (benchmarks/harness.py: systems, timing, workers)
 
 from equimd.potentials.nn.tensor_product import EdgeConvolution  # noqa: E402
 

@@ -38,7 +38,7 @@ ROOT = HERE.parent
 OUT = ROOT / "bench_out"
 sys.path.insert(0, str(HERE))
 
-import bench_models  # noqa: E402
+import harness  # noqa: E402
 
 STEPS = ("models", "mace", "neighbors", "md")
 SPEED_TARGET, NEIGHBOR_SHARE, OPENMM_OVERHEAD = 2.0, 0.05, 1.10
@@ -46,7 +46,7 @@ SPEED_TARGET, NEIGHBOR_SHARE, OPENMM_OVERHEAD = 2.0, 0.05, 1.10
 
 def ensure_peers(names: list[str]) -> None:
     for name in names:
-        if bench_models.peer_python(name).exists():
+        if harness.peer_python(name).exists():
             continue
         print(f"[run_all] creating the {name} peer environment (.peers/{name})", flush=True)
         if subprocess.run(["bash", str(HERE / "peers" / "setup_peers.sh"), name]).returncode:
@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS))
     parser.add_argument("--summary-only", action="store_true",
                         help="print the summary of the reports already in bench_out/")
+    harness.add_data_argument(parser)
     args = parser.parse_args(argv)
+    harness.use_data_argument(args)
     if not args.summary_only:
         if not args.no_setup:
             ensure_peers([p for p, step in (("nequip", "models"), ("mace", "mace"))

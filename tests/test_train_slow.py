@@ -17,7 +17,7 @@ from equimd.potentials.data.io import DatasetKeys, read_configurations
 from equimd.potentials.train.config import config_from_dict
 from equimd.potentials.train.trainer import train
 
-DATA = Path("/work/shared/data")
+DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 RMD17_ETHANOL = DATA / "rmd17" / "rmd17_ethanol_train_01.npz"
 ZUO = DATA / "zuo2020_mlearn"
 

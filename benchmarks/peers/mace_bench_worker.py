@@ -11,9 +11,9 @@ Used by benchmarks/bench_mace.py. Two commands, each printing one ``BENCH_RESULT
     .peers/mace/bin/python benchmarks/peers/mace_bench_worker.py time \
         --model DIR/mace.model --system water --dtype float32 --threads 2 --repeats 20 ...
         times energy + forces of the model alone (mace's own neighbor list and data
-        pipeline, built beforehand) with the measurement code of `bench_models.measure`
+        pipeline, built beforehand) with the measurement code of `harness.measure`
 
-The structures are `bench_models.SYSTEMS` (the same as equimd's worker).
+The structures are `harness.SYSTEMS` (the same as equimd's worker).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import mace  # noqa: F401  isort: skip
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_models as bench  # noqa: E402  (benchmarks/bench_models.py)
+import harness as bench  # noqa: E402  (benchmarks/harness.py: systems, timing, workers)
 
 MAKE_DEFAULTS = dict(
     r_max=6.0,

@@ -40,6 +40,7 @@ Reference file layout (torch.load(path, weights_only=True)):
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,8 @@ from mace_export import export_model, save_export  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "tests" / "data"
-DATA_3BPA = Path("/work/shared/data/3bpa/train_300K.xyz")
-if not DATA_3BPA.exists():  # shared/ next to the repository (CI clones)
-    DATA_3BPA = ROOT.parent / "shared" / "data" / "3bpa" / "train_300K.xyz"
+# the shared datasets beside the repository, or EQUIMD_DATA
+DATA_3BPA = Path(os.environ.get("EQUIMD_DATA", ROOT.parent / "shared" / "data")) / "3bpa" / "train_300K.xyz"
 
 Z_TABLE = [1, 6, 7, 8, 29]  # H C N O Cu: one-hot / element index order
 # Non-trivial reference energies (eV), roughly DFT magnitudes, all different.

@@ -4,9 +4,9 @@
         --dtype float32 --threads 2 --repeats 20 --warmup 3
 
 Builds nequip 0.19's `NequIPGNNModel` from the row's "peer" keyword arguments (no training config:
-`set_global_state()` first), the same structure as equimd's worker (`bench_models.SYSTEMS`) with
+`set_global_state()` first), the same structure as equimd's worker (`harness.SYSTEMS`) with
 nequip's own neighbor list, and times energy + forces of the model alone with the same
-measurement code (`bench_models.measure`). Prints one ``BENCH_RESULT {json}`` line.
+measurement code (`harness.measure`). Prints one ``BENCH_RESULT {json}`` line.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import bench_models as bench  # noqa: E402  (benchmarks/bench_models.py)
+import harness as bench  # noqa: E402  (benchmarks/harness.py: systems, timing, workers)
 
 
 def main() -> None:
