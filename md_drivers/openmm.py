@@ -236,7 +236,8 @@ def create_torch_force(
     atoms_subset: indices of the ML atoms in the System; other particles get no ML force.
     periodic: use the System's periodic box (the force then `usesPeriodicBoundaryConditions`).
     dtype: None (the model's own), 'float32'/'single' or 'float64'/'double'.
-    properties: TorchForce properties, e.g. {"useCUDAGraphs": "true"} on CUDA.
+    properties: TorchForce properties (strings), passed to `TorchForce.setProperty`;
+        `useCUDAGraphs` is not supported (the exported graph synchronises with the host).
 
     Energy kJ/mol, forces kJ/mol/nm (`setOutputsForces(True)`: the model's own forces, no
     second backward pass). Raises `ModelSpeciesError` for an element the model does not know.

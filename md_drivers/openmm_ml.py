@@ -61,7 +61,8 @@ class EquimdPotentialImpl(MLPotentialImpl):
         (default): 'torch', except for the ML terms of ``interpolate=True`` (see below).
     device: torch device for forceType='python' (default 'cpu'). The TorchForce runs where
         the OpenMM platform runs (CUDA platform → the same GPU).
-    properties: TorchForce properties, e.g. {'useCUDAGraphs': 'true'}.
+    properties: TorchForce properties (strings), passed to `TorchForce.setProperty`;
+        `useCUDAGraphs` is not supported (the exported graph synchronises with the host).
 
     Interpolation: openmm-ml builds the ML terms of ``createMixedSystem(..., interpolate=True)``
     in an empty temporary System and deep-copies them into a CustomCVForce. A deep copy goes
