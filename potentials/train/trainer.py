@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from equimd.potentials.data.io import OutputWriteError, atomic_output
+from equimd.potentials.data.io import OutputWriteError
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
 from equimd.potentials.train.batching import (
@@ -40,7 +39,6 @@ from equimd.potentials.train.checkpoint import (
     training_record,
 )
 from equimd.potentials.train.config import (
-    ConfigError,
     TrainConfig,
     TrainingConfig,
     model_hyperparameter_defaults,
@@ -64,10 +62,17 @@ from equimd.potentials.train.loss import (
 )
 from equimd.potentials.train.metrics import ErrorAccumulator, format_metrics_table
 from equimd.potentials.train.report import MetricsCSV, ProgressBar, epoch_header, epoch_line
+from equimd.potentials.train.run_dir import (
+    BEST,
+    CONFIG_NAME,
+    CSV_NAME,
+    LAST,
+    check_resumable,
+    prepare_run_dir,
+    write_config,
+)
 from equimd.potentials.train.signals import GracefulStop
 from equimd.potentials.train.statistics import DataStatistics, compute_statistics
-
-BEST, LAST, CSV_NAME, CONFIG_NAME = "best.pt", "last.pt", "metrics.csv", "config.yaml"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -121,24 +126,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Create `run_dir`; a fresh run refuses (or with `overwrite`, clears) a previous run's
-    checkpoints, a resumed one needs last.pt."""
-    if resume:
-        if not (run_dir / LAST).is_file():
-            raise FileNotFoundError(f"cannot resume: {run_dir / LAST} does not exist")
-        return
-    existing = [name for name in (LAST, BEST, CSV_NAME) if (run_dir / name).exists()]
-    if existing and not overwrite:
-        raise ConfigError(
-            f"{run_dir} already holds a run ({', '.join(existing)}): resume it with --resume, "
-            "choose another output.run_dir, or set output.overwrite: true"
-        )
-    for name in existing:
-        (run_dir / name).unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
 def _stop_after_epoch(
     training: TrainingConfig, progress: TrainProgress, signal_name: str | None, wall_time: float, epoch_time: float
 ) -> str | None:
@@ -158,28 +145,6 @@ def _stop_after_epoch(
     ):
         return "max_wall_time"
     return None
-
-
-def _check_resumable(record: dict[str, Any], config: TrainConfig) -> None:
-    """The data and model sections must not change when a run is resumed."""
-    stored = record.get("config", {})
-    current = config.to_dict()
-    changed = [
-        f"{section}.{key}"
-        for section in ("data", "model")
-        for key in sorted(set(stored.get(section, {})) | set(current[section]))
-        if stored.get(section, {}).get(key) != current[section].get(key)
-    ]
-    if changed:
-        raise ConfigError(
-            f"cannot resume: the config changed in {', '.join(changed)} since last.pt was "
-            "written (only the training and output sections may change)"
-        )
-
-
-def _write_config(config: TrainConfig, path: Path) -> None:
-    with atomic_output(path, "run config") as temporary, open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
 
 
 class _Run:
@@ -373,10 +338,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     started = time.monotonic()
     training = config.training
     run_dir = Path(config.output.run_dir)
-    _prepare_run_dir(run_dir, resume, config.output.overwrite)
+    prepare_run_dir(run_dir, resume, config.output.overwrite)
     record = load_training_checkpoint(run_dir / LAST) if resume else None
     if record is not None:
-        _check_resumable(record, config)
+        check_resumable(record, config)
     device = resolve_device(training.device)
     dtype = getattr(torch, training.dtype)
     seed_everything(training.seed)
@@ -394,7 +359,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
               + (f", step {run.progress.step_in_epoch}" if run.progress.step_in_epoch else ""))
     num_parameters = sum(p.numel() for p in run.model.parameters())
     print(f"model:      {config.model.model_type}, {num_parameters} parameters, {training.dtype}, {device}")
-    _write_config(config, run_dir / CONFIG_NAME)
+    write_config(config, run_dir / CONFIG_NAME)
 
     weights = LossWeights(training.energy_weight, training.forces_weight, training.stress_weight)
     valid_batches = [
