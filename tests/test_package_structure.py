@@ -261,3 +261,22 @@ def test_every_module_is_importable_under_the_namespace():
     assert missing == []
     assert {m.name for m in pkgutil.iter_modules(importlib.import_module("equimd").__path__)} >= {
         "errors", "checks", "units", "cli"}
+
+
+def test_public_api_resolves_every_name_and_import_is_light():
+    """`from equimd import X` works for every public name; `import equimd` alone loads no layer
+    (the CLI starts fast and a script pays only for what it uses)."""
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, equimd\n"
+         "print(sorted(m for m in sys.modules if m.startswith('equimd.') or m == 'torch'))\n"
+         "missing = [n for n in equimd.__all__ if getattr(equimd, n, None) is None]\n"
+         "print(missing)\n"
+         "print(issubclass(equimd.CellError, equimd.EquimdError), equimd.load_model.__module__)"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert probe.returncode == 0, probe.stderr
+    loaded, missing, checks = probe.stdout.splitlines()
+    assert loaded == "[]"
+    assert missing == "[]"
+    assert checks == "True equimd.deploy.load"
