@@ -1,16 +1,26 @@
-"""Small models and structures shared by the physics tests (every model gets every check)."""
+"""Small models and structures shared by the contract tests (every model gets every check).
+
+Models come from the registry: `contract_model(name)` builds the test configuration that each
+registered model declares next to its code (`register_model(name, test_hyperparameters=...)`,
+docs/models.md), so `MODEL_FACTORIES` holds every registered model (those of tests/models/
+included) plus the extra variants registered below by hand.
+"""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 
+import tests.models  # noqa: F401 - test-only models join the registry before it is read
 from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import AtomicGraph, collate, configuration_to_graph
-from equimd.potentials.models import build_model
+from equimd.potentials.models import MODELS, TEST_HYPERPARAMETERS, Potential, build_model
 
+# what every test configuration is built with
 R_MAX = 4.0
 SPECIES = [1, 6, 8, 29]
 
@@ -23,13 +33,41 @@ def _randomize_statistics(model: torch.nn.Module, seed: int = 0) -> torch.nn.Mod
     return model
 
 
-def nequip_small() -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = build_model(
-        "nequip", species=SPECIES, r_max=R_MAX, l_max=2, num_features=8, num_layers=2,
-        avg_num_neighbors=10.0, resnet=True,
-    )
+def contract_model(model_type: str, seed: int = 0) -> Potential:
+    """The registered test configuration of `model_type` with species H, C, O, Cu and r_max
+    4 Å, in float64, with non-trivial E0s/scale/shift.
+
+    Built under float64 default dtype (constants computed at construction, such as MACE's
+    coupling bases, are then exact) from `seed`: every call returns the same weights. The
+    caller's RNG state and default dtype are left as they were.
+    """
+    if model_type not in TEST_HYPERPARAMETERS:
+        cls = MODELS[model_type]
+        raise LookupError(
+            f"model {model_type!r} ({cls.__module__}.{cls.__qualname__}) is registered without "
+            "a test configuration: add register_model(..., test_hyperparameters={...}) "
+            "(docs/models.md)"
+        )
+    previous = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.set_default_dtype(torch.float64)
+        try:
+            model = build_model(
+                model_type, species=SPECIES, r_max=R_MAX, **TEST_HYPERPARAMETERS[model_type]
+            )
+        finally:
+            torch.set_default_dtype(previous)
     return _randomize_statistics(model.double())
+
+
+# every registered model (the package's and the tests') in its test configuration
+CONTRACT_MODELS = sorted(MODELS)
+
+
+def nequip_small() -> torch.nn.Module:
+    """NequIP's test configuration (l_max 2, both parities, 8 features, 2 layers, resnet)."""
+    return contract_model("nequip")
 
 
 def nequip_l1_no_parity() -> torch.nn.Module:
@@ -61,13 +99,15 @@ def nequip_e3nn_reference() -> torch.nn.Module:
     return _randomize_statistics(model.double())
 
 
-MODEL_FACTORIES = {"nequip": nequip_small, "nequip_l1_noparity": nequip_l1_no_parity}
+MODEL_FACTORIES = {name: functools.partial(contract_model, name) for name in CONTRACT_MODELS}
 
 
 def register_factory(name: str, factory) -> None:
+    """An extra model variant for the physics tests (beyond the registered test configurations)."""
     MODEL_FACTORIES[name] = factory
 
 
+register_factory("nequip_l1_noparity", nequip_l1_no_parity)
 # tensor-product backends (equimd.potentials.nn.tensor_product): the default ("nequip" above) is the
 # fast one; the fast one pinned explicitly and the e3nn reference get every physics check too.
 register_factory("nequip_fused_l3", nequip_fused_l3)
@@ -131,21 +171,6 @@ def batch_of(structures: list[Atoms]) -> AtomicGraph:
 
 
 def mace_small() -> torch.nn.Module:
-    """MACE with both interaction variants (non-residual first layer, residual second), vector
-    hidden features and correlation 3; built under float64 default dtype (exact coupling bases)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        torch.manual_seed(2)
-        model = build_model(
-            "mace", species=SPECIES, r_max=R_MAX, max_ell=2, hidden_irreps="8x0e+8x1o",
-            correlation=3, num_interactions=2, MLP_irreps="4x0e", radial_MLP=[16, 16],
-            interaction_first="RealAgnosticInteractionBlock",
-            interaction="RealAgnosticResidualInteractionBlock", avg_num_neighbors=8.0,
-        )
-    finally:
-        torch.set_default_dtype(previous)
-    return _randomize_statistics(model.double())
-
-
-register_factory("mace", mace_small)
+    """MACE's test configuration: both interaction variants (non-residual first layer, residual
+    second), vector hidden features and correlation 3; built under float64 default dtype."""
+    return contract_model("mace")

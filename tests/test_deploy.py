@@ -1,4 +1,9 @@
-"""Deployed model files: exported == eager, reload in a fresh process, metadata, refusals."""
+"""Deployed model files: exported == eager, reload in a fresh process, metadata, refusals.
+
+Exported == eager (TorchScript in float64 and float32; AOTInductor, slow) runs for every
+registered model in its test configuration (`tests.model_zoo.CONTRACT_MODELS`, docs/models.md);
+the file-format tests (metadata, reload, refusals, CLI) use NequIP's.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from equimd.potentials.data.graph import configuration_to_graph
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
 from equimd.potentials.models.serialization import save_model
-from tests.model_zoo import SPECIES, STRUCTURES, nequip_small
+from tests.model_zoo import CONTRACT_MODELS, MODEL_FACTORIES, SPECIES, STRUCTURES, nequip_small
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,11 +56,15 @@ def deployment_frames() -> list:
     return frames + sample_frames(SPECIES, seed=1)
 
 
-
-
 @pytest.fixture(scope="module")
 def model():
     return nequip_small()
+
+
+@pytest.fixture(scope="module", params=CONTRACT_MODELS)
+def registered_model(request):
+    """(name, float64 model) of every registered model's test configuration."""
+    return request.param, MODEL_FACTORIES[request.param]()
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +78,9 @@ def eager64(model, frames):
 
 
 @pytest.fixture(scope="module")
-def exported(model, tmp_path_factory):
-    """{dtype: path} of TorchScript exports of the float64 zoo model."""
-    directory = tmp_path_factory.mktemp("deploy")
-    return {
-        dtype: export_model(model, directory / f"model_{dtype}.pt", dtype=dtype)
-        for dtype in ("float64", "float32")
-    }
+def exported(zoo_model_file):
+    """{dtype: path} of TorchScript exports of the float64 zoo NequIP (`model`)."""
+    return {dtype: zoo_model_file("nequip", dtype) for dtype in ("float64", "float32")}
 
 
 @pytest.fixture(scope="module")
@@ -116,17 +121,23 @@ def deployed_results(deployed, frames) -> list[dict[str, np.ndarray]]:
     return results
 
 
-def test_exported_matches_eager_float64(deployed, frames, eager64):
+def test_exported_matches_eager_float64(registered_model, zoo_model_file, frames):
+    name, model = registered_model
+    deployed = load(zoo_model_file(name, "float64"))
     assert len(frames) >= 20
-    for out, reference in zip(deployed_results(deployed["float64"], frames), eager64, strict=True):
+    for out, reference in zip(
+        deployed_results(deployed, frames), eager_results(model, frames), strict=True
+    ):
         assert_matches(out, reference, atol=1e-10, rtol=0.0)
 
 
-def test_exported_matches_eager_float32(model, deployed, frames):
-    assert deployed["float32"].dtype == torch.float32
+def test_exported_matches_eager_float32(registered_model, zoo_model_file, frames):
+    name, model = registered_model
+    deployed = load(zoo_model_file(name, "float32"))
+    assert deployed.dtype == torch.float32
     for frame, out, reference in zip(
         frames,
-        deployed_results(deployed["float32"], frames),
+        deployed_results(deployed, frames),
         eager_results(model, frames, torch.float32),
         strict=True,
     ):
@@ -324,6 +335,7 @@ def test_cli_exports_and_verifies(model, tmp_path, capsys):
 
 
 def tiny_model():
+    """NequIP with 3 species, r_max 3.5 Å, l_max 1, one layer: an extra AOTInductor case."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
         model = build_model(
@@ -334,10 +346,16 @@ def tiny_model():
     return model.eval()
 
 
+# every registered model's test configuration, and the hand-written variant above
+AOTI_MODELS = {**{name: MODEL_FACTORIES[name] for name in CONTRACT_MODELS}, "nequip_tiny": tiny_model}
+
+
 @pytest.mark.slow
-def test_aoti_package_loads_like_torchscript(tmp_path):
-    """One AOTInductor export (compile ≈ 1 min): same call, same outputs as TorchScript and eager."""
-    model = tiny_model()
+@pytest.mark.parametrize("name", sorted(AOTI_MODELS))
+def test_aoti_package_loads_like_torchscript(name, tmp_path):
+    """An AOTInductor export (compiling takes 30-60 s): same call, same outputs as TorchScript
+    and eager."""
+    model = AOTI_MODELS[name]().eval()
     aoti = load(export_model(model, tmp_path / "model.pt2", dtype="float64", format="aoti"))
     script = load(export_model(model, tmp_path / "model.pt", dtype="float64"))
     assert aoti.kind == "aoti" and script.kind == "torchscript"
@@ -346,7 +364,7 @@ def test_aoti_package_loads_like_torchscript(tmp_path):
     cu.rattle(0.05, seed=1)
     water = molecule("H2O")
     single = water[:1]
-    frames = [cu, water, single, cu * (1, 1, 2)] + sample_frames([1, 8, 29], seed=2)
+    frames = [cu, water, single, cu * (1, 1, 2)] + sample_frames(model.species, seed=2)
     for atoms in frames:
         args = (atoms.get_positions(), atoms.numbers, atoms.get_cell().array, atoms.pbc)
         out_aoti, out_script = aoti(*args), script(*args)
@@ -356,5 +374,7 @@ def test_aoti_package_loads_like_torchscript(tmp_path):
             np.testing.assert_allclose(out_aoti[key].numpy(), value.numpy(), atol=1e-10, rtol=0)
     result = verify(aoti, model, frames)
     assert result["passed"], result
-    with pytest.raises(UnknownElementError, match=r"atom 1 is C \(Z=6\)"):
-        aoti(molecule("CO").positions, molecule("CO").numbers)
+    unknown = molecule("H2O")
+    unknown.numbers[1] = 54  # Xe
+    with pytest.raises(UnknownElementError, match=r"atom 1 is Xe \(Z=54\)"):
+        aoti(unknown.positions, unknown.numbers)

@@ -1,4 +1,5 @@
-"""Physics checks run for every model in `tests/model_zoo.MODEL_FACTORIES`."""
+"""Physics checks run for every model in `tests/model_zoo.MODEL_FACTORIES`: every registered
+model in its test configuration (docs/models.md), and the extra variants listed there."""
 
 from __future__ import annotations
 

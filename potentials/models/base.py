@@ -3,6 +3,8 @@
 A potential maps an `AtomicGraph` to per-atom energies [N] in eV. Everything else (forces,
 stress) is derived by `equimd.potentials.forcefield.ForceField`. Models are rebuilt from
 ``(model_type, hyperparameters)`` plus a state dict: the model file never pickles code.
+The contract a model follows (what `forward` may and may not do, registration, export, the
+shared tests) is docs/models.md.
 """
 
 from __future__ import annotations
@@ -17,17 +19,43 @@ from equimd.potentials.nn.scale_shift import AtomicEnergyScaleShift
 from equimd.potentials.nn.species import SpeciesIndex
 
 MODELS: dict[str, type[Potential]] = {}
+# model type -> the small configuration the shared tests build (see `register_model`)
+TEST_HYPERPARAMETERS: dict[str, dict[str, Any]] = {}
+# module -> why it was not imported (an optional dependency is missing); filled by
+# `equimd.potentials.models.import_model_modules` and named when such a model is asked for
+SKIPPED_MODULES: dict[str, str] = {}
 
 
-def register_model(name: str):
-    """Class decorator: make a `Potential` constructible by `build_model(name, ...)`."""
+def register_model(name: str, *, test_hyperparameters: dict[str, Any] | None = None):
+    """Class decorator: make a `Potential` constructible by `build_model(name, ...)`.
+
+    test_hyperparameters: a small configuration of the model for the shared tests (physics,
+        TorchScript and AOTInductor export, fuzzing; docs/models.md): every hyperparameter
+        except `species` and `r_max`, which the tests set (H, C, O, Cu; 4 Å). Keep it tiny
+        (a few features, l_max 1-2, 2 layers): every test runs it, on CPU. Plain JSON values.
+
+    A second class under a name already taken raises ValueError (re-running the same class
+    definition, e.g. a module reload, replaces it).
+    """
 
     def decorate(cls: type[Potential]) -> type[Potential]:
+        previous = MODELS.get(name)
+        if previous is not None and _qualified_name(previous) != _qualified_name(cls):
+            raise ValueError(
+                f"model type {name!r} is already registered by {_qualified_name(previous)}; "
+                f"{_qualified_name(cls)} needs another name"
+            )
         cls.model_type = name
         MODELS[name] = cls
+        if test_hyperparameters is not None:
+            TEST_HYPERPARAMETERS[name] = dict(test_hyperparameters)
         return cls
 
     return decorate
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def build_model(model_type: str, **hyperparameters: Any) -> Potential:
@@ -37,7 +65,12 @@ def build_model(model_type: str, **hyperparameters: Any) -> Potential:
 
         close = difflib.get_close_matches(model_type, list(MODELS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown model type {model_type!r}; available: {sorted(MODELS)}.{hint}")
+        skipped = "".join(
+            f" Not imported: {module} ({reason})." for module, reason in SKIPPED_MODULES.items()
+        )
+        raise ValueError(
+            f"unknown model type {model_type!r}; available: {sorted(MODELS)}.{hint}{skipped}"
+        )
     return MODELS[model_type](**hyperparameters)
 
 
@@ -45,7 +78,8 @@ class Potential(nn.Module):
     """Base class: species handling, cutoff, per-species E0 and scale/shift.
 
     Subclasses call `super().__init__(species, r_max, hyperparameters)` and implement
-    `forward(graph) -> Tensor[N]` (eV per atom), applying `self.scale_shift` last.
+    `forward(graph) -> Tensor[N]` (eV per atom), applying `self.scale_shift` last; the full
+    list of rules is docs/models.md.
     """
 
     model_type: str = "potential"

@@ -38,7 +38,22 @@ from equimd.potentials.nn.species import one_hot
 from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND
 
 
-@register_model("mace")
+# the shared tests' configuration (docs/models.md): both interaction variants (non-residual
+# first layer, residual second), vector hidden features, correlation 3
+@register_model(
+    "mace",
+    test_hyperparameters=dict(
+        max_ell=2,
+        hidden_irreps="8x0e+8x1o",
+        correlation=3,
+        num_interactions=2,
+        MLP_irreps="4x0e",
+        radial_MLP=[16, 16],
+        interaction_first="RealAgnosticInteractionBlock",
+        interaction="RealAgnosticResidualInteractionBlock",
+        avg_num_neighbors=8.0,
+    ),
+)
 class MACE(Potential):
     """MACE potential: `forward(graph) -> [N]` per-atom energies (eV).
 

@@ -179,7 +179,13 @@ class NequIPInteraction(nn.Module):
         return updated
 
 
-@register_model("nequip")
+# the shared tests' configuration (docs/models.md): l_max 2 with both parities, resnet
+@register_model(
+    "nequip",
+    test_hyperparameters=dict(
+        l_max=2, num_features=8, num_layers=2, avg_num_neighbors=10.0, resnet=True
+    ),
+)
 class NequIP(Potential):
     """NequIP potential. Hyperparameter names and defaults follow the NequIP paper/code."""
 
