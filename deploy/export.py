@@ -39,7 +39,7 @@ from equimd.deploy.metadata import (
     UNITS,
     dump_metadata,
 )
-from equimd.potentials.data.io import atomic_output
+from equimd.files import atomic_write_bytes
 from equimd.potentials.models.base import Potential, build_model
 from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND, OPTIONAL_TP_BACKENDS
 
@@ -98,7 +98,7 @@ def export_model(
 
             say(f"tracing and compiling {model.model_type} ({dtype}) with AOTInductor ...")
             data = aoti_package_bytes(model, DTYPES[dtype], torch.device(device), metadata)
-    atomic_write_bytes(data, output_path)
+    atomic_write_bytes(output_path, data, "model file")
     say(f"wrote {output_path} ({len(data) / 1e6:.2f} MB, {format}, {dtype})")
     return output_path
 
@@ -212,11 +212,3 @@ def torchscript_bytes(model: Potential, metadata: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer, _extra_files={METADATA_FILE: dump_metadata(metadata)})
     return buffer.getvalue()
-
-
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
-    """Write `data` to a temp file next to `path`, fsync, rename over `path`. A failed write
-    (disk full, read-only directory, ...) raises `OutputWriteError` ("could not write model
-    file PATH: REASON"), leaves an existing `path` as it was and removes the temp file."""
-    with atomic_output(path, "model file") as tmp, open(tmp, "wb") as handle:
-        handle.write(data)

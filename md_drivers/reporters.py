@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import struct
@@ -18,37 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from equimd.potentials.data.io import atomic_output, reporting_write_errors
+from equimd.files import reporting_write_errors, sync_handle, truncate_file
 
 THERMO_COLUMNS = (
     "step", "time_ps", "T_K", "Epot_eV", "Ekin_eV", "Etot_eV", "volume_A3", "ns_per_day",
 )
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, what: str = "file") -> None:
-    """Write `text` to a temp file in the same directory, fsync, rename over `path`, fsync the
-    directory: a crash leaves the old file or the new one, never a partial one. A failed
-    write raises `OutputWriteError` naming `what` and `path` and leaves the old file as is."""
-    with atomic_output(path, what) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-
-
-def atomic_write_json(path: str | os.PathLike, record: dict[str, Any], what: str = "file") -> None:
-    atomic_write_text(path, json.dumps(record, indent=1), what)
-
-
-def truncate_file(path: Path, offset: int) -> None:
-    """Cut `path` back to `offset` bytes; error if it is shorter (the file lost data)."""
-    size = path.stat().st_size if path.exists() else 0
-    if size < offset:
-        raise ValueError(
-            f"{path}: {size} bytes, shorter than the {offset} bytes the checkpoint recorded; "
-            "the file was truncated or replaced since the checkpoint"
-        )
-    with open(path, "r+b") as handle:
-        handle.truncate(offset)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 class AppendFile:
@@ -81,8 +54,7 @@ class AppendFile:
 
     def sync(self) -> None:
         with self.reporting():
-            self.handle.flush()
-            os.fsync(self.handle.fileno())
+            sync_handle(self.handle)
 
     def offset(self) -> int:
         with self.reporting():

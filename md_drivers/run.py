@@ -41,13 +41,8 @@ import numpy as np
 
 from equimd.checks import symbol
 from equimd.errors import EquimdError
-from equimd.md_drivers.reporters import (
-    DCDTrajectory,
-    ExtxyzTrajectory,
-    ThermoCSV,
-    atomic_write_json,
-)
-from equimd.potentials.data.io import OutputWriteError, reporting_write_errors
+from equimd.files import OutputWriteError, atomic_write_json, reporting_write_errors
+from equimd.md_drivers.reporters import DCDTrajectory, ExtxyzTrajectory, ThermoCSV
 
 CHECKPOINT_FORMAT = "equimd-md-checkpoint"
 CHECKPOINT_VERSION = 1

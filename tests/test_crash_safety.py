@@ -40,10 +40,11 @@ import yaml
 from ase.io import write
 
 import equimd.md_drivers.run as run_module
-from equimd.deploy.export import atomic_write_bytes, export_model
-from equimd.md_drivers.reporters import atomic_write_json, read_thermo
+from equimd.deploy.export import export_model
+from equimd.files import OutputWriteError, atomic_write_bytes, atomic_write_json
+from equimd.md_drivers.reporters import read_thermo
 from equimd.md_drivers.run import main as md_main
-from equimd.potentials.data.io import OutputWriteError, convert, read_configurations, write_extxyz
+from equimd.potentials.data.io import convert, read_configurations, write_extxyz
 from equimd.potentials.models.serialization import read_checkpoint
 from equimd.potentials.train.checkpoint import save_checkpoint
 from equimd.potentials.train.report import MetricsCSV
@@ -370,7 +371,7 @@ def _writers(copper: Path) -> dict[str, tuple[str, str, Callable[[Path, int], No
         atomic_write_json(path, {"step": version, "state": [float(version)] * 1024}, "MD checkpoint")
 
     def model_file_bytes(path: Path, version: int) -> None:
-        atomic_write_bytes(bytes([version]) * 16384, path)
+        atomic_write_bytes(path, bytes([version]) * 16384, "model file")
 
     def extxyz(path: Path, version: int) -> None:
         write_extxyz(_configs(copper, slice(version, version + 6)), path)

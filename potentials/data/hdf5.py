@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from equimd.files import atomic_output
 from equimd.potentials.data.configuration import Configuration
-from equimd.potentials.data.io import DataFormatError, atomic_output, check_finite
+from equimd.potentials.data.io import DataFormatError, check_finite
 
 __all__ = ["FORMAT", "VERSION", "HDF5Dataset", "write_hdf5"]
 

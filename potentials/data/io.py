@@ -14,10 +14,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import secrets
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from equimd.errors import EquimdError
+from equimd.files import atomic_write_text
 from equimd.potentials.data.configuration import Configuration, voigt_to_matrix
 from equimd.units import ENERGY_UNITS, LENGTH_UNITS
 
@@ -33,12 +32,9 @@ __all__ = [
     "DatasetKeys",
     "ENERGY_UNITS",
     "LENGTH_UNITS",
-    "OutputWriteError",
-    "atomic_output",
     "convert",
     "read_configurations",
     "read_isolated_atom_energies",
-    "reporting_write_errors",
     "write_extxyz",
 ]
 
@@ -51,56 +47,6 @@ NPZ_SUFFIXES = (".npz",)
 class DataFormatError(EquimdError, ValueError):
     """A data file that cannot be read as labelled structures; the message names the file,
     the frame, the field and, for text files, the 1-based line."""
-
-
-class OutputWriteError(EquimdError, OSError, RuntimeError):
-    """A file could not be written (disk full, read-only directory, quota, ...).
-
-    The message names what was written, the file and the operating system's reason, e.g.
-    "could not write checkpoint runs/x/last.pt: No space left on device (runs/x/last.pt is
-    unchanged)". An `OSError` (``errno`` is the cause's) and a `RuntimeError`, so the
-    `equimd` command prints it as one line instead of a traceback.
-    """
-
-    def __init__(self, what: str, path: str | os.PathLike, reason: str, errno: int | None = None) -> None:
-        super().__init__(f"could not write {what} {path}: {reason}")
-        self.errno = errno
-        self.what, self.path, self.reason = what, Path(path), reason
-
-    def __reduce__(self):
-        return type(self), (self.what, self.path, self.reason, self.errno)
-
-    def with_note(self, note: str) -> OutputWriteError:
-        """The same error with `note` appended to the reason (e.g. how to continue)."""
-        return OutputWriteError(self.what, self.path, f"{self.reason}; {note}", self.errno)
-
-
-def _os_error_of(error: BaseException) -> OSError | None:
-    """`error` or the OSError that caused it (torch.save, h5py, ... re-raise a failed write
-    as a RuntimeError whose context is the OSError)."""
-    seen = 0
-    while error is not None and seen < 8:
-        if isinstance(error, OSError):
-            return error
-        error = error.__cause__ or error.__context__
-        seen += 1
-    return None
-
-
-@contextmanager
-def reporting_write_errors(what: str, path: str | os.PathLike, note: str = "") -> Iterator[None]:
-    """Turn a failed write inside the block (an `OSError`, or an error caused by one) into an
-    `OutputWriteError` naming `what`, `path` and the reason (+ `note`)."""
-    try:
-        yield
-    except OutputWriteError:
-        raise
-    except Exception as error:
-        cause = _os_error_of(error)
-        if cause is None:
-            raise
-        reason = cause.strerror or str(cause) or type(cause).__name__
-        raise OutputWriteError(what, path, reason + (f" ({note})" if note else ""), cause.errno) from error
 
 
 @dataclass
@@ -261,9 +207,7 @@ def write_extxyz(
     lines: list[str] = []
     for config, prediction in zip(configs, predicted, strict=True):
         lines.extend(_extxyz_frame(config, prediction))
-    with atomic_output(path, "dataset") as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + ("\n" if lines else ""))
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""), "dataset")
     return path
 
 
@@ -322,39 +266,6 @@ def convert(
 
 # ---------------------------------------------------------------------------------------------
 # helpers shared with hdf5.py
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike, what: str = "file") -> Iterator[Path]:
-    """Yield a fresh temporary path next to `path`; when the block succeeds, fsync the file,
-    rename it over `path` and fsync the directory. On error the temporary file is removed, so
-    `path` holds either its old content or the complete new one; a failed write (disk full,
-    read-only directory, ...) raises `OutputWriteError` naming `what` and `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    note = f"{path} is unchanged" if path.exists() else ""
-    with reporting_write_errors(what, path, note):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            yield tmp
-            descriptor = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-            os.replace(tmp, path)
-        except BaseException:
-            with suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise
-    try:
-        directory = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # directories cannot be opened on some platforms
-        return
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def check_finite(

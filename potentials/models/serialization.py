@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from equimd.errors import EquimdError
-from equimd.potentials.data.io import atomic_output
+from equimd.files import atomic_output
 from equimd.potentials.models.base import Potential, build_model
 
 CHECKPOINT_FORMAT = "equimd-checkpoint"
@@ -34,18 +34,6 @@ def versions() -> dict[str, str]:
     from equimd.potentials import __version__
 
     return {"equimd": str(__version__), "torch": str(torch.__version__), "e3nn": str(e3nn.__version__)}
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike, what: str = "checkpoint") -> None:
-    """torch.save to a temp file in the same directory, fsync, then rename over `path`.
-
-    A crash at any point leaves either the old file or the new one, never a partial file. A
-    failed write (disk full, read-only directory, ...) raises
-    `equimd.potentials.data.io.OutputWriteError` ("could not write checkpoint PATH: REASON"), leaves
-    the old file as it was and removes the temp file.
-    """
-    with atomic_output(path, what) as tmp, open(tmp, "wb") as handle:
-        torch.save(obj, handle)
 
 
 def model_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -71,8 +59,17 @@ def model_record(model: Potential) -> dict[str, Any]:
 
 
 def save_model(model: Potential, path: str | os.PathLike, **extra: Any) -> None:
-    """Write a checkpoint atomically (extra keys are stored alongside the model record)."""
-    atomic_torch_save({**model_record(model), **extra}, path)
+    """Write a checkpoint atomically (extra keys are stored alongside the model record); see
+    `save_record`."""
+    save_record({**model_record(model), **extra}, path)
+
+
+def save_record(record: dict[str, Any], path: str | os.PathLike) -> None:
+    """`torch.save` a checkpoint record through `equimd.files.atomic_output`: a crash leaves the
+    old file or the new one; a failed write (disk full, read-only directory, ...) raises
+    `OutputWriteError` ("could not write checkpoint PATH: REASON") and leaves the old file."""
+    with atomic_output(path, "checkpoint") as tmp, open(tmp, "wb") as handle:
+        torch.save(record, handle)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from equimd.potentials.models.serialization import atomic_torch_save, model_record, read_checkpoint
+from equimd.potentials.models.serialization import model_record, read_checkpoint, save_record
 
 
 @dataclass
@@ -110,7 +110,7 @@ def training_record(
 
 def save_checkpoint(record: dict[str, Any], path: str | Path) -> Path:
     """Write atomically; returns the path."""
-    atomic_torch_save(record, path)
+    save_record(record, path)
     return Path(path)
 
 

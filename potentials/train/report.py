@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from equimd.potentials.data.io import atomic_output, reporting_write_errors
+from equimd.files import atomic_output, reporting_write_errors, sync_handle
 from equimd.potentials.train.metrics import METRIC_NAMES
 
 CSV_COLUMNS = (
@@ -48,8 +47,7 @@ class MetricsCSV:
             with open(self.path, "a", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
                 writer.writerow({k: _csv_value(v) for k, v in row.items()})
-                handle.flush()
-                os.fsync(handle.fileno())
+                sync_handle(handle)
 
 
 def _csv_value(value: Any) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from equimd.potentials.data.io import atomic_output
+from equimd.files import atomic_write_text
 from equimd.potentials.train.config import ConfigError, TrainConfig
 
 BEST, LAST, CSV_NAME, CONFIG_NAME = "best.pt", "last.pt", "metrics.csv", "config.yaml"
@@ -50,5 +50,4 @@ def check_resumable(record: dict[str, Any], config: TrainConfig) -> None:
 
 def write_config(config: TrainConfig, path: Path) -> None:
     """The run's config as YAML (written atomically), for the record and for resuming."""
-    with atomic_output(path, "run config") as temporary, open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True), "run config")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from equimd.potentials.data.io import OutputWriteError
+from equimd.files import OutputWriteError
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
 from equimd.potentials.train.batching import (
