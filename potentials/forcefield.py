@@ -70,7 +70,9 @@ class ForceField(nn.Module):
             stress=None,
         )
         atomic_energies = self.potential(strained)
-        energy = scatter_sum(atomic_energies, graph.batch, num_structures)
+        # scatter_add, not index_add: torch 2.9.1's AOTInductor cannot generate multi-threaded
+        # CPU code for an index_add into the [1] energy of one structure (deploy/aoti.py)
+        energy = scatter_sum(atomic_energies, graph.batch, num_structures, keep_source=False)
         results: Dict[str, Tensor] = {"energy": energy, "atomic_energies": atomic_energies}
         if not need_grad:
             return results
