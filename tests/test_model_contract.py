@@ -10,6 +10,7 @@ fuzzing tests/test_reliability_inputs.py; all are parametrized from the registry
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -174,6 +175,32 @@ def test_energies_do_not_depend_on_pbc(registered, structure):
     assert torch.equal(registered(all_periodic), registered(graph))
     forces = ForceField(registered)(graph)["forces"]
     assert torch.equal(ForceField(registered)(all_periodic)["forces"], forces)
+
+
+@pytest.mark.parametrize("name", CONTRACT_MODELS)
+def test_trains_from_a_training_config(name, tmp_path):
+    """The test configuration as the `model` section of a training config: an epoch on
+    energies, forces and stress (a double backward through the model) give finite losses, and
+    the best checkpoint rebuilds the model."""
+    from equimd.potentials.models.serialization import load_model
+    from equimd.potentials.train.config import config_from_dict
+    from equimd.potentials.train.trainer import train
+    from tests.test_train import read_rows, write_emt_copper
+
+    config = config_from_dict({
+        "data": {"train": str(write_emt_copper(tmp_path / "cu.xyz", num_frames=4)),
+                 "valid_fraction": 0.5},
+        "model": {"model_type": name, "r_max": 4.0, **TEST_HYPERPARAMETERS[name]},
+        "training": {"epochs": 1, "batch_size": 2, "lr": 0.01, "device": "cpu", "seed": 1,
+                     "dtype": "float64", "stress_weight": 10.0},
+        "output": {"run_dir": str(tmp_path / "run")},
+    })
+    result = train(config, progress=False)
+    losses = [float(row[key]) for row in read_rows(result.metrics_csv)
+              for key in ("train_loss", "valid_loss")]
+    assert len(losses) == 2 and all(map(math.isfinite, losses)), losses
+    model = load_model(result.best_checkpoint)
+    assert type(model) is MODELS[name] and model.species == [29]
 
 
 # ---- the shared tests pick up every registered model -------------------------------------

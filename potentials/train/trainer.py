@@ -348,7 +348,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
 
     data = _prepare_data(config, record, dtype)
     hyperparameters = dict(config.model.hyperparameters)
-    hyperparameters.setdefault("avg_num_neighbors", data.statistics.avg_num_neighbors)
+    if "avg_num_neighbors" in model_hyperparameter_defaults(config.model.model_type):
+        # message normalisation, for the models that take it (docs/models.md)
+        hyperparameters.setdefault("avg_num_neighbors", data.statistics.avg_num_neighbors)
     split_indices = data.split_indices
     train_graphs, valid_graphs = data.train_graphs, data.valid_graphs
 
