@@ -32,9 +32,10 @@ import numpy as np
 
 from equimd.files import atomic_output
 from equimd.potentials.data.configuration import Configuration
-from equimd.potentials.data.io import DataFormatError, check_finite
+from equimd.potentials.data.frames import select_frames
+from equimd.potentials.data.keys import DataFormatError, DatasetKeys, check_finite, check_required
 
-__all__ = ["FORMAT", "VERSION", "HDF5Dataset", "write_hdf5"]
+__all__ = ["FORMAT", "VERSION", "HDF5Dataset", "read_hdf5", "write_hdf5"]
 
 FORMAT = "equimd-hdf5"
 VERSION = 1
@@ -55,6 +56,20 @@ _SCHEMA: dict[str, tuple[tuple[int | str, ...], str]] = {
     "source": (("F",), "s"),
 }
 _ORIGIN = re.compile(r"^.*, frame \d+ \(from (.*)\)$")
+
+
+def read_hdf5(
+    path: Path, keys: DatasetKeys, index: str | int | slice | None = None
+) -> list[Configuration]:
+    """The frames of `path` picked by the ASE-style `index` (eV / Å, as stored); raises
+    `DataFormatError` if a frame lacks a label that `keys` requires (the label keys and units
+    do not apply: equimd HDF5 is always eV / Å)."""
+    with HDF5Dataset(path) as dataset:
+        frames = select_frames(len(dataset), index, path)
+        configs = dataset.configurations(frames)
+    for frame, config in zip(frames, configs, strict=True):
+        check_required(config, keys, f"{path}, frame {frame}")
+    return configs
 
 
 def write_hdf5(configs: Sequence[Configuration], path: str | os.PathLike) -> Path:
