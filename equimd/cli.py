@@ -88,7 +88,9 @@ def _cmd_md(args: argparse.Namespace) -> int:
 def _cmd_import_mace(args: argparse.Namespace) -> int:
     from equimd.potentials.models.mace_import import import_mace_file
 
-    path = import_mace_file(args.model, args.output)
+    path = import_mace_file(
+        args.model, args.output, head=args.head, architecture=args.architecture
+    )
     print(f"wrote equimd checkpoint {path}; export it with: equimd deploy {path} -o model.pt")
     return 0
 
@@ -158,10 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     importer = commands.add_parser("import", help="import a model trained with another code")
     import_commands = importer.add_subparsers(dest="import_source", required=True, metavar="SOURCE")
     mace = import_commands.add_parser(
-        "mace", help="a mace-torch model converted by benchmarks/peers/mace_export.py"
+        "mace",
+        help="a mace-torch .model file or training checkpoint (mace-torch not needed; "
+        "the file's code never runs)",
     )
-    mace.add_argument("model")
+    mace.add_argument("model", help=".model file, training checkpoint or converted file")
     mace.add_argument("-o", "--output", required=True, help="equimd checkpoint to write")
+    mace.add_argument(
+        "--head", help="head of a multi-head model (default: the first that is not pt_head)"
+    )
+    mace.add_argument(
+        "--architecture",
+        metavar="MODEL",
+        help="for a training checkpoint (weights only): a .model file of the same architecture",
+    )
     mace.set_defaults(handler=_cmd_import_mace)
 
     info = commands.add_parser("info", help="describe a checkpoint or deployed model file")

@@ -20,6 +20,10 @@ def describe(path: str | Path) -> str:
             if metadata_names:
                 metadata = json.loads(archive.read(metadata_names[0]))
                 return f"{path}: deployed equimd model\n" + json.dumps(metadata, indent=2)
+    from equimd.potentials.models.mace_records import describe_mace_file, is_mace_file
+
+    if is_mace_file(path):
+        return describe_mace_file(path)
     from equimd.potentials.models.serialization import read_checkpoint
 
     record = read_checkpoint(path)

@@ -32,12 +32,12 @@ import torch
 from e3nn import o3
 from torch import Tensor
 
-from equimd.errors import EquimdError
 from equimd.potentials.models.mace import MACE
+from equimd.potentials.models.mace_pickle import MaceImportError
+from equimd.potentials.models.mace_records import EXPORT_FORMAT, read_mace_file
 from equimd.potentials.nn.mace_blocks import GATES, INTERACTION_CLASSES
 from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND, convolution_irreps
 
-EXPORT_FORMAT = "mace-torch-state-dict"
 EXPORT_FORMAT_VERSION = 1
 MODEL_CLASSES = ("ScaleShiftMACE", "MACE")
 READOUT_CLASSES = ("NonLinearReadoutBlock",)
@@ -50,29 +50,18 @@ _REDUNDANT = re.compile(
 )
 
 
-class MaceImportError(EquimdError, ValueError):
-    """A file that is not a mace export, or a mace model with an option equimd does not implement."""
-
-
-def read_mace_export(path: str | os.PathLike) -> dict[str, Any]:
-    """Load and validate a file written by `benchmarks/peers/mace_export.py`."""
+def read_mace_export(
+    path: str | os.PathLike,
+    head: str | None = None,
+    architecture: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Load a mace-torch `.model` file, training checkpoint (with `architecture`, a `.model` of
+    the same run) or converted file as the export-format dict (`mace_records.read_mace_file`);
+    no mace-torch needed, no code in the file runs. head: of a multi-head model."""
     path = Path(path)
     if not path.is_file():
         raise MaceImportError(f"{path}: no such file")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise MaceImportError(
-            f"{path}: not a converted mace-torch model ({type(error).__name__}). A mace-torch "
-            "`.model` file (a pickled module) must first be converted in the mace-torch "
-            "environment: python benchmarks/peers/mace_export.py MODEL.model OUT.pt"
-        ) from error
-    if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT:
-        found = record.get("format") if isinstance(record, dict) else type(record).__name__
-        raise MaceImportError(
-            f"{path}: format {found!r}, expected {EXPORT_FORMAT!r} (written by "
-            "benchmarks/peers/mace_export.py)"
-        )
+    record = read_mace_file(path, head=head, architecture=architecture)
     if int(record.get("format_version", 0)) > EXPORT_FORMAT_VERSION:
         raise MaceImportError(
             f"{path}: export format version {record['format_version']} is newer than this "
@@ -192,15 +181,21 @@ def mace_model_from_export(
 
 
 def import_mace_file(
-    path: str | os.PathLike, output_checkpoint: str | os.PathLike, dtype: str | None = None
+    path: str | os.PathLike,
+    output_checkpoint: str | os.PathLike,
+    dtype: str | None = None,
+    head: str | None = None,
+    architecture: str | os.PathLike | None = None,
 ) -> Path:
-    """Convert an exported mace-torch model (`mace_export.py` output) to an equimd checkpoint.
+    """Convert a mace-torch `.model` file, training checkpoint (+ `architecture`, a `.model` of
+    the same architecture) or converted file to an equimd checkpoint.
 
-    dtype: "float32" | "float64" | None (the mace model's). Returns the checkpoint path.
+    dtype: "float32" | "float64" | None (the mace model's). head: of a multi-head model
+    (default `mace_records.default_head`). Returns the checkpoint path.
     """
     from equimd.potentials.models.serialization import save_model
 
-    record = read_mace_export(path)
+    record = read_mace_export(path, head=head, architecture=architecture)
     try:
         model = mace_model_from_export(record, getattr(torch, dtype) if dtype else None)
     except MaceImportError as error:
@@ -214,6 +209,7 @@ def import_mace_file(
             "file": str(path),
             "mace_version": record.get("mace_version"),
             "model_class": record.get("model_class"),
+            "head": record["hyperparameters"].get("heads", [None])[0],
         },
     )
     return output_checkpoint

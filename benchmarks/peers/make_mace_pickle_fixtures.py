@@ -1,0 +1,243 @@
+"""Pickled mace-torch `.model` fixtures (tests/data/mace_pickle_*), one per architecture option.
+
+Runs in the mace-torch peer venv (mace-torch 0.3.16, e3nn 0.4.4); the tests never import mace:
+
+    nice -n 10 .peers/mace/bin/python benchmarks/peers/make_mace_pickle_fixtures.py [NAME ...]
+
+For every configuration in `CONFIGS` (small: 8 channels, elements H C O Cu, float64) it builds
+the mace-torch model with seeded, perturbed weights (every parameter ±50 % of its RMS, as in
+make_mace_fixtures.py), writes
+
+    tests/data/mace_pickle_<name>.model.gz    `torch.save(model)` — the `.model` file a user
+                                              has — gzip-compressed (its coupling bases are
+                                              mostly zeros)
+    tests/data/mace_pickle_checkpoint.pt.gz   a mace training checkpoint ({"model": state_dict,
+                                              "optimizer", "lr_scheduler"}) of the mp_medium
+                                              architecture with other weights
+    tests/data/mace_pickle_<name>_reference.pt  mace's energy, node energies, forces and stress
+                                              on a molecule, a triclinic periodic cell and a
+                                              cell smaller than the cutoff (one list per head)
+
+Reference layout (torch.load(path, weights_only=True)):
+    {"format": "mace-torch-reference", "format_version": 1, "mace_version", "config": {...},
+     "z_table": [...], "r_max": float, "heads": [...],
+     "structures": {head: [{"name", "positions", "numbers", "cell", "pbc", "energy",
+                            "node_energy", "forces", "stress"? (periodic only), "num_edges"}]}}
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import mace  # noqa: F401  isort: skip
+import ase
+import ase.build
+import numpy as np
+import torch
+from e3nn import o3
+from mace import data as mace_data
+from mace import modules
+from mace.__version__ import __version__ as mace_version
+from mace.tools import torch_geometric
+from mace.tools.checkpoint import CheckpointBuilder, CheckpointState
+from mace.tools.utils import AtomicNumberTable
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT_DIR = ROOT / "tests" / "data"
+Z_TABLE = [1, 6, 8, 29]
+ATOMIC_ENERGIES = [-13.587, -1029.41, -2041.96, -1306.45]
+
+BASE = dict(
+    r_max=4.5,
+    num_bessel=6,
+    num_polynomial_cutoff=5,
+    max_ell=2,
+    correlation=2,
+    num_interactions=2,
+    hidden_irreps="8x0e+8x1o",
+    MLP_irreps="4x0e",
+    radial_MLP=[12, 12],
+    interaction="RealAgnosticResidualInteractionBlock",
+    interaction_first="RealAgnosticResidualInteractionBlock",
+    avg_num_neighbors=7.3,
+    atomic_inter_scale=0.871,
+    atomic_inter_shift=-0.137,
+    model_class="ScaleShiftMACE",
+    seed=11,
+)
+CONFIGS: dict[str, dict[str, Any]] = {
+    # MACE-MP-0 small / medium / large hidden irreps (scaled down to 8 channels)
+    "mp_small": dict(BASE, hidden_irreps="8x0e", max_ell=3, correlation=3, seed=1),
+    "mp_medium": dict(BASE, seed=2),
+    "mp_large": dict(BASE, hidden_irreps="8x0e+8x1o+8x2e", seed=3),
+    # mace's default first layer (non-residual), plain MACE (no scale/shift)
+    "plain": dict(
+        BASE, model_class="MACE", interaction_first="RealAgnosticInteractionBlock", seed=4
+    ),
+    "gaussian": dict(BASE, radial_type="gaussian", seed=5),
+    "chebyshev": dict(BASE, radial_type="chebyshev", seed=6),
+    "agnesi": dict(BASE, distance_transform="Agnesi", seed=7),
+    "soft": dict(BASE, distance_transform="Soft", seed=8),
+    "zbl": dict(BASE, pair_repulsion=True, seed=9),
+    "multihead": dict(BASE, heads=["pt_head", "water"], seed=10),
+    "density": dict(BASE, interaction="RealAgnosticDensityResidualInteractionBlock", seed=12),
+    # a training checkpoint (weights only) of the mp_medium architecture, other weights
+    "checkpoint": dict(BASE, seed=13, checkpoint=True),
+}
+
+
+def build_model(cfg: dict[str, Any]) -> torch.nn.Module:
+    torch.manual_seed(cfg["seed"])
+    heads = cfg.get("heads")
+    energies = np.array(ATOMIC_ENERGIES)
+    if heads:
+        energies = np.stack([energies + 0.37 * k for k in range(len(heads))])
+    kwargs = dict(
+        r_max=cfg["r_max"],
+        num_bessel=cfg["num_bessel"],
+        num_polynomial_cutoff=cfg["num_polynomial_cutoff"],
+        max_ell=cfg["max_ell"],
+        interaction_cls=modules.interaction_classes[cfg["interaction"]],
+        interaction_cls_first=modules.interaction_classes[cfg["interaction_first"]],
+        num_interactions=cfg["num_interactions"],
+        num_elements=len(Z_TABLE),
+        hidden_irreps=o3.Irreps(cfg["hidden_irreps"]),
+        MLP_irreps=o3.Irreps(cfg["MLP_irreps"]),
+        atomic_energies=energies,
+        avg_num_neighbors=cfg["avg_num_neighbors"],
+        atomic_numbers=Z_TABLE,
+        correlation=cfg["correlation"],
+        gate=torch.nn.functional.silu,
+        radial_MLP=cfg["radial_MLP"],
+        use_reduced_cg=False,
+        radial_type=cfg.get("radial_type", "bessel"),
+        distance_transform=cfg.get("distance_transform", "None"),
+        pair_repulsion=cfg.get("pair_repulsion", False),
+        heads=heads,
+    )
+    if cfg["model_class"] == "ScaleShiftMACE":
+        n = len(heads) if heads else 1
+        scale = [cfg["atomic_inter_scale"] * (1 + 0.2 * k) for k in range(n)]
+        shift = [cfg["atomic_inter_shift"] + 0.05 * k for k in range(n)]
+        model = modules.ScaleShiftMACE(
+            atomic_inter_scale=scale if heads else scale[0],
+            atomic_inter_shift=shift if heads else shift[0],
+            **kwargs,
+        )
+    else:
+        model = modules.MACE(**kwargs)
+    generator = torch.Generator().manual_seed(cfg["seed"] + 1000)
+    with torch.no_grad():
+        for param in model.parameters():
+            rms = param.pow(2).mean().sqrt().item() if param.numel() else 0.0
+            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
+            param.add_(noise * (0.5 * rms if rms > 0 else 0.3))
+    return model.eval()
+
+
+def structures() -> list[tuple[str, ase.Atoms]]:
+    """A molecule, a triclinic periodic cell, a cell smaller than the cutoff, a slab."""
+    rng = np.random.default_rng(1601)
+    molecule = ase.build.molecule("CH3OH")
+    molecule.rattle(0.05, seed=1)
+    cell = np.array([[5.1, 0.0, 0.0], [0.9, 4.8, 0.0], [-0.6, 0.7, 5.3]])
+    numbers = [1, 1, 1, 6, 6, 8, 8, 29, 1, 8]
+    fractions = rng.uniform(0, 1, size=(len(numbers), 3))
+    box = ase.Atoms(numbers, scaled_positions=fractions, cell=cell, pbc=True)
+    # push apart atoms closer than 0.9 Å (minimum image): a few relaxation-free retries
+    for _ in range(200):
+        d = box.get_all_distances(mic=True) + np.eye(len(box)) * 9
+        if d.min() > 0.9:
+            break
+        i = int(np.argmin(d.min(axis=1)))
+        box.positions[i] = rng.uniform(0, 1, size=3) @ cell
+    small = ase.build.bulk("Cu", "fcc", a=3.61)
+    small.set_cell(small.cell @ (np.eye(3) + 0.05 * rng.normal(size=(3, 3))), scale_atoms=True)
+    small = small * (2, 1, 1)
+    small.numbers[1] = 8
+    small.rattle(0.05, seed=3)
+    slab = ase.build.fcc111("Cu", size=(2, 2, 2), a=3.61, vacuum=4.0)
+    ase.build.add_adsorbate(slab, "O", 1.5, "fcc")
+    slab.rattle(0.05, seed=4)
+    slab.pbc = (True, True, False)
+    return [
+        ("molecule_CH3OH", molecule),
+        ("triclinic_box", box),
+        ("cell_below_cutoff", small),
+        ("slab_TTF", slab),
+    ]
+
+
+def evaluate(model: torch.nn.Module, atoms: ase.Atoms, r_max: float, heads, head) -> dict:
+    z_table = AtomicNumberTable(Z_TABLE)
+    config = mace_data.config_from_atoms(atoms, head_name=head)
+    graph = mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=r_max, heads=heads)
+    batch = torch_geometric.Batch.from_data_list([graph])
+    periodic = bool(np.all(atoms.pbc))
+    out = model(batch.to_dict(), training=False, compute_force=True, compute_stress=periodic)
+    result = {
+        "positions": torch.tensor(atoms.positions),
+        "numbers": torch.tensor(atoms.numbers, dtype=torch.int64),
+        "cell": torch.tensor(np.array(atoms.cell)),
+        "pbc": torch.tensor(atoms.pbc),
+        "energy": out["energy"].detach()[0].clone(),
+        "node_energy": out["node_energy"].detach().clone(),
+        "forces": out["forces"].detach().clone(),
+        "num_edges": int(graph["edge_index"].shape[1]),
+    }
+    if periodic:
+        result["stress"] = out["stress"].detach()[0].clone()
+    return result
+
+
+def main(names: list[str]) -> int:
+    torch.set_default_dtype(torch.float64)
+    for name in names or list(CONFIGS):
+        cfg = CONFIGS[name]
+        model = build_model(cfg)
+        heads = cfg.get("heads") or ["Default"]
+        buffer = io.BytesIO()
+        if cfg.get("checkpoint"):  # what mace's training loop writes (tools/checkpoint.py)
+            optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.99)
+            state = CheckpointState(model, optimizer, scheduler)
+            torch.save(CheckpointBuilder.create_checkpoint(state), buffer)
+            model_path = OUT_DIR / f"mace_pickle_{name}.pt.gz"
+        else:
+            torch.save(model, buffer)
+            model_path = OUT_DIR / f"mace_pickle_{name}.model.gz"
+        model_path.write_bytes(gzip.compress(buffer.getvalue(), mtime=0))
+        frames = {}
+        for head in heads:
+            frames[head] = []
+            for label, atoms in structures():
+                frame = evaluate(model, atoms, cfg["r_max"], heads, head)
+                frame["name"] = label
+                frames[head].append(frame)
+        reference = {
+            "format": "mace-torch-reference",
+            "format_version": 1,
+            "mace_version": mace_version,
+            "config": {k: v for k, v in cfg.items()},
+            "z_table": Z_TABLE,
+            "r_max": cfg["r_max"],
+            "heads": heads,
+            "structures": frames,
+        }
+        ref_path = OUT_DIR / f"mace_pickle_{name}_reference.pt"
+        torch.save(reference, ref_path)
+        torch.load(ref_path, weights_only=True)
+        print(
+            f"{name}: {model_path.name} {model_path.stat().st_size / 1e3:.0f} kB "
+            f"(raw {len(buffer.getvalue()) / 1e3:.0f} kB), {ref_path.name} "
+            f"{ref_path.stat().st_size / 1e3:.0f} kB"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,200 @@
+"""`equimd import mace FILE` on mace-torch's own files, without mace-torch, never running their code.
+
+Fixtures (tests/data/mace_pickle_*, made by benchmarks/peers/make_mace_pickle_fixtures.py in the
+mace-torch 0.3.16 venv): `torch.save(model)` files of small float64 mace-torch models, one per
+architecture option (gzip-compressed; unpacked into tmp_path here), a mace training checkpoint,
+and mace's energies, node energies, forces and stress on a molecule, a triclinic periodic cell,
+a cell smaller than the cutoff and a slab (per head for the multi-head model).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from equimd.cli import main as cli_main
+from equimd.errors import EquimdError
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.data.graph import configuration_to_graph
+from equimd.potentials.forcefield import ForceField
+from equimd.potentials.models.mace_import import (
+    MaceImportError,
+    mace_model_from_export,
+    read_mace_export,
+)
+from equimd.potentials.models.mace_pickle import MacePickleError, load_records
+from equimd.potentials.models.serialization import load_model
+
+DATA = Path(__file__).parent / "data"
+TOL = 1e-8  # eV/atom, eV/Å, eV/Å³ (float64)
+EXACT = ["mp_small", "mp_medium", "mp_large", "plain"]
+
+
+def _unpack(name: str, directory: Path) -> Path:
+    """tests/data/mace_pickle_<name>.model.gz (or .pt.gz) → directory/<name>.model (.pt)."""
+    for suffix in (".model", ".pt"):
+        packed = DATA / f"mace_pickle_{name}{suffix}.gz"
+        if packed.is_file():
+            path = directory / f"{name}{suffix}"
+            path.write_bytes(gzip.decompress(packed.read_bytes()))
+            return path
+    raise FileNotFoundError(name)
+
+
+def _reference(name: str) -> dict:
+    return torch.load(DATA / f"mace_pickle_{name}_reference.pt", weights_only=True)
+
+
+def _max_errors(model, frames: list[dict]) -> dict[str, float]:
+    """Max |Δ| over `frames`: energy per atom, node energies, forces, stress (vs mace)."""
+    forcefield = ForceField(model)
+    errors = dict(energy_per_atom=0.0, node_energy=0.0, forces=0.0, stress=0.0)
+    for frame in frames:
+        configuration = Configuration(
+            positions=frame["positions"].numpy(),
+            numbers=frame["numbers"].numpy(),
+            cell=frame["cell"].numpy(),
+            pbc=frame["pbc"].numpy(),
+        )
+        graph = configuration_to_graph(configuration, model.r_max, dtype=torch.float64)
+        assert graph.edge_index.shape[1] == frame["num_edges"], frame["name"]
+        periodic = "stress" in frame
+        out = forcefield(graph, True, periodic, False)
+        n = len(frame["numbers"])
+        deltas = dict(
+            energy_per_atom=abs(out["energy"][0].item() - frame["energy"].item()) / n,
+            node_energy=(out["atomic_energies"] - frame["node_energy"]).abs().max().item(),
+            forces=(out["forces"] - frame["forces"]).abs().max().item(),
+            stress=(out["stress"][0] - frame["stress"]).abs().max().item() if periodic else 0.0,
+        )
+        errors = {k: max(errors[k], deltas[k]) for k in errors}
+    return errors
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_pickled_mace_model_matches_mace(name: str, tmp_path: Path) -> None:
+    """MACE-MP-0 small/medium/large hidden irreps and plain MACE, read from `.model` files."""
+    model = mace_model_from_export(read_mace_export(_unpack(name, tmp_path)))
+    reference = _reference(name)
+    errors = _max_errors(model, reference["structures"]["Default"])
+    assert max(errors.values()) < TOL, errors
+
+
+@pytest.mark.parametrize("head", ["pt_head", "water"])
+def test_multihead_model_matches_mace_for_each_head(head: str, tmp_path: Path) -> None:
+    path = _unpack("multihead", tmp_path)
+    model = mace_model_from_export(read_mace_export(path, head=head))
+    errors = _max_errors(model, _reference("multihead")["structures"][head])
+    assert max(errors.values()) < TOL, errors
+
+
+def test_multihead_default_is_the_fine_tuned_head(tmp_path: Path) -> None:
+    record = read_mace_export(_unpack("multihead", tmp_path))
+    assert record["hyperparameters"]["heads"] == ["water"]
+    assert record["hyperparameters"]["all_heads"] == ["pt_head", "water"]
+    with pytest.raises(MaceImportError, match="no head 'nope'.*pt_head"):
+        read_mace_export(tmp_path / "multihead.model", head="nope")
+
+
+def test_training_checkpoint_imports_with_architecture(tmp_path: Path) -> None:
+    checkpoint = _unpack("checkpoint", tmp_path)
+    architecture = _unpack("mp_medium", tmp_path)
+    with pytest.raises(MaceImportError, match="--architecture"):
+        read_mace_export(checkpoint)
+    model = mace_model_from_export(read_mace_export(checkpoint, architecture=architecture))
+    errors = _max_errors(model, _reference("checkpoint")["structures"]["Default"])
+    assert max(errors.values()) < TOL, errors
+
+
+def test_cli_imports_a_model_file_in_one_command(tmp_path: Path, capsys) -> None:
+    path = _unpack("mp_medium", tmp_path)
+    output = tmp_path / "imported.pt"
+    assert cli_main(["import", "mace", str(path), "-o", str(output)]) == 0
+    assert str(output) in capsys.readouterr().out
+    model = load_model(output).double()
+    errors = _max_errors(model, _reference("mp_medium")["structures"]["Default"])
+    assert max(errors.values()) < TOL, errors
+
+
+def test_info_lists_heads_of_a_mace_file(tmp_path: Path, capsys) -> None:
+    path = _unpack("multihead", tmp_path)
+    assert cli_main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "pt_head" in out and "water (default)" in out
+
+
+# ------------------------------------------------------------------------ refusing code
+
+
+class _RunsACommand:
+    """Unpickling this calls os.system (a classic malicious pickle)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_torch_file_is_refused_and_nothing_runs(tmp_path: Path, capsys) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.model"
+    torch.save({"model": _RunsACommand(marker)}, path)
+    with pytest.raises(MacePickleError, match=r"'(posix|os|nt)\.system'"):
+        load_records(path)
+    assert not marker.exists()
+    # the command line: one line, no traceback
+    assert cli_main(["import", "mace", str(path), "-o", str(tmp_path / "out.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("equimd: error:") and "system" in err and "Traceback" not in err
+    assert err.count("\n") == 1
+    assert not marker.exists()
+
+
+def test_malicious_plain_pickle_is_refused_and_nothing_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps(_RunsACommand(marker), protocol=2))
+    with pytest.raises(MaceImportError, match="system"):
+        read_mace_export(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [("builtins", "eval"), ("subprocess", "Popen"), ("torch", "load"), ("numpy", "load")],
+)
+def test_globals_outside_the_allow_list_are_refused_by_name(
+    module: str, name: str, tmp_path: Path
+) -> None:
+    payload = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"q\x00."
+    path = tmp_path / "global.pkl"
+    path.write_bytes(payload)
+    with pytest.raises(MacePickleError, match=f"'{module}.{name}'"):
+        load_records(path)
+
+
+def test_mace_classes_become_inert_records(tmp_path: Path) -> None:
+    """A mace class name is allowed, but constructing it runs nothing of mace (not installed)."""
+    assert "mace" not in sys.modules
+    payload = (
+        b"\x80\x02cmace.tools.utils\nsetup_logger\nq\x00X\x03\x00\x00\x00argq\x01\x85q\x02Rq\x03."
+    )
+    path = tmp_path / "record.pkl"
+    path.write_bytes(payload)
+    record = load_records(path)
+    assert record.qualname == "mace.tools.utils.setup_logger" and record.args == ("arg",)
+    assert "mace" not in sys.modules
+
+
+def test_not_a_model_is_refused_with_its_content_named(tmp_path: Path) -> None:
+    path = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(EquimdError, match="Tensor, not a mace-torch model"):
+        read_mace_export(path)
