@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     md = commands.add_parser("md", help="run molecular dynamics with a deployed model")
     try:
-        from equimd.md_drivers.run import add_md_arguments
+        from equimd.md_drivers.settings import add_md_arguments
     except ImportError:  # pragma: no cover - broken installation
         add_md_arguments = None
     if add_md_arguments is not None:

@@ -1,7 +1,8 @@
 """Unit factors as named constants, in one place.
 
 equimd works in eV, Å, eV/Å, eV/Å³ and fs everywhere except at the OpenMM boundary (nm, kJ/mol,
-ps), where `equimd.md_drivers.openmm` converts with the constants below. Dataset readers
+ps), where `equimd.md_drivers.openmm` converts with the constants below, and in ASE's own time
+and pressure units, which the MD engines (`equimd.md_drivers.engines`) convert. Dataset readers
 convert labels to eV/Å with `ENERGY_UNITS` / `LENGTH_UNITS` (ASE's CODATA values, so the
 numbers match `ase.units`).
 
@@ -25,6 +26,19 @@ FS_PER_PS: float = 1000.0
 """1 ps in fs."""
 ASE_TIME_PER_FS: float = _ase.fs
 """1 fs in ASE's time unit (Å·sqrt(amu/eV))."""
+ANGSTROM_TO_NM: float = 0.1
+"""1 Å in nm (`x * ANGSTROM_TO_NM` and `x / NM_TO_ANGSTROM` may differ in the last bit: each
+call site keeps the operation it has always used, so numbers stay bit-identical)."""
+PS_PER_FS: float = 1e-3
+"""1 fs in ps (a multiplication, like `ANGSTROM_TO_NM`: not the same bits as `/ FS_PER_PS`)."""
+NS_PER_PS: float = 1e-3
+"""1 ps in ns."""
+SECONDS_PER_DAY: float = 86400.0
+"""1 day in s (simulation speed in ns/day)."""
+ASE_PRESSURE_PER_BAR: float = _ase.bar
+"""1 bar in ASE's pressure unit (eV/Å³)."""
+BOLTZMANN_EV_PER_K: float = _ase.kB
+"""Boltzmann constant k_B in eV/K (ASE's value)."""
 
 ENERGY_UNITS: dict[str, float] = {
     "ev": 1.0,

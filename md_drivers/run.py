@@ -27,144 +27,45 @@ the last good state is written as the checkpoint.
 from __future__ import annotations
 
 import argparse
-import base64
+import json
 import math
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from equimd.checks import symbol
 from equimd.errors import EquimdError
 from equimd.files import OutputWriteError, atomic_write_json, reporting_write_errors
-from equimd.md_drivers.reporters import DCDTrajectory, ExtxyzTrajectory, ThermoCSV
+from equimd.md_drivers.engines import MDEngine, create_engine
+from equimd.md_drivers.reporters import ThermoCSV
+from equimd.md_drivers.settings import (
+    MDSettings,
+    add_md_arguments,
+    changed_on_restart,
+    settings_from_args,
+    validate_settings,
+)
+from equimd.units import NS_PER_PS, SECONDS_PER_DAY
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+__all__ = ["MDInstabilityError", "MDRun", "MDSettings", "add_md_arguments", "check_positions",
+           "main", "read_structure", "run_md"]
 
 CHECKPOINT_FORMAT = "equimd-md-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.json"
-# Settings that must not change on --restart (they change the trajectory).
-_FIXED_ON_RESTART = (
-    "engine", "ensemble", "timestep_fs", "temperature_K", "pressure_bar", "friction_per_ps",
-    "barostat_every", "traj_every", "thermo_every", "seed", "force_path", "model", "structure",
-    "frame",
-)
 
 
 class MDInstabilityError(EquimdError, RuntimeError):
     """Non-finite positions or two atoms closer than the threshold (names step and atoms)."""
-
-
-@dataclass
-class MDSettings:
-    """Everything that defines a run (stored in the checkpoint)."""
-
-    structure: str
-    model: str
-    engine: str = "openmm"
-    ensemble: str = "nvt"
-    timestep_fs: float = 1.0
-    temperature_K: float = 300.0
-    pressure_bar: float = 1.0
-    friction_per_ps: float = 1.0
-    barostat_every: int = 25
-    steps: int = 1000
-    seed: int = 0
-    frame: int = -1
-    traj_every: int = 100
-    thermo_every: int = 100
-    checkpoint_every: int = 1000
-    check_every: int = 0  # 0: same as thermo_every
-    min_distance_A: float = 0.5
-    platform: str | None = None
-    device: str | None = None
-    force_path: str = "torch"
-    output: str = "md_out"
-    progress: bool = True
-
-    @property
-    def timestep_ps(self) -> float:
-        return self.timestep_fs * 1e-3
-
-
-# ---------------------------------------------------------------------------------------------
-# command-line interface
-
-
-def add_md_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `equimd md` (see the module docstring)."""
-    parser.add_argument("structure", help="starting structure (extxyz, PDB, anything ase.io reads)")
-    parser.add_argument("--model", required=True, help="deployed model file (equimd deploy)")
-    parser.add_argument("--engine", choices=("openmm", "ase"), default="openmm")
-    parser.add_argument("--ensemble", choices=("nve", "nvt", "npt"), default="nvt",
-                        help="nve: velocity Verlet; nvt: Langevin; npt: Langevin + barostat "
-                        "(OpenMM MonteCarloBarostat, ASE Berendsen)")
-    parser.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
-    parser.add_argument("--temperature", type=float, default=300.0,
-                        help="K: thermostat target and initial velocities (default 300)")
-    parser.add_argument("--pressure", type=float, default=1.0, help="bar, NPT (default 1)")
-    parser.add_argument("--friction", type=float, default=1.0,
-                        help="Langevin friction, 1/ps (default 1)")
-    parser.add_argument("--barostat-every", type=int, default=25,
-                        help="steps between OpenMM Monte Carlo volume moves (default 25)")
-    parser.add_argument("--steps", type=int, default=1000, help="total steps of the run")
-    parser.add_argument("--seed", type=int, default=0, help="velocities and thermostat noise")
-    parser.add_argument("--frame", type=int, default=-1,
-                        help="frame of STRUCTURE to start from (default: last)")
-    parser.add_argument("-o", "--output", default="md_out",
-                        help="output directory (default md_out)")
-    parser.add_argument("--traj-every", type=int, default=100, help="steps between frames")
-    parser.add_argument("--thermo-every", type=int, default=100, help="steps between CSV rows")
-    parser.add_argument("--checkpoint-every", type=int, default=1000,
-                        help="steps between checkpoints")
-    parser.add_argument("--check-every", type=int, default=0,
-                        help="steps between NaN/close-contact checks (default: --thermo-every)")
-    parser.add_argument("--min-distance", type=float, default=0.5,
-                        help="stop if two atoms come closer than this, Å (default 0.5)")
-    parser.add_argument("--platform", default=None,
-                        help="OpenMM platform: Reference, CPU, CUDA, OpenCL (default: fastest)")
-    parser.add_argument("--device", default=None,
-                        help="torch device for ASE / --force-path python (default: cuda if "
-                        "available, else cpu)")
-    parser.add_argument("--force-path", choices=("torch", "python"), default="torch",
-                        help="OpenMM force: TorchForce (TorchScript models) or PythonForce "
-                        "(any model format, e.g. AOTInductor)")
-    parser.add_argument("--restart", action="store_true",
-                        help="continue from DIR/checkpoint.json (same settings; --steps may grow)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh even if DIR holds a previous run")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def settings_from_args(args: argparse.Namespace) -> MDSettings:
-    return MDSettings(
-        structure=str(args.structure),
-        model=str(args.model),
-        engine=args.engine,
-        ensemble=args.ensemble,
-        timestep_fs=args.timestep,
-        temperature_K=args.temperature,
-        pressure_bar=args.pressure,
-        friction_per_ps=args.friction,
-        barostat_every=args.barostat_every,
-        steps=args.steps,
-        seed=args.seed,
-        frame=args.frame,
-        traj_every=args.traj_every,
-        thermo_every=args.thermo_every,
-        checkpoint_every=args.checkpoint_every,
-        check_every=args.check_every,
-        min_distance_A=args.min_distance,
-        platform=args.platform,
-        device=args.device,
-        force_path=args.force_path,
-        output=str(args.output),
-        progress=not args.no_progress,
-    )
 
 
 def run_md(args: argparse.Namespace) -> int:
@@ -185,11 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-# ---------------------------------------------------------------------------------------------
-# structures
-
-
-def read_structure(path: str | Path, frame: int = -1):
+def read_structure(path: str | Path, frame: int = -1) -> Atoms:
     """ase.Atoms from extxyz, PDB, ... (frame: index into a multi-frame file)."""
     from ase.io import read
 
@@ -197,23 +94,6 @@ def read_structure(path: str | Path, frame: int = -1):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such structure file")
     return read(path, index=frame)
-
-
-def validate_settings(settings: MDSettings, atoms) -> None:
-    positive = {"--timestep": settings.timestep_fs, "--traj-every": settings.traj_every,
-                "--thermo-every": settings.thermo_every,
-                "--checkpoint-every": settings.checkpoint_every}
-    for name, value in positive.items():
-        if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
-    if settings.steps < 0:
-        raise ValueError(f"--steps must be >= 0, got {settings.steps}")
-    if settings.ensemble == "npt" and not atoms.pbc.all():
-        raise ValueError(f"{settings.structure}: NPT needs a fully periodic structure "
-                         f"(pbc is {atoms.pbc.tolist()})")
-    if settings.engine == "openmm" and atoms.pbc.any() and not atoms.pbc.all():
-        raise ValueError(f"{settings.structure}: OpenMM treats a system as fully periodic or not "
-                         f"at all (pbc is {atoms.pbc.tolist()}); use --engine ase for slabs")
 
 
 def check_positions(positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray,
@@ -245,288 +125,6 @@ def check_positions(positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
-# engines: advance(n), thermo(), positions, snapshot()/restore(), trajectory frames
-
-
-class OpenMMEngine:
-    """A pure-ML OpenMM System (TorchForce or PythonForce on all atoms) and its integrator."""
-
-    trajectory_name = "trajectory.dcd"
-
-    def __init__(self, settings: MDSettings, atoms) -> None:
-        import openmm
-        import openmm.app as app
-        from openmm import unit
-
-        from equimd.md_drivers.openmm import create_force
-
-        self.settings = settings
-        self.numbers = atoms.get_atomic_numbers()
-        self.periodic = bool(atoms.pbc.all())
-        n_atoms = len(atoms)
-        system = openmm.System()
-        for mass in atoms.get_masses():
-            system.addParticle(float(mass))
-        topology = app.Topology()
-        chain = topology.addChain()
-        residue = topology.addResidue("MOL", chain)
-        for index, z in enumerate(self.numbers):
-            element = app.Element.getByAtomicNumber(int(z))
-            topology.addAtom(f"{element.symbol}{index + 1}"[:4], element, residue)
-        if self.periodic:
-            box = [openmm.Vec3(*(row / 10.0)) for row in atoms.cell.array]
-            system.setDefaultPeriodicBoxVectors(*box)
-            topology.setPeriodicBoxVectors(box * unit.nanometer)
-        options: dict[str, Any] = {}
-        if settings.force_path == "python":
-            options["device"] = settings.device or _default_device()
-        system.addForce(create_force(settings.model, self.numbers, None, self.periodic,
-                                     path=settings.force_path, **options))
-        system.addForce(openmm.CMMotionRemover())
-        self.dof = 3 * n_atoms - 3 if n_atoms > 1 else 3
-        dt = settings.timestep_ps
-        if settings.ensemble == "nve":
-            integrator = openmm.VerletIntegrator(dt)
-        else:
-            integrator = openmm.LangevinMiddleIntegrator(
-                settings.temperature_K, settings.friction_per_ps, dt)
-            integrator.setRandomNumberSeed(_openmm_seed(settings.seed))
-        if settings.ensemble == "npt":
-            barostat = openmm.MonteCarloBarostat(
-                settings.pressure_bar, settings.temperature_K, settings.barostat_every)
-            barostat.setRandomNumberSeed(_openmm_seed(settings.seed + 1))
-            system.addForce(barostat)
-        if settings.platform:
-            platform = openmm.Platform.getPlatformByName(settings.platform)
-            self.context = openmm.Context(system, integrator, platform)
-        else:
-            self.context = openmm.Context(system, integrator)
-        self.platform = self.context.getPlatform().getName()
-        self.integrator = integrator
-        self.system = system
-        self.topology = topology
-        self.context.setPositions(atoms.get_positions() / 10.0)
-        if self.periodic:
-            self.context.setPeriodicBoxVectors(*box)
-        if atoms.has("momenta") and np.abs(atoms.get_momenta()).max() > 0:
-            from ase import units
-
-            velocities = atoms.get_velocities() * 0.1 * (1000.0 * units.fs)  # Å/t_ASE → nm/ps
-            self.context.setVelocities(velocities)
-        else:
-            self.context.setVelocitiesToTemperature(settings.temperature_K,
-                                                    _openmm_seed(settings.seed))
-        # zero the centre-of-mass velocity now, not at the CMMotionRemover's first step (that
-        # would change the kinetic energy by a jump between the first two thermo rows)
-        from openmm import unit
-
-        masses = atoms.get_masses()[:, None]
-        velocities = self.context.getState(getVelocities=True).getVelocities(asNumpy=True)
-        velocities = velocities.value_in_unit(unit.nanometer / unit.picosecond)
-        velocities -= (masses * velocities).sum(axis=0) / masses.sum()
-        self.context.setVelocities(velocities)
-        self._state = None
-
-    def describe(self) -> str:
-        return f"OpenMM {self.settings.force_path} force on platform {self.platform}"
-
-    def advance(self, steps: int) -> None:
-        self._state = None  # also when step() raises: positions are then read afresh
-        self.integrator.step(steps)
-
-    def _current(self):
-        if self._state is None:
-            self._state = self.context.getState(getPositions=True, getEnergy=True)
-        return self._state
-
-    def positions(self) -> np.ndarray:
-        """[N, 3] Å (unwrapped)."""
-        from openmm import unit
-
-        return self._current().getPositions(asNumpy=True).value_in_unit(unit.angstrom)
-
-    def cell(self) -> np.ndarray:
-        from openmm import unit
-
-        if not self.periodic:
-            return np.zeros((3, 3))
-        return self._current().getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom)
-
-    def pbc(self) -> np.ndarray:
-        return np.array([self.periodic] * 3)
-
-    def thermo(self) -> dict[str, float]:
-        from openmm import unit
-
-        from equimd.units import EV_TO_KJ_PER_MOL
-
-        state = self._current()
-        epot = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
-        ekin_kj = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
-        k_boltzmann = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
-        volume = float(abs(np.linalg.det(self.cell()))) if self.periodic else math.nan
-        return {"T_K": 2.0 * ekin_kj / (self.dof * k_boltzmann), "Epot_eV": epot,
-                "Ekin_eV": ekin_kj / EV_TO_KJ_PER_MOL, "volume_A3": volume}
-
-    def open_trajectory(self, path: Path, offset: int | None, frames: int) -> DCDTrajectory:
-        return DCDTrajectory(path, self.topology, self.settings.timestep_ps,
-                             self.settings.traj_every, 0, offset, frames)
-
-    def write_frame(self, trajectory: DCDTrajectory, step: int) -> None:
-        box = self.cell() / 10.0 if self.periodic else None
-        trajectory.write(self.positions() / 10.0, box)
-
-    def write_topology(self, path: Path) -> None:
-        import openmm.app as app
-
-        with open(path, "w") as handle:
-            app.PDBFile.writeFile(self.topology, self.positions() / 10.0, handle)
-
-    def snapshot(self) -> dict[str, Any]:
-        """Binary checkpoint (exact continuation on the same platform) + portable XML state."""
-        import openmm
-
-        state = self.context.getState(getPositions=True, getVelocities=True,
-                                      getParameters=True, getIntegratorParameters=True)
-        return {
-            "platform": self.platform,
-            "checkpoint": base64.b64encode(self.context.createCheckpoint()).decode("ascii"),
-            "state_xml": openmm.XmlSerializer.serialize(state),
-        }
-
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        import openmm
-
-        try:
-            if snapshot.get("platform") != self.platform:
-                raise openmm.OpenMMException("different platform")
-            self.context.loadCheckpoint(base64.b64decode(snapshot["checkpoint"]))
-        except openmm.OpenMMException as error:
-            print(f"equimd md: warning: binary checkpoint not usable ({error}; written on "
-                  f"{snapshot.get('platform')}, running on {self.platform}); restoring positions, "
-                  "velocities and box from the XML state — the continuation is statistically, "
-                  "not bitwise, the same", file=sys.stderr)
-            self.context.setState(openmm.XmlSerializer.deserialize(snapshot["state_xml"]))
-        self._state = None
-
-
-class ASEEngine:
-    """ASE dynamics with the equimd calculator: VelocityVerlet, Langevin or NPTBerendsen."""
-
-    trajectory_name = "trajectory.extxyz"
-
-    def __init__(self, settings: MDSettings, atoms) -> None:
-        from ase import units
-        from ase.md.langevin import Langevin
-        from ase.md.nptberendsen import NPTBerendsen
-        from ase.md.velocitydistribution import Stationary
-        from ase.md.verlet import VelocityVerlet
-
-        from equimd.md_drivers.ase import EquimdCalculator
-
-        self.settings = settings
-        self.atoms = atoms
-        self.numbers = atoms.get_atomic_numbers()
-        self.device = settings.device or _default_device()
-        atoms.calc = EquimdCalculator(settings.model, device=self.device)
-        if not (atoms.has("momenta") and np.abs(atoms.get_momenta()).max() > 0):
-            _thermalize(atoms, settings.temperature_K, np.random.default_rng(settings.seed))
-            Stationary(atoms, preserve_temperature=False)
-        dt = settings.timestep_fs * units.fs
-        self.rng = np.random.default_rng(settings.seed + 1)
-        n_atoms = len(atoms)
-        # degrees of freedom: the centre of mass is fixed except under Langevin noise
-        self.dof = 3 * n_atoms if settings.ensemble == "nvt" or n_atoms == 1 else 3 * n_atoms - 3
-        if settings.ensemble == "nve":
-            self.dynamics = VelocityVerlet(atoms, dt)
-        elif settings.ensemble == "nvt":
-            friction = settings.friction_per_ps / (1000.0 * units.fs)
-            # fixcm=False: ASE's fixcm=True Langevin does not sample NVT exactly (ASE ≥ 3.28)
-            self.dynamics = Langevin(atoms, dt, temperature_K=settings.temperature_K,
-                                     friction=friction, fixcm=False, rng=self.rng)
-        else:
-            # Berendsen: stateless (exact restarts); 0.1 ps thermostat, 1 ps barostat,
-            # water's compressibility 4.57e-5 / bar as the coupling scale.
-            # ASE's thermostat counts 3N degrees of freedom, but the centre of mass is at rest
-            # (3N - 3): aim its kinetic temperature so that the true temperature is the target.
-            target_K = settings.temperature_K * self.dof / (3 * n_atoms)
-            self.dynamics = NPTBerendsen(
-                atoms, dt, temperature_K=target_K,
-                pressure_au=settings.pressure_bar * units.bar,
-                taut=100.0 * units.fs, taup=1000.0 * units.fs,
-                compressibility_au=4.57e-5 / units.bar)
-
-    def describe(self) -> str:
-        return f"ASE {type(self.dynamics).__name__} on {self.device}"
-
-    def advance(self, steps: int) -> None:
-        self.dynamics.run(steps)
-
-    def positions(self) -> np.ndarray:
-        return self.atoms.get_positions()
-
-    def cell(self) -> np.ndarray:
-        return self.atoms.cell.array.copy()
-
-    def pbc(self) -> np.ndarray:
-        return self.atoms.pbc.copy()
-
-    def thermo(self) -> dict[str, float]:
-        from ase import units
-
-        volume = float(self.atoms.get_volume()) if self.atoms.pbc.all() else math.nan
-        ekin = float(self.atoms.get_kinetic_energy())
-        return {"T_K": 2.0 * ekin / (self.dof * units.kB),
-                "Epot_eV": float(self.atoms.get_potential_energy()),
-                "Ekin_eV": ekin, "volume_A3": volume}
-
-    def open_trajectory(self, path: Path, offset: int | None, frames: int) -> ExtxyzTrajectory:
-        return ExtxyzTrajectory(path, offset)
-
-    def write_frame(self, trajectory: ExtxyzTrajectory, step: int) -> None:
-        self.atoms.get_forces()  # results cached by the dynamics; computed here at step 0
-        trajectory.write(self.atoms, step, step * self.settings.timestep_ps)
-
-    def write_topology(self, path: Path) -> None:
-        return None
-
-    def snapshot(self) -> dict[str, Any]:
-        # floats are written with repr() by json: the round trip is exact
-        return {
-            "positions": self.atoms.get_positions().tolist(),
-            "momenta": self.atoms.get_momenta().tolist(),
-            "cell": self.atoms.cell.array.tolist(),
-            "rng": self.rng.bit_generator.state,
-        }
-
-    def restore(self, snapshot: dict[str, Any]) -> None:
-        self.atoms.set_cell(np.array(snapshot["cell"]), scale_atoms=False)
-        self.atoms.set_positions(np.array(snapshot["positions"]))
-        self.atoms.set_momenta(np.array(snapshot["momenta"]))
-        self.rng.bit_generator.state = snapshot["rng"]
-
-
-def _thermalize(atoms, temperature_K: float, rng: np.random.Generator) -> None:
-    """Maxwell-Boltzmann momenta (ASE ≥ 3.29 `thermalize_momenta`, else the older name)."""
-    try:
-        from ase.md.velocitydistribution import thermalize_momenta
-    except ImportError:  # ASE < 3.29
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
-    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _openmm_seed(seed: int) -> int:
-    # OpenMM treats seed 0 as "pick one at random": map every seed to a fixed non-zero int32
-    return int(seed) % 2_147_483_646 + 1
-
-
-# ---------------------------------------------------------------------------------------------
 # the run loop
 
 
@@ -547,24 +145,13 @@ class MDRun:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def _read_checkpoint(self) -> dict[str, Any]:
-        import json
-
         if not self.checkpoint_path.is_file():
             raise FileNotFoundError(f"{self.checkpoint_path}: no checkpoint to restart from; "
                                     "start the run without --restart")
         record = json.loads(self.checkpoint_path.read_text())
         if record.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{self.checkpoint_path}: not an equimd MD checkpoint")
-        saved = record["settings"]
-        current = asdict(self.settings)
-
-        def same(key: str) -> bool:
-            if key in ("model", "structure"):  # the same file, however it is spelled
-                return Path(saved.get(key, "")).resolve() == Path(current[key]).resolve()
-            return saved.get(key) == current[key]
-
-        changed = [f"{key}: {saved.get(key)!r} → {current[key]!r}" for key in _FIXED_ON_RESTART
-                   if not same(key)]
+        changed = changed_on_restart(record["settings"], self.settings)
         if changed:
             raise ValueError(f"{self.checkpoint_path}: --restart with settings different from "
                              "the checkpoint's (they would change the trajectory): "
@@ -581,7 +168,8 @@ class MDRun:
         atomic_write_json(self.checkpoint_path, record, "MD checkpoint")
         self._checkpoint_step = int(snapshot["step"])
 
-    def _take_snapshot(self, engine, step: int, trajectory, thermo: ThermoCSV) -> dict[str, Any]:
+    def _take_snapshot(self, engine: MDEngine, step: int, trajectory,
+                       thermo: ThermoCSV) -> dict[str, Any]:
         """Engine state + step + file offsets (flushed), as one consistent record."""
         return {
             "step": step,
@@ -628,8 +216,7 @@ class MDRun:
             # a fresh run: a stale checkpoint of an earlier run must not survive a crash of
             # this one before its first checkpoint
             self.checkpoint_path.unlink(missing_ok=True)
-        engine_class = OpenMMEngine if settings.engine == "openmm" else ASEEngine
-        engine = engine_class(settings, atoms)
+        engine = create_engine(settings, atoms)
         trajectory_path = self.directory / engine.trajectory_name
         if record is None:
             step = 0
@@ -662,6 +249,7 @@ class MDRun:
             progress.close()
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
+            engine.close()
             _close_outputs((trajectory, thermo), keep_first_error=failed)
 
     def _write_failure_note(self) -> str:
@@ -671,7 +259,7 @@ class MDRun:
         return (f"the run stopped; {self.checkpoint_path} (step {self._checkpoint_step}) is "
                 "intact: free space and continue with --restart")
 
-    def _loop(self, engine, step: int, resumed: dict[str, Any] | None, trajectory,
+    def _loop(self, engine: MDEngine, step: int, resumed: dict[str, Any] | None, trajectory,
               thermo: ThermoCSV, progress) -> int:
         """Advance in chunks between events; at each step s reached: check positions, write
         frame / CSV row, checkpoint. A restart's first step skips these: the checkpoint was
@@ -695,8 +283,8 @@ class MDRun:
                     now = time.perf_counter()
                     speed = math.nan  # ns/day since the previous row of this process
                     if step > step_mark:
-                        simulated_ns = (step - step_mark) * settings.timestep_ps * 1e-3
-                        speed = simulated_ns * 86400.0 / (now - wall_mark)
+                        simulated_ns = (step - step_mark) * settings.timestep_ps * NS_PER_PS
+                        speed = simulated_ns * SECONDS_PER_DAY / (now - wall_mark)
                     row = {"step": step, "time_ps": step * settings.timestep_ps,
                            **engine.thermo(), "ns_per_day": speed}
                     row["Etot_eV"] = row["Epot_eV"] + row["Ekin_eV"]
@@ -733,7 +321,7 @@ class MDRun:
             step += chunk
             progress.update(chunk)
 
-    def _check(self, engine, step: int, last_good: dict[str, Any] | None, trajectory,
+    def _check(self, engine: MDEngine, step: int, last_good: dict[str, Any] | None, trajectory,
                thermo: ThermoCSV, cause: str = "") -> None:
         problem = check_positions(engine.positions(), engine.numbers, engine.cell(),
                                   engine.pbc(), self.settings.min_distance_A, step)

@@ -1,0 +1,222 @@
+"""The OpenMM engine of `equimd md`: a pure-ML System (TorchForce or PythonForce on all atoms),
+a Verlet or Langevin integrator, a Monte Carlo barostat for NPT; DCD trajectory.
+
+Units change here, with the constants of `equimd.units`: OpenMM works in nm, ps and kJ/mol,
+the engine interface in Å, fs and eV.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from equimd.md_drivers.engines.common import default_device, has_velocities
+from equimd.md_drivers.reporters import DCDTrajectory
+from equimd.units import (
+    ANGSTROM_TO_NM,
+    ASE_TIME_PER_FS,
+    EV_TO_KJ_PER_MOL,
+    FS_PER_PS,
+    NM_TO_ANGSTROM,
+)
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from equimd.md_drivers.settings import MDSettings
+
+
+class OpenMMEngine:
+    """A pure-ML OpenMM System (TorchForce or PythonForce on all atoms) and its integrator."""
+
+    trajectory_name = "trajectory.dcd"
+
+    def __init__(self, settings: MDSettings, atoms: Atoms) -> None:
+        import openmm
+
+        self.settings = settings
+        self.numbers = atoms.get_atomic_numbers()
+        self.periodic = bool(atoms.pbc.all())
+        n_atoms = len(atoms)
+        self.system, self.topology, box = _system_and_topology(settings, atoms, self.periodic)
+        self.dof = 3 * n_atoms - 3 if n_atoms > 1 else 3
+        self.integrator = _integrator(settings, self.system)
+        if settings.platform:
+            platform = openmm.Platform.getPlatformByName(settings.platform)
+            self.context = openmm.Context(self.system, self.integrator, platform)
+        else:
+            self.context = openmm.Context(self.system, self.integrator)
+        self.platform = self.context.getPlatform().getName()
+        self.context.setPositions(atoms.get_positions() / NM_TO_ANGSTROM)
+        if self.periodic:
+            self.context.setPeriodicBoxVectors(*box)
+        self._set_initial_velocities(atoms)
+        self._state = None
+
+    def _set_initial_velocities(self, atoms: Atoms) -> None:
+        """The structure's velocities, else Maxwell-Boltzmann at the target temperature; the
+        centre-of-mass velocity zeroed now, not at the CMMotionRemover's first step (that would
+        change the kinetic energy by a jump between the first two thermo rows)."""
+        from openmm import unit
+
+        if has_velocities(atoms):
+            # Å per ASE time unit → nm/ps
+            velocities = atoms.get_velocities() * ANGSTROM_TO_NM * (FS_PER_PS * ASE_TIME_PER_FS)
+            self.context.setVelocities(velocities)
+        else:
+            self.context.setVelocitiesToTemperature(self.settings.temperature_K,
+                                                    openmm_seed(self.settings.seed))
+        masses = atoms.get_masses()[:, None]
+        velocities = self.context.getState(getVelocities=True).getVelocities(asNumpy=True)
+        velocities = velocities.value_in_unit(unit.nanometer / unit.picosecond)
+        velocities -= (masses * velocities).sum(axis=0) / masses.sum()
+        self.context.setVelocities(velocities)
+
+    def describe(self) -> str:
+        return f"OpenMM {self.settings.force_path} force on platform {self.platform}"
+
+    def advance(self, steps: int) -> None:
+        self._state = None  # also when step() raises: positions are then read afresh
+        self.integrator.step(steps)
+
+    def _current(self):
+        if self._state is None:
+            self._state = self.context.getState(getPositions=True, getEnergy=True)
+        return self._state
+
+    def positions(self) -> np.ndarray:
+        """[N, 3] Å (unwrapped)."""
+        from openmm import unit
+
+        return self._current().getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+
+    def cell(self) -> np.ndarray:
+        from openmm import unit
+
+        if not self.periodic:
+            return np.zeros((3, 3))
+        return self._current().getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom)
+
+    def pbc(self) -> np.ndarray:
+        return np.array([self.periodic] * 3)
+
+    def thermo(self) -> dict[str, float]:
+        from openmm import unit
+
+        state = self._current()
+        epot = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL
+        ekin_kj = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
+        k_boltzmann = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+        volume = float(abs(np.linalg.det(self.cell()))) if self.periodic else math.nan
+        return {"T_K": 2.0 * ekin_kj / (self.dof * k_boltzmann), "Epot_eV": epot,
+                "Ekin_eV": ekin_kj / EV_TO_KJ_PER_MOL, "volume_A3": volume}
+
+    def open_trajectory(self, path: Path, offset: int | None, frames: int) -> DCDTrajectory:
+        return DCDTrajectory(path, self.topology, self.settings.timestep_ps,
+                             self.settings.traj_every, 0, offset, frames)
+
+    def write_frame(self, trajectory: DCDTrajectory, step: int) -> None:
+        box = self.cell() / NM_TO_ANGSTROM if self.periodic else None
+        trajectory.write(self.positions() / NM_TO_ANGSTROM, box)
+
+    def write_topology(self, path: Path) -> None:
+        import openmm.app as app
+
+        with open(path, "w") as handle:
+            app.PDBFile.writeFile(self.topology, self.positions() / NM_TO_ANGSTROM, handle)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Binary checkpoint (exact continuation on the same platform) + portable XML state."""
+        import openmm
+
+        state = self.context.getState(getPositions=True, getVelocities=True,
+                                      getParameters=True, getIntegratorParameters=True)
+        return {
+            "platform": self.platform,
+            "checkpoint": base64.b64encode(self.context.createCheckpoint()).decode("ascii"),
+            "state_xml": openmm.XmlSerializer.serialize(state),
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        import openmm
+
+        try:
+            if snapshot.get("platform") != self.platform:
+                raise openmm.OpenMMException("different platform")
+            self.context.loadCheckpoint(base64.b64decode(snapshot["checkpoint"]))
+        except openmm.OpenMMException as error:
+            print(f"equimd md: warning: binary checkpoint not usable ({error}; written on "
+                  f"{snapshot.get('platform')}, running on {self.platform}); restoring positions, "
+                  "velocities and box from the XML state — the continuation is statistically, "
+                  "not bitwise, the same", file=sys.stderr)
+            self.context.setState(openmm.XmlSerializer.deserialize(snapshot["state_xml"]))
+        self._state = None
+
+    def close(self) -> None:
+        """Drop the Context and integrator (platform memory, the model in the force) now."""
+        self._state = None
+        self.context = self.integrator = None
+
+
+def _system_and_topology(settings: MDSettings, atoms: Atoms, periodic: bool):
+    """(System with the model's force on all atoms and a CMMotionRemover, Topology with one
+    residue, box vectors in nm as Vec3s or None)."""
+    import openmm
+    import openmm.app as app
+    from openmm import unit
+
+    from equimd.md_drivers.openmm import create_force
+
+    numbers = atoms.get_atomic_numbers()
+    system = openmm.System()
+    for mass in atoms.get_masses():
+        system.addParticle(float(mass))
+    topology = app.Topology()
+    chain = topology.addChain()
+    residue = topology.addResidue("MOL", chain)
+    for index, z in enumerate(numbers):
+        element = app.Element.getByAtomicNumber(int(z))
+        topology.addAtom(f"{element.symbol}{index + 1}"[:4], element, residue)
+    box = None
+    if periodic:
+        box = [openmm.Vec3(*(row / NM_TO_ANGSTROM)) for row in atoms.cell.array]
+        system.setDefaultPeriodicBoxVectors(*box)
+        topology.setPeriodicBoxVectors(box * unit.nanometer)
+    options: dict[str, Any] = {}
+    if settings.force_path == "python":
+        options["device"] = settings.device or default_device()
+    system.addForce(create_force(settings.model, numbers, None, periodic,
+                                 path=settings.force_path, **options))
+    system.addForce(openmm.CMMotionRemover())
+    return system, topology, box
+
+
+def _integrator(settings: MDSettings, system):
+    """Verlet (NVE) or Langevin middle (NVT, NPT) integrator; adds the Monte Carlo barostat to
+    `system` for NPT. Both are seeded from `settings.seed`."""
+    import openmm
+
+    dt = settings.timestep_ps
+    if settings.ensemble == "nve":
+        integrator = openmm.VerletIntegrator(dt)
+    else:
+        integrator = openmm.LangevinMiddleIntegrator(
+            settings.temperature_K, settings.friction_per_ps, dt)
+        integrator.setRandomNumberSeed(openmm_seed(settings.seed))
+    if settings.ensemble == "npt":
+        barostat = openmm.MonteCarloBarostat(
+            settings.pressure_bar, settings.temperature_K, settings.barostat_every)
+        barostat.setRandomNumberSeed(openmm_seed(settings.seed + 1))
+        system.addForce(barostat)
+    return integrator
+
+
+def openmm_seed(seed: int) -> int:
+    """`seed` as an OpenMM random seed: OpenMM treats 0 as "pick one at random", so every seed
+    maps to a fixed non-zero int32."""
+    return int(seed) % 2_147_483_646 + 1

@@ -1,0 +1,159 @@
+"""Settings of an `equimd md` run: the dataclass stored in the checkpoint, the command-line
+arguments that fill it, and the checks made before a run starts or restarts."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from equimd.units import PS_PER_FS
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+FIXED_ON_RESTART = (
+    "engine", "ensemble", "timestep_fs", "temperature_K", "pressure_bar", "friction_per_ps",
+    "barostat_every", "traj_every", "thermo_every", "seed", "force_path", "model", "structure",
+    "frame",
+)
+"""Settings that must not change on --restart (they change the trajectory)."""
+
+
+@dataclass
+class MDSettings:
+    """Everything that defines a run (stored in the checkpoint)."""
+
+    structure: str
+    model: str
+    engine: str = "openmm"
+    ensemble: str = "nvt"
+    timestep_fs: float = 1.0
+    temperature_K: float = 300.0
+    pressure_bar: float = 1.0
+    friction_per_ps: float = 1.0
+    barostat_every: int = 25
+    steps: int = 1000
+    seed: int = 0
+    frame: int = -1
+    traj_every: int = 100
+    thermo_every: int = 100
+    checkpoint_every: int = 1000
+    check_every: int = 0  # 0: same as thermo_every
+    min_distance_A: float = 0.5
+    platform: str | None = None
+    device: str | None = None
+    force_path: str = "torch"
+    output: str = "md_out"
+    progress: bool = True
+
+    @property
+    def timestep_ps(self) -> float:
+        return self.timestep_fs * PS_PER_FS
+
+
+def add_md_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `equimd md` (see `equimd.md_drivers.run`)."""
+    parser.add_argument("structure", help="starting structure (extxyz, PDB, anything ase.io reads)")
+    parser.add_argument("--model", required=True, help="deployed model file (equimd deploy)")
+    parser.add_argument("--engine", choices=("openmm", "ase"), default="openmm")
+    parser.add_argument("--ensemble", choices=("nve", "nvt", "npt"), default="nvt",
+                        help="nve: velocity Verlet; nvt: Langevin; npt: Langevin + barostat "
+                        "(OpenMM MonteCarloBarostat, ASE Berendsen)")
+    parser.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
+    parser.add_argument("--temperature", type=float, default=300.0,
+                        help="K: thermostat target and initial velocities (default 300)")
+    parser.add_argument("--pressure", type=float, default=1.0, help="bar, NPT (default 1)")
+    parser.add_argument("--friction", type=float, default=1.0,
+                        help="Langevin friction, 1/ps (default 1)")
+    parser.add_argument("--barostat-every", type=int, default=25,
+                        help="steps between OpenMM Monte Carlo volume moves (default 25)")
+    parser.add_argument("--steps", type=int, default=1000, help="total steps of the run")
+    parser.add_argument("--seed", type=int, default=0, help="velocities and thermostat noise")
+    parser.add_argument("--frame", type=int, default=-1,
+                        help="frame of STRUCTURE to start from (default: last)")
+    parser.add_argument("-o", "--output", default="md_out",
+                        help="output directory (default md_out)")
+    parser.add_argument("--traj-every", type=int, default=100, help="steps between frames")
+    parser.add_argument("--thermo-every", type=int, default=100, help="steps between CSV rows")
+    parser.add_argument("--checkpoint-every", type=int, default=1000,
+                        help="steps between checkpoints")
+    parser.add_argument("--check-every", type=int, default=0,
+                        help="steps between NaN/close-contact checks (default: --thermo-every)")
+    parser.add_argument("--min-distance", type=float, default=0.5,
+                        help="stop if two atoms come closer than this, Å (default 0.5)")
+    parser.add_argument("--platform", default=None,
+                        help="OpenMM platform: Reference, CPU, CUDA, OpenCL (default: fastest)")
+    parser.add_argument("--device", default=None,
+                        help="torch device for ASE / --force-path python (default: cuda if "
+                        "available, else cpu)")
+    parser.add_argument("--force-path", choices=("torch", "python"), default="torch",
+                        help="OpenMM force: TorchForce (TorchScript models) or PythonForce "
+                        "(any model format, e.g. AOTInductor)")
+    parser.add_argument("--restart", action="store_true",
+                        help="continue from DIR/checkpoint.json (same settings; --steps may grow)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh even if DIR holds a previous run")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def settings_from_args(args: argparse.Namespace) -> MDSettings:
+    """The run's settings from parsed `equimd md` arguments (--restart and --overwrite are not
+    settings: they say how to treat the output directory)."""
+    return MDSettings(
+        structure=str(args.structure),
+        model=str(args.model),
+        engine=args.engine,
+        ensemble=args.ensemble,
+        timestep_fs=args.timestep,
+        temperature_K=args.temperature,
+        pressure_bar=args.pressure,
+        friction_per_ps=args.friction,
+        barostat_every=args.barostat_every,
+        steps=args.steps,
+        seed=args.seed,
+        frame=args.frame,
+        traj_every=args.traj_every,
+        thermo_every=args.thermo_every,
+        checkpoint_every=args.checkpoint_every,
+        check_every=args.check_every,
+        min_distance_A=args.min_distance,
+        platform=args.platform,
+        device=args.device,
+        force_path=args.force_path,
+        output=str(args.output),
+        progress=not args.no_progress,
+    )
+
+
+def validate_settings(settings: MDSettings, atoms: Atoms) -> None:
+    """Raise ValueError naming the option if `settings` cannot run on `atoms`."""
+    positive = {"--timestep": settings.timestep_fs, "--traj-every": settings.traj_every,
+                "--thermo-every": settings.thermo_every,
+                "--checkpoint-every": settings.checkpoint_every}
+    for name, value in positive.items():
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if settings.steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {settings.steps}")
+    if settings.ensemble == "npt" and not atoms.pbc.all():
+        raise ValueError(f"{settings.structure}: NPT needs a fully periodic structure "
+                         f"(pbc is {atoms.pbc.tolist()})")
+    if settings.engine == "openmm" and atoms.pbc.any() and not atoms.pbc.all():
+        raise ValueError(f"{settings.structure}: OpenMM treats a system as fully periodic or not "
+                         f"at all (pbc is {atoms.pbc.tolist()}); use --engine ase for slabs")
+
+
+def changed_on_restart(saved: dict[str, Any], settings: MDSettings) -> list[str]:
+    """The settings of `FIXED_ON_RESTART` that differ between a checkpoint's `saved` settings
+    and `settings`, as "key: old → new" (model and structure compare as resolved paths)."""
+    current = asdict(settings)
+
+    def same(key: str) -> bool:
+        if key in ("model", "structure"):  # the same file, however it is spelled
+            return Path(saved.get(key, "")).resolve() == Path(current[key]).resolve()
+        return saved.get(key) == current[key]
+
+    return [f"{key}: {saved.get(key)!r} → {current[key]!r}" for key in FIXED_ON_RESTART
+            if not same(key)]
