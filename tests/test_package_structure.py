@@ -11,6 +11,7 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -210,9 +211,17 @@ def test_shared_rules_are_written_once():
 def test_wheel_installs_only_the_equimd_import_name(tmp_path):
     """`pip install .` puts one top-level name into site-packages: `equimd` (PyPI has
     unrelated `potentials` and `deploy` distributions)."""
+    # build from a copy of the sources: setuptools' build/ folder in the repository may hold
+    # stale copies of moved modules, which a wheel built in place would include
+    source = tmp_path / "source"
+    for folder in PACKAGES:
+        shutil.copytree(ROOT / folder, source / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+         "-w", str(tmp_path), str(source)],
         capture_output=True, text=True, timeout=600,
     )
     assert build.returncode == 0, build.stderr
