@@ -48,7 +48,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from equimd.potentials.data.cell_list import BIN_SUBDIVISION, neighbor_list_torch  # noqa: E402
+from equimd.potentials.data.cell_grid import BIN_SUBDIVISION  # noqa: E402
+from equimd.potentials.data.cell_list import neighbor_list_torch  # noqa: E402
 
 LATTICE_CONSTANT_CU = 3.61  # Å
 

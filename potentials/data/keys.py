@@ -15,7 +15,9 @@ from equimd.errors import EquimdError
 from equimd.potentials.data.configuration import Configuration
 from equimd.units import ENERGY_UNITS, LENGTH_UNITS
 
-__all__ = ["DataFormatError", "DatasetKeys", "check_finite", "check_required", "clip", "did_you_mean"]
+__all__ = [
+    "DataFormatError", "DatasetKeys", "check_finite", "check_required", "clip", "did_you_mean",
+]
 
 
 class DataFormatError(EquimdError, ValueError):
