@@ -65,6 +65,20 @@ def contract_model(model_type: str, seed: int = 0) -> Potential:
 CONTRACT_MODELS = sorted(MODELS)
 
 
+def slow_unless_test_only(names: list[str]) -> list:
+    """`pytest.param`s of model names for a test that takes about a minute per model (an
+    AOTInductor compile, a training run): the models registered by the tests (tests/models/,
+    tiny by design) run in the default suite, every other one is marked slow."""
+    import pytest
+
+    def test_only(name: str) -> bool:
+        return name in MODELS and MODELS[name].__module__.startswith("tests.")
+
+    return [
+        pytest.param(name, marks=() if test_only(name) else pytest.mark.slow) for name in names
+    ]
+
+
 def nequip_small() -> torch.nn.Module:
     """NequIP's test configuration (l_max 2, both parities, 8 features, 2 layers, resnet)."""
     return contract_model("nequip")

@@ -36,7 +36,14 @@ from equimd.potentials.data.graph import configuration_to_graph
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
 from equimd.potentials.models.serialization import save_model
-from tests.model_zoo import CONTRACT_MODELS, MODEL_FACTORIES, SPECIES, STRUCTURES, nequip_small
+from tests.model_zoo import (
+    CONTRACT_MODELS,
+    MODEL_FACTORIES,
+    SPECIES,
+    STRUCTURES,
+    nequip_small,
+    slow_unless_test_only,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -348,19 +355,12 @@ def tiny_model():
 
 # every registered model's test configuration, and the hand-written variant above
 AOTI_MODELS = {**{name: MODEL_FACTORIES[name] for name in CONTRACT_MODELS}, "nequip_tiny": tiny_model}
+
+
 # Compiling takes 60-70 s for NequIP's and MACE's test configurations and 20 s for nequip_tiny
 # on two cores: slow. The test-only pair potential compiles in 10-20 s and keeps the export
 # path itself (tracing, compiling, loading) in the default suite.
-AOTI_IN_DEFAULT_SUITE = {"toy_pair"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=() if name in AOTI_IN_DEFAULT_SUITE else pytest.mark.slow)
-        for name in sorted(AOTI_MODELS)
-    ],
-)
+@pytest.mark.parametrize("name", slow_unless_test_only(sorted(AOTI_MODELS)))
 def test_aoti_package_loads_like_torchscript(name, tmp_path):
     """An AOTInductor export: same call, same outputs as TorchScript and eager."""
     model = AOTI_MODELS[name]().eval()

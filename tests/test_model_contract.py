@@ -31,7 +31,13 @@ from equimd.potentials.models import (
     import_model_modules,
     register_model,
 )
-from tests.model_zoo import CONTRACT_MODELS, MODEL_FACTORIES, STRUCTURES, graph_of
+from tests.model_zoo import (
+    CONTRACT_MODELS,
+    MODEL_FACTORIES,
+    STRUCTURES,
+    graph_of,
+    slow_unless_test_only,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +52,8 @@ def test_every_model_module_of_the_package_is_imported():
 
     modules = {m.name for m in pkgutil.iter_modules(models_package.__path__)}
     assert {"base", "nequip", "mace"} <= modules
-    assert all(f"equimd.potentials.models.{name}" in sys.modules for name in modules)
+    not_imported = sorted(m for m in modules if f"equimd.potentials.models.{m}" not in sys.modules)
+    assert not_imported == []
     assert SKIPPED_MODULES == {}, f"model modules not imported: {SKIPPED_MODULES}"
     assert {"nequip", "mace"} <= set(MODELS)
 
@@ -177,7 +184,8 @@ def test_energies_do_not_depend_on_pbc(registered, structure):
     assert torch.equal(ForceField(registered)(all_periodic)["forces"], forces)
 
 
-@pytest.mark.parametrize("name", CONTRACT_MODELS)
+# 10-15 s per model of the package (building e3nn models twice, with EMA): slow for them
+@pytest.mark.parametrize("name", slow_unless_test_only(CONTRACT_MODELS))
 def test_trains_from_a_training_config(name, tmp_path):
     """The test configuration as the `model` section of a training config: an epoch on
     energies, forces and stress (a double backward through the model) give finite losses, and
@@ -225,6 +233,13 @@ CONTRACT_TESTS = {
     "tests/test_reliability_inputs.py": [
         "test_fuzz_exported_model_molecules",
         "test_fuzz_exported_model_periodic",
+    ],
+    "tests/test_model_contract.py": [
+        "test_hyperparameters_rebuild_the_model_through_json",
+        "test_forward_returns_one_energy_per_atom_in_the_input_dtype",
+        "test_scale_shift_is_applied_last",
+        "test_energies_do_not_depend_on_pbc",
+        "test_trains_from_a_training_config",
     ],
 }
 
