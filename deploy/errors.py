@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from equimd.errors import CellError, EquimdError, StructureError, UnknownElementError
+from equimd.errors import CellError, DeviceError, EquimdError, StructureError, UnknownElementError
 
 __all__ = ["CellError", "DeviceError", "ModelFileError", "StructureError", "UnknownElementError"]
 
@@ -12,6 +12,3 @@ class ModelFileError(EquimdError, ValueError):
     """A file that cannot be used as a deployed equimd model; the message says why and what
     to do (e.g. run `equimd deploy` on a training checkpoint)."""
 
-
-class DeviceError(EquimdError, ValueError):
-    """A requested device that does not exist on this machine (e.g. "cuda" without CUDA)."""

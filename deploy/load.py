@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 from equimd.checks import check_cell, check_species, symbol
-from equimd.deploy.errors import CellError, DeviceError, ModelFileError, StructureError
+from equimd.deploy.errors import CellError, ModelFileError, StructureError
 from equimd.deploy.metadata import METADATA_FILE, parse_metadata
+from equimd.devices import check_device
 
 # Name of the extra file holding the TorchScript neighbor list inside an AOTInductor package
 # (base64 text: PT2 extra files are strings).
@@ -362,40 +363,6 @@ def _not_a_model_message(path: Path, names: list[str]) -> str:
             "`equimd deploy` (models from other packages are not loaded by equimd.deploy.load)"
         )
     return f"{path}: a zip archive without equimd model metadata, not a deployed model"
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """`device` as a `torch.device` if this machine has it, else raise `DeviceError`."""
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as error:
-        raise DeviceError(
-            f"device {device!r} is not a device name torch knows ({_first_line(error)}); "
-            "use 'cpu', 'cuda' or 'cuda:N'"
-        ) from error
-    if resolved.type == "cpu":
-        return resolved
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {str(resolved)!r} was requested but CUDA is not available on this "
-                f"machine (torch {torch.__version__}, torch.cuda.is_available() is False); "
-                "use device='cpu'"
-            )
-        count = torch.cuda.device_count()
-        if resolved.index is not None and not 0 <= resolved.index < count:
-            raise DeviceError(
-                f"device {str(resolved)!r} was requested but this machine has {count} CUDA "
-                f"device(s) (cuda:0 to cuda:{count - 1})"
-            )
-        return resolved
-    try:
-        torch.empty(0, device=resolved)
-    except Exception as error:  # backend not built in or no such device
-        raise DeviceError(
-            f"device {str(resolved)!r} is not available on this machine ({_first_line(error)})"
-        ) from error
-    return resolved
 
 
 def _neighbor_list_reason(error: BaseException) -> str | None:

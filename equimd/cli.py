@@ -3,18 +3,71 @@
     equimd train CONFIG.yaml [--resume]
     equimd evaluate CHECKPOINT DATA [-o DIR] [--energy-key ...]
     equimd data convert IN.xyz OUT.h5 [--energy-key ...]
+    equimd data demo OUT.xyz [--frames N] [--seed S]
     equimd deploy CHECKPOINT -o model.pt [--dtype float32|float64] [--format torchscript|aoti] [--verify]
     equimd md STRUCTURE --model model.pt [--engine openmm|ase] ...
     equimd import mace MODEL.pt -o checkpoint.pt
+    equimd import nequip MODEL.nequip.zip -o checkpoint.pt
     equimd info MODEL_OR_CHECKPOINT
     equimd demo [--out DIR]
+
+Error policy: an expected failure (bad input file, option value, missing device, engine
+refusal: any `equimd.errors.EquimdError` or OSError) prints one line `equimd: error: ...` and
+exits with 2, as do usage mistakes; anything else is a bug: one line `equimd: internal error:
+...` and exit 1, with the traceback only under `equimd --debug COMMAND ...`. A failed command
+removes the output directories it created while they are still empty.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """A usage mistake as one line `equimd: error: COMMAND: PROBLEM; see COMMAND --help` (exit
+    2) instead of argparse's usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"equimd: error: {self.prog}: {message}; see `{self.prog} --help`\n")
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=_positive_int, default=None, metavar="N",
+        help="torch CPU threads for this command only (default: torch's own choice, one per "
+        "core; on a machine shared with other jobs, 1 or 2 is often faster)",
+    )
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """`torch.set_num_threads(threads)` for the duration of one command, then restored."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _add_key_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,14 +98,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from equimd.potentials.train.trainer import train
 
     config = load_config(args.config)
-    result = train(config, resume=args.resume, progress=not args.no_progress)
+    new_directories = _missing_directories(config.output.run_dir)
+    try:
+        result = train(config, resume=args.resume, progress=not args.no_progress)
+    except Exception:
+        _remove_empty(new_directories)  # a run that failed before writing anything
+        raise
     print(result)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from equimd.potentials.models.serialization import is_deployed_model_file
     from equimd.potentials.train.evaluate import evaluate
 
+    deployed = None
+    if is_deployed_model_file(args.checkpoint):  # the file MD runs: evaluate it as it is
+        from equimd.deploy.load import load
+
+        deployed = load(args.checkpoint, device=args.device)
     evaluate(
         args.checkpoint,
         args.data,
@@ -61,6 +125,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         index=args.index,
+        deployed=deployed,
     )
     return 0
 
@@ -70,6 +135,14 @@ def _cmd_data_convert(args: argparse.Namespace) -> int:
 
     count = convert(args.input, args.output, _keys_from_args(args))
     print(f"wrote {count} frames to {args.output}")
+    return 0
+
+
+def _cmd_data_demo(args: argparse.Namespace) -> int:
+    from equimd.demo_data import DEMO_LABEL, generate_demo_dataset
+
+    path = generate_demo_dataset(args.output, frames_per_run=args.frames, seed=args.seed)
+    print(f"wrote {DEMO_LABEL} to {path}")
     return 0
 
 
@@ -95,6 +168,14 @@ def _cmd_import_mace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_nequip(args: argparse.Namespace) -> int:
+    from equimd.potentials.models.nequip_import import import_nequip_file
+
+    path = import_nequip_file(args.model, args.output, dtype=args.dtype)
+    print(f"wrote equimd checkpoint {path}; export it with: equimd deploy {path} -o model.pt")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from equimd.info import describe
 
@@ -109,9 +190,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="equimd",
         description="E(3)-equivariant interatomic potentials: train, evaluate, deploy, run MD.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="show the traceback of an internal error (put it before the command)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -119,16 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config (see examples/train_nequip.yaml)")
     train.add_argument("--resume", action="store_true", help="continue from <run dir>/last.pt")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_threads_argument(train)
     train.set_defaults(handler=_cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="error metrics of a checkpoint on a dataset")
-    evaluate.add_argument("checkpoint")
+    evaluate = commands.add_parser(
+        "evaluate", help="error metrics of a checkpoint or deployed model file on a dataset"
+    )
+    evaluate.add_argument("checkpoint", help="training checkpoint or model file of equimd deploy")
     evaluate.add_argument("data", help="extxyz, equimd HDF5 or rMD17 npz")
     evaluate.add_argument("-o", "--output", default=None, help="output dir (default: next to the checkpoint)")
-    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=8)
     evaluate.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     evaluate.add_argument("--index", default=":", help='frames, ASE style (":", ":100", "::5")')
     _add_key_arguments(evaluate)
+    _add_threads_argument(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     data = commands.add_parser("data", help="dataset tools")
@@ -138,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output")
     _add_key_arguments(convert)
     convert.set_defaults(handler=_cmd_data_convert)
+    demo_data = data_commands.add_parser(
+        "demo", help="write the demo data set (fcc Cu labelled by ASE's EMT, not ab initio)"
+    )
+    demo_data.add_argument("output", help="extxyz file to write, e.g. examples/data/cu_demo.xyz")
+    demo_data.add_argument("--frames", type=_positive_int, default=20,
+                           help="frames per MD run (9 runs: 3 structures x 3 temperatures; "
+                           "default 20)")
+    demo_data.add_argument("--seed", type=int, default=0)
+    demo_data.set_defaults(handler=_cmd_data_demo)
 
     deploy = commands.add_parser("deploy", help="export a checkpoint to one model file")
     try:
@@ -146,15 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
         add_deploy_arguments = None
     if add_deploy_arguments is not None:
         add_deploy_arguments(deploy)
+    _add_threads_argument(deploy)
     deploy.set_defaults(handler=_cmd_deploy)
 
-    md = commands.add_parser("md", help="run molecular dynamics with a deployed model")
+    md = commands.add_parser("md", help="run molecular dynamics with a deployed model",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     try:
         from equimd.md_drivers.settings import add_md_arguments
     except ImportError:  # pragma: no cover - broken installation
         add_md_arguments = None
     if add_md_arguments is not None:
         add_md_arguments(md)
+    _add_threads_argument(md)
     md.set_defaults(handler=_cmd_md)
 
     importer = commands.add_parser("import", help="import a model trained with another code")
@@ -175,6 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a training checkpoint (weights only): a .model file of the same architecture",
     )
     mace.set_defaults(handler=_cmd_import_mace)
+    nequip = import_commands.add_parser(
+        "nequip",
+        help="a nequip >= 0.7 package (.nequip.zip) or training checkpoint (.ckpt) (nequip not "
+        "needed; the file's code never runs)",
+    )
+    nequip.add_argument("model", help=".nequip.zip from nequip-package, or a nequip-train .ckpt")
+    nequip.add_argument("-o", "--output", required=True, help="equimd checkpoint to write")
+    nequip.add_argument(
+        "--dtype", choices=["float32", "float64"], help="default: the nequip model's model_dtype"
+    )
+    nequip.set_defaults(handler=_cmd_import_nequip)
 
     info = commands.add_parser("info", help="describe a checkpoint or deployed model file")
     info.add_argument("path")
@@ -184,31 +296,84 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="end-to-end demo on an EMT Cu dataset made here (train, deploy, MD)"
     )
     demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    demo.add_argument("--minutes", type=float, default=4.0, help="training budget (default 4)")
+    demo.add_argument("--minutes", type=_positive_float, default=4.0,
+                      help="training budget (default 4)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one `equimd` command; returns the exit status (see the module docstring)."""
     try:
-        return int(args.handler(args) or 0)
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage mistake (2, already reported)
+        return stop.code if isinstance(stop.code, int) else 0
+    output = getattr(args, "output", getattr(args, "out", None))  # evaluate, md, demo: a folder
+    new_directories = _missing_directories(output if args.command in ("evaluate", "md", "demo")
+                                           else None)
+    try:
+        with _torch_threads(getattr(args, "threads", None)):
+            return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        # our own errors name the file/frame/atom at fault: show them without a traceback
-        if _is_equimd_error(error):
-            print(f"equimd: error: {error}", file=sys.stderr)
+    except Exception as error:
+        _remove_empty(new_directories)
+        if args.debug:
+            raise
+        if _is_expected(error):
+            print(f"equimd: error: {_one_line(error)}", file=sys.stderr)
             return 2
-        raise
+        print(f"equimd: internal error: {type(error).__name__}: {_one_line(error)} -- this is "
+              "a bug, please report it with the output of the same command run as "
+              "`equimd --debug ...` (which shows the traceback)", file=sys.stderr)
+        return 1
 
 
-def _is_equimd_error(error: BaseException) -> bool:
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _is_expected(error: BaseException) -> bool:
+    """Errors raised on purpose (bad input, option, device, file): reported as one line."""
     from equimd.errors import EquimdError
 
-    return isinstance(error, (EquimdError, FileNotFoundError))
+    return isinstance(error, (EquimdError, OSError))
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
+
+
+def _missing_directories(output: object) -> list[Path]:
+    """The directories of `output` (a path, or None) and of its parents that do not exist yet,
+    deepest first."""
+    missing: list[Path] = []
+    if not isinstance(output, (str, Path)):
+        return missing
+    path = Path(output).absolute()
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove the directories of `directories` that a failed command left empty (deepest
+    first; a directory with files in it is kept)."""
+    for directory in directories:  # listed deepest first
+        try:
+            directory.rmdir()
+        except OSError:  # absent, not empty, or not a directory
+            pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,3 +26,12 @@ class CellError(StructureError):
 class UnknownElementError(StructureError):
     """An atom whose element is not one of the model's species (the message names the atom's
     index, its element and the model's species)."""
+
+
+class SettingsError(EquimdError, ValueError):
+    """An option or configuration value that cannot work (a negative time step, an unknown
+    OpenMM platform, ...); the message names the option, the value given and what is valid."""
+
+
+class DeviceError(EquimdError, ValueError):
+    """A requested device that does not exist on this machine (e.g. "cuda" without CUDA)."""

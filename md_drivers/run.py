@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from equimd.checks import symbol
-from equimd.errors import EquimdError
+from equimd.checks import check_cell, check_species, symbol
+from equimd.deploy.load import read_metadata
+from equimd.errors import EquimdError, StructureError
 from equimd.files import OutputWriteError, atomic_write_json, reporting_write_errors
 from equimd.md_drivers.engines import MDEngine, create_engine
 from equimd.md_drivers.reporters import ThermoCSV
@@ -76,24 +77,62 @@ def run_md(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m equimd.md_drivers.run ...` (the same as `equimd md ...`)."""
-    parser = argparse.ArgumentParser(prog="equimd md", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="equimd md", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_md_arguments(parser)
     args = parser.parse_args(argv)
     try:
         return run_md(args)
-    except (MDInstabilityError, OutputWriteError, ValueError, FileNotFoundError) as error:
+    except (EquimdError, OutputWriteError, ValueError, OSError) as error:
         print(f"equimd md: error: {error}", file=sys.stderr)
         return 2
 
 
 def read_structure(path: str | Path, frame: int = -1) -> Atoms:
-    """ase.Atoms from extxyz, PDB, ... (frame: index into a multi-frame file)."""
+    """ase.Atoms from extxyz, PDB, ... (frame: index into a multi-frame file).
+
+    An extxyz file is first checked by the data reader's structural scan (a truncated or
+    malformed file is a `DataFormatError` naming file, frame and line); any other format
+    that ASE cannot parse, or a frame it does not have, is a `StructureError` naming the file.
+    The frame's positions must be finite and its periodic cell vectors valid (`CellError`).
+    """
     from ase.io import read
+
+    from equimd.potentials.data.extxyz_scan import scan_extxyz
+    from equimd.potentials.data.io import EXTXYZ_SUFFIXES
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such structure file")
-    return read(path, index=frame)
+    if path.suffix.lower() in EXTXYZ_SUFFIXES:
+        frames = scan_extxyz(path)
+        if not -len(frames) <= frame < len(frames):
+            raise StructureError(f"{path}: --frame {frame} does not exist: the file has "
+                                 f"{len(frames)} frame(s)")
+    try:
+        atoms = read(path, index=frame)
+    except (EquimdError, OSError):
+        raise
+    except Exception as error:  # ASE's parsers raise anything from IndexError to KeyError
+        raise StructureError(
+            f"{path}: cannot be read as a structure ({type(error).__name__}: {error}); give "
+            "an extxyz, PDB or another file ase.io.read reads, with --frame in range"
+        ) from error
+    _check_structure(atoms, f"{path}, frame {frame}")
+    return atoms
+
+
+def _check_structure(atoms: Atoms, source: str) -> None:
+    """Non-finite positions (`StructureError`) or an invalid periodic cell (`CellError`),
+    named as what they are before an engine sees them."""
+    positions = atoms.get_positions()
+    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+    if len(bad):
+        names = ", ".join(f"{i} ({symbol(int(atoms.numbers[i]))})" for i in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise StructureError(f"{source}: positions of atoms {names}{more} are not finite; fix "
+                             "the structure file")
+    check_cell(atoms.cell.array, atoms.pbc, source)
 
 
 def check_positions(positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray,
@@ -207,16 +246,19 @@ class MDRun:
         settings = self.settings
         atoms = read_structure(settings.structure, settings.frame)
         validate_settings(settings, atoms)
+        # the model's species before any output or engine: a foreign element stops the run now
+        check_species(atoms.numbers, read_metadata(settings.model)["species"]["numbers"],
+                      f"{settings.structure}, frame {settings.frame}")
         record = self._read_checkpoint() if self.restart else None
         if record is None and not self.overwrite and self.checkpoint_path.exists():
             raise ValueError(f"{self.directory} holds a previous run ({self.checkpoint_path}); "
                              "continue it with --restart or start afresh with --overwrite")
+        engine = create_engine(settings, atoms)  # before mkdir: a refusal leaves no folder
         self.directory.mkdir(parents=True, exist_ok=True)
         if record is None:
             # a fresh run: a stale checkpoint of an earlier run must not survive a crash of
             # this one before its first checkpoint
             self.checkpoint_path.unlink(missing_ok=True)
-        engine = create_engine(settings, atoms)
         trajectory_path = self.directory / engine.trajectory_name
         if record is None:
             step = 0

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from equimd.errors import SettingsError
 from equimd.units import PS_PER_FS
 
 if TYPE_CHECKING:
@@ -57,36 +58,37 @@ def add_md_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `equimd md` (see `equimd.md_drivers.run`)."""
     parser.add_argument("structure", help="starting structure (extxyz, PDB, anything ase.io reads)")
     parser.add_argument("--model", required=True, help="deployed model file (equimd deploy)")
-    parser.add_argument("--engine", choices=("openmm", "ase"), default="openmm")
+    parser.add_argument("--engine", choices=("openmm", "ase"), default="openmm",
+                        help="MD engine")
     parser.add_argument("--ensemble", choices=("nve", "nvt", "npt"), default="nvt",
                         help="nve: velocity Verlet; nvt: Langevin; npt: Langevin + barostat "
                         "(OpenMM MonteCarloBarostat, ASE Berendsen)")
-    parser.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
+    parser.add_argument("--timestep", type=float, default=1.0, help="time step, fs")
     parser.add_argument("--temperature", type=float, default=300.0,
-                        help="K: thermostat target and initial velocities (default 300)")
-    parser.add_argument("--pressure", type=float, default=1.0, help="bar, NPT (default 1)")
+                        help="K: thermostat target and initial velocities")
+    parser.add_argument("--pressure", type=float, default=1.0, help="bar, NPT")
     parser.add_argument("--friction", type=float, default=1.0,
-                        help="Langevin friction, 1/ps (default 1)")
+                        help="Langevin friction, 1/ps")
     parser.add_argument("--barostat-every", type=int, default=25,
-                        help="steps between OpenMM Monte Carlo volume moves (default 25)")
+                        help="steps between OpenMM Monte Carlo volume moves")
     parser.add_argument("--steps", type=int, default=1000, help="total steps of the run")
     parser.add_argument("--seed", type=int, default=0, help="velocities and thermostat noise")
     parser.add_argument("--frame", type=int, default=-1,
-                        help="frame of STRUCTURE to start from (default: last)")
+                        help="frame of STRUCTURE to start from (-1: the last)")
     parser.add_argument("-o", "--output", default="md_out",
-                        help="output directory (default md_out)")
+                        help="output directory")
     parser.add_argument("--traj-every", type=int, default=100, help="steps between frames")
     parser.add_argument("--thermo-every", type=int, default=100, help="steps between CSV rows")
     parser.add_argument("--checkpoint-every", type=int, default=1000,
                         help="steps between checkpoints")
     parser.add_argument("--check-every", type=int, default=0,
-                        help="steps between NaN/close-contact checks (default: --thermo-every)")
+                        help="steps between NaN/close-contact checks (0: every --thermo-every steps)")
     parser.add_argument("--min-distance", type=float, default=0.5,
-                        help="stop if two atoms come closer than this, Å (default 0.5)")
+                        help="stop if two atoms come closer than this, Å (0: no check)")
     parser.add_argument("--platform", default=None,
-                        help="OpenMM platform: Reference, CPU, CUDA, OpenCL (default: fastest)")
+                        help="OpenMM platform: Reference, CPU, CUDA, OpenCL (None: the fastest available)")
     parser.add_argument("--device", default=None,
-                        help="torch device for ASE / --force-path python (default: cuda if "
+                        help="torch device for ASE / --force-path python (None: cuda if "
                         "available, else cpu)")
     parser.add_argument("--force-path", choices=("torch", "python"), default="torch",
                         help="OpenMM force: TorchForce (TorchScript models) or PythonForce "
@@ -128,21 +130,30 @@ def settings_from_args(args: argparse.Namespace) -> MDSettings:
 
 
 def validate_settings(settings: MDSettings, atoms: Atoms) -> None:
-    """Raise ValueError naming the option if `settings` cannot run on `atoms`."""
+    """Raise `SettingsError` naming the option, its value and what is valid if `settings`
+    cannot run on `atoms`."""
     positive = {"--timestep": settings.timestep_fs, "--traj-every": settings.traj_every,
                 "--thermo-every": settings.thermo_every,
-                "--checkpoint-every": settings.checkpoint_every}
+                "--checkpoint-every": settings.checkpoint_every,
+                "--barostat-every": settings.barostat_every}
     for name, value in positive.items():
-        if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
-    if settings.steps < 0:
-        raise ValueError(f"--steps must be >= 0, got {settings.steps}")
+        if not value > 0:  # also catches NaN
+            raise SettingsError(f"{name} must be positive, got {value}")
+    not_negative = {"--steps": settings.steps, "--temperature": settings.temperature_K,
+                    "--friction": settings.friction_per_ps,
+                    "--check-every": settings.check_every,
+                    "--min-distance": settings.min_distance_A}
+    for name, value in not_negative.items():
+        if not value >= 0:
+            unit = {"--temperature": " K (absolute temperature)", "--friction": " 1/ps",
+                    "--min-distance": " Å"}.get(name, "")
+            raise SettingsError(f"{name} must be >= 0, got {value}{unit}")
     if settings.ensemble == "npt" and not atoms.pbc.all():
-        raise ValueError(f"{settings.structure}: NPT needs a fully periodic structure "
-                         f"(pbc is {atoms.pbc.tolist()})")
+        raise SettingsError(f"{settings.structure}: NPT needs a fully periodic structure "
+                            f"(pbc is {atoms.pbc.tolist()})")
     if settings.engine == "openmm" and atoms.pbc.any() and not atoms.pbc.all():
-        raise ValueError(f"{settings.structure}: OpenMM treats a system as fully periodic or not "
-                         f"at all (pbc is {atoms.pbc.tolist()}); use --engine ase for slabs")
+        raise SettingsError(f"{settings.structure}: OpenMM treats a system as fully periodic or "
+                            f"not at all (pbc is {atoms.pbc.tolist()}); use --engine ase for slabs")
 
 
 def changed_on_restart(saved: dict[str, Any], settings: MDSettings) -> list[str]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from equimd.errors import SettingsError
 from equimd.md_drivers.engines.common import default_device, has_velocities
 from equimd.md_drivers.reporters import DCDTrajectory
 from equimd.units import (
@@ -40,14 +41,14 @@ class OpenMMEngine:
         import openmm
 
         self.settings = settings
+        platform = _platform(settings.platform) if settings.platform else None  # refuse early
         self.numbers = atoms.get_atomic_numbers()
         self.periodic = bool(atoms.pbc.all())
         n_atoms = len(atoms)
         self.system, self.topology, box = _system_and_topology(settings, atoms, self.periodic)
         self.dof = 3 * n_atoms - 3 if n_atoms > 1 else 3
         self.integrator = _integrator(settings, self.system)
-        if settings.platform:
-            platform = openmm.Platform.getPlatformByName(settings.platform)
+        if platform is not None:
             self.context = openmm.Context(self.system, self.integrator, platform)
         else:
             self.context = openmm.Context(self.system, self.integrator)
@@ -214,6 +215,21 @@ def _integrator(settings: MDSettings, system):
         barostat.setRandomNumberSeed(openmm_seed(settings.seed + 1))
         system.addForce(barostat)
     return integrator
+
+
+def _platform(name: str):
+    """The OpenMM platform `name`, or `SettingsError` naming the platforms this machine has
+    (CUDA and OpenCL are listed only where their drivers load)."""
+    import openmm
+
+    available = [openmm.Platform.getPlatform(i).getName()
+                 for i in range(openmm.Platform.getNumPlatforms())]
+    if name not in available:
+        missing = (" (its plugin did not load: no GPU or driver on this machine?)"
+                   if name in ("CUDA", "OpenCL", "HIP") else "")
+        raise SettingsError(f"--platform {name}: no such OpenMM platform here{missing}; "
+                            f"available: {', '.join(available)}")
+    return openmm.Platform.getPlatformByName(name)
 
 
 def openmm_seed(seed: int) -> int:

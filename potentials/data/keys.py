@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from equimd.errors import EquimdError
+from equimd.errors import EquimdError, SettingsError
 from equimd.potentials.data.configuration import Configuration
 from equimd.units import ENERGY_UNITS, LENGTH_UNITS
 
@@ -53,12 +53,12 @@ class DatasetKeys:
 
     def __post_init__(self) -> None:
         if self.energy_unit.lower() not in ENERGY_UNITS:
-            raise ValueError(
+            raise SettingsError(
                 f"unknown energy_unit {self.energy_unit!r}; supported: "
                 "eV, meV, kcal/mol, kJ/mol, Hartree"
             )
         if self.length_unit.lower() not in LENGTH_UNITS:
-            raise ValueError(
+            raise SettingsError(
                 f"unknown length_unit {self.length_unit!r}; supported: Å (A, Angstrom), Bohr, nm"
             )
 

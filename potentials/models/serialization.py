@@ -4,8 +4,13 @@ File layout (a `torch.save`d dict, loadable with ``weights_only=True``)::
 
     {"format": "equimd-checkpoint", "format_version": 1,
      "model_type": "nequip", "hyperparameters": {...}, "dtype": "float64",
+     "convolution_backend": "fused",   # models with convolutions (see below)
      "state_dict": {...}, "versions": {"equimd": ..., "torch": ..., "e3nn": ...},
      ... extra keys written by the trainer (optimizer, scheduler, epoch, EMA, ...)}
+
+The convolution backend is not a hyperparameter: it is applied to the rebuilt model with
+`equimd.potentials.nn.convolution.apply_convolution_backend` (checkpoints written before that
+stored it as the hyperparameter `tp_backend`, which is read the same way).
 """
 
 from __future__ import annotations
@@ -77,13 +82,30 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if is_deployed_model_file(path):
+        raise CheckpointError(
+            f"{path}: a deployed model file (written by `equimd deploy`), not a training "
+            "checkpoint; `equimd evaluate` and `equimd md` take it as it is, while `equimd "
+            "deploy` needs the training checkpoint it came from (best.pt in the run directory)"
+        )
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # neither zip nor pickle
+        raise CheckpointError(
+            f"{path}: not an equimd checkpoint: not a file written by torch.save (it starts "
+            f"with {head!r}); give a checkpoint from `equimd train` (best.pt or last.pt)"
+        )
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt, truncated, or not a torch file
-        raise CheckpointError(
-            f"{path}: cannot be read as an equimd checkpoint (corrupt, truncated or another "
-            f"format): {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        ) from error
+    except Exception as error:  # corrupt, truncated, or pickled objects that are not weights
+        text = str(error)
+        if "weights_only" in text or "Weights only" in text:
+            reason = ("it holds pickled Python objects, not only weights and settings (a "
+                      "mace-torch file is read with `equimd import mace`)")
+        else:
+            reason = (f"truncated or corrupt ({type(error).__name__}: "
+                      f"{text.splitlines()[0] if text else ''})")
+        raise CheckpointError(f"{path}: cannot be read as an equimd checkpoint: {reason}") from error
     if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise CheckpointError(
@@ -98,11 +120,29 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
+def is_deployed_model_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a model file of `equimd deploy` (a zip archive holding
+    ``extra/metadata.json``, TorchScript or AOTInductor) rather than a checkpoint."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("extra/metadata.json") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def model_from_record(record: dict[str, Any], state_key: str = "state_dict") -> Potential:
-    """Rebuild a model from a checkpoint record (optionally another weight set, e.g. EMA)."""
-    model = build_model(record["model_type"], **record["hyperparameters"])
-    dtype = getattr(torch, record.get("dtype", "float64"))
-    model = model.to(dtype)
+    """Rebuild a model from a checkpoint record (optionally another weight set, e.g. EMA),
+    with the convolution backend it was saved with."""
+    hyperparameters = dict(record["hyperparameters"])
+    backend = record.get("convolution_backend", hyperparameters.pop("tp_backend", None))
+    model = build_model(record["model_type"], **hyperparameters)
+    if backend is not None:
+        apply_convolution_backend(model, backend)
+    model = model.to(getattr(torch, record.get("dtype", "float64")))
     model.load_state_dict(record[state_key])
     return model
 

@@ -112,6 +112,13 @@ def resolve_e0s(data: DataConfig, train: Sequence[Configuration], species: list[
             f"cannot fit E0s by least squares for {', '.join(absent)}: not in the training "
             "frames; give data.e0s explicitly"
         )
+    if all(config.energy is None for config in train):
+        files = sorted({config.source.split(", frame")[0] for config in train})
+        raise StatisticsError(
+            f"{', '.join(files)}: cannot fit E0s by least squares: no training frame has an "
+            f"energy under the key {data.energy_key!r}; set data.energy_key to the file's energy "
+            "key, or give data.e0s explicitly ({Cu: -3.7, ...} or isolated:FILE)"
+        )
     return least_squares_e0s(train, species)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from equimd.checks import check_species
+from equimd.devices import check_device
 from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models.serialization import model_dtype, model_from_record, read_checkpoint
@@ -63,6 +64,30 @@ def predict(
     return predictions, errors.compute()
 
 
+def predict_deployed(
+    model: Any, configs: list[Configuration]
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """`predict` for a loaded deployed model file (`equimd.deploy.load`, passed in by the
+    caller: this layer does not import `deploy`): one structure at a time, in the file's dtype
+    on its device, so the metrics are those of the file that MD will run."""
+    graphs = build_graphs(configs, model.r_max, model.dtype)  # the labels, in the same layout
+    errors = ErrorAccumulator()
+    predictions: list[dict[str, Any]] = []
+    for config, labelled in zip(configs, graphs, strict=True):
+        periodic = bool(config.pbc.all())
+        out = model(config.positions, config.numbers, config.cell, config.pbc,
+                    compute_stress=periodic, source=config.source)
+        output = {"energy": out["energy"].reshape(1), "forces": out["forces"]}
+        frame = {"energy": float(out["energy"]),
+                 "forces": out["forces"].cpu().double().numpy()}
+        if periodic:
+            output["stress"] = out["stress"].reshape(1, 3, 3)
+            frame["stress"] = out["stress"].cpu().double().numpy()
+        errors.update(output, batch_to(labelled, model.device, model.dtype))
+        predictions.append(frame)
+    return predictions, errors.compute()
+
+
 def parity_data(
     configs: list[Configuration], predictions: list[dict[str, Any]]
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -106,8 +131,13 @@ def evaluate(
     batch_size: int = 8,
     device: str = "cpu",
     index: str = ":",
+    deployed: Any = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a data file (.xyz/.extxyz, equimd .h5, rMD17 .npz).
+
+    deployed: the model file `checkpoint_path` loaded with `equimd.deploy.load` when it is a
+    deployed model rather than a checkpoint (the `equimd evaluate` command does this); it
+    runs as loaded (dtype, device) and `batch_size` is not used.
 
     keys: `equimd.potentials.data.io.DatasetKeys` (label names and units), default keys if None.
     output_dir: where predictions.extxyz and parity.png go (default: next to the checkpoint,
@@ -119,15 +149,20 @@ def evaluate(
     from equimd.potentials.data.io import DatasetKeys, read_configurations, write_extxyz
 
     checkpoint_path, data_path = Path(checkpoint_path), Path(data_path)
-    record = read_checkpoint(checkpoint_path)
-    model = model_from_record(record).to(device).eval()
-    dtype = model_dtype(model)
+    if deployed is None:
+        record = read_checkpoint(checkpoint_path)
+        device = check_device(device, option="--device")
+        model = model_from_record(record).to(device).eval()
     configs = read_configurations(data_path, keys or DatasetKeys(), index)
+    species = deployed.species if deployed is not None else model.species
     for config in configs:  # source: "<file>, frame <index in the file>"
-        check_species(config.numbers, model.species, config.source)
-    predictions, metrics = predict(
-        ForceField(model), configs, model.r_max, dtype, batch_size, device
-    )
+        check_species(config.numbers, species, config.source)
+    if deployed is not None:
+        predictions, metrics = predict_deployed(deployed, configs)
+    else:
+        predictions, metrics = predict(
+            ForceField(model), configs, model.r_max, model_dtype(model), batch_size, device
+        )
 
     output_dir = Path(output_dir) if output_dir else checkpoint_path.parent / f"eval_{data_path.stem}"
     output_dir.mkdir(parents=True, exist_ok=True)

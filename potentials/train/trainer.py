@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from equimd.devices import check_device
 from equimd.files import OutputWriteError
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
@@ -114,9 +115,10 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """training.device as a torch device; one this machine lacks is a `DeviceError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return check_device(name, option="training.device")
 
 
 def seed_everything(seed: int) -> None:
