@@ -28,6 +28,7 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "StructureError": ("equimd.errors", "StructureError"),
     "CellError": ("equimd.errors", "CellError"),
     "UnknownElementError": ("equimd.errors", "UnknownElementError"),
+    "OutputWriteError": ("equimd.files", "OutputWriteError"),
     # deployed models
     "load_model": ("equimd.deploy.load", "load"),
     "read_metadata": ("equimd.deploy.load", "read_metadata"),
