@@ -21,6 +21,7 @@ from equimd.potentials.nn.gate import equivariant_gate, gated_irreps
 from equimd.potentials.nn.linear import linear, scalar_tensor_product
 from equimd.potentials.nn.radial import RadialEmbedding, radial_mlp
 from equimd.potentials.nn.species import one_hot
+from equimd.potentials.nn.species_scale import NoSpeciesEnergyScale, SpeciesEnergyScale
 from equimd.potentials.nn.tensor_product import (
     DEFAULT_TP_BACKEND,
     EdgeConvolution,
@@ -51,6 +52,8 @@ class NequIPInteraction(nn.Module):
         avg_num_neighbors: float,
         resnet: bool,
         tp_backend: str = DEFAULT_TP_BACKEND,
+        self_connection: bool = True,
+        gate_activation: str = "sigmoid",
     ) -> None:
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
@@ -58,7 +61,7 @@ class NequIPInteraction(nn.Module):
             [(1, ir) for _, ir_in in self.irreps_in for _, ir_sh in irreps_sh for ir in ir_in * ir_sh]
         ).sort().irreps.simplify()
         scalars, gates, gated = gated_irreps(reachable, irreps_hidden)
-        self.gate = equivariant_gate(scalars, gates, gated)
+        self.gate = equivariant_gate(scalars, gates, gated, gate_activation)
         irreps_pre_gate = self.gate.irreps_in
         self.irreps_out = self.gate.irreps_out
 
@@ -68,7 +71,11 @@ class NequIPInteraction(nn.Module):
         )
         self.radial_weights = radial_mlp(num_radial, radial_hidden, self.convolution.weight_numel)
         self.linear_out = linear(self.convolution.irreps_out, irreps_pre_gate)
-        self.self_connection = scalar_tensor_product(self.irreps_in, irreps_attrs, irreps_pre_gate)
+        self.self_connection = (  # nequip ≥ 0.7 has none in its first layer
+            scalar_tensor_product(self.irreps_in, irreps_attrs, irreps_pre_gate)
+            if self_connection
+            else None
+        )
         self.message_normalization = 1.0 / math.sqrt(avg_num_neighbors)
         self.resnet = bool(resnet) and self.irreps_in == self.irreps_out
         # set by `restrict_to` (outputs the model does not read are not computed)
@@ -169,10 +176,11 @@ class NequIPInteraction(nn.Module):
         edge_radial: Tensor,
         edge_index: Tensor,
     ) -> Tensor:
-        self_connection = self.self_connection(node_features, node_attrs)
         features = self.linear_in(node_features)
         aggregated = self._aggregate(features, edge_sh, edge_radial, edge_index)
-        updated = self.linear_out(aggregated * self.message_normalization) + self_connection
+        updated = self.linear_out(aggregated * self.message_normalization)
+        if self.self_connection is not None:
+            updated = updated + self.self_connection(node_features, node_attrs)
         updated = self.gate(updated)
         if self.resnet:
             updated = node_features + updated
@@ -204,6 +212,11 @@ class NequIP(Potential):
         avg_num_neighbors: float = 1.0,
         resnet: bool = False,
         tp_backend: str = DEFAULT_TP_BACKEND,
+        gate_activation: str = "sigmoid",
+        first_layer_self_connection: bool = True,
+        last_layer_scalars_only: bool = False,
+        readout_hidden_features: int | None = None,
+        per_species_energy_scales: bool = False,
     ) -> None:
         super().__init__(
             species,
@@ -220,6 +233,12 @@ class NequIP(Potential):
                 avg_num_neighbors=float(avg_num_neighbors),
                 resnet=resnet,
                 tp_backend=tp_backend,
+                # nequip ≥ 0.7 conventions (docs/nequip.md); the defaults are the paper's
+                gate_activation=gate_activation,
+                first_layer_self_connection=first_layer_self_connection,
+                last_layer_scalars_only=last_layer_scalars_only,
+                readout_hidden_features=readout_hidden_features,
+                per_species_energy_scales=per_species_energy_scales,
             ),
         )
         irreps_attrs = o3.Irreps(f"{self.num_species}x0e")
@@ -235,10 +254,11 @@ class NequIP(Potential):
         self.embedding = linear(irreps_attrs, o3.Irreps(f"{num_features}x0e"))
         layers = []
         irreps = o3.Irreps(f"{num_features}x0e")
-        for _ in range(num_layers):
+        for index in range(num_layers):
+            last = index == num_layers - 1
             layer = NequIPInteraction(
                 irreps,
-                irreps_hidden,
+                o3.Irreps(f"{num_features}x0e") if last_layer_scalars_only and last else irreps_hidden,
                 irreps_sh,
                 irreps_attrs,
                 num_bessel,
@@ -246,6 +266,8 @@ class NequIP(Potential):
                 avg_num_neighbors,
                 resnet,
                 tp_backend,
+                self_connection=first_layer_self_connection or index > 0,
+                gate_activation=gate_activation,
             )
             layers.append(layer)
             irreps = layer.irreps_out
@@ -255,8 +277,18 @@ class NequIP(Potential):
         irreps_read = o3.Irreps("0e")
         for layer in reversed(layers):
             irreps_read = layer.restrict_to(irreps_read)
-        self.readout_hidden = linear(irreps, o3.Irreps(f"{max(num_features // 2, 1)}x0e"))
-        self.readout = linear(self.readout_hidden.irreps_out, o3.Irreps("1x0e"))
+        if readout_hidden_features == 0:  # one linear readout (nequip ≥ 0.7)
+            self.readout_hidden: nn.Module = nn.Identity()
+            self.readout = linear(irreps, o3.Irreps("1x0e"))
+        else:
+            hidden = readout_hidden_features or max(num_features // 2, 1)
+            self.readout_hidden = linear(irreps, o3.Irreps(f"{hidden}x0e"))
+            self.readout = linear(self.readout_hidden.irreps_out, o3.Irreps("1x0e"))
+        self.species_energy_scale = (
+            SpeciesEnergyScale(self.num_species)
+            if per_species_energy_scales
+            else NoSpeciesEnergyScale()
+        )
 
     def forward(self, graph: AtomicGraph) -> Tensor:
         species = self.species_index(graph.numbers)
@@ -271,4 +303,4 @@ class NequIP(Potential):
                 node_features, node_attrs, edge_sh, edge_radial, graph.edge_index
             )
         energy = self.readout(self.readout_hidden(node_features)).squeeze(-1)
-        return self.scale_shift(energy, species)
+        return self.scale_shift(self.species_energy_scale(energy, species), species)

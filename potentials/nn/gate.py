@@ -28,13 +28,19 @@ def gated_irreps(
     return scalars, gates, gated
 
 
-def equivariant_gate(scalars: o3.Irreps, gates: o3.Irreps, gated: o3.Irreps) -> e3nn_nn.Gate:
-    """SiLU on even scalars, tanh on odd scalars; gates through sigmoid (even) / tanh (odd)."""
+def equivariant_gate(
+    scalars: o3.Irreps, gates: o3.Irreps, gated: o3.Irreps, gate_activation: str = "sigmoid"
+) -> e3nn_nn.Gate:
+    """SiLU on even scalars, tanh on odd scalars; gates through sigmoid (even) / tanh (odd).
+
+    gate_activation: of the even gates, "sigmoid" (the NequIP paper) or "silu" (nequip ≥ 0.7).
+    """
     silu = torch.nn.functional.silu
+    even_gate = {"sigmoid": torch.sigmoid, "silu": silu}[gate_activation]
     return e3nn_nn.Gate(
         scalars,
         [silu if ir.p == 1 else torch.tanh for _, ir in scalars],
         gates,
-        [torch.sigmoid if ir.p == 1 else torch.tanh for _, ir in gates],
+        [even_gate if ir.p == 1 else torch.tanh for _, ir in gates],
         gated,
     )

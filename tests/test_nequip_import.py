@@ -1,0 +1,176 @@
+"""`equimd import nequip FILE` on nequip's own files, without nequip, never running their code.
+
+Fixtures (tests/data/nequip_*, made by benchmarks/peers/make_nequip_fixtures.py in the nequip
+0.19.1 venv): a `nequip-train` checkpoint (Lightning `.ckpt`, EMA weights; gzip-compressed,
+unpacked into tmp_path here), the `nequip-package` archive made from it (without its packaged
+sources), and nequip's energies, per-atom energies, forces and stress (NequIPCalculator) on a
+molecule, a triclinic periodic cell and a cell smaller than the cutoff.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from equimd.cli import main as cli_main
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.data.graph import configuration_to_graph
+from equimd.potentials.forcefield import ForceField
+from equimd.potentials.models.nequip_import import (
+    NequipImportError,
+    NequipPickleError,
+    read_nequip_file,
+)
+from equimd.potentials.models.nequip_mapping import nequip_model_from_record
+from equimd.potentials.models.serialization import load_model
+
+DATA = Path(__file__).parent / "data"
+TOL = 1e-8  # eV/atom, eV/Å, eV/Å³ (float64)
+
+
+def _checkpoint(name: str, directory: Path) -> Path:
+    path = directory / f"{name}.ckpt"
+    path.write_bytes(gzip.decompress((DATA / f"nequip_{name}.ckpt.gz").read_bytes()))
+    return path
+
+
+def _full(voigt: torch.Tensor) -> torch.Tensor:
+    """ASE Voigt (xx yy zz yz xz xy) → 3×3."""
+    xx, yy, zz, yz, xz, xy = voigt.tolist()
+    return torch.tensor([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]], dtype=torch.float64)
+
+
+def _max_errors(model, frames: list[dict]) -> dict[str, float]:
+    """Max |Δ| over `frames` vs nequip: energy per atom, atomic energies, forces, stress."""
+    forcefield = ForceField(model)
+    errors = dict(energy_per_atom=0.0, atomic_energies=0.0, forces=0.0, stress=0.0)
+    for frame in frames:
+        configuration = Configuration(
+            positions=frame["positions"].numpy(),
+            numbers=frame["numbers"].numpy(),
+            cell=frame["cell"].numpy(),
+            pbc=frame["pbc"].numpy(),
+        )
+        graph = configuration_to_graph(configuration, model.r_max, dtype=torch.float64)
+        periodic = "stress" in frame
+        out = forcefield(graph, True, periodic, False)
+        n = len(frame["numbers"])
+        deltas = dict(
+            energy_per_atom=abs(out["energy"][0].item() - frame["energy"]) / n,
+            atomic_energies=(out["atomic_energies"] - frame["energies"]).abs().max().item(),
+            forces=(out["forces"] - frame["forces"]).abs().max().item(),
+            stress=(out["stress"][0] - _full(frame["stress"])).abs().max().item() if periodic else 0.0,
+        )
+        errors = {k: max(errors[k], deltas[k]) for k in errors}
+    return errors
+
+
+@pytest.fixture(scope="module")
+def default_from_package():
+    return nequip_model_from_record(read_nequip_file(DATA / "nequip_default.nequip.zip"))
+
+
+def test_packaged_nequip_model_matches_nequip(default_from_package) -> None:
+    reference = torch.load(DATA / "nequip_default_reference.pt", weights_only=True)
+    errors = _max_errors(default_from_package, reference["structures"])
+    assert max(errors.values()) < TOL, errors
+
+
+def test_checkpoint_reads_the_same_ema_weights_as_the_package(tmp_path: Path) -> None:
+    """The training checkpoint's EMA weights are the packaged ones (what nequip evaluates)."""
+    packaged = read_nequip_file(DATA / "nequip_default.nequip.zip")
+    checkpoint = read_nequip_file(_checkpoint("default", tmp_path))
+    assert checkpoint["kind"] == "checkpoint" and packaged["kind"] == "package"
+    assert checkpoint["config"] == packaged["config"]
+    assert checkpoint["state"].keys() == packaged["state"].keys()
+    for key, value in packaged["state"].items():
+        assert torch.equal(checkpoint["state"][key], value), key
+
+
+@pytest.mark.slow
+def test_imported_checkpoint_deploys_and_matches_nequip(tmp_path: Path) -> None:
+    """file → `equimd import nequip` → checkpoint → `equimd deploy` → same numbers."""
+    from equimd.deploy.load import load
+
+    output = tmp_path / "imported.pt"
+    assert cli_main(["import", "nequip", str(_checkpoint("default", tmp_path)), "-o", str(output)]) == 0
+    model = load_model(output)
+    reference = torch.load(DATA / "nequip_default_reference.pt", weights_only=True)
+    assert max(_max_errors(model, reference["structures"]).values()) < TOL
+    deployed_path = tmp_path / "deployed.pt"
+    assert cli_main(["deploy", str(output), "-o", str(deployed_path), "--dtype", "float64"]) == 0
+    deployed = load(deployed_path)
+    for frame in reference["structures"]:
+        out = deployed(frame["positions"], frame["numbers"], frame["cell"], frame["pbc"])
+        n = len(frame["numbers"])
+        assert abs(out["energy"].item() - frame["energy"]) / n < TOL, frame["name"]
+        assert (out["forces"] - frame["forces"]).abs().max().item() < TOL, frame["name"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("parity", False, r"parity=False is not supported"),
+        ("pair_potential", {"_target_": "ZBL"}, r"pair_potential=.* is not supported"),
+        ("per_edge_type_cutoff", {"H": 3.0}, r"per_edge_type_cutoff=.* is not supported"),
+        ("readout_mlp_hidden_layers_depth", 1, r"readout_mlp_hidden_layers_depth=1"),
+        ("avg_num_neighbors", {"H": 3.0, "C": 4.0, "O": 5.0}, r"avg_num_neighbors=.*one number"),
+        ("num_features", [8, 6, 4], r"num_features=\[8, 6, 4\]"),
+        ("some_future_option", 1, r"some_future_option=1 is not supported"),
+    ],
+)
+def test_unimplemented_options_are_refused_by_name(option, value, message) -> None:
+    record = read_nequip_file(DATA / "nequip_default.nequip.zip")
+    record["config"][option] = value
+    with pytest.raises(NequipImportError, match=message):
+        nequip_model_from_record(record)
+
+
+def test_refusal_is_one_line_on_the_command_line(tmp_path: Path, capsys) -> None:
+    not_nequip = tmp_path / "model.ckpt"
+    torch.save({"weights": torch.zeros(3)}, not_nequip)
+    assert cli_main(["import", "nequip", str(not_nequip), "-o", str(tmp_path / "o.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("equimd: error:") and err.count("\n") == 1, err
+
+
+class _RunsCommand:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_package_pickle_is_refused_and_nothing_runs(tmp_path: Path) -> None:
+    """A package whose model pickle would run a command: refused by name, nothing ran."""
+    marker = tmp_path / "ran"
+    source = zipfile.ZipFile(DATA / "nequip_default.nequip.zip")
+    evil = tmp_path / "evil.nequip.zip"
+    with zipfile.ZipFile(evil, "w") as out:
+        for entry in source.namelist():
+            data = source.read(entry)
+            if entry.endswith("model/eager_model.pkl"):
+                data = pickle.dumps({"sole_model": _RunsCommand(str(marker))})
+            out.writestr(entry, data)
+    with pytest.raises(NequipPickleError, match=r"global 'posix\.system'|global 'os\.system'"):
+        read_nequip_file(evil)
+    assert not marker.exists()
+
+
+def test_malicious_checkpoint_is_refused_and_nothing_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.ckpt"
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {}, "payload": _RunsCommand(str(marker))}, buffer)
+    evil.write_bytes(buffer.getvalue())
+    with pytest.raises(NequipPickleError, match=r"system"):
+        read_nequip_file(evil)
+    assert not marker.exists()
