@@ -29,7 +29,7 @@ PACKAGES = {
 }
 MAX_LINES = 500
 # Dependency-free modules every layer may import (standard library, NumPy, torch, ASE only).
-SHARED = {"equimd.errors", "equimd.checks", "equimd.units", "equimd.files"}
+SHARED = {"equimd.errors", "equimd.checks", "equimd.units", "equimd.files", "equimd.devices"}
 
 
 def _modules() -> dict[str, Path]:
