@@ -165,6 +165,11 @@ class DeployedModel:
             f"species={self.symbols}, r_max={self.r_max} Å, device={self.device})"
         )
 
+    def __reduce__(self) -> tuple[Any, tuple[str, str, str]]:
+        """Pickled as (path, device, dtype): unpickling loads the file again (multiprocessing,
+        dask, workflow engines); the compiled module itself is never pickled."""
+        return _reload, (str(self.path), str(self.device), self.metadata["dtype"])
+
     def to(self, dtype: torch.dtype) -> DeployedModel:
         """A new `DeployedModel` in another floating dtype (TorchScript only: the file is
         loaded again and its weights converted; an AOTInductor package has one dtype)."""
@@ -285,6 +290,12 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> DeployedModel:
             raise ModelFileError(f"{path}: AOTInductor package without its neighbor list; corrupt")
         runner = _AOTIRunner(path, device, metadata, extra)
     return DeployedModel(runner, metadata, path, device)
+
+
+def _reload(path: str, device: str, dtype: str) -> DeployedModel:
+    """Unpickle a `DeployedModel`: the file at `path` loaded on `device`, in `dtype`."""
+    model = load(path, device)
+    return model if model.metadata["dtype"] == dtype else model.to(getattr(torch, dtype))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

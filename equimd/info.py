@@ -19,7 +19,9 @@ def describe(path: str | Path) -> str:
             metadata_names = [n for n in names if n.endswith("extra/metadata.json")]
             if metadata_names:
                 metadata = json.loads(archive.read(metadata_names[0]))
-                return f"{path}: deployed equimd model\n" + json.dumps(metadata, indent=2)
+                return f"{path}: deployed equimd model\n" + json.dumps(
+                    metadata, indent=2, ensure_ascii=False
+                )
     from equimd.potentials.models.mace_records import describe_mace_file, is_mace_file
 
     if is_mace_file(path):
@@ -31,10 +33,28 @@ def describe(path: str | Path) -> str:
         f"{path}: equimd training checkpoint",
         f"  model type:      {record['model_type']}",
         f"  dtype:           {record.get('dtype')}",
-        f"  hyperparameters: {json.dumps(record['hyperparameters'])}",
-        f"  versions:        {json.dumps(record.get('versions', {}))}",
+        f"  hyperparameters: {json.dumps(record['hyperparameters'], ensure_ascii=False)}",
+        f"  versions:        {json.dumps(record.get('versions', {}), ensure_ascii=False)}",
     ]
-    for key in ("epoch", "best_metric"):
-        if key in record:
-            lines.append(f"  {key + ':':<16} {record[key]}")
-    return "\n".join(lines)
+    return "\n".join(lines + _training_lines(record))
+
+
+def _training_lines(record: dict) -> list[str]:
+    """Epoch, training time and the best epoch's validation metrics of a trainer checkpoint
+    (nothing for a bare model record, e.g. an imported model)."""
+    progress = record.get("progress")
+    if not isinstance(progress, dict):
+        return []
+    lines = [
+        f"  epoch:           {progress.get('epoch', 0)} completed "
+        f"({progress.get('elapsed', 0.0):.0f} s of training)",
+        f"  best epoch:      {progress.get('best_epoch', 0)} "
+        f"(validation loss {progress.get('best_loss', float('nan')):.4g})",
+    ]
+    metrics = record.get("best_metrics") or {}
+    if metrics:
+        from equimd.potentials.train.metrics import format_metrics_table
+
+        table = format_metrics_table(metrics, "validation metrics of the best epoch:")
+        lines += ["  " + line for line in table.splitlines()]
+    return lines

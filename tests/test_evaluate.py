@@ -98,3 +98,28 @@ def test_evaluate_reads_a_training_checkpoint(tmp_path, copper):
     result = train(tiny_config(copper, tmp_path / "run", epochs=1), progress=False)
     metrics = evaluate(result.best_checkpoint, copper, output_dir=tmp_path / "eval")["metrics"]
     assert np.isfinite(metrics["forces_mae"])
+
+
+def test_evaluate_accepts_a_deployed_model_file_with_the_same_metrics(copper, checkpoint,
+                                                                       tmp_path, capsys):
+    """Users evaluate the file they will run: `equimd evaluate model.pt DATA` gives the
+    checkpoint's metrics (float64 export: equal to round-off) and the same outputs."""
+    from equimd.cli import main
+    from equimd.deploy.export import export_model
+
+    path, _ = checkpoint
+    deployed = export_model(path, tmp_path / "model.pt", dtype="float64")
+    expected = evaluate(path, copper, output_dir=tmp_path / "eval_checkpoint")["metrics"]
+    capsys.readouterr()
+    assert main(["evaluate", str(deployed), str(copper), "-o", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "forces" in out and "meV/Å" in out and "parity plot:" in out
+    assert (tmp_path / "eval" / "predictions.extxyz").is_file()
+    assert (tmp_path / "eval" / "parity.png").is_file()
+
+    from equimd.deploy.load import load
+
+    result = evaluate(deployed, copper, output_dir=tmp_path / "eval2", deployed=load(deployed))
+    for name, value in expected.items():
+        if np.isfinite(value):
+            assert result["metrics"][name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
