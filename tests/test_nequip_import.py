@@ -72,21 +72,25 @@ def _max_errors(model, frames: list[dict]) -> dict[str, float]:
     return errors
 
 
-@pytest.fixture(scope="module")
-def default_from_package():
-    return nequip_model_from_record(read_nequip_file(DATA / "nequip_default.nequip.zip"))
+# "default": nequip-train's defaults (l_max 2, parity, scalar scale/shift, fixed Bessel);
+# "variant": l_max 1, 4 layers, type-embedding width ≠ features, 2-layer radial MLP, trainable
+# Bessel weights, 6 Bessels, p = 5, resnet, trainable per-type energy scales and shifts
+FIXTURES = ["default", "variant"]
 
 
-def test_packaged_nequip_model_matches_nequip(default_from_package) -> None:
-    reference = torch.load(DATA / "nequip_default_reference.pt", weights_only=True)
-    errors = _max_errors(default_from_package, reference["structures"])
+@pytest.mark.parametrize("name", FIXTURES)
+def test_packaged_nequip_model_matches_nequip(name: str) -> None:
+    model = nequip_model_from_record(read_nequip_file(DATA / f"nequip_{name}.nequip.zip"))
+    reference = torch.load(DATA / f"nequip_{name}_reference.pt", weights_only=True)
+    errors = _max_errors(model, reference["structures"])
     assert max(errors.values()) < TOL, errors
 
 
-def test_checkpoint_reads_the_same_ema_weights_as_the_package(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", FIXTURES)
+def test_checkpoint_reads_the_same_ema_weights_as_the_package(name: str, tmp_path: Path) -> None:
     """The training checkpoint's EMA weights are the packaged ones (what nequip evaluates)."""
-    packaged = read_nequip_file(DATA / "nequip_default.nequip.zip")
-    checkpoint = read_nequip_file(_checkpoint("default", tmp_path))
+    packaged = read_nequip_file(DATA / f"nequip_{name}.nequip.zip")
+    checkpoint = read_nequip_file(_checkpoint(name, tmp_path))
     assert checkpoint["kind"] == "checkpoint" and packaged["kind"] == "package"
     assert checkpoint["config"] == packaged["config"]
     assert checkpoint["state"].keys() == packaged["state"].keys()
@@ -131,6 +135,16 @@ def test_unimplemented_options_are_refused_by_name(option, value, message) -> No
     record["config"][option] = value
     with pytest.raises(NequipImportError, match=message):
         nequip_model_from_record(record)
+
+
+def test_trained_weights_differ_from_their_initial_values() -> None:
+    """The fixtures test the mapping of every weight: one epoch moved all of them (a weight
+    left at a constant initial value, e.g. all-ones scales, could hide a mapping mistake)."""
+    state = read_nequip_file(DATA / "nequip_variant.nequip.zip")["state"]
+    for key in ("bessel_encode.bessel_weights", "per_type_energy_scale_shift.scales"):
+        initial = {"bessel_encode.bessel_weights": torch.arange(1.0, 7.0).double(),
+                   "per_type_energy_scale_shift.scales": torch.tensor([0.7, 1.3, 2.1]).double()}
+        assert not torch.allclose(state[key].reshape(-1), initial[key]), key
 
 
 def test_refusal_is_one_line_on_the_command_line(tmp_path: Path, capsys) -> None:

@@ -67,11 +67,12 @@ BASE_MODEL = {
 CONFIGS = {
     # nequip-train's defaults (parity, gate, self-connection, scalar scale/shift, fixed Bessel)
     "default": {},
-    # the options the issue names: per-type scales/shifts, trainable Bessel, resnet, no parity,
-    # separate type-embedding width, per-l feature counts, deeper radial MLP, other p
+    # the options the issue names: per-type scales/shifts (trainable), trainable Bessel, resnet,
+    # other l_max / depth / Bessel count / cutoff p, deeper radial MLP, type-embedding width
     "variant": {
-        "parity": False,
-        "num_features": [8, 6, 4],
+        "l_max": 1,
+        "num_layers": 4,
+        "num_features": 6,
         "type_embed_num_features": 5,
         "radial_mlp_depth": 2,
         "radial_mlp_width": 12,

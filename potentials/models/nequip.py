@@ -217,6 +217,7 @@ class NequIP(Potential):
         last_layer_scalars_only: bool = False,
         readout_hidden_features: int | None = None,
         per_species_energy_scales: bool = False,
+        type_embed_features: int | None = None,
     ) -> None:
         super().__init__(
             species,
@@ -239,6 +240,7 @@ class NequIP(Potential):
                 last_layer_scalars_only=last_layer_scalars_only,
                 readout_hidden_features=readout_hidden_features,
                 per_species_energy_scales=per_species_energy_scales,
+                type_embed_features=type_embed_features,
             ),
         )
         irreps_attrs = o3.Irreps(f"{self.num_species}x0e")
@@ -251,9 +253,9 @@ class NequIP(Potential):
         self.radial_embedding = RadialEmbedding(
             r_max, num_bessel, polynomial_p, trainable=trainable_bessel
         )
-        self.embedding = linear(irreps_attrs, o3.Irreps(f"{num_features}x0e"))
+        irreps = o3.Irreps(f"{type_embed_features or num_features}x0e")  # species embedding
+        self.embedding = linear(irreps_attrs, irreps)
         layers = []
-        irreps = o3.Irreps(f"{num_features}x0e")
         for index in range(num_layers):
             last = index == num_layers - 1
             layer = NequIPInteraction(

@@ -80,11 +80,6 @@ def nequip_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
         features = features[0]
     features = int(features)
     embed = config.get("type_embed_num_features")
-    if embed is not None and int(embed) != features:
-        raise NequipImportError(
-            f"nequip option type_embed_num_features={embed} (≠ num_features {features}) "
-            "is not supported"
-        )
     average = config.get("avg_num_neighbors")
     if not isinstance(average, int | float):
         raise NequipImportError(
@@ -117,6 +112,7 @@ def nequip_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
         last_layer_scalars_only=True,
         readout_hidden_features=0,
         per_species_energy_scales=True,
+        type_embed_features=int(embed) if embed is not None else None,
     )
 
 
@@ -215,9 +211,10 @@ def nequip_model_from_record(record: dict[str, Any], dtype: torch.dtype | None =
     n_types, features, r_max = model.num_species, hyper["num_features"], hyper["r_max"]
     embed = take("type_embed.embed_module.weight")  # [types, F]
     embedding_in = [[("z", z) for z in range(n_types)]]
-    embedding_out = [[(("h", o3.Irrep("0e")), u) for u in range(features)]]
+    width = embed.shape[1]
+    embedding_out = [[(("h", o3.Irrep("0e")), u) for u in range(width)]]
     dense = {(("z", z), (("h", o3.Irrep("0e")), u)): embed[z, u]
-             for z in range(n_types) for u in range(features)}
+             for z in range(n_types) for u in range(width)}
     target["embedding.weight"] = _fill_linear(model.embedding, dense, embedding_in, embedding_out)
 
     # radial basis: equimd = k · nequip with k = √(2/r_max) / (2/r_max)
@@ -229,7 +226,7 @@ def nequip_model_from_record(record: dict[str, Any], dtype: torch.dtype | None =
     hidden_nequip = o3.Irreps(
         [(features, (degree, p)) for degree in range(hyper["l_max"] + 1) for p in (1, -1)]
     )
-    space_n = space_e = _Space([(features, o3.Irrep("0e"), ("h", o3.Irrep("0e")))])
+    space_n = space_e = _Space([(width, o3.Irrep("0e"), ("h", o3.Irrep("0e")))])
     for index, layer in enumerate(model.interactions):
         n = f"layer{index}_convnet.conv."
         e = f"interactions.{index}."
@@ -294,7 +291,7 @@ def nequip_model_from_record(record: dict[str, Any], dtype: torch.dtype | None =
         )
         if layer.self_connection is not None:
             sc_n = o3.FullyConnectedTensorProduct(
-                irreps_n_in, o3.Irreps(f"{features}x0e"), pre_irreps_n, compile_left_right=False
+                irreps_n_in, o3.Irreps(f"{width}x0e"), pre_irreps_n, compile_left_right=False
             )
             weight, offset = take(n + "sc.weight"), 0
             labels_in, labels_out = space_n.labels(irreps_n_in), pre_n.labels(pre_irreps_n)

@@ -203,7 +203,24 @@ def _numpy_reconstruct(cls: Any, shape: Any, typecode: Any) -> _NumpyArray:
     return _NumpyArray()
 
 
+class _TorchFunctions:
+    """`torch._C._VariableFunctionsClass` as named in a pickle: the home of `torch.tanh` etc."""
+
+
+def _torch_function(owner: Any, name: str) -> FunctionRef:
+    """`getattr(torch._C._VariableFunctionsClass, name)`, as pickle writes `torch.tanh`: only
+    on that class, only for allow-listed names; returns the name, never the function."""
+    qualname = f"torch.{name}"
+    if not isinstance(owner, _TorchFunctions) or qualname not in FUNCTION_NAMES:
+        raise RestrictedPickleError(
+            f"getattr({owner!r}, {name!r}) refused (only torch activation functions)"
+        )
+    return FunctionRef(qualname)
+
+
 SAFE_GLOBALS: dict[str, Any] = {
+    "builtins.getattr": _torch_function,
+    "torch._C._VariableFunctionsClass": _TorchFunctions(),
     "collections.OrderedDict": collections.OrderedDict,
     "builtins.set": set,
     "builtins.frozenset": frozenset,
