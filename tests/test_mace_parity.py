@@ -227,11 +227,10 @@ def _modified(name: str, **changes) -> dict:
 @pytest.mark.parametrize(
     ("changes", "named"),
     [
-        ({"interaction_cls": "RealAgnosticDensityInteractionBlock"}, "interaction_cls"),
+        ({"interaction_cls": "RealAgnosticAttResidualInteractionBlock"}, "interaction_cls"),
         ({"heads": ["pt_head", "Default"]}, "heads"),
-        ({"pair_repulsion": True}, "pair_repulsion"),
-        ({"radial_type": "gaussian"}, "radial_type"),
-        ({"distance_transform": "Agnesi"}, "distance_transform"),
+        ({"radial_type": "chebyshev"}, "radial_type='chebyshev' .*not -dE/dr"),
+        ({"distance_transform": "Sigmoid"}, "distance_transform='Sigmoid'"),
         ({"use_agnostic_product": True}, "use_agnostic_product"),
         ({"readout_cls": "NonLinearBiasReadoutBlock"}, "readout_cls"),
         ({"avg_num_neighbors_per_interaction": [10.0, 12.0]}, "avg_num_neighbors_per_interaction"),
@@ -270,7 +269,7 @@ def test_refuses_files_that_are_not_mace_exports(tmp_path: Path) -> None:
         read_mace_export(path)
     pickled = tmp_path / "pickled.model"
     pickled.write_bytes(b"not a torch file")
-    with pytest.raises(MaceImportError, match="mace_export.py"):
+    with pytest.raises(MaceImportError, match="not a readable torch/mace-torch file"):
         read_mace_export(pickled)
 
 

@@ -33,7 +33,25 @@ from equimd.potentials.models.serialization import load_model
 
 DATA = Path(__file__).parent / "data"
 TOL = 1e-8  # eV/atom, eV/Å, eV/Å³ (float64)
-EXACT = ["mp_small", "mp_medium", "mp_large", "plain"]
+# MACE-MP-0 small/medium/large hidden irreps, plain MACE, radial bases and transforms, ZBL
+# (the larger max_ell / correlation ones in the slow suite)
+SLOW = pytest.mark.slow
+EXACT = [
+    pytest.param("mp_small", marks=SLOW),
+    "mp_medium",
+    pytest.param("mp_large", marks=SLOW),
+    "plain",
+    "gaussian",
+    "agnesi",
+    "soft",
+    "zbl",
+    "density",
+    "mpa",
+    pytest.param("off", marks=SLOW),
+]
+REFUSED = {
+    "chebyshev": r"radial_type='chebyshev' \(.*not -dE/dr",
+}
 
 
 def _unpack(name: str, directory: Path) -> Path:
@@ -86,7 +104,46 @@ def test_pickled_mace_model_matches_mace(name: str, tmp_path: Path) -> None:
     assert max(errors.values()) < TOL, errors
 
 
-@pytest.mark.parametrize("head", ["pt_head", "water"])
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_unimplemented_options_are_refused_by_name(name: str, tmp_path: Path, capsys) -> None:
+    path = _unpack(name, tmp_path)
+    with pytest.raises(MaceImportError, match=REFUSED[name]):
+        mace_model_from_export(read_mace_export(path))
+    assert cli_main(["import", "mace", str(path), "-o", str(tmp_path / "out.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("equimd: error:") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    "block",
+    ["RealAgnosticAttResidualInteractionBlock", "RealAgnosticResidualNonLinearInteractionBlock"],
+)
+def test_unimplemented_interaction_blocks_are_refused_by_name(block: str, tmp_path: Path) -> None:
+    record = read_mace_export(_unpack("mp_medium", tmp_path))
+    record["hyperparameters"]["interaction_cls"] = block
+    with pytest.raises(MaceImportError, match=f"interaction_cls='{block}'"):
+        mace_model_from_export(record)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mpa", "density"])
+def test_deployed_model_with_radial_options_matches_mace(name: str, tmp_path: Path) -> None:
+    """The TorchScript export (in-graph neighbor list) keeps ZBL and the distance transform."""
+    from equimd.deploy.export import export_model
+    from equimd.deploy.load import load
+
+    model = mace_model_from_export(read_mace_export(_unpack(name, tmp_path)))
+    deployed = load(export_model(model, tmp_path / "deployed.pt", dtype="float64"))
+    for frame in _reference(name)["structures"]["Default"]:
+        out = deployed(frame["positions"], frame["numbers"], frame["cell"], frame["pbc"])
+        n = len(frame["numbers"])
+        assert abs(out["energy"].item() - frame["energy"].item()) / n < TOL, frame["name"]
+        assert (out["forces"] - frame["forces"]).abs().max() < TOL, frame["name"]
+        if "stress" in frame:
+            assert (out["stress"] - frame["stress"]).abs().max() < TOL, frame["name"]
+
+
+@pytest.mark.parametrize("head", ["pt_head", pytest.param("water", marks=SLOW)])
 def test_multihead_model_matches_mace_for_each_head(head: str, tmp_path: Path) -> None:
     path = _unpack("multihead", tmp_path)
     model = mace_model_from_export(read_mace_export(path, head=head))
@@ -113,12 +170,13 @@ def test_training_checkpoint_imports_with_architecture(tmp_path: Path) -> None:
 
 
 def test_cli_imports_a_model_file_in_one_command(tmp_path: Path, capsys) -> None:
-    path = _unpack("mp_medium", tmp_path)
+    """MACE-MPA-0's architecture (density blocks, ZBL, Agnesi) survives the checkpoint."""
+    path = _unpack("mpa", tmp_path)
     output = tmp_path / "imported.pt"
     assert cli_main(["import", "mace", str(path), "-o", str(output)]) == 0
     assert str(output) in capsys.readouterr().out
     model = load_model(output).double()
-    errors = _max_errors(model, _reference("mp_medium")["structures"]["Default"])
+    errors = _max_errors(model, _reference("mpa")["structures"]["Default"])
     assert max(errors.values()) < TOL, errors
 
 

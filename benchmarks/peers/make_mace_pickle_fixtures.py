@@ -85,6 +85,27 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "zbl": dict(BASE, pair_repulsion=True, seed=9),
     "multihead": dict(BASE, heads=["pt_head", "water"], seed=10),
     "density": dict(BASE, interaction="RealAgnosticDensityResidualInteractionBlock", seed=12),
+    # MACE-MPA-0 / MACE-OMAT-0's combination: density-normalised interactions (non-residual
+    # first), ZBL pair repulsion, Agnesi distance transform
+    "mpa": dict(
+        BASE,
+        interaction_first="RealAgnosticDensityInteractionBlock",
+        interaction="RealAgnosticDensityResidualInteractionBlock",
+        pair_repulsion=True,
+        distance_transform="Agnesi",
+        seed=14,
+    ),
+    # MACE-OFF's layout: non-residual first layer, max_ell 3, correlation 3, r_max 5 (small)
+    "off": dict(
+        BASE,
+        hidden_irreps="8x0e+8x1o",
+        max_ell=3,
+        correlation=3,
+        r_max=5.0,
+        interaction_first="RealAgnosticInteractionBlock",
+        radial_MLP=[8, 8, 8],
+        seed=15,
+    ),
     # a training checkpoint (weights only) of the mp_medium architecture, other weights
     "checkpoint": dict(BASE, seed=13, checkpoint=True),
 }

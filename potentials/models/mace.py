@@ -33,7 +33,7 @@ from equimd.potentials.nn.mace_blocks import (
     ProductBlock,
     interaction_irreps,
 )
-from equimd.potentials.nn.radial import RadialEmbedding
+from equimd.potentials.nn.mace_radial import MaceRadialEmbedding, ZBLRepulsion
 from equimd.potentials.nn.species import one_hot
 from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND
 
@@ -74,6 +74,10 @@ class MACE(Potential):
         keep_last_layer_irreps: keep all of hidden_irreps in the last layer (mace option).
         apply_cutoff: multiply the envelope into the radial features (mace's default True);
             False multiplies it into the convolution weights instead.
+        radial_type: radial basis, "bessel" (eq. 7) or "gaussian".
+        distance_transform: None, "Agnesi" or "Soft": element-dependent transform of the
+            basis argument (`equimd.potentials.nn.mace_radial`).
+        pair_repulsion: add the ZBL screened nuclear repulsion (inside the scale, as mace).
         tp_backend: convolution backend (`equimd.potentials.nn.tensor_product.TP_BACKENDS`); same numbers.
     Per-element E0s, scale and shift are buffers of `self.scale_shift` (set by the trainer or
     the importer), not hyperparameters.
@@ -100,6 +104,9 @@ class MACE(Potential):
         gate: Optional[str] = "silu",
         keep_last_layer_irreps: bool = False,
         apply_cutoff: bool = True,
+        radial_type: str = "bessel",
+        distance_transform: Optional[str] = None,
+        pair_repulsion: bool = False,
         tp_backend: str = DEFAULT_TP_BACKEND,
     ) -> None:
         correlations = (
@@ -125,6 +132,9 @@ class MACE(Potential):
                 gate=gate,
                 keep_last_layer_irreps=bool(keep_last_layer_irreps),
                 apply_cutoff=bool(apply_cutoff),
+                radial_type=radial_type,
+                distance_transform=distance_transform,
+                pair_repulsion=bool(pair_repulsion),
                 tp_backend=tp_backend,
             ),
         )
@@ -144,8 +154,11 @@ class MACE(Potential):
         self.spherical_harmonics = o3.SphericalHarmonics(
             irreps_sh, normalize=True, normalization="component"
         )
-        self.radial_embedding = RadialEmbedding(
-            r_max, num_bessel, num_polynomial_cutoff, trainable=False
+        self.radial_embedding = MaceRadialEmbedding(
+            r_max, num_bessel, num_polynomial_cutoff, radial_type, distance_transform, apply_cutoff
+        )
+        self.pair_repulsion: Optional[ZBLRepulsion] = (
+            ZBLRepulsion(num_polynomial_cutoff) if pair_repulsion else None
         )
 
         interactions, products, readouts = [], [], []
@@ -171,7 +184,8 @@ class MACE(Potential):
                     num_bessel,
                     list(radial_MLP),
                     avg_num_neighbors,
-                    residual=block == "RealAgnosticResidualInteractionBlock",
+                    residual="Residual" in block,
+                    density="Density" in block,
                     tp_backend=tp_backend,
                 )
             )
@@ -193,15 +207,18 @@ class MACE(Potential):
         vectors = edge_vectors(graph)  # [E, 3] Å, receiver - sender
         lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)  # [E, 1] Å
         edge_sh = self.spherical_harmonics(vectors)  # [E, (max_ell+1)²]
-        edge_cutoff: Optional[Tensor] = None
-        if self.apply_cutoff:
-            edge_radial = self.radial_embedding(lengths)  # [E, num_bessel]
-        else:
-            edge_radial = self.radial_embedding.bessel_fn(lengths)
-            edge_cutoff = self.radial_embedding.cutoff_fn(lengths)
+        z_sender = graph.numbers[graph.edge_index[0]]  # [E] atomic numbers
+        z_receiver = graph.numbers[graph.edge_index[1]]
+        edge_radial, envelope = self.radial_embedding(lengths, z_sender, z_receiver)
+        edge_cutoff: Optional[Tensor] = None if self.apply_cutoff else envelope
 
         node_features = self.node_embedding(node_attrs)
         energy = torch.zeros_like(species, dtype=graph.positions.dtype)  # Σ_t e^t_i, [N]
+        pair_repulsion = self.pair_repulsion
+        if pair_repulsion is not None:  # ZBL, inside the scale like mace's ScaleShiftMACE
+            energy = energy + pair_repulsion(
+                lengths, z_sender, z_receiver, graph.edge_index[1], species.shape[0]
+            )
         layers = zip(self.interactions, self.products, self.readouts)  # noqa: B905 - TorchScript
         for interaction, product, readout in layers:
             message, self_connection = interaction(

@@ -33,6 +33,7 @@ from e3nn import o3
 from torch import Tensor
 
 from equimd.potentials.models.mace import MACE
+from equimd.potentials.models.mace_options import copy_option_buffers, radial_options
 from equimd.potentials.models.mace_pickle import MaceImportError
 from equimd.potentials.models.mace_records import EXPORT_FORMAT, read_mace_file
 from equimd.potentials.nn.mace_blocks import GATES, INTERACTION_CLASSES
@@ -91,8 +92,7 @@ def mace_hyperparameters(record: dict[str, Any]) -> dict[str, Any]:
             unsupported(name, list(INTERACTION_CLASSES))
     if hp.get("readout_cls", "NonLinearReadoutBlock") not in READOUT_CLASSES:
         unsupported("readout_cls", list(READOUT_CLASSES))
-    if hp.get("radial_type", "bessel") != "bessel":
-        unsupported("radial_type", "'bessel'")
+    options = radial_options(hp, problems)
     heads = hp.get("heads") or ["Default"]
     if len(heads) != 1:
         problems.append(
@@ -100,7 +100,6 @@ def mace_hyperparameters(record: dict[str, Any]) -> dict[str, Any]:
             "`mace_select_head` before exporting)"
         )
     for name in (
-        "pair_repulsion",
         "use_so3",
         "use_agnostic_product",
         "use_last_readout_only",
@@ -108,7 +107,7 @@ def mace_hyperparameters(record: dict[str, Any]) -> dict[str, Any]:
     ):
         if bool(hp.get(name, False)):
             unsupported(name, "False")
-    for name in ("distance_transform", "embedding_specs", "edge_irreps"):
+    for name in ("embedding_specs", "edge_irreps"):
         if hp.get(name) not in (None, "None", "", {}):
             unsupported(name, "None")
     if _cueq_enabled(hp.get("cueq_config")):
@@ -147,6 +146,7 @@ def mace_hyperparameters(record: dict[str, Any]) -> dict[str, Any]:
         "gate": gate,
         "keep_last_layer_irreps": bool(hp.get("keep_last_layer_irreps", False)),
         "apply_cutoff": bool(hp.get("apply_cutoff", True)),
+        **options,
     }
 
 
@@ -168,6 +168,7 @@ def mace_model_from_export(
     permutations = _check_layers(model, record["hyperparameters"])
     _check_constants(model, record, state)
     used = _copy_weights(model, state, record.get("model_class") == "ScaleShiftMACE", permutations)
+    used |= copy_option_buffers(model, state)
     left = sorted(k for k in state if k not in used and not _REDUNDANT.search(k))
     left = [k for k in left if not (state[k].numel() == 0 and k.endswith((".bias", ".weight")))]
     if left:
@@ -264,7 +265,7 @@ def _check_layers(model: MACE, hp: dict[str, Any]) -> list[Tensor | None]:
             else [readout.linear.irreps_in, readout.linear.irreps_out]
         )
         ours = {
-            "interaction_class": INTERACTION_CLASSES[int(interaction.residual)],
+            "interaction_class": interaction.mace_class,
             "node_feats_irreps": interaction.irreps_node,
             "target_irreps": interaction.irreps_target,
             "conv_tp_irreps_out": conv_out,
@@ -339,7 +340,7 @@ def _check_constants(model: MACE, record: dict[str, Any], state: dict[str, Tenso
         "radial_embedding.cutoff_fn.r_max": float(hp["r_max"]),
         "radial_embedding.cutoff_fn.p": float(hp["num_polynomial_cutoff"]),
         "num_interactions": float(hp["num_interactions"]),
-        "radial_embedding.bessel_fn.prefactor": float(model.radial_embedding.bessel_fn.prefactor),
+        "radial_embedding.bessel_fn.prefactor": float(getattr(model.radial_embedding.bessel_fn, "prefactor", 0.0)),
     }
     for key, expected in checks.items():
         if key in state and abs(float(state[key]) - expected) > 1e-12 * max(1.0, abs(expected)):
@@ -381,10 +382,11 @@ def _copy_weights(
 
     with torch.no_grad():
         copy(model.node_embedding.weight, "node_embedding.linear.weight")
-        copy(
-            model.radial_embedding.bessel_fn.bessel_weights,
-            "radial_embedding.bessel_fn.bessel_weights",
-        )
+        if hasattr(model.radial_embedding.bessel_fn, "bessel_weights"):
+            copy(
+                model.radial_embedding.bessel_fn.bessel_weights,
+                "radial_embedding.bessel_fn.bessel_weights",
+            )
         for i, interaction in enumerate(model.interactions):
             prefix = f"interactions.{i}."
             copy(interaction.linear_up.weight, prefix + "linear_up.weight")

@@ -79,6 +79,11 @@ def read_mace_file(
         if not isinstance(model, Record):
             raise MacePickleError(f"{architecture}: not a pickled mace-torch model")
         return export_from_model(model, head, source=path, weights=weights)
+    if isinstance(value, dict) and "format" in value:
+        raise MacePickleError(
+            f"{path}: format {value['format']!r}, expected a mace-torch model or a converted "
+            f"one ({EXPORT_FORMAT!r})"
+        )
     found = value.qualname if isinstance(value, Record) else type(value).__name__
     raise MacePickleError(
         f"{path}: holds a {found}, not a mace-torch model (a `.model` file), training "
@@ -396,14 +401,14 @@ def describe_mace_file(path: str | os.PathLike) -> str:
     )
     lines = [
         f"{path}: mace-torch model ({record['model_class']}, {record['dtype']})",
-        f"  heads:           {heads}",
-        *(f"  {k + ':':<16} {hp.get(k)}" for k in keys),
+        f"  {'heads:':<22} {heads}",
+        *(f"  {k + ':':<22} {hp.get(k)}" for k in keys),
     ]
     from equimd.potentials.models.mace_import import mace_hyperparameters
 
     try:
         mace_hyperparameters(record)
-        lines.append(f"  equimd:          importable: equimd import mace {path} -o model.pt")
+        lines.append(f"  {'equimd:':<22} importable: equimd import mace {path} -o model.pt")
     except MaceImportError as error:
-        lines.append(f"  equimd:          not importable: {error}")
+        lines.append(f"  {'equimd:':<22} not importable: {error}")
     return "\n".join(lines)

@@ -27,7 +27,13 @@ from equimd.potentials.nn.contraction import SymmetricContraction
 from equimd.potentials.nn.radial import radial_mlp
 from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND, EdgeConvolution
 
-INTERACTION_CLASSES = ("RealAgnosticInteractionBlock", "RealAgnosticResidualInteractionBlock")
+# mace-torch's names, indexed by residual + 2 · density
+INTERACTION_CLASSES = (
+    "RealAgnosticInteractionBlock",
+    "RealAgnosticResidualInteractionBlock",
+    "RealAgnosticDensityInteractionBlock",
+    "RealAgnosticDensityResidualInteractionBlock",
+)
 GATES = {"silu": torch.nn.functional.silu, "tanh": torch.tanh, "abs": torch.abs, None: None}
 
 
@@ -47,6 +53,8 @@ class InteractionBlock(nn.Module):
 
     Non-residual (`residual=False`, mace's `RealAgnosticInteractionBlock`): the message is
     mixed with the element, A_i ← W_sc · (A_i ⊗ onehot(z_i)), and no self-connection is returned.
+    `density=True` (`RealAgnosticDensity[Residual]InteractionBlock`): messages are normalised
+    by 1 + Σ_j tanh(density_fn(R(r_ij)))² per receiver instead of avg_num_neighbors.
     Residual (`RealAgnosticResidualInteractionBlock`): the self-connection
     sc_i = W_sc · (h_i ⊗ onehot(z_i)) → irreps_skip is returned for the product block to add.
 
@@ -68,6 +76,7 @@ class InteractionBlock(nn.Module):
         radial_hidden: list[int],
         avg_num_neighbors: float,
         residual: bool,
+        density: bool = False,
         tp_backend: str = DEFAULT_TP_BACKEND,
     ) -> None:
         super().__init__()
@@ -76,6 +85,10 @@ class InteractionBlock(nn.Module):
         irreps_attrs = o3.Irreps(irreps_attrs)
         self.residual = bool(residual)
         self.avg_num_neighbors = float(avg_num_neighbors)
+        self.mace_class = INTERACTION_CLASSES[int(self.residual) + 2 * int(density)]
+        # density-normalised variants (RealAgnosticDensity*): the message is divided by
+        # 1 + Σ_j tanh(w · R(r_ij))², a learned neighbour count, instead of avg_num_neighbors
+        self.density_fn: Optional[nn.Module] = radial_mlp(num_radial, [], 1) if density else None
 
         self.linear_up = o3.Linear(self.irreps_node, self.irreps_node)
         self.convolution = EdgeConvolution(
@@ -117,7 +130,17 @@ class InteractionBlock(nn.Module):
         message = self.convolution.aggregate(
             features, edge_sh, weights, edge_index[0], edge_index[1], node_features.shape[0]
         )
-        message = self.linear(message) / self.avg_num_neighbors
+        density_fn = self.density_fn
+        if density_fn is not None:
+            edge_density = torch.tanh(density_fn(edge_radial) ** 2)  # [E, 1]
+            if edge_cutoff is not None:
+                edge_density = edge_density * edge_cutoff
+            density = torch.zeros(
+                node_features.shape[0], 1, dtype=edge_density.dtype, device=edge_density.device
+            ).index_add(0, edge_index[1], edge_density)
+            message = self.linear(message) / (density + 1)
+        else:
+            message = self.linear(message) / self.avg_num_neighbors
         if not self.residual:
             message = self.skip_tp(message, node_attrs)
         return message, self_connection
