@@ -58,21 +58,33 @@ def test_every_model_module_of_the_package_is_imported():
     assert {"nequip", "mace"} <= set(MODELS)
 
 
-def write_package(root: Path, name: str, modules: dict[str, str]) -> None:
-    package = root / name
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    for module, source in modules.items():
-        (package / f"{module}.py").write_text(textwrap.dedent(source))
+@pytest.fixture
+def fake_package(tmp_path, monkeypatch):
+    """fake_package(name, {module: source}) -> the package's __path__; importable until the
+    test ends (sys.path and sys.modules are restored)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names: list[str] = []
+
+    def write(name: str, modules: dict[str, str]) -> list[str]:
+        package = tmp_path / name
+        package.mkdir()
+        (package / "__init__.py").write_text("")
+        for module, source in modules.items():
+            (package / f"{module}.py").write_text(textwrap.dedent(source))
+        names.append(name)
+        return [str(package)]
+
+    yield write
+    for module in [m for m in sys.modules if m.split(".")[0] in names]:
+        del sys.modules[module]
 
 
-def test_module_with_missing_optional_dependency_is_skipped_with_its_reason(tmp_path, monkeypatch):
-    write_package(tmp_path, "fake_models", {
+def test_module_with_missing_optional_dependency_is_skipped_with_its_reason(fake_package):
+    path = fake_package("fake_models", {
         "needs_fairchem": "import fairchem_not_installed_here\n",
         "plain": "VALUE = 1\n",
     })
-    monkeypatch.syspath_prepend(str(tmp_path))
-    skipped = import_model_modules("fake_models", [str(tmp_path / "fake_models")])
+    skipped = import_model_modules("fake_models", path)
     assert set(skipped) == {"fake_models.needs_fairchem"}
     assert "No module named 'fairchem_not_installed_here'" in skipped["fake_models.needs_fairchem"]
     assert sys.modules["fake_models.plain"].VALUE == 1
@@ -80,14 +92,13 @@ def test_module_with_missing_optional_dependency_is_skipped_with_its_reason(tmp_
 
 @pytest.mark.parametrize(
     "source",
-    ["from equimd.potentials.nn import no_such_block\n", "from fake_models_b import missing\n"],
+    ["from equimd.potentials.nn import no_such_block\n", "from fake_models_own import missing\n"],
     ids=["equimd", "same-package"],
 )
-def test_broken_import_of_our_own_code_is_raised_not_skipped(source, tmp_path, monkeypatch):
-    write_package(tmp_path, "fake_models_b", {"broken": source})
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ImportError):
-        import_model_modules("fake_models_b", [str(tmp_path / "fake_models_b")])
+def test_broken_import_of_our_own_code_is_raised_not_skipped(source, fake_package):
+    path = fake_package("fake_models_own", {"broken": source})
+    with pytest.raises(ImportError, match="cannot import name"):
+        import_model_modules("fake_models_own", path)
 
 
 def test_unknown_model_type_names_the_skipped_modules(monkeypatch):
@@ -109,7 +120,7 @@ def test_a_taken_model_name_is_refused(monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_registered_model_has_a_small_json_test_configuration(name):
+def test_every_registered_model_has_a_json_test_configuration(name):
     assert name in TEST_HYPERPARAMETERS, (
         f"{name}: register_model(..., test_hyperparameters={{...}}) is missing (docs/models.md)"
     )
