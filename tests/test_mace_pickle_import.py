@@ -45,7 +45,7 @@ EXACT = [
     "agnesi",
     "soft",
     "zbl",
-    "density",
+    pytest.param("density", marks=SLOW),  # (mpa has both density blocks)
     "mpa",
     pytest.param("off", marks=SLOW),
 ]
@@ -166,6 +166,19 @@ def test_training_checkpoint_imports_with_architecture(tmp_path: Path) -> None:
         read_mace_export(checkpoint)
     model = mace_model_from_export(read_mace_export(checkpoint, architecture=architecture))
     errors = _max_errors(model, _reference("checkpoint")["structures"]["Default"])
+    assert max(errors.values()) < TOL, errors
+
+
+@pytest.mark.slow
+def test_checkpoint_of_a_distributed_run_imports(tmp_path: Path) -> None:
+    """DistributedDataParallel checkpoints prefix every state-dict key with "module."."""
+    checkpoint = torch.load(_unpack("checkpoint", tmp_path), weights_only=True)
+    checkpoint["model"] = {f"module.{k}": v for k, v in checkpoint["model"].items()}
+    torch.save(checkpoint, tmp_path / "ddp.pt")
+    record = read_mace_export(tmp_path / "ddp.pt", architecture=_unpack("mp_medium", tmp_path))
+    errors = _max_errors(
+        mace_model_from_export(record), _reference("checkpoint")["structures"]["Default"]
+    )
     assert max(errors.values()) < TOL, errors
 
 

@@ -112,6 +112,9 @@ def export_from_model(
         )
     state = dict(state_dict(model))
     if weights is not None:
+        # a checkpoint of a DistributedDataParallel run prefixes every key with "module."
+        if weights and all(k.startswith("module.") for k in weights):
+            weights = {k[len("module.") :]: v for k, v in weights.items()}
         missing = sorted(set(state) - set(weights) - {k for k in state if "_compiled" in k})
         if missing:
             raise MacePickleError(
@@ -228,7 +231,7 @@ def hyperparameters(model: Record, state: dict[str, torch.Tensor]) -> dict[str, 
     sh_irreps = irreps(model.attr("spherical_harmonics").attr("irreps_out"))
     hp: dict[str, Any] = {
         "r_max": float(state["r_max"]),
-        "num_bessel": int(radial.attr("out_dim")),
+        "num_bessel": _num_basis(radial, basis),
         "num_polynomial_cutoff": int(radial.attr("cutoff_fn").attr("p")),
         "max_ell": _irreps_lmax(sh_irreps),
         "interaction_cls": interactions[-1].class_name,
@@ -282,6 +285,16 @@ def hyperparameters(model: Record, state: dict[str, torch.Tensor]) -> dict[str, 
     if isinstance(act, Record) and act.has("cst"):
         hp["radial_mlp_activation_cst"] = float(act.attr("cst"))
     return hp
+
+
+def _num_basis(radial: Record, basis: Record) -> int:
+    """Radial basis size: `out_dim` (mace >= 0.3.1), else the basis' own weights."""
+    if radial.has("out_dim"):
+        return int(radial.attr("out_dim"))
+    for name in ("bessel_weights", "gaussian_weights", "n"):
+        if basis.has(name):
+            return int(basis.attr(name).numel())
+    return int(basis.attr("num_basis"))
 
 
 def _correlation(product: Record) -> int:
