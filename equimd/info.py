@@ -22,6 +22,10 @@ def describe(path: str | Path) -> str:
                 return f"{path}: deployed equimd model\n" + json.dumps(
                     metadata, indent=2, ensure_ascii=False
                 )
+    from equimd.potentials.models.nequip_import import describe_nequip_file, is_nequip_file
+
+    if is_nequip_file(path):
+        return describe_nequip_file(path)
     from equimd.potentials.models.mace_records import describe_mace_file, is_mace_file
 
     if is_mace_file(path):

@@ -74,8 +74,9 @@ def _max_errors(model, frames: list[dict]) -> dict[str, float]:
 
 # "default": nequip-train's defaults (l_max 2, parity, scalar scale/shift, fixed Bessel);
 # "variant": l_max 1, 4 layers, type-embedding width ≠ features, 2-layer radial MLP, trainable
-# Bessel weights, 6 Bessels, p = 5, resnet, trainable per-type energy scales and shifts
-FIXTURES = ["default", "variant"]
+# Bessel weights, 6 Bessels, p = 5, resnet, trainable per-type energy scales and shifts;
+# "noparity": as nequip's foundation presets, parity off and one feature count per l
+FIXTURES = ["default", "variant", "noparity"]
 
 
 @pytest.mark.parametrize("name", FIXTURES)
@@ -121,12 +122,12 @@ def test_imported_checkpoint_deploys_and_matches_nequip(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("parity", False, r"parity=False is not supported"),
+        ("convnet_nonlinearity_type", "norm", r"convnet_nonlinearity_type='norm'"),
+        ("learnable_shift", True, r"learnable_shift=True is not supported"),
         ("pair_potential", {"_target_": "ZBL"}, r"pair_potential=.* is not supported"),
         ("per_edge_type_cutoff", {"H": 3.0}, r"per_edge_type_cutoff=.* is not supported"),
         ("readout_mlp_hidden_layers_depth", 1, r"readout_mlp_hidden_layers_depth=1"),
         ("avg_num_neighbors", {"H": 3.0, "C": 4.0, "O": 5.0}, r"avg_num_neighbors=.*one number"),
-        ("num_features", [8, 6, 4], r"num_features=\[8, 6, 4\]"),
         ("some_future_option", 1, r"some_future_option=1 is not supported"),
     ],
 )
@@ -188,3 +189,11 @@ def test_malicious_checkpoint_is_refused_and_nothing_runs(tmp_path: Path) -> Non
     with pytest.raises(NequipPickleError, match=r"system"):
         read_nequip_file(evil)
     assert not marker.exists()
+
+
+def test_info_describes_nequip_files_and_says_whether_they_import(tmp_path: Path) -> None:
+    from equimd.info import describe
+
+    text = describe(DATA / "nequip_default.nequip.zip")
+    assert "nequip package" in text and "importable: equimd import nequip" in text
+    assert "training checkpoint" in describe(_checkpoint("variant", tmp_path))

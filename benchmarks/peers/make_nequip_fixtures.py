@@ -85,6 +85,8 @@ CONFIGS = {
         "per_type_energy_scales_trainable": True,
         "per_type_energy_shifts_trainable": True,
     },
+    # as nequip's foundation-model presets: no parity, one feature count per l
+    "noparity": {"parity": False, "num_features": [8, 6, 4]},
 }
 
 

@@ -29,12 +29,14 @@ from equimd.potentials.nn.tensor_product import (
 )
 
 
-def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
-    """num_features × every irrep up to l_max (both parities if `parity`, else (-1)^l)."""
+def hidden_irreps(num_features: int | list[int], l_max: int, parity: bool) -> o3.Irreps:
+    """num_features × every irrep up to l_max (both parities if `parity`, else (-1)^l);
+    `num_features` may be one count per l (nequip ≥ 0.7)."""
+    counts = num_features if isinstance(num_features, list) else [num_features] * (l_max + 1)
     irreps = []
     for degree in range(l_max + 1):
         parities = (1, -1) if parity else ((-1) ** degree,)
-        irreps += [(num_features, (degree, p)) for p in parities]
+        irreps += [(counts[degree], (degree, p)) for p in parities]
     return o3.Irreps(irreps).sort().irreps.simplify()
 
 
@@ -202,7 +204,7 @@ class NequIP(Potential):
         species: list[int],
         r_max: float = 5.0,
         l_max: int = 2,
-        num_features: int = 32,
+        num_features: int | list[int] = 32,
         num_layers: int = 4,
         num_bessel: int = 8,
         polynomial_p: int = 6,
@@ -218,6 +220,7 @@ class NequIP(Potential):
         readout_hidden_features: int | None = None,
         per_species_energy_scales: bool = False,
         type_embed_features: int | None = None,
+        sh_parity: int | None = None,
     ) -> None:
         super().__init__(
             species,
@@ -241,10 +244,13 @@ class NequIP(Potential):
                 readout_hidden_features=readout_hidden_features,
                 per_species_energy_scales=per_species_energy_scales,
                 type_embed_features=type_embed_features,
+                sh_parity=sh_parity,
             ),
         )
         irreps_attrs = o3.Irreps(f"{self.num_species}x0e")
-        irreps_sh = o3.Irreps.spherical_harmonics(l_max, p=-1 if parity else 1)
+        # sh_parity -1: the true (polar) harmonics whatever `parity` (nequip ≥ 0.7)
+        irreps_sh = o3.Irreps.spherical_harmonics(l_max, p=sh_parity or (-1 if parity else 1))
+        scalars = num_features[0] if isinstance(num_features, list) else num_features
         irreps_hidden = hidden_irreps(num_features, l_max, parity)
 
         self.spherical_harmonics = o3.SphericalHarmonics(
@@ -253,14 +259,14 @@ class NequIP(Potential):
         self.radial_embedding = RadialEmbedding(
             r_max, num_bessel, polynomial_p, trainable=trainable_bessel
         )
-        irreps = o3.Irreps(f"{type_embed_features or num_features}x0e")  # species embedding
+        irreps = o3.Irreps(f"{type_embed_features or scalars}x0e")  # species embedding
         self.embedding = linear(irreps_attrs, irreps)
         layers = []
         for index in range(num_layers):
             last = index == num_layers - 1
             layer = NequIPInteraction(
                 irreps,
-                o3.Irreps(f"{num_features}x0e") if last_layer_scalars_only and last else irreps_hidden,
+                o3.Irreps(f"{scalars}x0e") if last_layer_scalars_only and last else irreps_hidden,
                 irreps_sh,
                 irreps_attrs,
                 num_bessel,
@@ -283,7 +289,7 @@ class NequIP(Potential):
             self.readout_hidden: nn.Module = nn.Identity()
             self.readout = linear(irreps, o3.Irreps("1x0e"))
         else:
-            hidden = readout_hidden_features or max(num_features // 2, 1)
+            hidden = readout_hidden_features or max(scalars // 2, 1)
             self.readout_hidden = linear(irreps, o3.Irreps(f"{hidden}x0e"))
             self.readout = linear(self.readout_hidden.irreps_out, o3.Irreps("1x0e"))
         self.species_energy_scale = (

@@ -276,3 +276,36 @@ def import_nequip_file(
         },
     )
     return output_checkpoint
+
+
+def is_nequip_file(path: str | os.PathLike) -> bool:
+    """A `.nequip.zip` package, or a `.ckpt` file (read to tell, by `describe_nequip_file`)."""
+    path = Path(path)
+    if path.suffix == ".ckpt":
+        return True
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("/model/eager_model.pkl") for n in archive.namelist())
+
+
+def describe_nequip_file(path: str | os.PathLike) -> str:
+    """`equimd info` for a nequip file: what it holds and whether equimd can import it."""
+    from equimd.potentials.models.nequip_mapping import nequip_hyperparameters
+
+    record = read_nequip_file(path)
+    config = record["config"]
+    try:
+        nequip_hyperparameters(config)
+        verdict = f"importable: equimd import nequip {path} -o model.ckpt"
+    except NequipImportError as error:
+        verdict = f"not importable: {error}"
+    keys = ("type_names", "r_max", "num_layers", "l_max", "num_features", "parity")
+    kind = "package (nequip-package)" if record["kind"] == "package" else "training checkpoint"
+    lines = [
+        f"{path}: nequip {kind}, nequip {record['nequip_version'] or '?'}",
+        f"  model:           {config.get('_target_')}",
+        *(f"  {key + ':':<16} {config.get(key)}" for key in keys if key in config),
+        f"  {verdict}",
+    ]
+    return "\n".join(lines)

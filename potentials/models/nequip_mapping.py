@@ -27,14 +27,14 @@ from e3nn import o3
 from torch import Tensor
 
 from equimd.checks import atomic_number
-from equimd.potentials.models.nequip import NequIP
+from equimd.potentials.models.nequip import NequIP, hidden_irreps
 from equimd.potentials.models.nequip_import import NequipImportError, default_dtype
 
 MODEL_TARGETS = ("nequip.model.NequIPGNNModel",)
 # config keys and the values equimd implements (None: any value, read elsewhere)
 _SUPPORTED: dict[str, Any] = {
     "_target_": None, "seed": None, "model_dtype": None, "type_names": None, "r_max": None,
-    "num_layers": None, "l_max": None, "parity": (True,), "num_features": None,
+    "num_layers": None, "l_max": None, "parity": None, "num_features": None,
     "type_embed_num_features": None, "radial_mlp_depth": None, "radial_mlp_width": None,
     "num_bessels": None, "bessel_trainable": None, "polynomial_cutoff_p": None,
     "avg_num_neighbors": None, "per_type_energy_scales": None, "per_type_energy_shifts": None,
@@ -48,7 +48,6 @@ _SUPPORTED: dict[str, Any] = {
     "convnet_nonlinearity_gates": ({"e": "silu", "o": "tanh"},),
 }
 _WHY = {
-    "parity": "equimd's parity=False uses other spherical harmonics than nequip",
     "per_edge_type_cutoff": "equimd has one cutoff for all pairs",
     "pair_potential": "no ZBL/pair term in equimd's NequIP",
     "readout_mlp_hidden_layers_depth": "equimd's readout is linear",
@@ -73,12 +72,11 @@ def nequip_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
     l_max = int(config.get("l_max", 1))
     features = config.get("num_features", 32)
     if isinstance(features, list):
-        if len(set(features)) != 1:
-            raise NequipImportError(
-                f"nequip option num_features={features} (one count per l) is not supported"
-            )
-        features = features[0]
-    features = int(features)
+        if len(features) != l_max + 1:
+            raise NequipImportError(f"num_features={features} needs l_max + 1 = {l_max + 1} counts")
+        features = [int(f) for f in features]
+    else:
+        features = int(features)
     embed = config.get("type_embed_num_features")
     average = config.get("avg_num_neighbors")
     if not isinstance(average, int | float):
@@ -101,7 +99,8 @@ def nequip_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
         num_layers=int(config.get("num_layers", 4)),
         num_bessel=int(config.get("num_bessels", 8)),
         polynomial_p=int(config.get("polynomial_cutoff_p", 6)),
-        parity=True,
+        parity=bool(config.get("parity", True)),
+        sh_parity=-1,
         trainable_bessel=bool(config.get("bessel_trainable", False)),
         radial_mlp_hidden=[int(config.get("radial_mlp_width", 128))]
         * int(config.get("radial_mlp_depth", 1)),
@@ -208,7 +207,10 @@ def nequip_model_from_record(record: dict[str, Any], dtype: torch.dtype | None =
         used.add(key)
         return state[key]
 
-    n_types, features, r_max = model.num_species, hyper["num_features"], hyper["r_max"]
+    n_types, r_max = model.num_species, hyper["r_max"]
+    counts = hyper["num_features"]
+    counts = counts if isinstance(counts, list) else [counts] * (hyper["l_max"] + 1)
+    features = counts[0]  # scalars
     embed = take("type_embed.embed_module.weight")  # [types, F]
     embedding_in = [[("z", z) for z in range(n_types)]]
     width = embed.shape[1]
@@ -223,9 +225,15 @@ def nequip_model_from_record(record: dict[str, Any], dtype: torch.dtype | None =
     basis_ratio = math.sqrt(2.0 / r_max) / (2.0 / r_max)
 
     irreps_sh = o3.Irreps.spherical_harmonics(hyper["l_max"])
+    parities = (1, -1) if hyper["parity"] else None  # nequip's own order of the hidden irreps
     hidden_nequip = o3.Irreps(
-        [(features, (degree, p)) for degree in range(hyper["l_max"] + 1) for p in (1, -1)]
+        [
+            (counts[degree], (degree, p))
+            for degree in range(hyper["l_max"] + 1)
+            for p in (parities or ((-1) ** degree,))
+        ]
     )
+    hidden_equimd = hidden_irreps(hyper["num_features"], hyper["l_max"], hyper["parity"])
     space_n = space_e = _Space([(width, o3.Irrep("0e"), ("h", o3.Irrep("0e")))])
     for index, layer in enumerate(model.interactions):
         n = f"layer{index}_convnet.conv."
@@ -283,7 +291,7 @@ def nequip_model_from_record(record: dict[str, Any], dtype: torch.dtype | None =
         # equimd's pre-gate space: its own gate order
         pre_e, out_e = _gate_space(
             o3.Irreps([(m, ir) for m, ir, _ in space_e.blocks]), irreps_sh,
-            o3.Irreps(f"{features}x0e") if last else hidden_nequip.sort().irreps.simplify()
+            o3.Irreps(f"{features}x0e") if last else hidden_equimd
         )
         target[e + "linear_out.weight"] = _fill_linear(
             layer.linear_out, dense, conv_e.labels(layer.linear_out.irreps_in),
