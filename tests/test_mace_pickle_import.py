@@ -143,6 +143,27 @@ def test_deployed_model_with_radial_options_matches_mace(name: str, tmp_path: Pa
             assert (out["stress"] - frame["stress"]).abs().max() < TOL, frame["name"]
 
 
+def test_float32_model_file_matches_mace_to_float32_rounding(tmp_path: Path) -> None:
+    """A model saved under mace-torch's default_dtype float32 imports as float32; it agrees
+    with mace to float32 rounding (energies ~1e3 eV: relative 1e-6), not better."""
+    model = mace_model_from_export(read_mace_export(_unpack("float32", tmp_path)))
+    assert next(model.parameters()).dtype == torch.float32
+    forcefield = ForceField(model)
+    for frame in _reference("float32")["structures"]["Default"]:
+        configuration = Configuration(
+            positions=frame["positions"].numpy(),
+            numbers=frame["numbers"].numpy(),
+            cell=frame["cell"].numpy(),
+            pbc=frame["pbc"].numpy(),
+        )
+        graph = configuration_to_graph(configuration, model.r_max, dtype=torch.float32)
+        out = forcefield(graph, True, False, False)
+        energy = frame["energy"].item()
+        assert abs(out["energy"][0].item() - energy) < 1e-6 * abs(energy), frame["name"]
+        scale = frame["forces"].abs().max().item()
+        assert (out["forces"] - frame["forces"]).abs().max() < 1e-5 * scale + 1e-5, frame["name"]
+
+
 @pytest.mark.parametrize("head", ["pt_head", pytest.param("water", marks=SLOW)])
 def test_multihead_model_matches_mace_for_each_head(head: str, tmp_path: Path) -> None:
     path = _unpack("multihead", tmp_path)

@@ -106,6 +106,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
         radial_MLP=[8, 8, 8],
         seed=15,
     ),
+    # a float32 model file (mace-torch's default_dtype float32)
+    "float32": dict(BASE, seed=17, dtype="float32"),
     # a training checkpoint (weights only) of the mp_medium architecture, other weights
     "checkpoint": dict(BASE, seed=13, checkpoint=True),
 }
@@ -216,9 +218,9 @@ def evaluate(model: torch.nn.Module, atoms: ase.Atoms, r_max: float, heads, head
 
 
 def main(names: list[str]) -> int:
-    torch.set_default_dtype(torch.float64)
     for name in names or list(CONFIGS):
         cfg = CONFIGS[name]
+        torch.set_default_dtype(getattr(torch, cfg.get("dtype", "float64")))
         model = build_model(cfg)
         heads = cfg.get("heads") or ["Default"]
         buffer = io.BytesIO()

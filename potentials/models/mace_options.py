@@ -25,6 +25,8 @@ REFUSED_RADIAL_TYPES = {
 }
 # buffers of the radial options, copied from the file (module path in equimd == in mace)
 OPTION_BUFFERS = {
+    # recomputed by equimd in float64; copied so a float32 model keeps its own rounding
+    "radial_embedding.bessel_fn.prefactor": "radial_embedding.bessel_fn.prefactor",
     "radial_embedding.bessel_fn.gaussian_weights": "radial_embedding.bessel_fn.gaussian_weights",
     "radial_embedding.distance_transform.q": "radial_embedding.distance_transform.q",
     "radial_embedding.distance_transform.p": "radial_embedding.distance_transform.p",
@@ -39,6 +41,8 @@ OPTION_BUFFERS = {
     "pair_repulsion_fn.a_exp": "pair_repulsion.a_exp",
     "pair_repulsion_fn.a_prefactor": "pair_repulsion.a_prefactor",
 }
+
+OPTIONAL_BUFFERS = {"radial_embedding.bessel_fn.prefactor"}
 
 
 def radial_options(hp: dict[str, Any], problems: list[str]) -> dict[str, Any]:
@@ -71,6 +75,8 @@ def copy_option_buffers(model: torch.nn.Module, state: dict[str, torch.Tensor]) 
     with torch.no_grad():
         for theirs, key in OPTION_BUFFERS.items():
             if key not in ours:
+                continue
+            if theirs not in state and theirs in OPTIONAL_BUFFERS:
                 continue
             if theirs not in state:
                 from equimd.potentials.models.mace_pickle import MaceImportError
