@@ -26,7 +26,7 @@ def describe(path: str | Path) -> str:
 
     if is_nequip_file(path):
         return describe_nequip_file(path)
-    from equimd.potentials.models.mace_records import describe_mace_file, is_mace_file
+    from equimd.potentials.models.mace_info import describe_mace_file, is_mace_file
 
     if is_mace_file(path):
         return describe_mace_file(path)

@@ -26,7 +26,6 @@ import torch
 
 from equimd.potentials.models.mace_pickle import (
     FunctionRef,
-    MaceImportError,
     MacePickleError,
     Record,
     load_records,
@@ -390,38 +389,3 @@ def is_mace_file(path: str | os.PathLike) -> bool:
             return bool(names) and b"mace.modules" in archive.read(names[0])
     except (OSError, zipfile.BadZipFile):
         return False
-
-
-def describe_mace_file(path: str | os.PathLike) -> str:
-    """`equimd info` of a mace-torch `.model` file: class, heads, architecture, support."""
-    record = read_mace_file(path)
-    hp = record["hyperparameters"]
-    default = hp["heads"][0]
-    heads = ", ".join(f"{h} (default)" if h == default else h for h in hp["all_heads"])
-    keys = (
-        "r_max",
-        "hidden_irreps",
-        "max_ell",
-        "correlation",
-        "num_interactions",
-        "interaction_cls_first",
-        "interaction_cls",
-        "radial_type",
-        "distance_transform",
-        "pair_repulsion",
-        "num_elements",
-        "avg_num_neighbors",
-    )
-    lines = [
-        f"{path}: mace-torch model ({record['model_class']}, {record['dtype']})",
-        f"  {'heads:':<22} {heads}",
-        *(f"  {k + ':':<22} {hp.get(k)}" for k in keys),
-    ]
-    from equimd.potentials.models.mace_import import mace_hyperparameters
-
-    try:
-        mace_hyperparameters(record)
-        lines.append(f"  {'equimd:':<22} importable: equimd import mace {path} -o model.pt")
-    except MaceImportError as error:
-        lines.append(f"  {'equimd:':<22} not importable: {error}")
-    return "\n".join(lines)
