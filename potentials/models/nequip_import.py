@@ -16,19 +16,21 @@ refused by name (`NequipImportError`), see docs/nequip.md.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import pickle
 import re
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from equimd.errors import EquimdError
+from equimd.potentials.models.nequip_mapping import (  # noqa: F401  (NequipImportError re-exported)
+    NequipImportError,
+    nequip_hyperparameters,
+    nequip_model_from_record,
+)
 from equimd.potentials.models.restricted_pickle import (
     RestrictedPickleError,
     RestrictedUnpickler,
@@ -49,11 +51,6 @@ _STORAGE_DTYPES = {
     "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
 }
-
-
-class NequipImportError(EquimdError, ValueError):
-    """A file that is not a nequip model, or a nequip option equimd does not implement (the
-    message names it)."""
 
 
 class NequipPickleError(NequipImportError, RestrictedPickleError):
@@ -239,16 +236,6 @@ def _with_ema_weights(
     return {**state, **dict(zip(parameters, ema, strict=True))}
 
 
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def import_nequip_file(
     path: str | os.PathLike, output_checkpoint: str | os.PathLike, dtype: str | None = None
 ) -> Path:
@@ -256,7 +243,6 @@ def import_nequip_file(
 
     dtype: "float32" | "float64" | None (the nequip model's `model_dtype`).
     """
-    from equimd.potentials.models.nequip_mapping import nequip_model_from_record
     from equimd.potentials.models.serialization import save_model
 
     record = read_nequip_file(path)
@@ -291,8 +277,6 @@ def is_nequip_file(path: str | os.PathLike) -> bool:
 
 def describe_nequip_file(path: str | os.PathLike) -> str:
     """`equimd info` for a nequip file: what it holds and whether equimd can import it."""
-    from equimd.potentials.models.nequip_mapping import nequip_hyperparameters
-
     record = read_nequip_file(path)
     config = record["config"]
     try:
