@@ -68,7 +68,8 @@ CONFIGS = {
     # nequip-train's defaults (parity, gate, self-connection, scalar scale/shift, fixed Bessel)
     "default": {},
     # the options the issue names: per-type scales/shifts (trainable), trainable Bessel, resnet,
-    # other l_max / depth / Bessel count / cutoff p, deeper radial MLP, type-embedding width
+    # other l_max / depth / Bessel count / cutoff p, deeper radial MLP, type-embedding width,
+    # per-type average neighbour counts
     "variant": {
         "l_max": 1,
         "num_layers": 4,
@@ -84,6 +85,7 @@ CONFIGS = {
         "per_type_energy_scales": {"H": 0.7, "C": 1.3, "O": 2.1},
         "per_type_energy_scales_trainable": True,
         "per_type_energy_shifts_trainable": True,
+        "avg_num_neighbors": "${training_data_stats:per_type_num_neighbors_mean}",
     },
     # as nequip's foundation-model presets: no parity, one feature count per l
     "noparity": {"parity": False, "num_features": [8, 6, 4]},

@@ -21,7 +21,12 @@ from equimd.potentials.nn.gate import equivariant_gate, gated_irreps
 from equimd.potentials.nn.linear import linear, scalar_tensor_product
 from equimd.potentials.nn.radial import RadialEmbedding, radial_mlp
 from equimd.potentials.nn.species import one_hot
-from equimd.potentials.nn.species_scale import NoSpeciesEnergyScale, SpeciesEnergyScale
+from equimd.potentials.nn.species_scale import (
+    NoSpeciesEnergyScale,
+    NoSpeciesFeatureScale,
+    SpeciesEnergyScale,
+    SpeciesFeatureScale,
+)
 from equimd.potentials.nn.tensor_product import (
     DEFAULT_TP_BACKEND,
     EdgeConvolution,
@@ -56,6 +61,7 @@ class NequIPInteraction(nn.Module):
         tp_backend: str = DEFAULT_TP_BACKEND,
         self_connection: bool = True,
         gate_activation: str = "sigmoid",
+        per_species_normalization: int = 0,
     ) -> None:
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
@@ -79,6 +85,12 @@ class NequIPInteraction(nn.Module):
             else None
         )
         self.message_normalization = 1.0 / math.sqrt(avg_num_neighbors)
+        # per_species_normalization = num_species: each sender's features × a per-species factor
+        self.sender_normalization = (
+            SpeciesFeatureScale(per_species_normalization)
+            if per_species_normalization
+            else NoSpeciesFeatureScale()
+        )
         self.resnet = bool(resnet) and self.irreps_in == self.irreps_out
         # set by `restrict_to` (outputs the model does not read are not computed)
         self.register_buffer("pruned_weight_columns", torch.zeros(0, dtype=torch.long), False)
@@ -178,7 +190,7 @@ class NequIPInteraction(nn.Module):
         edge_radial: Tensor,
         edge_index: Tensor,
     ) -> Tensor:
-        features = self.linear_in(node_features)
+        features = self.sender_normalization(self.linear_in(node_features), node_attrs)
         aggregated = self._aggregate(features, edge_sh, edge_radial, edge_index)
         updated = self.linear_out(aggregated * self.message_normalization)
         if self.self_connection is not None:
@@ -221,6 +233,7 @@ class NequIP(Potential):
         per_species_energy_scales: bool = False,
         type_embed_features: int | None = None,
         sh_parity: int | None = None,
+        per_species_avg_num_neighbors: bool = False,
     ) -> None:
         super().__init__(
             species,
@@ -245,6 +258,7 @@ class NequIP(Potential):
                 per_species_energy_scales=per_species_energy_scales,
                 type_embed_features=type_embed_features,
                 sh_parity=sh_parity,
+                per_species_avg_num_neighbors=per_species_avg_num_neighbors,
             ),
         )
         irreps_attrs = o3.Irreps(f"{self.num_species}x0e")
@@ -276,6 +290,7 @@ class NequIP(Potential):
                 tp_backend,
                 self_connection=first_layer_self_connection or index > 0,
                 gate_activation=gate_activation,
+                per_species_normalization=self.num_species if per_species_avg_num_neighbors else 0,
             )
             layers.append(layer)
             irreps = layer.irreps_out

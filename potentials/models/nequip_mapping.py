@@ -97,9 +97,13 @@ def nequip_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
         features = int(features)
     embed = config.get("type_embed_num_features")
     average = config.get("avg_num_neighbors")
-    if not isinstance(average, int | float):
+    per_type = isinstance(average, dict)
+    if per_type and set(average) != set(config["type_names"]):
+        raise NequipImportError(f"avg_num_neighbors={average!r} does not name every type")
+    if not per_type and not isinstance(average, int | float):
         raise NequipImportError(
-            f"nequip option avg_num_neighbors={average!r} is not supported (one number only)"
+            f"nequip option avg_num_neighbors={average!r} is not supported (a number or one "
+            "number per type)"
         )
     species = []
     for name in config["type_names"]:
@@ -122,7 +126,8 @@ def nequip_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
         trainable_bessel=bool(config.get("bessel_trainable", False)),
         radial_mlp_hidden=[int(config.get("radial_mlp_width", 128))]
         * int(config.get("radial_mlp_depth", 1)),
-        avg_num_neighbors=float(average),
+        avg_num_neighbors=1.0 if per_type else float(average),
+        per_species_avg_num_neighbors=per_type,
         resnet=bool(config.get("convnet_resnet", False)),
         gate_activation="silu",
         first_layer_self_connection=False,
@@ -315,6 +320,12 @@ def nequip_model_from_record(record: dict[str, Any], dtype: torch.dtype | None =
             layer.linear_out, dense, conv_e.labels(layer.linear_out.irreps_in),
             pre_e.labels(pre_e_irreps)
         )
+        if hyper["per_species_avg_num_neighbors"]:  # 1/√⟨n⟩ of each sender's type
+            average = config["avg_num_neighbors"]
+            target[e + "sender_normalization.scales"] = torch.tensor(
+                [1.0 / math.sqrt(float(average[t])) for t in config["type_names"]],
+                dtype=torch.float64,
+            )
         if layer.self_connection is not None:
             sc_n = o3.FullyConnectedTensorProduct(
                 irreps_n_in, o3.Irreps(f"{width}x0e"), pre_irreps_n, compile_left_right=False
