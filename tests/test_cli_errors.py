@@ -75,6 +75,8 @@ def inputs(tmp_path_factory) -> Path:
     _write_config(folder / "missing_data.yaml", "absent.xyz", "run_missing")
     _write_config(folder / "bad_epochs.yaml", "cu.xyz", "run_epochs", epochs="-3")
     (folder / "typo.yaml").write_text("data:\n  trian: cu.xyz\n")
+    unknown_model = (folder / "cuda.yaml").read_text().replace("nequip", "schnetzel")
+    (folder / "unknown_model.yaml").write_text(unknown_model.replace("cuda", "cpu"))
     (folder / "broken.yaml").write_text("data: [unclosed\n")
     return folder
 
@@ -93,6 +95,7 @@ ROWS = [
     ("train-cuda-without-gpu", ["train", "{in}/cuda.yaml"], "training.device"),
     ("train-no-energies", ["train", "{in}/unlabelled.yaml"], "unlabelled.xyz"),
     ("train-missing-data", ["train", "{in}/missing_data.yaml"], "absent.xyz"),
+    ("train-unknown-model", ["train", "{in}/unknown_model.yaml"], "schnetzel"),
     ("train-negative-epochs", ["train", "{in}/bad_epochs.yaml"], "epochs"),
     ("train-zero-threads", ["train", "{in}/cuda.yaml", "--threads", "0"], "--threads"),
     # evaluate
@@ -155,6 +158,8 @@ ROWS = [
     ("md-missing-frame", [*MD, "--frame", "7"], "--frame 7"),
     ("md-checkpoint-as-model",
      ["md", "{in}/cu.xyz", "--model", "{in}/checkpoint.pt", "-o", "{out}/md"], "equimd deploy"),
+    ("md-text-model", ["md", "{in}/cu.xyz", "--model", "{in}/notes.txt", "-o", "{out}/md"],
+     "notes.txt"),
     ("md-missing-model", ["md", "{in}/cu.xyz", "--model", "{in}/absent.pt", "-o", "{out}/md"],
      "absent.pt"),
     ("md-unknown-engine", [*MD, "--engine", "gromacs"], "--engine"),
