@@ -43,7 +43,7 @@ EXACT = [
     "plain",
     "gaussian",
     "agnesi",
-    "soft",
+    pytest.param("soft", marks=SLOW),
     "zbl",
     pytest.param("density", marks=SLOW),  # (mpa has both density blocks)
     "mpa",
