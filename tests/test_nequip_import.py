@@ -76,7 +76,8 @@ def _max_errors(model, frames: list[dict]) -> dict[str, float]:
 # "variant": l_max 1, 4 layers, type-embedding width ≠ features, 2-layer radial MLP, trainable
 # Bessel weights, 6 Bessels, p = 5, resnet, trainable per-type energy scales and shifts,
 # per-type average neighbour counts;
-# "noparity": as nequip's foundation presets, parity off and one feature count per l
+# "noparity": as nequip's foundation presets, parity off and one feature count per l; an MLP
+# readout (one hidden layer, SiLU)
 FIXTURES = ["default", "variant", "noparity"]
 
 
@@ -128,7 +129,7 @@ def test_imported_checkpoint_deploys_and_matches_nequip(name: str, tmp_path: Pat
         ("learnable_shift", True, r"learnable_shift=True is not supported"),
         ("pair_potential", {"_target_": "ZBL"}, r"pair_potential=.* is not supported"),
         ("per_edge_type_cutoff", {"H": 3.0}, r"per_edge_type_cutoff=.* is not supported"),
-        ("readout_mlp_hidden_layers_depth", 1, r"readout_mlp_hidden_layers_depth=1"),
+        ("readout_mlp_hidden_layers_depth", 2, r"readout_mlp_hidden_layers_depth=2"),
         ("avg_num_neighbors", {"H": 3.0, "C": 4.0}, r"avg_num_neighbors=.*every type"),
         ("some_future_option", 1, r"some_future_option=1 is not supported"),
     ],
@@ -148,6 +149,13 @@ def test_trained_weights_differ_from_their_initial_values() -> None:
         initial = {"bessel_encode.bessel_weights": torch.arange(1.0, 7.0).double(),
                    "per_type_energy_scale_shift.scales": torch.tensor([0.7, 1.3, 2.1]).double()}
         assert not torch.allclose(state[key].reshape(-1), initial[key]), key
+
+
+def test_mlp_readout_with_another_nonlinearity_is_refused() -> None:
+    record = read_nequip_file(DATA / "nequip_default.nequip.zip")
+    record["config"].update(readout_mlp_hidden_layers_depth=1, readout_mlp_nonlinearity="mish")
+    with pytest.raises(NequipImportError, match=r"readout_mlp_nonlinearity='mish'"):
+        nequip_model_from_record(record)
 
 
 def test_refusal_is_one_line_on_the_command_line(tmp_path: Path, capsys) -> None:

@@ -87,8 +87,13 @@ CONFIGS = {
         "per_type_energy_shifts_trainable": True,
         "avg_num_neighbors": "${training_data_stats:per_type_num_neighbors_mean}",
     },
-    # as nequip's foundation-model presets: no parity, one feature count per l
-    "noparity": {"parity": False, "num_features": [8, 6, 4]},
+    # as nequip's foundation-model presets: no parity, one feature count per l; an MLP readout
+    "noparity": {
+        "parity": False,
+        "num_features": [8, 6, 4],
+        "readout_mlp_hidden_layers_depth": 1,
+        "readout_mlp_hidden_layers_width": 10,
+    },
 }
 
 

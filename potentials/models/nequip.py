@@ -234,6 +234,7 @@ class NequIP(Potential):
         type_embed_features: int | None = None,
         sh_parity: int | None = None,
         per_species_avg_num_neighbors: bool = False,
+        readout_activation: str | None = None,
     ) -> None:
         super().__init__(
             species,
@@ -259,6 +260,7 @@ class NequIP(Potential):
                 type_embed_features=type_embed_features,
                 sh_parity=sh_parity,
                 per_species_avg_num_neighbors=per_species_avg_num_neighbors,
+                readout_activation=readout_activation,
             ),
         )
         irreps_attrs = o3.Irreps(f"{self.num_species}x0e")
@@ -307,6 +309,8 @@ class NequIP(Potential):
             hidden = readout_hidden_features or max(scalars // 2, 1)
             self.readout_hidden = linear(irreps, o3.Irreps(f"{hidden}x0e"))
             self.readout = linear(self.readout_hidden.irreps_out, o3.Irreps("1x0e"))
+        # between the two readout linears: none (the paper's) or SiLU (nequip's MLP readout)
+        self.readout_activation = {None: nn.Identity, "silu": nn.SiLU}[readout_activation]()
         self.species_energy_scale = (
             SpeciesEnergyScale(self.num_species)
             if per_species_energy_scales
@@ -325,5 +329,6 @@ class NequIP(Potential):
             node_features = interaction(
                 node_features, node_attrs, edge_sh, edge_radial, graph.edge_index
             )
-        energy = self.readout(self.readout_hidden(node_features)).squeeze(-1)
+        hidden = self.readout_activation(self.readout_hidden(node_features))
+        energy = self.readout(hidden).squeeze(-1)
         return self.scale_shift(self.species_energy_scale(energy, species), species)

@@ -13,7 +13,8 @@ What differs between the two and how it maps (docs/nequip.md):
 * e3nn linears and tensor products differ only in how irreps are ordered and merged (nequip
   keeps its own order of the hidden irreps, equimd sorts them; nequip simplifies the
   convolution output): weights are moved channel by channel through labels (`_Space`);
-* gates through SiLU (even) / tanh (odd), last layer scalars only, one linear readout,
+* gates through SiLU (even) / tanh (odd), last layer scalars only, a linear or one-hidden-layer
+  SiLU readout,
   per-type scales (equimd `per_species_energy_scales`) and shifts (equimd E0s).
 """
 
@@ -58,7 +59,7 @@ _SUPPORTED: dict[str, Any] = {
     "avg_num_neighbors": None, "per_type_energy_scales": None, "per_type_energy_shifts": None,
     "per_type_energy_scales_trainable": None, "per_type_energy_shifts_trainable": None,
     "convnet_resnet": None, "do_derivatives": None, "compile_mode": None,
-    "readout_mlp_hidden_layers_depth": (0,), "readout_mlp_hidden_layers_width": None,
+    "readout_mlp_hidden_layers_depth": (0, 1), "readout_mlp_hidden_layers_width": None,
     "readout_mlp_nonlinearity": None, "per_edge_type_cutoff": (None,), "pair_potential": (None,),
     "categorical_graph_field_embed": (None,), "convnet_sc": (True,), "learnable_shift": (False,),
     "convnet_nonlinearity_type": ("gate",),
@@ -68,7 +69,7 @@ _SUPPORTED: dict[str, Any] = {
 _WHY = {
     "per_edge_type_cutoff": "equimd has one cutoff for all pairs",
     "pair_potential": "no ZBL/pair term in equimd's NequIP",
-    "readout_mlp_hidden_layers_depth": "equimd's readout is linear",
+    "readout_mlp_hidden_layers_depth": "equimd's readout has at most one hidden layer",
 }
 
 
@@ -105,6 +106,15 @@ def nequip_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
             f"nequip option avg_num_neighbors={average!r} is not supported (a number or one "
             "number per type)"
         )
+    readout_depth = int(config.get("readout_mlp_hidden_layers_depth", 0))
+    readout_activation = config.get("readout_mlp_nonlinearity", "silu")
+    if readout_depth and readout_activation != "silu":
+        raise NequipImportError(
+            f"nequip option readout_mlp_nonlinearity={readout_activation!r} is not supported "
+            "(supported: 'silu')"
+        )
+    scalars = features[0] if isinstance(features, list) else features
+    readout_width = int(config.get("readout_mlp_hidden_layers_width") or scalars)
     species = []
     for name in config["type_names"]:
         try:
@@ -132,7 +142,8 @@ def nequip_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
         gate_activation="silu",
         first_layer_self_connection=False,
         last_layer_scalars_only=True,
-        readout_hidden_features=0,
+        readout_hidden_features=readout_width if readout_depth else 0,
+        readout_activation="silu" if readout_depth else None,
         per_species_energy_scales=True,
         type_embed_features=int(embed) if embed is not None else None,
     )
@@ -358,13 +369,24 @@ def nequip_model_from_record(record: dict[str, Any], dtype: torch.dtype | None =
         elif n + "sc.weight" in state:
             raise NequipImportError(f"layer {index} has a self-connection equimd did not build")
         space_n, space_e = out_n, out_e
-    # readout: one linear on the last layer's scalars
-    readout = take("per_atom_energy_readout.mlp_module.mlp.0.weight")  # [F, 1]
-    alpha = 1.0 / math.sqrt(readout.shape[0])
-    last_irreps = model.readout.irreps_in
-    labels_in = space_e.labels(last_irreps)
-    dense = {(labels_in[0][u], ("E", 0)): readout[u, 0] * alpha for u in range(readout.shape[0])}
-    target["readout.weight"] = _fill_linear(model.readout, dense, labels_in, [[("E", 0)]])
+    # readout on the last layer's scalars: one linear, or linear → SiLU → linear
+    # (ScalarLinearLayer: x @ W·α, α = gain/√fan_in, gain √2 after a nonlinearity)
+    readout = "per_atom_energy_readout.mlp_module.mlp."
+    labels_in = space_e.labels(o3.Irreps(f"{features}x0e"))
+    linears = [model.readout] if hyper["readout_hidden_features"] == 0 else [
+        model.readout_hidden, model.readout
+    ]
+    for depth, module in enumerate(linears):
+        weight = take(f"{readout}{2 * depth}.weight")  # [fan_in, fan_out]
+        alpha = (1.0 if depth == 0 else math.sqrt(2.0)) / math.sqrt(weight.shape[0])
+        labels_out = [[("E", depth, w) for w in range(weight.shape[1])]]
+        dense = {
+            (labels_in[0][u], labels_out[0][w]): weight[u, w] * alpha
+            for u in range(weight.shape[0]) for w in range(weight.shape[1])
+        }
+        name = "readout" if module is model.readout else "readout_hidden"
+        target[f"{name}.weight"] = _fill_linear(module, dense, labels_in, labels_out)
+        labels_in = labels_out
     scales = take("per_type_energy_scale_shift.scales").reshape(-1)
     shifts = take("per_type_energy_scale_shift.shifts").reshape(-1)
     ones = torch.ones(n_types, dtype=torch.float64)
