@@ -115,8 +115,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     deployed = None
     if is_deployed_model_file(args.checkpoint):  # the file MD runs: evaluate it as it is
         from equimd.deploy.load import load
+        from equimd.devices import check_device
 
-        deployed = load(args.checkpoint, device=args.device)
+        deployed = load(args.checkpoint, device=check_device(args.device, option="--device"))
     evaluate(
         args.checkpoint,
         args.data,

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from equimd.devices import check_device
 from equimd.errors import SettingsError
 from equimd.units import PS_PER_FS
 
@@ -148,6 +149,8 @@ def validate_settings(settings: MDSettings, atoms: Atoms) -> None:
             unit = {"--temperature": " K (absolute temperature)", "--friction": " 1/ps",
                     "--min-distance": " Å"}.get(name, "")
             raise SettingsError(f"{name} must be >= 0, got {value}{unit}")
+    if settings.device is not None:
+        check_device(settings.device, option="--device")
     if settings.ensemble == "npt" and not atoms.pbc.all():
         raise SettingsError(f"{settings.structure}: NPT needs a fully periodic structure "
                             f"(pbc is {atoms.pbc.tolist()})")
