@@ -44,7 +44,9 @@ import yaml
 from ase.calculators.emt import EMT
 
 ROOT = Path(__file__).resolve().parents[2]
-OUT_DIR = ROOT / "tests" / "data"
+# NEQUIP_FIXTURES_OUT=DIR: write there instead, and keep the full package too (a check that
+# equimd reads packages as nequip-package writes them, sources and `compile` copy included)
+OUT_DIR = Path(os.environ.get("NEQUIP_FIXTURES_OUT", ROOT / "tests" / "data"))
 BIN = Path(sys.executable).parent
 TYPE_NAMES = ["H", "C", "O"]
 
@@ -321,6 +323,8 @@ def make(name: str, overrides: dict) -> None:
         )
         structures = reference(package, float(model["r_max"]))
         shrink_package(package, OUT_DIR / package.name)
+        if "NEQUIP_FIXTURES_OUT" in os.environ:
+            shutil.copy(package, OUT_DIR / f"full_{package.name}")
         with open(checkpoint, "rb") as src, gzip.GzipFile(
             OUT_DIR / f"nequip_{name}.ckpt.gz", "wb", mtime=0
         ) as dst:
