@@ -70,8 +70,9 @@ def eager_runner(model, dtype: str):
     """The deployed computation as plain Python modules (no TorchScript, no compile)."""
     import torch
 
-    from equimd.deploy.export import DTYPES, rebuild_model
+    from equimd.deploy.export import DTYPES
     from equimd.deploy.module import DeployedPotential
+    from equimd.deploy.rebuild import rebuild_model
     from equimd.potentials.forcefield import ForceField
 
     copy = rebuild_model(model, DTYPES[dtype])

@@ -86,11 +86,13 @@ def run_equimd_speed(args: argparse.Namespace) -> dict[str, Any]:
     from equimd.potentials.data.graph import configuration_to_graph
     from equimd.potentials.forcefield import ForceField
     from equimd.potentials.models.mace_import import mace_model_from_export, read_mace_export
+    from equimd.potentials.nn.convolution import apply_convolution_backend
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    kwargs = {"tp_backend": args.backend} if args.backend else {}
-    model = mace_model_from_export(read_mace_export(args.export), dtype=dtype, **kwargs)
+    model = mace_model_from_export(read_mace_export(args.export), dtype=dtype)
+    if args.backend:
+        apply_convolution_backend(model, args.backend)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     atoms = bench.SYSTEMS[args.system]()

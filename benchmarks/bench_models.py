@@ -135,7 +135,7 @@ def convolution_flops(convolution, num_edges: int) -> float:
 def _instructions(convolution):
     from e3nn import o3
 
-    from equimd.potentials.nn.tensor_product import convolution_irreps
+    from equimd.potentials.nn.convolution import convolution_irreps
 
     return convolution_irreps(
         convolution.irreps_node, convolution.irreps_sh, o3.Irreps(convolution.irreps_out)
@@ -159,6 +159,7 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
     from equimd.potentials.data.graph import configuration_to_graph, edge_vectors
     from equimd.potentials.forcefield import ForceField
     from equimd.potentials.models import build_model
+    from equimd.potentials.nn.convolution import apply_convolution_backend
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -166,17 +167,17 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
     atoms = SYSTEMS[args.system]()
     graph = configuration_to_graph(Configuration.from_atoms(atoms), row["r_max"], dtype=dtype)
     num_atoms, num_edges = len(atoms), int(graph.edge_index.shape[1])
-    hyperparameters = dict(row["equimd"]["hyperparameters"])
-    if args.backend:
-        hyperparameters["tp_backend"] = args.backend
     torch.manual_seed(0)
     model = build_model(
         row["equimd"]["model_type"],
         species=sorted({int(z) for z in atoms.numbers}),
         r_max=row["r_max"],
         avg_num_neighbors=num_edges / num_atoms,
-        **hyperparameters,
-    ).to(dtype)
+        **row["equimd"]["hyperparameters"],
+    )
+    if args.backend:
+        apply_convolution_backend(model, args.backend)
+    model = model.to(dtype)
     forcefield = ForceField(model)
 
     def evaluate() -> None:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import harness as bench  # noqa: E402  (benchmarks/harness.py: systems, timing, workers)
 
-from equimd.potentials.nn.tensor_product import EdgeConvolution  # noqa: E402
+from equimd.potentials.nn.convolution import EdgeConvolution  # noqa: E402
 
 # name: (irreps_node, l_max of the harmonics, irreps_target)
 CASES = {

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from equimd.deploy.load import NEIGHBOR_LIST_FILE
 from equimd.deploy.metadata import METADATA_FILE, dump_metadata
+from equimd.deploy.rebuild import rebuild_model
 from equimd.potentials.models.base import Potential
 
 # Inductor's CPU vectorizer emits uncompilable C++ for some indirect-indexing bounds checks
@@ -99,7 +100,6 @@ def aoti_package_bytes(
     from torch.export.pt2_archive._package import package_pt2
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from equimd.deploy.export import rebuild_model
     from equimd.deploy.module import NeighborList
 
     function = EnergyForcesStress(rebuild_model(model, dtype, jit_script_fx=False)).to(device)

@@ -16,21 +16,24 @@ written atomically (temp file + fsync + rename).
 Convolution backend of the file (`tp_backend`; the weights are the same for every backend): by
 default the model's own, except an optional backend ("cueq", whose GPU kernels are custom ops
 the loading machine would need too), which is exported as the portable default ("fused").
-Pass `tp_backend="cueq"` to keep it (a GPU-only file when its kernels were used).
+Pass `tp_backend="cueq"` to keep it (a GPU-only file when its kernels were used). Another
+backend than the model's is applied to a copy with
+`equimd.potentials.nn.convolution.apply_convolution_backend`; the metadata records the file's
+backend (``model.convolution_backend``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from equimd.deploy.aoti import aoti_package_bytes
 from equimd.deploy.metadata import (
     KINDS,
     METADATA_FILE,
@@ -39,9 +42,16 @@ from equimd.deploy.metadata import (
     UNITS,
     dump_metadata,
 )
+from equimd.deploy.rebuild import rebuild_model
 from equimd.files import atomic_write_bytes
-from equimd.potentials.models.base import Potential, build_model
-from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND, OPTIONAL_TP_BACKENDS
+from equimd.potentials.models.base import Potential
+from equimd.potentials.models.serialization import model_dtype
+from equimd.potentials.nn.convolution import (
+    DEFAULT_BACKEND,
+    OPTIONAL_BACKENDS,
+    apply_convolution_backend,
+    convolution_backend,
+)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -83,9 +93,9 @@ def export_model(
     output_path = Path(output_path)
     source = None if isinstance(checkpoint_or_model, Potential) else str(checkpoint_or_model)
     model = resolve_model(checkpoint_or_model, state_key)
-    backend = export_tp_backend(model, tp_backend)
-    if backend != model.hyperparameters().get("tp_backend", backend):
-        say(f"convolution backend {model.hyperparameters()['tp_backend']} -> {backend} (same weights)")
+    backend, own = export_tp_backend(model, tp_backend), convolution_backend(model)
+    if backend != own:
+        say(f"convolution backend {own} -> {backend} (same weights)")
         model = with_tp_backend(model, backend)
     metadata = build_metadata(model, dtype, format, device, source)
     # model construction and e3nn's tracing draw random numbers: keep the caller's RNG as is
@@ -94,8 +104,6 @@ def export_model(
             say(f"scripting {model.model_type} ({dtype}) ...")
             data = torchscript_bytes(rebuild_model(model, DTYPES[dtype]), metadata)
         else:
-            from equimd.deploy.aoti import aoti_package_bytes
-
             say(f"tracing and compiling {model.model_type} ({dtype}) with AOTInductor ...")
             data = aoti_package_bytes(model, DTYPES[dtype], torch.device(device), metadata)
     atomic_write_bytes(output_path, data, "model file")
@@ -118,52 +126,18 @@ def resolve_model(checkpoint_or_model: str | os.PathLike | Potential, state_key:
     return model_from_record(record, state_key).eval()
 
 
-def export_tp_backend(model: Potential, requested: str | None = None) -> str:
-    """The convolution backend a file exported from `model` uses (module docstring)."""
+def export_tp_backend(model: Potential, requested: str | None = None) -> str | None:
+    """The convolution backend a file exported from `model` uses (module docstring; None: the
+    model has no convolutions)."""
     if requested is not None:
         return requested
-    backend = model.hyperparameters().get("tp_backend", DEFAULT_TP_BACKEND)
-    return DEFAULT_TP_BACKEND if backend in OPTIONAL_TP_BACKENDS else backend
+    backend = convolution_backend(model)
+    return DEFAULT_BACKEND if backend in OPTIONAL_BACKENDS else backend
 
 
 def with_tp_backend(model: Potential, backend: str) -> Potential:
-    """A copy of `model` (same weights, dtype and mode) whose convolutions use `backend`."""
-    with torch.random.fork_rng(devices=[]):
-        copy = build_model(model.model_type, **dict(model.hyperparameters(), tp_backend=backend))
-    dtype = next(model.parameters()).dtype
-    copy = copy.to(dtype)
-    copy.load_state_dict(model.state_dict())
-    return copy.train(model.training)
-
-
-@contextlib.contextmanager
-def e3nn_optimization_defaults(**options: Any) -> Iterator[None]:
-    """Temporarily set `e3nn.set_optimization_defaults` (restored on exit)."""
-    import e3nn
-
-    saved = e3nn.get_optimization_defaults()
-    e3nn.set_optimization_defaults(**options)
-    try:
-        yield
-    finally:
-        e3nn.set_optimization_defaults(**saved)
-
-
-def rebuild_model(model: Potential, dtype: torch.dtype, jit_script_fx: bool = True) -> Potential:
-    """A fresh copy of `model` in `dtype`, eval mode, parameters frozen.
-
-    Rebuilt from (model_type, hyperparameters) + state dict, so the caller's model is never
-    modified and e3nn's code generation follows `jit_script_fx` (off for torch.export).
-    The global RNG is left as it was (construction draws random initial weights).
-    """
-    with torch.random.fork_rng(devices=[]), e3nn_optimization_defaults(jit_script_fx=jit_script_fx):
-        copy = build_model(model.model_type, **model.hyperparameters())
-    copy = copy.to(dtype)
-    copy.load_state_dict(model.state_dict())
-    copy.eval()
-    for parameter in copy.parameters():
-        parameter.requires_grad_(False)
-    return copy
+    """A frozen copy of `model` (same weights and dtype) whose convolutions use `backend`."""
+    return apply_convolution_backend(rebuild_model(model, model_dtype(model)), backend)
 
 
 def build_metadata(
@@ -185,7 +159,11 @@ def build_metadata(
         "dtype": dtype,
         "device": torch.device(device).type if kind == "aoti" else "any",
         "units": dict(UNITS),
-        "model": {"type": model.model_type, "hyperparameters": model.hyperparameters()},
+        "model": {
+            "type": model.model_type,
+            "hyperparameters": model.hyperparameters(),
+            "convolution_backend": convolution_backend(model),
+        },
         "versions": versions(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": source,

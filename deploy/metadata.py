@@ -6,7 +6,7 @@ the training stack. The schema is documented in docs/deploy.md; in short::
     {"format": "equimd-model", "format_version": 1, "kind": "torchscript" | "aoti",
      "species": {"numbers": [1, 8], "symbols": ["H", "O"]}, "r_max": 5.0,
      "dtype": "float32", "device": "cpu", "units": {...},
-     "model": {"type": "nequip", "hyperparameters": {...}},
+     "model": {"type": "nequip", "hyperparameters": {...}, "convolution_backend": "fused"},
      "versions": {"equimd": ..., "torch": ..., "e3nn": ...},
      "created": "2026-11-23T10:00:00+00:00", "source": "run/best.ckpt"}
 """

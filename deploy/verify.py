@@ -68,7 +68,8 @@ def verify(
     "energy_per_atom_max_abs" (eV/atom), "forces_max_abs" (eV/Å), "stress_max_abs" (eV/Å³),
     "<quantity>_max_rel" (max |Δ| / max |reference|), "tolerance", "passed"}.
     """
-    from equimd.deploy.export import DTYPES, rebuild_model, resolve_model
+    from equimd.deploy.export import DTYPES, resolve_model
+    from equimd.deploy.rebuild import rebuild_model
     from equimd.potentials.data.configuration import Configuration
     from equimd.potentials.data.graph import configuration_to_graph
     from equimd.potentials.forcefield import ForceField

@@ -19,6 +19,7 @@ import tests.models  # noqa: F401 - test-only models join the registry before it
 from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import AtomicGraph, collate, configuration_to_graph
 from equimd.potentials.models import MODELS, TEST_HYPERPARAMETERS, Potential, build_model
+from equimd.potentials.nn.convolution import apply_convolution_backend
 
 # what every test configuration is built with
 R_MAX = 4.0
@@ -98,9 +99,9 @@ def nequip_fused_l3() -> torch.nn.Module:
     torch.manual_seed(2)
     model = build_model(
         "nequip", species=SPECIES, r_max=R_MAX, l_max=3, num_features=6, num_layers=2,
-        avg_num_neighbors=10.0, resnet=True, tp_backend="fused",
+        avg_num_neighbors=10.0, resnet=True,
     )
-    return _randomize_statistics(model.double())
+    return _randomize_statistics(apply_convolution_backend(model, "fused").double())
 
 
 def nequip_e3nn_reference() -> torch.nn.Module:
@@ -108,9 +109,9 @@ def nequip_e3nn_reference() -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model(
         "nequip", species=SPECIES, r_max=R_MAX, l_max=2, num_features=8, num_layers=2,
-        avg_num_neighbors=10.0, resnet=True, tp_backend="e3nn",
+        avg_num_neighbors=10.0, resnet=True,
     )
-    return _randomize_statistics(model.double())
+    return _randomize_statistics(apply_convolution_backend(model, "e3nn").double())
 
 
 MODEL_FACTORIES = {name: functools.partial(contract_model, name) for name in CONTRACT_MODELS}
@@ -122,7 +123,7 @@ def register_factory(name: str, factory) -> None:
 
 
 register_factory("nequip_l1_noparity", nequip_l1_no_parity)
-# tensor-product backends (equimd.potentials.nn.tensor_product): the default ("nequip" above) is the
+# convolution backends (equimd.potentials.nn.convolution): the default ("nequip" above) is the
 # fast one; the fast one pinned explicitly and the e3nn reference get every physics check too.
 register_factory("nequip_fused_l3", nequip_fused_l3)
 register_factory("nequip_e3nn_reference", nequip_e3nn_reference)

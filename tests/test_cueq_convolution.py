@@ -13,10 +13,15 @@ import pytest
 import torch
 from e3nn import o3
 
-import equimd.potentials.nn.cueq_convolution as cueq_module
+import equimd.potentials.nn.convolution.cueq as cueq_module
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
-from equimd.potentials.nn.tensor_product import EdgeConvolution, available_tp_backends
+from equimd.potentials.nn.convolution import (
+    EdgeConvolution,
+    apply_convolution_backend,
+    available_backends,
+    convolution_backend,
+)
 from tests.model_zoo import STRUCTURES, graph_of
 from tests.test_tensor_product_backends import convolution_pair, default_dtype, random_inputs
 
@@ -28,7 +33,7 @@ MACE_SETTINGS = dict(
 
 
 def test_cueq_is_available_in_the_dev_environment():
-    assert "cueq" in available_tp_backends(), (
+    assert "cueq" in available_backends(), (
         "cuequivariance-torch is part of the dev extras (pip install -e '.[dev]'); without it "
         "the cueq backend's comparisons in test_tensor_product_backends.py do not run"
     )
@@ -51,8 +56,8 @@ def test_cpu_without_kernels_uses_plain_pytorch():
 def mace_pair(backend: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     with default_dtype(torch.float64):
         torch.manual_seed(0)
-        reference = build_model("mace", tp_backend="e3nn", **MACE_SETTINGS)
-        fast = build_model("mace", tp_backend=backend, **MACE_SETTINGS)
+        reference = apply_convolution_backend(build_model("mace", **MACE_SETTINGS), "e3nn")
+        fast = apply_convolution_backend(build_model("mace", **MACE_SETTINGS), backend)
     fast.load_state_dict(reference.state_dict(), strict=True)
     return reference, fast
 
@@ -78,11 +83,11 @@ def test_export_defaults_to_a_portable_backend(tmp_path):
     for requested, stored in ((None, "fused"), ("cueq", "cueq")):
         path = export_model(fast, tmp_path / f"{stored}.pt", dtype="float64", tp_backend=requested)
         deployed = load(path)
-        assert deployed.metadata["model"]["hyperparameters"]["tp_backend"] == stored
+        assert deployed.metadata["model"]["convolution_backend"] == stored
         out = deployed(atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc)
         torch.testing.assert_close(out["energy"], expected["energy"].reshape(()), rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(out["forces"], expected["forces"], rtol=1e-9, atol=1e-10)
-    assert fast.hyperparameters()["tp_backend"] == "cueq"  # the caller's model is untouched
+    assert convolution_backend(fast) == "cueq"  # the caller's model is untouched
 
 
 @pytest.mark.skipif(

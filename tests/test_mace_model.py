@@ -16,6 +16,7 @@ from scipy.spatial.transform import Rotation
 
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
+from equimd.potentials.nn.convolution import apply_convolution_backend
 from equimd.potentials.nn.mace_blocks import LinearReadout, NonLinearReadout
 from tests.model_zoo import R_MAX, SPECIES, STRUCTURES, graph_of
 
@@ -31,12 +32,14 @@ SMALL = dict(
 )
 
 
-def _small(**changes) -> torch.nn.Module:
+def _small(tp_backend: str | None = None, **changes) -> torch.nn.Module:
+    """The small MACE with `changes`, its convolutions on `tp_backend` (default: the model's)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         torch.manual_seed(0)
-        return build_model("mace", **{**SMALL, **changes})
+        model = build_model("mace", **{**SMALL, **changes})
+        return model if tp_backend is None else apply_convolution_backend(model, tp_backend)
     finally:
         torch.set_default_dtype(previous)
 

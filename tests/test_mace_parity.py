@@ -31,6 +31,7 @@ from equimd.potentials.models.mace_import import (
     read_mace_export,
 )
 from equimd.potentials.models.serialization import load_model
+from equimd.potentials.nn.convolution import apply_convolution_backend
 
 DATA = Path(__file__).parent / "data"
 CONFIGS = ["scalar", "vector"]
@@ -53,7 +54,7 @@ def _reference(name: str) -> list[dict]:
 
 @functools.cache
 def _model(name: str, backend: str = "fused") -> MACE:
-    return mace_model_from_export(_export(name), tp_backend=backend)
+    return apply_convolution_backend(mace_model_from_export(_export(name)), backend)
 
 
 _GRAPHS: dict[tuple[str, float, torch.dtype], AtomicGraph] = {}

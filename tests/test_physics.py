@@ -9,6 +9,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from equimd.potentials.forcefield import ForceField
+from equimd.potentials.nn.convolution import apply_convolution_backend, convolution_backend
 from tests.model_zoo import MODEL_FACTORIES, STRUCTURES, batch_of, graph_of
 
 MODELS = sorted(MODEL_FACTORIES)
@@ -139,6 +140,8 @@ def test_float32_agrees_with_float64(forcefield):
     atoms = STRUCTURES["triclinic_cu"]()
     reference = evaluate(forcefield, atoms, stress=True)
     model32 = type(forcefield.potential)(**forcefield.potential.hyperparameters())
+    if convolution_backend(model32) is not None:  # the same backend as the float64 model
+        apply_convolution_backend(model32, convolution_backend(forcefield.potential))
     model32.load_state_dict(forcefield.potential.state_dict())
     out = ForceField(model32.float())(graph_of(atoms, torch.float32), compute_stress=True)
     assert out["energy"].dtype == torch.float32

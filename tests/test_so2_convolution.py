@@ -3,8 +3,8 @@
 "so2" reads the edge direction from the l = 1 spherical harmonics and is exact when `edge_sh`
 are the harmonics of the edge vectors (as in every model): the harmonics here are computed from
 float64 edge vectors, and gradients are taken with respect to the node features, the weights and
-the edge vectors (not with respect to `edge_sh` as a free input, which only the backends of
-`TP_BACKENDS` reproduce). Edges along ±x, ±y, ±z (the poles and the chart boundary r̂_y = 0 of
+the edge vectors (not with respect to `edge_sh` as a free input, which only the backends outside
+`GEOMETRIC_BACKENDS` reproduce). Edges along ±x, ±y, ±z (the poles and the chart boundary r̂_y = 0 of
 the edge frame) are part of every comparison.
 """
 
@@ -15,8 +15,8 @@ import torch
 from e3nn import o3
 from scipy.spatial.transform import Rotation
 
-from equimd.potentials.nn.so2_convolution import SO2UVUConvolution, wigner_sampling
-from equimd.potentials.nn.tensor_product import GEOMETRIC_TP_BACKENDS, TP_BACKENDS, EdgeConvolution
+from equimd.potentials.nn.convolution import BACKENDS, GEOMETRIC_BACKENDS, EdgeConvolution
+from equimd.potentials.nn.convolution.so2 import SO2UVUConvolution, wigner_sampling
 from tests.test_tensor_product_backends import (
     CONVOLUTIONS,
     TOLERANCES,
@@ -52,7 +52,7 @@ def sh_of(convolution: EdgeConvolution, vectors: torch.Tensor) -> torch.Tensor:
 
 
 def test_so2_is_registered_as_geometric_backend():
-    assert "so2" in GEOMETRIC_TP_BACKENDS and "so2" not in TP_BACKENDS
+    assert "so2" in GEOMETRIC_BACKENDS and BACKENDS["so2"] is SO2UVUConvolution
     _, so2 = convolution_pair("nequip_hidden", "so2")
     assert isinstance(so2.tp, SO2UVUConvolution)
     with pytest.raises(ValueError, match="l=1"):

@@ -30,27 +30,29 @@ from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import configuration_to_graph
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
-from equimd.potentials.nn.edge_aggregation import EdgeChunkedConvolution
+from equimd.potentials.models.serialization import model_from_record, model_record
+from equimd.potentials.nn.convolution import (
+    GEOMETRIC_BACKENDS,
+    EdgeConvolution,
+    apply_convolution_backend,
+    available_backends,
+    convolution_backend,
+)
+from equimd.potentials.nn.convolution.edge_aggregation import EdgeChunkedConvolution
 from equimd.potentials.nn.linear import (
     FastLinear,
     FastScalarTensorProduct,
     linear,
     scalar_tensor_product,
 )
-from equimd.potentials.nn.tensor_product import (
-    GEOMETRIC_TP_BACKENDS,
-    TP_BACKENDS,
-    EdgeConvolution,
-    available_tp_backends,
-)
 from tests.model_zoo import STRUCTURES, graph_of
 
 # "cueq" runs here (cuEquivariance's plain-PyTorch method on CPU) when cuequivariance-torch is
 # installed, as in the dev environment; tests/test_cueq_convolution.py checks that it is.
-FAST_BACKENDS = [b for b in TP_BACKENDS if b != "e3nn" and b in available_tp_backends()]
+FAST_BACKENDS = [b for b in available_backends() if b != "e3nn" and b not in GEOMETRIC_BACKENDS]
 # Whole models also run the geometric backends ("so2": exact when edge_sh = Y(edge vectors), as
 # in every model; its convolution-level tests are in tests/test_so2_convolution.py).
-MODEL_BACKENDS = FAST_BACKENDS + list(GEOMETRIC_TP_BACKENDS)
+MODEL_BACKENDS = FAST_BACKENDS + list(GEOMETRIC_BACKENDS)
 # the slowest model-level runs of the slower backends go to `make test-slow`
 SLOW_IN_LONG_RUNS = {"so2"}
 
@@ -219,8 +221,8 @@ def nequip_pair(backend: str, **hyperparameters) -> tuple[torch.nn.Module, torch
     settings.update(hyperparameters)
     with default_dtype(torch.float64):
         torch.manual_seed(0)
-        reference = build_model("nequip", tp_backend="e3nn", **settings)
-        fast = build_model("nequip", tp_backend=backend, **settings)
+        reference = apply_convolution_backend(build_model("nequip", **settings), "e3nn")
+        fast = apply_convolution_backend(build_model("nequip", **settings), backend)
     e0 = [0.1 * (-1) ** k * (k + 1) for k in range(reference.num_species)]
     reference.scale_shift.set_statistics(e0, scale=1.3, shift=-0.2)
     fast.load_state_dict(reference.state_dict(), strict=True)
@@ -230,17 +232,49 @@ def nequip_pair(backend: str, **hyperparameters) -> tuple[torch.nn.Module, torch
 @pytest.mark.parametrize("backend", MODEL_BACKENDS)
 def test_checkpoints_are_interchangeable_between_backends(backend):
     reference, fast = nequip_pair(backend)
-    back = build_model("nequip", **dict(reference.hyperparameters(), tp_backend="e3nn")).double()
+    back = apply_convolution_backend(build_model("nequip", **reference.hyperparameters()), "e3nn")
+    back = back.double()
     back.load_state_dict(fast.state_dict(), strict=True)  # fast → reference
     graph = graph_of(STRUCTURES["molecule"]())
     torch.testing.assert_close(back(graph), reference(graph), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backend", MODEL_BACKENDS)
+def test_checkpoints_record_and_reapply_the_backend(backend):
+    """The backend is stored next to the hyperparameters (not among them) and applied when the
+    model is rebuilt; so is the `tp_backend` hyperparameter of checkpoints written before."""
+    reference, fast = nequip_pair(backend)
+    record = model_record(fast)
+    assert record["convolution_backend"] == backend
+    assert "tp_backend" not in record["hyperparameters"]
+    older = {k: v for k, v in record.items() if k != "convolution_backend"}
+    older["hyperparameters"] = dict(record["hyperparameters"], tp_backend=backend)
+    graph = graph_of(STRUCTURES["molecule"]())
+    for stored in (record, older):
+        with default_dtype(torch.float64):
+            rebuilt = model_from_record(stored)
+        assert convolution_backend(rebuilt) == backend
+        torch.testing.assert_close(rebuilt(graph), reference(graph), rtol=1e-10, atol=1e-10)
+
+
+def test_training_config_names_the_backend():
+    """`model.tp_backend` of a training config is checked by name (the trainer applies it to
+    the built model)."""
+    from equimd.potentials.train.config import ConfigError, config_from_dict
+
+    raw = {"data": {"train": "frames.xyz"}, "model": {"model_type": "nequip", "tp_backend": "so2"}}
+    config = config_from_dict(raw)
+    assert config.model.tp_backend == "so2" and "tp_backend" not in config.model.hyperparameters
+    raw["model"]["tp_backend"] = "nope"
+    with pytest.raises(ConfigError, match="tp_backend"):
+        config_from_dict(raw)
+
+
+@pytest.mark.parametrize("backend", MODEL_BACKENDS)
 def test_forces_and_stress_equal_reference(backend):
     reference, fast = nequip_pair(backend)
     with default_dtype(torch.float64):
-        chunked = build_model("nequip", **fast.hyperparameters())
+        chunked = apply_convolution_backend(build_model("nequip", **fast.hyperparameters()), backend)
     chunked.load_state_dict(fast.state_dict())
     for layer in chunked.interactions:
         if isinstance(layer.convolution.tp, EdgeChunkedConvolution):
@@ -296,8 +330,6 @@ def test_recomputed_edge_chunks_equal_reference(monkeypatch, backend):
     """Large systems: messages recomputed in the backward pass (forced here on a small system
     by a zero byte threshold and 13-edge chunks) give the same energy, forces, stress and
     training gradients (double backward) as the reference, and keep fewer tensors."""
-    from equimd.potentials.nn.edge_aggregation import EdgeChunkedConvolution
-
     reference, fast = nequip_pair(backend)
     chunked = [m for m in fast.modules() if isinstance(m, EdgeChunkedConvolution)]
     assert chunked

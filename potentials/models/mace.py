@@ -35,7 +35,6 @@ from equimd.potentials.nn.mace_blocks import (
 )
 from equimd.potentials.nn.mace_radial import MaceRadialEmbedding, ZBLRepulsion
 from equimd.potentials.nn.species import one_hot
-from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND
 
 
 # the shared tests' configuration (docs/models.md): both interaction variants (non-residual
@@ -78,9 +77,9 @@ class MACE(Potential):
         distance_transform: None, "Agnesi" or "Soft": element-dependent transform of the
             basis argument (`equimd.potentials.nn.mace_radial`).
         pair_repulsion: add the ZBL screened nuclear repulsion (inside the scale, as mace).
-        tp_backend: convolution backend (`equimd.potentials.nn.tensor_product.TP_BACKENDS`); same numbers.
     Per-element E0s, scale and shift are buffers of `self.scale_shift` (set by the trainer or
-    the importer), not hyperparameters.
+    the importer), not hyperparameters. The convolution backend is chosen after construction
+    (`equimd.potentials.nn.convolution.apply_convolution_backend`; same numbers).
 
     Build the model under float64 default dtype (or load a float64 checkpoint) for float64 work:
     the contraction's coupling bases are computed at construction in the default dtype.
@@ -107,7 +106,6 @@ class MACE(Potential):
         radial_type: str = "bessel",
         distance_transform: Optional[str] = None,
         pair_repulsion: bool = False,
-        tp_backend: str = DEFAULT_TP_BACKEND,
     ) -> None:
         correlations = (
             [int(c) for c in correlation]
@@ -135,7 +133,6 @@ class MACE(Potential):
                 radial_type=radial_type,
                 distance_transform=distance_transform,
                 pair_repulsion=bool(pair_repulsion),
-                tp_backend=tp_backend,
             ),
         )
         irreps_hidden = o3.Irreps(hidden_irreps)
@@ -186,7 +183,6 @@ class MACE(Potential):
                     avg_num_neighbors,
                     residual="Residual" in block,
                     density="Density" in block,
-                    tp_backend=tp_backend,
                 )
             )
             products.append(

@@ -36,8 +36,8 @@ from equimd.potentials.models.mace import MACE
 from equimd.potentials.models.mace_options import copy_option_buffers, radial_options
 from equimd.potentials.models.mace_pickle import MaceImportError
 from equimd.potentials.models.mace_records import EXPORT_FORMAT, read_mace_file
+from equimd.potentials.nn.convolution import convolution_irreps
 from equimd.potentials.nn.mace_blocks import GATES, INTERACTION_CLASSES
-from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND, convolution_irreps
 
 EXPORT_FORMAT_VERSION = 1
 MODEL_CLASSES = ("ScaleShiftMACE", "MACE")
@@ -150,21 +150,18 @@ def mace_hyperparameters(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def mace_model_from_export(
-    record: dict[str, Any],
-    dtype: torch.dtype | None = None,
-    tp_backend: str = DEFAULT_TP_BACKEND,
-) -> MACE:
+def mace_model_from_export(record: dict[str, Any], dtype: torch.dtype | None = None) -> MACE:
     """The equimd `MACE` equal to an exported mace-torch model (eval mode).
 
     record: the dict of `read_mace_export`. dtype: of the returned model (default: the mace
     model's). The model is built in float64 (exact constants), weights are copied, then it is
-    cast to `dtype`.
+    cast to `dtype`. Its convolutions use the default backend; choose another with
+    `equimd.potentials.nn.convolution.apply_convolution_backend` (same numbers).
     """
     hyperparameters = mace_hyperparameters(record)
     state = {k: v for k, v in record["state_dict"].items()}
     with _default_dtype(torch.float64):
-        model = MACE(**hyperparameters, tp_backend=tp_backend)
+        model = MACE(**hyperparameters)
     permutations = _check_layers(model, record["hyperparameters"])
     _check_constants(model, record, state)
     used = _copy_weights(model, state, record.get("model_class") == "ScaleShiftMACE", permutations)

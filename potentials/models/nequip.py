@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
+from equimd.potentials.nn.convolution import EdgeConvolution, convolution_irreps
 from equimd.potentials.nn.gate import equivariant_gate, gated_irreps
 from equimd.potentials.nn.linear import linear, scalar_tensor_product
 from equimd.potentials.nn.radial import RadialEmbedding, radial_mlp
@@ -26,11 +27,6 @@ from equimd.potentials.nn.species_scale import (
     NoSpeciesFeatureScale,
     SpeciesEnergyScale,
     SpeciesFeatureScale,
-)
-from equimd.potentials.nn.tensor_product import (
-    DEFAULT_TP_BACKEND,
-    EdgeConvolution,
-    convolution_irreps,
 )
 
 
@@ -58,7 +54,6 @@ class NequIPInteraction(nn.Module):
         radial_hidden: list[int],
         avg_num_neighbors: float,
         resnet: bool,
-        tp_backend: str = DEFAULT_TP_BACKEND,
         self_connection: bool = True,
         gate_activation: str = "sigmoid",
         per_species_normalization: int = 0,
@@ -74,9 +69,7 @@ class NequIPInteraction(nn.Module):
         self.irreps_out = self.gate.irreps_out
 
         self.linear_in = linear(self.irreps_in, self.irreps_in)
-        self.convolution = EdgeConvolution(
-            self.irreps_in, irreps_sh, irreps_pre_gate, backend=tp_backend
-        )
+        self.convolution = EdgeConvolution(self.irreps_in, irreps_sh, irreps_pre_gate)
         self.radial_weights = radial_mlp(num_radial, radial_hidden, self.convolution.weight_numel)
         self.linear_out = linear(self.convolution.irreps_out, irreps_pre_gate)
         self.self_connection = (  # nequip ≥ 0.7 has none in its first layer
@@ -93,6 +86,7 @@ class NequIPInteraction(nn.Module):
         )
         self.resnet = bool(resnet) and self.irreps_in == self.irreps_out
         # set by `restrict_to` (outputs the model does not read are not computed)
+        self.irreps_read: o3.Irreps | None = None
         self.register_buffer("pruned_weight_columns", torch.zeros(0, dtype=torch.long), False)
         self.register_buffer("pruned_output_columns", torch.zeros(0, dtype=torch.long), False)
         self.radial_last_scale = 1.0
@@ -111,6 +105,7 @@ class NequIPInteraction(nn.Module):
         the last layer needs 3 of its 30 paths (the readout reads only 0e), the one before
         about half. The e3nn reference backend is never restricted.
         """
+        self.irreps_read = o3.Irreps(irreps_read)
         read = {ir for _, ir in o3.Irreps(irreps_read)}
         needed = {ir for _, ir in self.gate.irreps_in if ir in read}
         if any(ir.l > 0 for ir in read):  # gated outputs also need their gates
@@ -127,7 +122,9 @@ class NequIPInteraction(nn.Module):
         target = o3.Irreps([(1, ir) for ir in sorted(needed)])
         if self.convolution.backend == "e3nn" or not needed:
             return irreps_inputs
+        like = next(self.parameters())  # dtype and device of the layer's weights
         partial = EdgeConvolution(self.irreps_in, irreps_sh, target, self.convolution.backend)
+        partial = partial.to(device=like.device, dtype=like.dtype)
         if partial.weight_numel >= self.convolution.weight_numel:
             return irreps_inputs
         _, full_instructions = convolution_irreps(
@@ -152,10 +149,23 @@ class NequIPInteraction(nn.Module):
             output_columns += range(columns.start, columns.stop)
         last = list(self.radial_weights)[-1]
         self.pruned_convolution = partial
-        self.pruned_weight_columns = torch.tensor(weight_columns, dtype=torch.long)
-        self.pruned_output_columns = torch.tensor(output_columns, dtype=torch.long)
+        self.pruned_weight_columns = torch.tensor(weight_columns, dtype=torch.long, device=like.device)
+        self.pruned_output_columns = torch.tensor(output_columns, dtype=torch.long, device=like.device)
         self.radial_last_scale = float((last.h_in * last.var_in / last.var_out) ** 0.5)
         return irreps_inputs
+
+    @torch.jit.unused
+    def convolution_backend_changed(self, backend: str) -> None:
+        """After `apply_convolution_backend`: drop the restriction for the e3nn reference,
+        restore it (with the new backend) for the others."""
+        restricted = hasattr(self, "pruned_convolution")
+        if restricted and backend == "e3nn":
+            del self.pruned_convolution
+            self.pruned_weight_columns = self.pruned_weight_columns.new_zeros(0)
+            self.pruned_output_columns = self.pruned_output_columns.new_zeros(0)
+            self.radial_last_scale = 1.0
+        elif not restricted and backend != "e3nn" and self.irreps_read is not None:
+            self.restrict_to(self.irreps_read)
 
     def _aggregate(
         self, features: Tensor, edge_sh: Tensor, edge_radial: Tensor, edge_index: Tensor
@@ -225,7 +235,6 @@ class NequIP(Potential):
         radial_mlp_hidden: tuple[int, ...] | list[int] = (64, 64),
         avg_num_neighbors: float = 1.0,
         resnet: bool = False,
-        tp_backend: str = DEFAULT_TP_BACKEND,
         gate_activation: str = "sigmoid",
         first_layer_self_connection: bool = True,
         last_layer_scalars_only: bool = False,
@@ -250,7 +259,6 @@ class NequIP(Potential):
                 radial_mlp_hidden=list(radial_mlp_hidden),
                 avg_num_neighbors=float(avg_num_neighbors),
                 resnet=resnet,
-                tp_backend=tp_backend,
                 # nequip ≥ 0.7 conventions (docs/nequip.md); the defaults are the paper's
                 gate_activation=gate_activation,
                 first_layer_self_connection=first_layer_self_connection,
@@ -289,7 +297,6 @@ class NequIP(Potential):
                 list(radial_mlp_hidden),
                 avg_num_neighbors,
                 resnet,
-                tp_backend,
                 self_connection=first_layer_self_connection or index > 0,
                 gate_activation=gate_activation,
                 per_species_normalization=self.num_species if per_species_avg_num_neighbors else 0,

@@ -24,6 +24,7 @@ import torch
 from equimd.errors import EquimdError
 from equimd.files import atomic_output
 from equimd.potentials.models.base import Potential, build_model
+from equimd.potentials.nn.convolution import apply_convolution_backend, convolution_backend
 
 CHECKPOINT_FORMAT = "equimd-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -52,7 +53,7 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype:
 def model_record(model: Potential) -> dict[str, Any]:
     """The part of a checkpoint that rebuilds the model."""
     dtype = model_dtype(model)
-    return {
+    record = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "model_type": model.model_type,
@@ -61,6 +62,10 @@ def model_record(model: Potential) -> dict[str, Any]:
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "versions": versions(),
     }
+    backend = convolution_backend(model)
+    if backend is not None:
+        record["convolution_backend"] = backend
+    return record
 
 
 def save_model(model: Potential, path: str | os.PathLike, **extra: Any) -> None:

@@ -10,8 +10,9 @@ One MACE layer t maps node features h^(t) [N, irreps_node.dim] to h^(t+1):
 The numbers are those of mace-torch's `RealAgnosticInteractionBlock`,
 `RealAgnosticResidualInteractionBlock`, `EquivariantProductBasisBlock`, `LinearReadoutBlock`
 and `NonLinearReadoutBlock` (same e3nn weight layouts, so mace-torch weights copy verbatim:
-`equimd.potentials.models.mace_import`). The convolution is the shared `EdgeConvolution` (any backend),
-the radial MLP the shared `radial_mlp`, the product basis the shared `SymmetricContraction`.
+`equimd.potentials.models.mace_import`). The convolution is the shared `EdgeConvolution` (any
+backend, chosen with `apply_convolution_backend`), the radial MLP the shared `radial_mlp`, the
+product basis the shared `SymmetricContraction`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from e3nn import o3
 from torch import Tensor, nn
 
 from equimd.potentials.nn.contraction import SymmetricContraction
+from equimd.potentials.nn.convolution import EdgeConvolution
 from equimd.potentials.nn.radial import radial_mlp
-from equimd.potentials.nn.tensor_product import DEFAULT_TP_BACKEND, EdgeConvolution
 
 # mace-torch's names, indexed by residual + 2 · density
 INTERACTION_CLASSES = (
@@ -77,7 +78,6 @@ class InteractionBlock(nn.Module):
         avg_num_neighbors: float,
         residual: bool,
         density: bool = False,
-        tp_backend: str = DEFAULT_TP_BACKEND,
     ) -> None:
         super().__init__()
         self.irreps_node = o3.Irreps(irreps_node)
@@ -91,9 +91,7 @@ class InteractionBlock(nn.Module):
         self.density_fn: Optional[nn.Module] = radial_mlp(num_radial, [], 1) if density else None
 
         self.linear_up = o3.Linear(self.irreps_node, self.irreps_node)
-        self.convolution = EdgeConvolution(
-            self.irreps_node, o3.Irreps(irreps_sh), self.irreps_target, backend=tp_backend
-        )
+        self.convolution = EdgeConvolution(self.irreps_node, o3.Irreps(irreps_sh), self.irreps_target)
         self.radial_weights = radial_mlp(
             num_radial, list(radial_hidden), self.convolution.weight_numel
         )

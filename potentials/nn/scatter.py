@@ -4,10 +4,11 @@ Two ways to write it, same numbers: `index_add` keeps the whole source ([E, D] m
 the backward pass (its derivative reads the source's shape), gigabytes for large systems;
 `scatter_add` over a broadcast (stride-0) view of the index keeps only the [E] index, but its
 backward (a gather) is slower on CPU. `keep_source` picks one; callers keep the source only
-when it is small (`equimd.potentials.nn.edge_aggregation`). In eager mode (training, Python MD, the
-benchmarks) `keep_source=False` runs `index_add_` under a small autograd function that keeps
-only the index and whose backward is `index_select` (fast, and differentiable again for
-training's double backward); TorchScript files use the `scatter_add` form.
+when it is small (`equimd.potentials.nn.convolution.edge_aggregation`). In eager mode
+(training, Python MD, the benchmarks) `keep_source=False` runs `index_add_` under a small
+autograd function that keeps only the index and whose backward is `index_select` (fast, and
+differentiable again for training's double backward); TorchScript files use the `scatter_add`
+form.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The training configuration: a YAML file ↔ nested dataclasses, validated on load.
 
     data:      where the labelled structures come from (paths, keys, units, split, E0s)
-    model:     model_type, optional species, and the model's own hyperparameters
+    model:     model_type, optional species and tp_backend, and the model's own hyperparameters
     training:  optimisation (epochs, batch size, learning rate, schedule, EMA, loss weights, ...)
     output:    the run directory
 
@@ -69,12 +69,15 @@ class ModelConfig:
 
     model_type:      a registered model name ("nequip", ...)
     species:         element symbols the model knows; default: the elements in the data
+    tp_backend:      convolution backend applied to the built model ("fused", "e3nn", "so2",
+                     "cueq"; `apply_convolution_backend`); default: the model's own
     hyperparameters: the model constructor's arguments (in YAML: the other keys of `model`);
                      `avg_num_neighbors` is computed from the training set unless given
     """
 
     model_type: str = "nequip"
     species: list[str] | None = None
+    tp_backend: str | None = None
     hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
@@ -228,8 +231,10 @@ def _build_section(cls: type, name: str, values: dict[str, Any], source: str) ->
 
 
 def _model_section(values: dict[str, Any], source: str) -> ModelConfig:
-    """`model_type` and `species`, plus the rest as hyperparameters checked against the model."""
+    """`model_type`, `species` and `tp_backend`, plus the rest as hyperparameters checked
+    against the model."""
     from equimd.potentials.models import MODELS
+    from equimd.potentials.nn.convolution import BACKENDS
 
     model_type = _check_type(values.get("model_type", "nequip"), str, "model.model_type", source)
     if model_type not in MODELS:
@@ -242,15 +247,23 @@ def _model_section(values: dict[str, Any], source: str) -> ModelConfig:
     species = values.get("species")
     if species is not None:
         species = _check_type(species, list[str], "model.species", source)
+    tp_backend = _check_type(values.get("tp_backend"), str | None, "model.tp_backend", source)
+    if tp_backend is not None and tp_backend not in BACKENDS:
+        raise ConfigError(
+            f"{source}: unknown model.tp_backend '{tp_backend}' (available: {', '.join(BACKENDS)})"
+        )
     parameters = model_hyperparameter_defaults(model_type)
-    valid = ["model_type", "species", *parameters]
+    special = ("model_type", "species", "tp_backend")
+    valid = [*special, *parameters]
     hyperparameters = {}
     for key, value in values.items():
-        if key in ("model_type", "species"):
+        if key in special:
             continue
         _reject_unknown(key, valid, source, f"section 'model' (model_type '{model_type}')")
         hyperparameters[key] = _check_like_default(value, parameters[key], f"model.{key}", source)
-    return ModelConfig(model_type=model_type, species=species, hyperparameters=hyperparameters)
+    return ModelConfig(
+        model_type=model_type, species=species, tp_backend=tp_backend, hyperparameters=hyperparameters
+    )
 
 
 def model_hyperparameter_defaults(model_type: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from equimd.devices import check_device
 from equimd.files import OutputWriteError
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
+from equimd.potentials.nn.convolution import apply_convolution_backend
 from equimd.potentials.train.batching import (
     LabelledBatch,
     batch_indices,
@@ -166,9 +167,10 @@ class _Run:
         torch.manual_seed(training.seed)
 
         def new_model() -> torch.nn.Module:
-            return build_model(
-                config.model.model_type, species=statistics.species, **hyperparameters
-            ).to(device=device, dtype=dtype)
+            model = build_model(config.model.model_type, species=statistics.species, **hyperparameters)
+            if config.model.tp_backend is not None:
+                apply_convolution_backend(model, config.model.tp_backend)
+            return model.to(device=device, dtype=dtype)
 
         self.model = new_model()
         self.model.scale_shift.set_statistics(statistics.e0, statistics.scale, statistics.shift)

@@ -43,8 +43,7 @@ spherical harmonics) does not, since only the directions and the m = 0 values ar
 
 Layouts, edge chunks in `aggregate` (with messages recomputed in the backward pass for large
 systems) and constants re-derived in float64 on dtype/device changes come from
-`equimd.potentials.nn.edge_aggregation`, shared with the fused backend. TorchScript-compatible,
-device-agnostic.
+`edge_aggregation`, shared with the fused backend. TorchScript-compatible, device-agnostic.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ import torch
 from e3nn import o3
 from torch import Tensor
 
-from equimd.potentials.nn.edge_aggregation import EdgeChunkedConvolution
+from equimd.potentials.nn.convolution.edge_aggregation import EdgeChunkedConvolution
 
 # Largest condition number accepted for the sampling matrices A_l = Y^l(V) (l ≤ max degree).
 _MAX_SAMPLING_CONDITION = 8.0

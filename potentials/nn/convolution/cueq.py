@@ -29,7 +29,7 @@ import torch
 from e3nn import o3
 from torch import Tensor
 
-from equimd.potentials.nn.edge_aggregation import UVUConvolution
+from equimd.potentials.nn.convolution.edge_aggregation import UVUConvolution
 
 # optional packages, imported only when the backend is built
 HAS_CUEQ = importlib.util.find_spec("cuequivariance_torch") is not None
@@ -54,7 +54,7 @@ def cueq_method(irreps_node: o3.Irreps, irreps_out: o3.Irreps) -> str:
 class CueqUVUConvolution(UVUConvolution):
     """The "uvu" convolution of `EdgeConvolution` on cuEquivariance (see the module docstring).
 
-    forward / aggregate: as `equimd.potentials.nn.tensor_product.EdgeConvolution` (e3nn layouts).
+    forward / aggregate: as `equimd.potentials.nn.convolution.EdgeConvolution` (e3nn layouts).
     """
 
     backend = "cueq"

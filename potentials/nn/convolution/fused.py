@@ -29,8 +29,8 @@ How it is computed (see docs/performance.md for the measurements behind each cho
    tensors are per group, and no [E, irreps_out.dim] tensor is formed.
 7. Memory of large systems: edge chunks, and messages recomputed in the backward pass when
    autograd would keep more than `RECOMPUTE_ABOVE_BYTES` for one layer (e.g. MACE-medium on
-   2048 Cu atoms in float64: ~9 GB), come from `equimd.potentials.nn.edge_aggregation`, shared with
-   the SO(2) backend. Same numbers either way.
+   2048 Cu atoms in float64: ~9 GB), come from `edge_aggregation`, shared with the SO(2)
+   backend. Same numbers either way.
 
 TorchScript-compatible (plain tensor ops, typed attributes), device-agnostic, float32/float64.
 The coupling constants are recomputed exactly in float64 and cast whenever the module changes
@@ -45,7 +45,7 @@ import torch
 from e3nn import o3
 from torch import Tensor
 
-from equimd.potentials.nn.edge_aggregation import EdgeChunkedConvolution
+from equimd.potentials.nn.convolution.edge_aggregation import EdgeChunkedConvolution
 
 
 class FusedUVUConvolution(EdgeChunkedConvolution):
