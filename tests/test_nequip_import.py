@@ -58,15 +58,18 @@ def _max_errors(model, frames: list[dict]) -> dict[str, float]:
             cell=frame["cell"].numpy(),
             pbc=frame["pbc"].numpy(),
         )
-        graph = configuration_to_graph(configuration, model.r_max, dtype=torch.float64)
+        dtype = next(model.parameters()).dtype
+        graph = configuration_to_graph(configuration, model.r_max, dtype=dtype)
         periodic = "stress" in frame
         out = forcefield(graph, True, periodic, False)
         n = len(frame["numbers"])
         deltas = dict(
             energy_per_atom=abs(out["energy"][0].item() - frame["energy"]) / n,
-            atomic_energies=(out["atomic_energies"] - frame["energies"]).abs().max().item(),
-            forces=(out["forces"] - frame["forces"]).abs().max().item(),
-            stress=(out["stress"][0] - _full(frame["stress"])).abs().max().item() if periodic else 0.0,
+            atomic_energies=(out["atomic_energies"].double() - frame["energies"]).abs().max().item(),
+            forces=(out["forces"].double() - frame["forces"]).abs().max().item(),
+            stress=(out["stress"][0].double() - _full(frame["stress"])).abs().max().item()
+            if periodic
+            else 0.0,
         )
         errors = {k: max(errors[k], deltas[k]) for k in errors}
     return errors
@@ -87,6 +90,20 @@ def test_packaged_nequip_model_matches_nequip(name: str) -> None:
     reference = torch.load(DATA / f"nequip_{name}_reference.pt", weights_only=True)
     errors = _max_errors(model, reference["structures"])
     assert max(errors.values()) < TOL, errors
+
+
+def test_float32_nequip_model_matches_nequip_to_float32_rounding() -> None:
+    """nequip's usual precision: a float32 model imports as float32 (its `model_dtype`) and
+    matches nequip's float32 numbers to float32 rounding; `dtype=float64` evaluates the same
+    weights in float64."""
+    record = read_nequip_file(DATA / "nequip_float32.nequip.zip")
+    reference = torch.load(DATA / "nequip_float32_reference.pt", weights_only=True)
+    model = nequip_model_from_record(record)
+    assert next(model.parameters()).dtype == torch.float32
+    errors = _max_errors(model, reference["structures"])
+    assert max(errors.values()) < 1e-5, errors
+    errors = _max_errors(nequip_model_from_record(record, torch.float64), reference["structures"])
+    assert max(errors.values()) < 1e-5, errors
 
 
 @pytest.mark.parametrize("name", FIXTURES)

@@ -89,6 +89,8 @@ CONFIGS = {
         "per_type_energy_shifts_trainable": True,
         "avg_num_neighbors": "${training_data_stats:per_type_num_neighbors_mean}",
     },
+    # the defaults with nequip's usual training precision (float32 weights and arithmetic)
+    "float32": {"model_dtype": "float32"},
     # as nequip's foundation-model presets: no parity, one feature count per l; an MLP readout
     "noparity": {
         "parity": False,
