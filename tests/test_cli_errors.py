@@ -140,6 +140,8 @@ ROWS = [
     ("deploy-bad-dtype", ["deploy", "{in}/checkpoint.pt", "-o", "{out}/m.pt", "--dtype",
                           "float16"], "--dtype"),
     ("deploy-no-output", ["deploy", "{in}/checkpoint.pt"], "-o"),
+    ("deploy-unknown-backend", ["deploy", "{in}/checkpoint.pt", "-o", "{out}/m.pt",
+                                "--tp-backend", "bogus"], "'bogus'"),
     # md
     ("md-negative-timestep", [*MD, "--timestep", "-1"], "--timestep"),
     ("md-zero-timestep", [*MD, "--timestep", "0"], "--timestep"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from equimd.errors import SettingsError
 from equimd.potentials.nn.convolution import cueq
 from equimd.potentials.nn.convolution.cueq import CueqUVUConvolution
 from equimd.potentials.nn.convolution.fused import FusedUVUConvolution
@@ -37,8 +38,8 @@ def available_backends() -> tuple[str, ...]:
 
 
 def check_backend(backend: str) -> None:
-    """Raise ValueError unless `backend` names a backend of `BACKENDS`."""
+    """Raise `SettingsError` (a ValueError) unless `backend` names a backend of `BACKENDS`."""
     if backend not in BACKENDS:
-        raise ValueError(
+        raise SettingsError(
             f"unknown convolution backend {backend!r}; available: {list(BACKENDS)}"
         )
