@@ -20,11 +20,9 @@ imported approximately.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from equimd.potentials.models.mace_options import copy_option_buffers, radial_op
 from equimd.potentials.models.mace_pickle import MaceImportError
 from equimd.potentials.models.mace_records import EXPORT_FORMAT, read_mace_file
 from equimd.potentials.nn.convolution import convolution_irreps
+from equimd.potentials.nn.dtype import default_dtype
 from equimd.potentials.nn.mace_blocks import GATES, INTERACTION_CLASSES
 
 EXPORT_FORMAT_VERSION = 1
@@ -160,7 +159,7 @@ def mace_model_from_export(record: dict[str, Any], dtype: torch.dtype | None = N
     """
     hyperparameters = mace_hyperparameters(record)
     state = {k: v for k, v in record["state_dict"].items()}
-    with _default_dtype(torch.float64):
+    with default_dtype(torch.float64):
         model = MACE(**hyperparameters)
     permutations = _check_layers(model, record["hyperparameters"])
     _check_constants(model, record, state)
@@ -214,16 +213,6 @@ def import_mace_file(
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _cueq_enabled(config: Any) -> bool:

@@ -10,9 +10,7 @@ Checkpoints record the backend (`convolution_backend(model)`) and reapply it whe
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import Iterator
 from typing import TypeVar
 
 import torch
@@ -20,6 +18,7 @@ from torch import nn
 
 from equimd.potentials.nn.convolution.backends import check_backend
 from equimd.potentials.nn.convolution.edge_convolution import EdgeConvolution
+from equimd.potentials.nn.dtype import default_dtype
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -41,8 +40,8 @@ def apply_convolution_backend(model: ModuleT, backend: str) -> ModuleT:
         )
     tensors = itertools.chain(model.parameters(), model.buffers())
     weight = next((t for t in tensors if t.is_floating_point()), None)
-    dtype = weight.dtype if weight is not None else torch.get_default_dtype()
-    with _default_dtype(dtype):
+    dtype = weight.dtype if weight is not None else torch.getdefault_dtype()
+    with default_dtype(dtype):
         for convolution in convolutions:
             convolution.use_backend(backend)
         for module in list(model.modules()):
@@ -58,13 +57,3 @@ def convolution_backend(model: nn.Module) -> str | None:
     if len(backends) > 1:
         raise ValueError(f"{type(model).__name__} mixes convolution backends {sorted(backends)}")
     return backends.pop() if backends else None
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
