@@ -40,7 +40,7 @@ def apply_convolution_backend(model: ModuleT, backend: str) -> ModuleT:
         )
     tensors = itertools.chain(model.parameters(), model.buffers())
     weight = next((t for t in tensors if t.is_floating_point()), None)
-    dtype = weight.dtype if weight is not None else torch.getdefault_dtype()
+    dtype = weight.dtype if weight is not None else torch.get_default_dtype()
     with default_dtype(dtype):
         for convolution in convolutions:
             convolution.use_backend(backend)
