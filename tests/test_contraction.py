@@ -6,10 +6,8 @@ benchmarks/peers/make_mace_fixtures.py in the mace-torch venv (mace is never imp
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from equimd.potentials.nn.contraction import (
     monomials,
     wigner_3j,
 )
+from equimd.potentials.nn.dtype import default_dtype
 
 DATA = Path(__file__).parent / "data"
 CONFIGS = ["scalar", "vector"]
@@ -33,15 +32,6 @@ CONFIGS = ["scalar", "vector"]
 def reference() -> dict:
     return torch.load(DATA / "mace_contraction_reference.pt", weights_only=True)["configs"]
 
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _model_state_dict(ref: dict) -> dict[str, torch.Tensor]:
@@ -57,7 +47,7 @@ def _dense(sparse: dict) -> torch.Tensor:
 @functools.cache
 def _cached_mace_contraction(name: str, dtype: torch.dtype) -> SymmetricContraction:
     ref = torch.load(DATA / "mace_contraction_reference.pt", weights_only=True)["configs"][name]
-    with _default_dtype(dtype):
+    with default_dtype(dtype):
         module = SymmetricContraction(
             ref["irreps_in"], ref["irreps_out"], ref["correlation"], ref["num_elements"]
         )
@@ -116,7 +106,7 @@ def test_loads_mace_u_buffers_as_state(reference: dict) -> None:
         [bases[f"contractions.{k}.U_matrix_{nu}"] for nu in range(1, ref["correlation"] + 1)]
         for k in range(num_outputs)
     ]
-    with _default_dtype(torch.float64):
+    with default_dtype(torch.float64):
         rebuilt = SymmetricContraction(
             ref["irreps_in"],
             ref["irreps_out"],
@@ -139,7 +129,7 @@ def test_loads_mace_u_buffers_as_state(reference: dict) -> None:
 def test_rotation_equivariance(irreps_in: str, irreps_out: str, correlation: int) -> None:
     """f(D_in(g) x) = D_out(g) f(x) for rotations and the inversion (float64)."""
     generator = torch.Generator().manual_seed(0)
-    with _default_dtype(torch.float64):
+    with default_dtype(torch.float64):
         module = SymmetricContraction(irreps_in, irreps_out, correlation, num_elements=3)
         irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
         x = torch.randn(6, irreps_in.dim, generator=generator)
@@ -180,7 +170,7 @@ def test_state_dict_round_trip(reference: dict) -> None:
         f"orders.{i}.{name}" for i in range(3) for name in ("basis", "parent", "last")
     }
     assert set(state) == expected
-    with _default_dtype(torch.float64):
+    with default_dtype(torch.float64):
         fresh = SymmetricContraction(
             ref["irreps_in"], ref["irreps_out"], ref["correlation"], ref["num_elements"]
         )

@@ -12,8 +12,6 @@ while the fused backend always derives its constants from float64 values.
 
 from __future__ import annotations
 
-import contextlib
-
 import e3nn.util.jit
 import numpy as np
 import pytest
@@ -39,6 +37,7 @@ from equimd.potentials.nn.convolution import (
     convolution_backend,
 )
 from equimd.potentials.nn.convolution.edge_aggregation import EdgeChunkedConvolution
+from equimd.potentials.nn.dtype import default_dtype
 from equimd.potentials.nn.linear import (
     FastLinear,
     FastScalarTensorProduct,
@@ -72,15 +71,6 @@ CONVOLUTIONS = {
     "mace_vector": ("8x0e+8x1o", 3, True, "8x0e+8x1o+8x2e+8x3o"),
 }
 
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def convolution_pair(name: str, backend: str) -> tuple[EdgeConvolution, EdgeConvolution]:

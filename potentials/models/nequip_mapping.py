@@ -20,9 +20,7 @@ What differs between the two and how it maps (docs/nequip.md):
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -32,21 +30,13 @@ from torch import Tensor
 from equimd.checks import atomic_number
 from equimd.errors import EquimdError
 from equimd.potentials.models.nequip import NequIP, hidden_irreps
+from equimd.potentials.nn.dtype import default_dtype
 
 
 class NequipImportError(EquimdError, ValueError):
     """A file that is not a nequip model, or a nequip option equimd does not implement (the
     message names it)."""
 
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 MODEL_TARGETS = ("nequip.model.NequIPGNNModel",)
