@@ -410,12 +410,7 @@ def worker(argv: list[str]) -> None:
     parser.add_argument("--export")
     parser.add_argument("--job-json")
     parser.add_argument("--system", choices=sorted(bench.SYSTEMS))
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--quiet-load", type=float, default=0.15)
-    parser.add_argument("--max-wait", type=float, default=120.0)
+    bench.add_timing_arguments(parser)
     parser.add_argument("--backend", default=None)
     args = parser.parse_args(argv)
     if args.worker == "equimd":

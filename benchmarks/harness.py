@@ -191,18 +191,24 @@ def emit(result: dict[str, Any]) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
-def worker_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    """Arguments every worker (equimd's and the peers') understands."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--worker", default="equimd")
-    parser.add_argument("--row-json", required=True, help="an entry of MODEL_ROWS, as JSON")
-    parser.add_argument("--system", required=True, choices=sorted(SYSTEMS))
+def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """The measurement options every worker takes (dtype, threads, repeats, warm-up, and the
+    foreign-load wait of `measure`), with the same defaults everywhere."""
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--quiet-load", type=float, default=0.15)
     parser.add_argument("--max-wait", type=float, default=120.0)
+
+
+def worker_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """Arguments every worker (equimd's and the peers') understands."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", default="equimd")
+    parser.add_argument("--row-json", required=True, help="an entry of MODEL_ROWS, as JSON")
+    parser.add_argument("--system", required=True, choices=sorted(SYSTEMS))
+    add_timing_arguments(parser)
     parser.add_argument("--backend", default=None, help="equimd: tensor-product backend")
     parser.add_argument("--train-steps", type=int, default=0, help="equimd: training steps")
     parser.add_argument("--flops", action="store_true", help="equimd: tensor-product FLOP/s")

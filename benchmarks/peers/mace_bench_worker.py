@@ -155,12 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="bench_out/mace_model", help="make: output directory")
     parser.add_argument("--model", help="time: the mace.model file written by make")
     parser.add_argument("--system", required=True, choices=sorted(bench.SYSTEMS))
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--quiet-load", type=float, default=0.15)
-    parser.add_argument("--max-wait", type=float, default=120.0)
+    bench.add_timing_arguments(parser)
     args = parser.parse_args(argv)
     bench.emit(make(args) if args.command == "make" else time_model(args))
 
