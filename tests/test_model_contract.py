@@ -103,11 +103,20 @@ def test_broken_import_of_our_own_code_is_raised_not_skipped(source, fake_packag
 
 def test_unknown_model_type_names_the_skipped_modules(monkeypatch):
     monkeypatch.setitem(
-        SKIPPED_MODULES, "equimd.potentials.models.escn", "ModuleNotFoundError: No module named 'fairchem'"
+        SKIPPED_MODULES, "equimd.potentials.models.fancynet", "ModuleNotFoundError: No module named 'fancy'"
     )
-    with pytest.raises(ValueError, match=r"unknown model type 'escn'.*Not imported: "
-                       r"equimd\.potentials\.models\.escn \(ModuleNotFoundError: No module named 'fairchem'\)"):
-        build_model("escn", species=[1])
+    with pytest.raises(ValueError, match=r"unknown model type 'fancynet'.*Not imported: "
+                       r"equimd\.potentials\.models\.fancynet \(ModuleNotFoundError: No module named 'fancy'\)"):
+        build_model("fancynet", species=[1])
+
+
+def test_an_equivariance_group_other_than_o3_or_se3_is_refused(monkeypatch):
+    monkeypatch.setattr(models_package.base, "MODELS", dict(MODELS))  # leave the registry as it was
+    with pytest.raises(ValueError, match=r"equivariance must be 'O\(3\)' or 'SE\(3\)', got 'E\(3\)'"):
+
+        @register_model("mirror_blind")
+        class MirrorBlind(Potential):
+            equivariance = "E(3)"
 
 
 def test_a_taken_model_name_is_refused(monkeypatch):

@@ -27,9 +27,12 @@ def evaluate(forcefield: ForceField, atoms, stress: bool = False) -> dict[str, n
 
 @pytest.mark.parametrize("structure", sorted(STRUCTURES))
 def test_rotation_and_reflection_equivariance(forcefield, structure):
+    """Rotations for every model; reflections (improper rotations) for the O(3) models only
+    (`Potential.equivariance`; an SE(3) model is checked by the next test instead)."""
     atoms = STRUCTURES[structure]()
     reference = evaluate(forcefield, atoms)
-    for seed, reflect in [(0, False), (1, True)]:
+    cases = [(0, False), (1, True)] if forcefield.potential.equivariance == "O(3)" else [(0, False)]
+    for seed, reflect in cases:
         rotation = Rotation.random(random_state=seed).as_matrix()
         if reflect:
             rotation = -rotation  # improper rotation: inversion ∘ rotation
@@ -41,6 +44,21 @@ def test_rotation_and_reflection_equivariance(forcefield, structure):
         np.testing.assert_allclose(
             out["forces"], reference["forces"] @ rotation.T, rtol=1e-6, atol=1e-9
         )
+
+
+def test_equivariance_group_is_as_declared(forcefield):
+    """`equivariance` is "O(3)" or "SE(3)"; an SE(3) model tells a chiral molecule (rattled
+    ethanol) from its mirror image — otherwise it is O(3) and must say so (the test above then
+    checks reflections)."""
+    group = forcefield.potential.equivariance
+    assert group in ("O(3)", "SE(3)")
+    if group == "O(3)":
+        return
+    atoms = STRUCTURES["molecule"]()
+    mirrored = atoms.copy()
+    mirrored.set_positions(atoms.get_positions() * np.array([1.0, 1.0, -1.0]))
+    difference = evaluate(forcefield, mirrored)["energy"] - evaluate(forcefield, atoms)["energy"]
+    assert np.abs(difference).max() > 1e-8, "an SE(3) model gives a mirror image the same energy"
 
 
 @pytest.mark.parametrize("structure", ["molecule", "triclinic_cu", "slab"])

@@ -45,6 +45,11 @@ def register_model(name: str, *, test_hyperparameters: dict[str, Any] | None = N
                 f"model type {name!r} is already registered by {_qualified_name(previous)}; "
                 f"{_qualified_name(cls)} needs another name"
             )
+        if cls.equivariance not in ("O(3)", "SE(3)"):
+            raise ValueError(
+                f"{_qualified_name(cls)}.equivariance must be 'O(3)' or 'SE(3)', "
+                f"got {cls.equivariance!r}"
+            )
         cls.model_type = name
         MODELS[name] = cls
         if test_hyperparameters is not None:
@@ -83,6 +88,10 @@ class Potential(nn.Module):
     """
 
     model_type: str = "potential"
+    # the symmetry group of the energy (forces follow): "O(3)" — invariant under rotations and
+    # reflections (the default); "SE(3)" — rotations only (a model that uses cross products,
+    # signed angles or chirality-sensitive frames). tests/test_physics.py checks exactly this.
+    equivariance: str = "O(3)"
 
     def __init__(self, species: list[int], r_max: float, hyperparameters: dict[str, Any]) -> None:
         super().__init__()
