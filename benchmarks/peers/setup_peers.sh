@@ -4,7 +4,10 @@
 # separate from the project venv because the peers pin conflicting e3nn versions:
 #   mace-torch 0.3.x pins e3nn==0.4.4; nequip 0.19 needs e3nn>=0.6,<0.7 (so does equimd).
 #
-# Usage:  bash benchmarks/peers/setup_peers.sh [mace|nequip|all]   (default: mace)
+# Usage:  bash benchmarks/peers/setup_peers.sh [mace|nequip|all|NAME]   (default: mace)
+#
+# NAME: any other peer is described by benchmarks/peers/venvs/NAME.txt, a pip requirements file
+# whose first line is `# check: <python statement>` (what must run in the finished venv).
 #
 # Idempotent: a venv whose peer package already imports is left alone.
 # torch==2.9.1 matches the project's pin (see pyproject.toml) so that numbers are comparable.
@@ -45,9 +48,28 @@ setup_nequip() {
         torch==2.9.1 nequip ase
 }
 
+# setup_from_requirements NAME: the venv .peers/NAME from benchmarks/peers/venvs/NAME.txt
+setup_from_requirements() {
+    local name="$1" requirements="$ROOT/benchmarks/peers/venvs/$1.txt" check
+    check="$(sed -n '1s/^# check: //p' "$requirements")"
+    if [[ -z "$check" ]]; then
+        echo "[setup_peers] $requirements: the first line must be '# check: <python statement>'" >&2
+        exit 2
+    fi
+    make_venv "$name" "$check" -r "$requirements"
+}
+
 case "$TARGET" in
     mace) setup_mace ;;
     nequip) setup_nequip ;;
     all) setup_mace; setup_nequip ;;
-    *) echo "usage: $0 [mace|nequip|all]" >&2; exit 2 ;;
+    *)
+        if [[ -f "$ROOT/benchmarks/peers/venvs/$TARGET.txt" ]]; then
+            setup_from_requirements "$TARGET"
+        else
+            known="$(cd "$ROOT/benchmarks/peers/venvs" 2>/dev/null && ls -- *.txt 2>/dev/null | sed 's/\.txt$//' | tr '\n' '|')"
+            echo "usage: $0 [mace|nequip|all|${known%|}]" >&2
+            exit 2
+        fi
+        ;;
 esac
