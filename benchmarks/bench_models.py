@@ -31,14 +31,14 @@ Worker protocol (how peers plug in): every implementation runs in its own subpro
 ``<python> <worker script> --row-json '<row>' --system NAME --dtype float32 --threads 2
 --repeats 20 --warmup 3 --quiet-load 0.15 --max-wait 120`` (see `worker_arguments`), and prints
 one line ``BENCH_RESULT {json}``. equimd's worker is this file (``--worker equimd``); a peer's
-worker is `PEER_WORKERS[name]`, run by the Python of `.peers/<name>` (created by
+worker is ``benchmarks/peers/<name>_worker.py``, run by the Python of `.peers/<name>` (created by
 ``benchmarks/peers/setup_peers.sh <name>``). Peer workers import `benchmarks/harness.py` for the
 systems and the measurement code, so both sides are timed by the same code. `--data DIR` names
 the shared datasets (default ``../shared/data`` beside the repository).
 
-Adding a model (e.g. the MACE rows): add an entry to `MODEL_ROWS` with the equimd model type and
-hyperparameters and the peer's name and keyword arguments, and (for a new peer) a worker script
-in `PEER_WORKERS`.
+Adding a model: one JSON file per row, ``benchmarks/rows/<row>.json`` (`load_rows`), with the
+equimd model type and hyperparameters and, where a peer runs the same model, the peer's name and
+keyword arguments; a new peer brings its worker script ``benchmarks/peers/<peer>_worker.py``.
 """
 
 from __future__ import annotations
@@ -70,44 +70,29 @@ from harness import (  # noqa: E402  (benchmarks/harness.py: systems, timing, wo
 
 # ----------------------------------------------------------------------------- what is compared
 
-MODEL_ROWS: dict[str, dict[str, Any]] = {
-    "nequip": {
-        "description": "NequIP l_max 2, 64 features (both parities), 4 layers, r_max 5 Å",
-        "r_max": 5.0,
-        "equimd": {
-            "model_type": "nequip",
-            "hyperparameters": {
-                "l_max": 2,
-                "num_features": 64,
-                "num_layers": 4,
-                "parity": True,
-                "num_bessel": 8,
-                "polynomial_p": 6,
-                "radial_mlp_hidden": [64, 64],
-            },
-        },
-        # nequip 0.19.1's NequIPGNNModel; its last layer keeps only scalars (cheaper than
-        # equimd's, which keeps all irreps in every layer): the comparison is conservative.
-        "peer": {
-            "name": "nequip",
-            "kwargs": {
-                "l_max": 2,
-                "num_features": 64,
-                "num_layers": 4,
-                "parity": True,
-                "num_bessels": 8,
-                "polynomial_cutoff_p": 6,
-                "radial_mlp_depth": 2,
-                "radial_mlp_width": 64,
-            },
-        },
-    },
-    # MACE against mace-torch (same weights imported) is benchmarks/bench_mace.py.
-}
+ROWS_DIR = ROOT / "benchmarks" / "rows"
 
-PEER_WORKERS: dict[str, Path] = {
-    "nequip": ROOT / "benchmarks" / "peers" / "nequip_worker.py",
-}
+
+def load_rows(directory: Path = ROWS_DIR) -> dict[str, dict[str, Any]]:
+    """One row per `benchmarks/rows/<name>.json`: {"description", "r_max", "equimd":
+    {"model_type", "hyperparameters"}, optional "peer": {"name", "kwargs"}, optional "note"}."""
+    rows = {}
+    for path in sorted(directory.glob("*.json")):
+        row = json.loads(path.read_text())
+        missing = {"description", "r_max", "equimd"} - set(row)
+        if missing or not {"model_type", "hyperparameters"} <= set(row["equimd"]):
+            raise SystemExit(f"{path}: a benchmark row needs description, r_max and "
+                             f"equimd.model_type/hyperparameters (missing: {sorted(missing)})")
+        rows[path.stem] = row
+    return rows
+
+
+def peer_worker(name: str) -> Path:
+    """A peer's worker script: benchmarks/peers/<name>_worker.py."""
+    return ROOT / "benchmarks" / "peers" / f"{name}_worker.py"
+
+
+MODEL_ROWS: dict[str, dict[str, Any]] = load_rows()
 
 
 # ----------------------------------------------------------------------------- equimd worker
@@ -350,8 +335,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if args.reference_backend:
                     runs.append(("equimd[e3nn]", equimd_command + ["--backend", "e3nn"]))
                 if peer and not args.no_peers:
-                    python, worker = peer_python(peer["name"]), PEER_WORKERS.get(peer["name"])
-                    if python.exists() and worker is not None and worker.exists():
+                    python, worker = peer_python(peer["name"]), peer_worker(peer["name"])
+                    if python.exists() and worker.exists():
                         runs.append((peer["name"], [str(python), str(worker), *base]))
                     else:
                         print(
