@@ -1,0 +1,159 @@
+"""Local frames for the frame-based invariant models (GNN-LF, ClofNet, ComENet), built so that
+energies stay smooth and finite at the degenerate geometries MD visits.
+
+A frame model projects vectors onto per-atom (or per-edge) axes built from the neighbours. The
+textbook constructions normalise those axes (v / |v|) and pick "the nearest neighbour" (argmin):
+both break at degeneracies. Here:
+
+* **Soft normalisation.** `smooth_normalize(v, ε) = v / sqrt(|v|² + ε²)`: equal to v/|v| up to
+  O(ε²/|v|²) when |v| ≫ ε, and going to zero smoothly (with bounded derivatives) as v → 0. An axis
+  that becomes undefined (collinear neighbours, a single neighbour, a linear molecule, an atom
+  without neighbours) therefore shrinks to zero instead of jumping or producing 0/0: every
+  projection on it fades out continuously.
+* **Soft reference neighbours** (`SoftReferenceNeighbours`, the smooth stand-in for ComENet's
+  nearest / second-nearest neighbour f_i, s_i). With u(r) the polynomial cutoff envelope and w a
+  width (Å), for the neighbours k of atom i:
+
+      g_ik = u(r_ik) · exp(−r_ik / w − m_i)               m_i = max_k(−r_ik / w), no gradient
+      p_ik = g_ik / (Σ_k g_ik + δ)                         soft nearest       (→ one-hot argmin)
+      q_ik = g_ik (1 − p_ik)² / (Σ_k g_ik (1 − p_ik)² + δ)  soft second nearest (→ one-hot 2nd)
+      f_i = Σ_k p_ik r_ik,   s_i = Σ_k q_ik r_ik            r_ik = x_k − x_i (Å)
+
+  m_i only keeps the exponentials in range: it enters the result through δ = 1e-12 alone. As
+  w → 0 with distinct distances, f_i and s_i become the vectors to the nearest and second-nearest
+  neighbours (the paper's rule); when two neighbours are (nearly) equidistant, both get the same
+  weight and f_i moves continuously between them as they swap (the hard argmin jumps). A
+  neighbour crossing the cutoff enters with weight u(r) → 0. Tie-breaking rule: none is needed,
+  equidistant neighbours share the weight equally.
+* **Frame from two references** (`frame_from_references`): e_z = ŝn(f), e_y = ŝn(e_z × ŝn(s)),
+  e_x = e_y × e_z (rows of a [N, 3, 3] tensor). e_y is a cross product of two polar vectors, so
+  projections on it change sign under a reflection: frames built this way are SE(3), not O(3).
+* **Learned vector frames** (`vector_frame`, GNN-LF): F un-normalised vectors per atom,
+  v_i = Σ_k w_ik r̂_ik with learned edge weights w_ik ∈ R^F; degenerate frames are simply small.
+
+Everything is TorchScript/AOTInductor-safe: no data-dependent branches, scatters through
+`equimd.potentials.nn.scatter`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from equimd.potentials.nn.radial import PolynomialCutoff
+from equimd.potentials.nn.scatter import scatter_sum
+
+# largest (r_max / width) accepted: exp(−r/w − m_i) ≥ exp(−r_max/w) must not underflow to 0 in
+# float32 (smallest normal 1.2e-38 = exp(−87)) for the weights of far neighbours to stay smooth.
+MAX_CUTOFF_OVER_WIDTH = 80.0
+
+
+def smooth_normalize(vectors: Tensor, eps: float) -> Tensor:
+    """v / sqrt(|v|² + ε²): [..., 3] → [..., 3], |result| < 1, → 0 smoothly at v = 0."""
+    return vectors / torch.sqrt((vectors * vectors).sum(dim=-1, keepdim=True) + eps * eps)
+
+
+def frame_from_references(
+    first: Tensor, second: Tensor, eps_length: float, eps_angle: float
+) -> Tensor:
+    """Soft orthonormal frame [N, 3, 3] (rows e_x, e_y, e_z) from two reference vectors [N, 3] Å.
+
+    e_z = ŝn(first) (ε = eps_length Å), e_y = ŝn(e_z × ŝn(second)) (dimensionless ε = eps_angle),
+    e_x = e_y × e_z. Degenerate references give shorter (ultimately zero) axes, never NaN.
+    """
+    e_z = smooth_normalize(first, eps_length)  # [N, 3]
+    e_y = smooth_normalize(
+        torch.cross(e_z, smooth_normalize(second, eps_length), dim=-1), eps_angle
+    )
+    e_x = torch.cross(e_y, e_z, dim=-1)
+    return torch.stack([e_x, e_y, e_z], dim=1)  # [N, 3 axes, 3]
+
+
+def project_on_frames(frames: Tensor, vectors: Tensor) -> Tensor:
+    """Components of `vectors` [E, 3] on `frames` [E, 3, 3] (rows are axes): [E, 3]."""
+    return (frames * vectors.unsqueeze(1)).sum(dim=-1)
+
+
+def vector_frame(
+    edge_weights: Tensor, unit_vectors: Tensor, centers: Tensor, num_nodes: int
+) -> Tensor:
+    """GNN-LF frame v_i = Σ_k w_ik ⊗ r̂_ik: edge_weights [E, F], unit_vectors [E, 3] → [N, 3, F]."""
+    return scatter_sum(unit_vectors.unsqueeze(-1) * edge_weights.unsqueeze(1), centers, num_nodes)
+
+
+def smooth_dihedral(
+    axis: Tensor, first: Tensor, second: Tensor, eps: float
+) -> tuple[Tensor, Tensor]:
+    """Soft (cos τ, sin τ) [E] of the dihedral between `first` and `second` [E, 3] about the unit
+    `axis` [E, 3]: n1 = ŝn(axis × ŝn(first)), n2 = ŝn(axis × ŝn(second)) (dimensionless ε),
+    cos = n1·n2, sin = (n1 × n2)·axis. Both fade to 0 where either plane is undefined."""
+    n_first = smooth_normalize(torch.cross(axis, smooth_normalize(first, eps), dim=-1), eps)
+    n_second = smooth_normalize(torch.cross(axis, smooth_normalize(second, eps), dim=-1), eps)
+    cosine = (n_first * n_second).sum(dim=-1)
+    sine = (torch.cross(n_first, n_second, dim=-1) * axis).sum(dim=-1)
+    return cosine, sine
+
+
+class SoftReferenceNeighbours(nn.Module):
+    """Smooth nearest / second-nearest neighbour vectors of every atom (module docstring).
+
+    forward(lengths [E] Å, vectors [E, 3] Å from the centre atom to the neighbour, centers [E],
+    num_nodes) → (g [E] unnormalised weights, normalizers [N] = Σ_k g_ik + δ, log_shift [N] = m_i,
+    first [N, 3] = f_i, second [N, 3] = s_i). `edge_weight_at` gives p for either end of an edge.
+    """
+
+    def __init__(
+        self, r_max: float, width: float, polynomial_p: int = 6, delta: float = 1e-12
+    ) -> None:
+        super().__init__()
+        if not width > 0.0 or r_max / width > MAX_CUTOFF_OVER_WIDTH:
+            raise ValueError(
+                f"reference width must be in [r_max / {MAX_CUTOFF_OVER_WIDTH:g}, ∞) Å "
+                f"(r_max = {r_max} Å), got {width}"
+            )
+        self.width = float(width)
+        self.delta = float(delta)
+        self.cutoff = PolynomialCutoff(r_max, polynomial_p)
+
+    def forward(
+        self, lengths: Tensor, vectors: Tensor, centers: Tensor, num_nodes: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        logits = -lengths / self.width  # [E]
+        lowest = torch.full((num_nodes,), -torch.inf, dtype=lengths.dtype, device=lengths.device)
+        log_shift = lowest.scatter_reduce(
+            0, centers, logits.detach(), reduce="amax", include_self=True
+        )
+        log_shift = torch.where(torch.isfinite(log_shift), log_shift, torch.zeros_like(log_shift))
+        weights = self.cutoff(lengths) * torch.exp(logits - log_shift[centers])  # [E] g_ik ≤ 1
+        normalizers = scatter_sum(weights, centers, num_nodes) + self.delta  # [N]
+        nearest = weights / normalizers[centers]  # [E] p_ik
+        second_weights = weights * (1.0 - nearest) ** 2  # [E]
+        second = (
+            second_weights / (scatter_sum(second_weights, centers, num_nodes) + self.delta)[centers]
+        )
+        first_vectors = scatter_sum(
+            nearest.unsqueeze(-1) * vectors, centers, num_nodes
+        )  # [N, 3] f_i
+        second_vectors = scatter_sum(
+            second.unsqueeze(-1) * vectors, centers, num_nodes
+        )  # [N, 3] s_i
+        return weights, normalizers, log_shift, first_vectors, second_vectors
+
+    def edge_weight_at(
+        self, lengths: Tensor, atoms: Tensor, normalizers: Tensor, log_shift: Tensor
+    ) -> Tensor:
+        """p [E]: the soft-nearest weight that an edge of length r has among the neighbours of
+        `atoms` [E] (either end of the edge: the reverse edge has the same length)."""
+        weights = self.cutoff(lengths) * torch.exp(-lengths / self.width - log_shift[atoms])
+        return weights / normalizers[atoms]
+
+
+__all__ = [
+    "MAX_CUTOFF_OVER_WIDTH",
+    "SoftReferenceNeighbours",
+    "frame_from_references",
+    "project_on_frames",
+    "smooth_dihedral",
+    "smooth_normalize",
+    "vector_frame",
+]
