@@ -8,6 +8,7 @@ fit is cached per process (`fitted_copper_model`) and reused by test_ase_calcula
 from __future__ import annotations
 
 import functools
+import inspect
 
 import numpy as np
 import pytest
@@ -24,7 +25,8 @@ from equimd.md_drivers.ase import EquimdCalculator
 from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import collate, configuration_to_graph
 from equimd.potentials.forcefield import ForceField
-from equimd.potentials.models import build_model
+from equimd.potentials.models import MODELS, TEST_HYPERPARAMETERS, build_model
+from tests.model_zoo import CONTRACT_MODELS
 
 R_MAX = 4.0
 DRIFT_BOUND = 1e-3  # eV/atom/ps (= 1 meV/atom/ps)
@@ -52,19 +54,24 @@ def emt_training_set(count: int = 6, seed: int = 0) -> list[Configuration]:
     return configs
 
 
+# the NequIP every NVE, ASE-calculator and long-run test shares (test_nve_energy_drift_over_2_ps)
+COPPER_NEQUIP = dict(l_max=1, num_features=8, num_layers=2, radial_mlp_hidden=[16])
+
+
 @functools.cache
-def fitted_copper_model(steps: int = 120, seed: int = 0) -> torch.nn.Module:
-    """A tiny float64 NequIP for Cu fitted to EMT (energy per atom + forces, Adam).
+def fitted_copper_model(steps: int = 120, seed: int = 0, model_type: str = "nequip") -> torch.nn.Module:
+    """A tiny float64 model for Cu fitted to EMT (energy per atom + forces, Adam): NequIP
+    (`COPPER_NEQUIP`) by default, any other registered model in its test configuration.
 
     Cached: the test modules that need a physically sensible model share one fit.
     """
     configs = emt_training_set(seed=seed)
+    hyperparameters = dict(COPPER_NEQUIP) if model_type == "nequip" else dict(TEST_HYPERPARAMETERS[model_type])
+    if "avg_num_neighbors" in inspect.signature(MODELS[model_type]).parameters:
+        hyperparameters["avg_num_neighbors"] = 18.0  # fcc Cu within 4 Å: 12 + 6 neighbours
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(
-            "nequip", species=[29], r_max=R_MAX, l_max=1, num_features=8, num_layers=2,
-            radial_mlp_hidden=[16], avg_num_neighbors=18.0,
-        ).double()
+        model = build_model(model_type, species=[29], r_max=R_MAX, **hyperparameters).double()
     energies = np.array([c.energy / c.n_atoms for c in configs])
     force_rms = float(np.sqrt(np.mean(np.concatenate([c.forces.ravel() for c in configs]) ** 2)))
     model.scale_shift.set_statistics([float(energies.mean())], scale=force_rms, shift=0.0)
@@ -147,4 +154,15 @@ def test_nve_energy_drift_over_2_ps(copper_model_files):
 def test_nve_energy_drift_float32(copper_model_files):
     """The float32 export (the MD default) conserves energy within the same bound."""
     result = energy_drift(copper_model_files["float32"], steps=2000)
+    assert abs(result["drift"]) < DRIFT_BOUND, result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", [name for name in CONTRACT_MODELS if name != "nequip"])
+def test_nve_energy_drift_of_every_model(model_type, tmp_path):
+    """Every registered model (its test configuration, fitted to EMT copper like the NequIP
+    above) conserves energy in float64 NVE: a smooth energy, forces = −dE/dr, no cutoff jump."""
+    path = export_model(fitted_copper_model(model_type=model_type), tmp_path / "cu.pt", dtype="float64")
+    result = energy_drift(path, steps=1000)
+    assert 50.0 < result["temperature"] < 400.0, result  # no blow-up
     assert abs(result["drift"]) < DRIFT_BOUND, result
