@@ -2,6 +2,7 @@
 
     python benchmarks/bench_gpu.py [--device cuda] [--rows nequip escn ...] [--systems water cu2048]
         [--dtype float32] [--repeats 20] [--warmup 3] [--data DIR] [--json bench_out/gpu.json]
+        [--profile]
 
 For each row of `benchmarks/rows/*.json` (the same models and sizes as `bench_models.py`) and
 each system, the model is built with random weights for the system's elements, exported to a
@@ -49,6 +50,20 @@ def peak_memory_mb(device: torch.device) -> float:
     return peak_rss_mb()
 
 
+def print_profile(deployed, inputs: tuple, device: torch.device, title: str, calls: int = 3) -> None:
+    """torch.profiler's table of the operators that take the most time over `calls` calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            deployed(*inputs)
+            synchronize(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(f"--- profile: {title}, {calls} calls, sorted by {key}")
+    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
+
+
 def measure_row(row: dict[str, Any], system: str, args: argparse.Namespace) -> dict[str, Any]:
     """Export the row's model for `system`'s elements and time calls of the file on the device."""
     device = torch.device(args.device)
@@ -73,6 +88,8 @@ def measure_row(row: dict[str, Any], system: str, args: argparse.Namespace) -> d
         if index >= args.warmup:
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
+    if args.profile:
+        print_profile(deployed, inputs, device, f"{spec['model_type']} on {system}")
     return {
         "atoms": len(atoms),
         "median_ms": 1e3 * median,
@@ -93,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", default="bench_out/gpu.json")
+    parser.add_argument("--profile", action="store_true",
+                        help="print torch.profiler's table of the costliest operators per row")
     add_data_argument(parser)
     args = parser.parse_args(argv)
     use_data_argument(args)
