@@ -19,7 +19,6 @@ torch_geometric's DimeNet++ formula atan2(|r_ij × r_jk|, r_ij · r_jk) on the i
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,9 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 from ase.neighborlist import neighbor_list
+from scipy.special import spherical_jn
 from torch_geometric.nn.models import DimeNetPlusPlus
-from torch_geometric.nn.models.dimenet_utils import Jn, Jn_zeros
+from torch_geometric.nn.models.dimenet_utils import Jn_zeros
 
 OUT = Path(__file__).resolve().parents[2] / "tests" / "data" / "dimenetpp_reference.pt"
 CUTOFF = 4.0
@@ -142,9 +142,13 @@ def main() -> None:
         model.rbf.freq.add_(0.05 * torch.randn_like(model.rbf.freq))
     num_spherical, num_radial = HYPERPARAMETERS["num_spherical"], HYPERPARAMETERS["num_radial"]
     zeros = Jn_zeros(num_spherical, num_radial)  # float32, as torch_geometric uses them
+    # the normalisers N_ln as torch_geometric evaluates them (its sympy closed forms carry
+    # N_ln computed in float32 from the float32 roots): basis / j_l(z_ln x) at one x
+    x = torch.tensor([0.37], dtype=torch.float64)
     normalizer = [
         [
-            1.0 / math.sqrt(0.5 * Jn(float(zeros[order, n]), order + 1) ** 2)
+            float(model.sbf.bessel_funcs[order * num_radial + n](x)[0])
+            / float(spherical_jn(order, float(zeros[order, n]) * 0.37))
             for n in range(num_radial)
         ]
         for order in range(num_spherical)

@@ -1,0 +1,140 @@
+"""The in-graph triplet index (potentials/nn/triplets.py) against a plain double loop over
+edges, on molecules and periodic cells (one smaller than the cutoff, where k and i can be the
+same atom in different images), and the spherical/Legendre bases against scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+from scipy import special
+
+from equimd.potentials.data.configuration import Configuration
+from equimd.potentials.data.graph import configuration_to_graph, edge_vectors
+from equimd.potentials.nn.dtype import default_dtype
+from equimd.potentials.nn.spherical_basis import (
+    SphericalBasis,
+    legendre_harmonics,
+    spherical_bessel,
+    spherical_bessel_roots,
+)
+from equimd.potentials.nn.triplets import build_triplets, cos_angle
+
+
+def structures() -> dict[str, Atoms]:
+    small = bulk("Cu", "fcc", a=3.6)  # one atom, every neighbor is itself in another image
+    small.rattle(0.05, seed=0)
+    triclinic = Atoms(
+        "CuCO",
+        cell=[[3.1, 0.2, 0.0], [0.4, 3.3, 0.1], [0.2, -0.3, 3.6]],
+        pbc=True,
+        scaled_positions=[[0.1, 0.2, 0.3], [0.5, 0.5, 0.6], [0.8, 0.1, 0.9]],
+    )
+    slab = bulk("Cu", "fcc", a=3.6, cubic=True)
+    slab.pbc = (True, False, True)
+    return dict(ethanol=molecule("CH3CH2OH"), small_cell=small, triclinic=triclinic, slab=slab)
+
+
+def loop_triplets(sender, receiver, shifts) -> set[tuple[int, int]]:
+    """(kj, ji) for every edge pair k→j, j→i except the exact reverse edge."""
+    found = set()
+    for ji in range(len(sender)):
+        for kj in range(len(sender)):
+            reverse = sender[kj] == receiver[ji] and np.array_equal(shifts[kj], -shifts[ji])
+            if receiver[kj] == sender[ji] and not reverse:
+                found.add((kj, ji))
+    return found
+
+
+def graph_of(atoms: Atoms, r_max: float = 3.0):
+    return configuration_to_graph(Configuration.from_atoms(atoms), r_max, torch.float64)
+
+
+@pytest.mark.parametrize("name", sorted(structures()))
+def test_triplets_are_all_edge_pairs_but_the_reverse_edge(name):
+    graph = graph_of(structures()[name])
+    sender, receiver = graph.edge_index.numpy()
+    triplets = build_triplets(graph.edge_index, graph.edge_shift, graph.positions.shape[0])
+    kept = triplets.mask > 0.5
+    built = set(zip(triplets.edge_kj[kept].tolist(), triplets.edge_ji[kept].tolist(), strict=True))
+    assert len(built) == int(kept.sum())  # no duplicates
+    assert built == loop_triplets(sender, receiver, graph.edge_shift.numpy())
+    # every masked entry is a reverse edge: r_kj = -r_ji
+    vectors = edge_vectors(graph)
+    masked_sum = vectors[triplets.edge_kj[~kept]] + vectors[triplets.edge_ji[~kept]]
+    assert masked_sum.abs().max() < 1e-12 if masked_sum.numel() else True
+    assert int((~kept).sum()) == graph.edge_index.shape[1]  # one reverse edge per edge
+
+
+def test_periodic_images_of_the_receiver_are_triplets():
+    """In a one-atom cell, k = j = i for every triplet: all but the reverse edge count."""
+    graph = graph_of(structures()["small_cell"])
+    triplets = build_triplets(graph.edge_index, graph.edge_shift, 1)
+    num_edges = graph.edge_index.shape[1]
+    assert num_edges == 12  # fcc nearest neighbors
+    assert triplets.edge_kj.shape[0] == num_edges**2
+    assert int(triplets.mask.sum()) == num_edges * (num_edges - 1)
+
+
+def test_no_edges_gives_no_triplets_and_scripts():
+    scripted = torch.jit.script(build_triplets)
+    edge_index = torch.zeros((2, 0), dtype=torch.long)
+    shifts = torch.zeros((0, 3), dtype=torch.float64)
+    for function in (build_triplets, scripted):
+        triplets = function(edge_index, shifts, 3)
+        assert triplets.edge_kj.shape == (0,) and triplets.mask.shape == (0,)
+
+
+def test_cos_angle_is_the_dimenet_angle_and_smooth_when_collinear():
+    r_kj = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    r_ji = torch.tensor([[0.0, 2.0, 0.0], [3.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    cos = cos_angle(r_kj, r_ji)
+    assert torch.allclose(cos, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    (gradient,) = torch.autograd.grad(cos.sum(), r_ji)
+    assert torch.isfinite(gradient).all()
+
+
+def test_spherical_bessel_functions_and_roots_match_scipy():
+    x = torch.linspace(0.5, 25.0, 200, dtype=torch.float64)
+    values = spherical_bessel(x, 7)
+    for order in range(7):
+        expected = special.spherical_jn(order, x.numpy())
+        np.testing.assert_allclose(values[:, order].numpy(), expected, atol=1e-9)
+    roots = spherical_bessel_roots(7, 6)
+    for order, row in enumerate(roots):
+        assert np.abs(special.spherical_jn(order, np.array(row))).max() < 1e-12
+        assert np.all(np.diff(row) > 0) and row[0] > order  # the first roots, in order
+
+
+def test_spherical_basis_is_normalised_bessel_times_legendre():
+    torch.manual_seed(0)
+    with default_dtype(torch.float64):
+        basis = SphericalBasis(4, 3, cutoff=5.0, envelope_exponent=5)
+    distances = torch.rand(6, dtype=torch.float64) * 4.0 + 0.5
+    cos_theta = torch.rand(9, dtype=torch.float64) * 2 - 1
+    edge_kj = torch.randint(0, 6, (9,))
+    values = basis(distances, cos_theta, edge_kj).reshape(9, 4, 3).numpy()
+    x = distances.numpy()[edge_kj.numpy()] / 5.0
+    p = 6
+    envelope = (
+        1 / x
+        - (p + 1) * (p + 2) / 2 * x ** (p - 1)
+        + p * (p + 2) * x**p
+        - p * (p + 1) / 2 * x ** (p + 1)
+    )
+    roots = spherical_bessel_roots(4, 3)
+    for order in range(4):
+        harmonic = np.sqrt((2 * order + 1) / (4 * np.pi)) * special.eval_legendre(
+            order, cos_theta.numpy()
+        )
+        for n in range(3):
+            z = roots[order][n]
+            norm = 1 / np.sqrt(0.5 * special.spherical_jn(order + 1, z) ** 2)
+            expected = envelope * norm * special.spherical_jn(order, z * x) * harmonic
+            np.testing.assert_allclose(values[:, order, n], expected, rtol=1e-9, atol=1e-12)
+    legendre = legendre_harmonics(cos_theta, 4).numpy()
+    np.testing.assert_allclose(
+        legendre[:, 2], np.sqrt(5 / (4 * np.pi)) * special.eval_legendre(2, cos_theta.numpy())
+    )
