@@ -108,7 +108,7 @@ def reference_results(model, atoms: Atoms) -> tuple[float, np.ndarray]:
     positions = torch.tensor(atoms.positions, dtype=torch.float64, requires_grad=True)
     energy = dense_matformer_energy(model, atoms, positions)
     (gradient,) = torch.autograd.grad(energy, positions)
-    return float(energy), -gradient.numpy()
+    return float(energy.detach()), -gradient.numpy()
 
 
 @pytest.mark.parametrize("name", sorted(reference_structures()))
