@@ -12,7 +12,7 @@ Notation: atom i receives from its neighbours j; r_ij = x_j − x_i (Å), d_ij =
       a_ij = r̂_ij,  b_ij = ŝn(a_ij × ŝn(c_i)),  c_ij = a_ij × b_ij       complete edge frame
       σ_ij = [c_i · (a, b, c)_ij ,  c_j · (a, b, c)_ij]   ∈ R^6          scalarisation
       m_ij = φ_e(h_i, h_j, e(d_ij), σ_ij) · u(d_ij)                     edge message  [F]
-      c_i ← c_i + (1/n̄) Σ_j [a_ij b_ij c_ij] φ_x(m_ij)                   back-transformation
+      c_i ← c_i + (1/n̄) Σ_j [a_ij b_ij c_ij] φ_x(m_ij) u(d_ij)           back-transformation
       h_i ← h_i + φ_h(h_i, (1/n̄) Σ_j m_ij)                              node update
     e_i = φ_out(h_i),   E_i = E0[Z_i] + scale · e_i + shift
 
@@ -99,7 +99,8 @@ class ClofLayer(nn.Module):
         edge_input = torch.cat([scalars[centers], scalars[neighbours], radial, invariants], dim=-1)
         messages = self.edge_mlp(edge_input) * envelope  # [E, F] m_ij
         if self.update_vectors:
-            displacements = (self.coord_mlp(messages).unsqueeze(-1) * frames).sum(dim=1)  # [E, 3] Å
+            coefficients = self.coord_mlp(messages) * envelope  # [E, 3], → 0 at the cutoff
+            displacements = (coefficients.unsqueeze(-1) * frames).sum(dim=1)  # [E, 3] Å
             vector_states = (
                 vector_states
                 + scatter_sum(displacements, centers, num_nodes) * inv_avg_num_neighbors
