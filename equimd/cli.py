@@ -9,6 +9,7 @@
     equimd import mace MODEL.pt -o checkpoint.pt
     equimd import nequip MODEL.nequip.zip -o checkpoint.pt
     equimd info MODEL_OR_CHECKPOINT
+    equimd plot RUN_DIR                    (learning_curves.png or thermo.png)
     equimd demo [--out DIR]
 
 Error policy: an expected failure (bad input file, option value, missing device, engine
@@ -184,6 +185,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from equimd.plots import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(f"wrote {path}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from equimd.demo import run_demo
 
@@ -292,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe a checkpoint or deployed model file")
     info.add_argument("path")
     info.set_defaults(handler=_cmd_info)
+
+    plot = commands.add_parser(
+        "plot", help="learning curves of a training run or the thermodynamics of an MD run (PNG)"
+    )
+    plot.add_argument("run_dir", metavar="RUN_DIR",
+                      help="a directory of `equimd train` (metrics.csv) or `equimd md` (thermo.csv)")
+    plot.set_defaults(handler=_cmd_plot)
 
     demo = commands.add_parser(
         "demo", help="end-to-end demo on an EMT Cu dataset made here (train, deploy, MD)"

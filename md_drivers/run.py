@@ -6,14 +6,18 @@
 
 Files in the output directory:
 
-    trajectory.dcd / trajectory.extxyz   frames every --traj-every steps (step 0 included)
+    trajectory.extxyz                    frames every --traj-every steps (step 0 included):
+                                         positions Å, cell, energy; ase.io.read reads it
+                                         (trajectory.dcd with --trajectory-format dcd, OpenMM)
     thermo.csv                           step, time_ps, T_K, Epot_eV, Ekin_eV, Etot_eV,
                                          volume_A3, ns_per_day every --thermo-every steps
     checkpoint.json                      every --checkpoint-every steps, at the end, and on
                                          SIGINT/SIGTERM; written atomically (temp, fsync,
                                          rename). Holds the engine state, the step and the
                                          byte offsets of the trajectory and the CSV.
-    topology.pdb                         (OpenMM) the starting structure, to read the DCD
+    topology.pdb                         (DCD only) the starting structure, to read the DCD
+    thermo.png                           energies, temperature, volume against time (at the
+                                         end of the run; `equimd plot DIR` redraws it)
 
 `--restart` truncates trajectory and CSV back to the checkpoint's offsets and continues with
 the same settings, so a run killed at any moment (even SIGKILL) and restarted has the frames
@@ -39,9 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from equimd.checks import check_cell, check_species, symbol
+from equimd.checks import check_species, symbol
 from equimd.deploy.load import read_metadata
-from equimd.errors import EquimdError, StructureError
+from equimd.errors import EquimdError
 from equimd.files import OutputWriteError, atomic_write_json, reporting_write_errors
 from equimd.md_drivers.engines import MDEngine, create_engine
 from equimd.md_drivers.reporters import ThermoCSV
@@ -52,10 +56,12 @@ from equimd.md_drivers.settings import (
     settings_from_args,
     validate_settings,
 )
+from equimd.md_drivers.structure_io import read_structure
+from equimd.plots import plot_quietly, plot_thermo
 from equimd.units import NS_PER_PS, SECONDS_PER_DAY
 
 if TYPE_CHECKING:
-    from ase import Atoms
+    pass
 
 __all__ = ["MDInstabilityError", "MDRun", "MDSettings", "add_md_arguments", "check_positions",
            "main", "read_structure", "run_md"]
@@ -86,53 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EquimdError, OutputWriteError, ValueError, OSError) as error:
         print(f"equimd md: error: {error}", file=sys.stderr)
         return 2
-
-
-def read_structure(path: str | Path, frame: int = -1) -> Atoms:
-    """ase.Atoms from extxyz, PDB, ... (frame: index into a multi-frame file).
-
-    An extxyz file is first checked by the data reader's structural scan (a truncated or
-    malformed file is a `DataFormatError` naming file, frame and line); any other format
-    that ASE cannot parse, or a frame it does not have, is a `StructureError` naming the file.
-    The frame's positions must be finite and its periodic cell vectors valid (`CellError`).
-    """
-    from ase.io import read
-
-    from equimd.potentials.data.extxyz_scan import scan_extxyz
-    from equimd.potentials.data.io import EXTXYZ_SUFFIXES
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such structure file")
-    if path.suffix.lower() in EXTXYZ_SUFFIXES:
-        frames = scan_extxyz(path)
-        if not -len(frames) <= frame < len(frames):
-            raise StructureError(f"{path}: --frame {frame} does not exist: the file has "
-                                 f"{len(frames)} frame(s)")
-    try:
-        atoms = read(path, index=frame)
-    except (EquimdError, OSError):
-        raise
-    except Exception as error:  # ASE's parsers raise anything from IndexError to KeyError
-        raise StructureError(
-            f"{path}: cannot be read as a structure ({type(error).__name__}: {error}); give "
-            "an extxyz, PDB or another file ase.io.read reads, with --frame in range"
-        ) from error
-    _check_structure(atoms, f"{path}, frame {frame}")
-    return atoms
-
-
-def _check_structure(atoms: Atoms, source: str) -> None:
-    """Non-finite positions (`StructureError`) or an invalid periodic cell (`CellError`),
-    named as what they are before an engine sees them."""
-    positions = atoms.get_positions()
-    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
-    if len(bad):
-        names = ", ".join(f"{i} ({symbol(int(atoms.numbers[i]))})" for i in bad[:10])
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise StructureError(f"{source}: positions of atoms {names}{more} are not finite; fix "
-                             "the structure file")
-    check_cell(atoms.cell.array, atoms.pbc, source)
 
 
 def check_positions(positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray,
@@ -244,7 +203,7 @@ class MDRun:
 
     def run(self) -> int:
         settings = self.settings
-        atoms = read_structure(settings.structure, settings.frame)
+        atoms = read_structure(settings.structure, settings.frame, engine=settings.engine)
         validate_settings(settings, atoms)
         # the model's species before any output or engine: a foreign element stops the run now
         check_species(atoms.numbers, read_metadata(settings.model)["species"]["numbers"],
@@ -293,6 +252,8 @@ class MDRun:
                 signal.signal(signum, handler)
             engine.close()
             _close_outputs((trajectory, thermo), keep_first_error=failed)
+            if not failed:
+                plot_quietly(plot_thermo, self.thermo_path, "the MD thermodynamics")
 
     def _write_failure_note(self) -> str:
         """What is left after a failed write and how to go on."""

@@ -18,9 +18,15 @@ if TYPE_CHECKING:
 FIXED_ON_RESTART = (
     "engine", "ensemble", "timestep_fs", "temperature_K", "pressure_bar", "friction_per_ps",
     "barostat_every", "traj_every", "thermo_every", "seed", "force_path", "model", "structure",
-    "frame",
+    "frame", "trajectory_format",
 )
 """Settings that must not change on --restart (they change the trajectory)."""
+
+TRAJECTORY_FORMATS = ("extxyz", "dcd")
+
+# what a checkpoint written before a setting existed ran with
+LEGACY_SETTINGS = {"trajectory_format": lambda saved: "dcd" if saved.get("engine") == "openmm"
+                   else "extxyz"}
 
 
 @dataclass
@@ -40,6 +46,7 @@ class MDSettings:
     seed: int = 0
     frame: int = -1
     traj_every: int = 100
+    trajectory_format: str = "extxyz"
     thermo_every: int = 100
     checkpoint_every: int = 1000
     check_every: int = 0  # 0: same as thermo_every
@@ -79,6 +86,10 @@ def add_md_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default="md_out",
                         help="output directory")
     parser.add_argument("--traj-every", type=int, default=100, help="steps between frames")
+    parser.add_argument("--trajectory-format", choices=TRAJECTORY_FORMATS, default="extxyz",
+                        help="extxyz: trajectory.extxyz, read back by ase.io.read (positions, "
+                             "cell, energy; any engine); dcd: trajectory.dcd + topology.pdb "
+                             "(OpenMM engine; VMD, MDTraj, MDAnalysis)")
     parser.add_argument("--thermo-every", type=int, default=100, help="steps between CSV rows")
     parser.add_argument("--checkpoint-every", type=int, default=1000,
                         help="steps between checkpoints")
@@ -118,6 +129,7 @@ def settings_from_args(args: argparse.Namespace) -> MDSettings:
         seed=args.seed,
         frame=args.frame,
         traj_every=args.traj_every,
+        trajectory_format=args.trajectory_format,
         thermo_every=args.thermo_every,
         checkpoint_every=args.checkpoint_every,
         check_every=args.check_every,
@@ -149,6 +161,12 @@ def validate_settings(settings: MDSettings, atoms: Atoms) -> None:
             unit = {"--temperature": " K (absolute temperature)", "--friction": " 1/ps",
                     "--min-distance": " Å"}.get(name, "")
             raise SettingsError(f"{name} must be >= 0, got {value}{unit}")
+    if settings.trajectory_format not in TRAJECTORY_FORMATS:
+        raise SettingsError(f"--trajectory-format {settings.trajectory_format!r} is not one of "
+                            f"{', '.join(TRAJECTORY_FORMATS)}")
+    if settings.trajectory_format == "dcd" and settings.engine != "openmm":
+        raise SettingsError("--trajectory-format dcd needs --engine openmm (the ASE engine "
+                            "writes extxyz)")
     if settings.device is not None:
         check_device(settings.device, option="--device")
     if settings.ensemble == "npt" and not atoms.pbc.all():
@@ -167,7 +185,12 @@ def changed_on_restart(saved: dict[str, Any], settings: MDSettings) -> list[str]
     def same(key: str) -> bool:
         if key in ("model", "structure"):  # the same file, however it is spelled
             return Path(saved.get(key, "")).resolve() == Path(current[key]).resolve()
-        return saved.get(key) == current[key]
+        return value(key) == current[key]
 
-    return [f"{key}: {saved.get(key)!r} → {current[key]!r}" for key in FIXED_ON_RESTART
+    def value(key: str) -> Any:
+        if key not in saved and key in LEGACY_SETTINGS:
+            return LEGACY_SETTINGS[key](saved)
+        return saved.get(key)
+
+    return [f"{key}: {value(key)!r} → {current[key]!r}" for key in FIXED_ON_RESTART
             if not same(key)]

@@ -162,7 +162,8 @@ def test_training_killed_at_random_moments_resumes_to_the_uninterrupted_weights(
                   delay=rng.uniform(0.0, 1.0), log=log)
 
         # no corrupt file is the only copy: every checkpoint present loads
-        assert leftovers(run_dir, {"last.pt", "best.pt", "metrics.csv", "config.yaml"}) == []
+        assert leftovers(run_dir, {"last.pt", "best.pt", "metrics.csv", "config.yaml",
+                                   "learning_curves.png"}) == []
         for checkpoint in run_dir.glob("*.pt"):
             read_checkpoint(checkpoint)
         progress = read_checkpoint(run_dir / "last.pt")["progress"]
@@ -216,7 +217,7 @@ def test_md_killed_at_random_moments_restarts_without_lost_or_repeated_frames(bo
     rng = random.Random(7)
     checkpoint_step = 0
     for trial in range(KILL_TRIALS):
-        extra = ["--restart"] if trial else []
+        extra = ["--trajectory-format", "dcd"] + (["--restart"] if trial else [])
         process = start([sys.executable, "-m", "equimd.md_drivers.run",
                          *md_args(box, output, *extra, steps=MD_STEPS)], log)
         previous = checkpoint_step
@@ -235,11 +236,12 @@ def test_md_killed_at_random_moments_restarts_without_lost_or_repeated_frames(bo
         assert checkpoint_step < MD_STEPS
 
     with same_threads_as_child():
-        assert md_main(md_args(box, output, "--restart", steps=MD_STEPS)) == 0
+        assert md_main(md_args(box, output, "--restart", "--trajectory-format", "dcd",
+                               steps=MD_STEPS)) == 0
         reference = tmp_path / "straight"
-        assert md_main(md_args(box, reference, steps=MD_STEPS)) == 0
+        assert md_main(md_args(box, reference, "--trajectory-format", "dcd", steps=MD_STEPS)) == 0
     assert leftovers(output, {"checkpoint.json", "thermo.csv", "trajectory.dcd",
-                              "topology.pdb"}) == []
+                              "topology.pdb", "thermo.png"}) == []
     steps, _ = trajectory_frames(output, "openmm")
     assert steps == list(range(0, MD_STEPS + 1, TRAJ_EVERY))  # no missing or repeated frames
     thermo_steps = [int(r["step"]) for r in read_thermo(output / "thermo.csv")]
@@ -550,13 +552,14 @@ def test_md_stops_on_a_failed_checkpoint_write_and_restarts(box, tmp_path, monke
     assert _thermo_steps(output) == list(range(0, SHORT_RUN + 1, TRAJ_EVERY))
 
 
-@pytest.mark.parametrize(("engine", "name", "what"), [
-    ("openmm", "trajectory.dcd", "trajectory"),
-    ("ase", "trajectory.extxyz", "trajectory"),
-    ("openmm", "thermo.csv", "thermo log"),
+@pytest.mark.parametrize(("engine", "trajectory_format", "name", "what"), [
+    ("openmm", "dcd", "trajectory.dcd", "trajectory"),
+    ("openmm", "extxyz", "trajectory.extxyz", "trajectory"),
+    ("ase", "extxyz", "trajectory.extxyz", "trajectory"),
+    ("openmm", "extxyz", "thermo.csv", "thermo log"),
 ])
 def test_md_stops_on_a_failed_output_write_and_restarts(box, tmp_path, monkeypatch, capsys,
-                                                        engine, name, what):
+                                                        engine, trajectory_format, name, what):
     """The disk fills up at step 120: the write of that frame/row fails half-way."""
     import equimd.md_drivers.reporters as reporters
 
@@ -588,7 +591,8 @@ def test_md_stops_on_a_failed_output_write_and_restarts(box, tmp_path, monkeypat
 
     monkeypatch.setattr(run_module, "check_positions", check)
     monkeypatch.setattr(reporters, "open", open_, raising=False)
-    assert md_main(md_args(box, output, engine=engine, steps=SHORT_RUN)) == 2
+    form = ("--trajectory-format", trajectory_format)
+    assert md_main(md_args(box, output, *form, engine=engine, steps=SHORT_RUN)) == 2
     monkeypatch.undo()
     error = capsys.readouterr().err
     checkpoint = output / "checkpoint.json"
@@ -596,7 +600,7 @@ def test_md_stops_on_a_failed_output_write_and_restarts(box, tmp_path, monkeypat
             f"the run stopped; {checkpoint} (step 100) is intact") in error
     assert json.loads(checkpoint.read_text())["step"] == 100
 
-    assert md_main(md_args(box, output, "--restart", engine=engine, steps=SHORT_RUN)) == 0
+    assert md_main(md_args(box, output, "--restart", *form, engine=engine, steps=SHORT_RUN)) == 0
     assert trajectory_frames(output, engine)[0] == list(range(0, SHORT_RUN + 1, TRAJ_EVERY))
     assert _thermo_steps(output) == list(range(0, SHORT_RUN + 1, TRAJ_EVERY))
 

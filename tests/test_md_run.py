@@ -52,7 +52,7 @@ def md_args(structure: Path, output: Path, *extra: str, engine: str = "openmm",
 
 def trajectory_frames(directory: Path, engine: str) -> tuple[list[int], np.ndarray]:
     """(steps of the frames, positions [F, N, 3] Å) of a run's trajectory."""
-    if engine == "openmm":
+    if (directory / "trajectory.dcd").exists():  # --trajectory-format dcd (OpenMM)
         dcd = read_dcd(directory / "trajectory.dcd")
         steps = [dcd["first_step"] + k * dcd["interval"] for k in range(dcd["frames"])]
         return steps, dcd["positions"]
@@ -159,7 +159,7 @@ def test_sigterm_writes_a_final_checkpoint_and_restart_completes(
 def test_thermo_csv_columns_and_npt_changes_the_volume(box_file, tmp_path):
     output = tmp_path / "npt"
     assert main(md_args(box_file, output, "--ensemble", "npt", "--barostat-every", "5",
-                        "--pressure", "5000", steps=100)) == 0
+                        "--pressure", "5000", "--trajectory-format", "dcd", steps=100)) == 0
     rows = read_thermo(output / "thermo.csv")
     assert tuple(rows[0]) == THERMO_COLUMNS
     assert [int(r["step"]) for r in rows] == list(range(0, 101, 10))
@@ -171,6 +171,24 @@ def test_thermo_csv_columns_and_npt_changes_the_volume(box_file, tmp_path):
     dcd = read_dcd(output / "trajectory.dcd")
     assert dcd["cells"] is not None and dcd["frames"] == 11
     assert (output / "topology.pdb").exists()
+
+
+def test_openmm_default_trajectory_is_extxyz_that_ase_reads(box_file, tmp_path):
+    """The default trajectory of the OpenMM engine is extxyz (ase.io.read reads it back, with
+    cell and energy); DCD is an option. No topology.pdb: nothing needs it."""
+    output = tmp_path / "openmm_extxyz"
+    assert main(md_args(box_file, output, "--ensemble", "npt", "--barostat-every", "5",
+                        "--pressure", "5000", steps=20)) == 0
+    frames = read(output / "trajectory.extxyz", ":")
+    rows = read_thermo(output / "thermo.csv")
+    assert [f.info["step"] for f in frames] == [0, 10, 20]
+    assert [f.get_potential_energy() for f in frames] == pytest.approx(
+        [float(r["Epot_eV"]) for r in rows], rel=1e-8)
+    assert [f.get_volume() for f in frames] == pytest.approx(
+        [float(r["volume_A3"]) for r in rows], rel=1e-8)
+    assert frames[0].get_chemical_symbols() == read(box_file).get_chemical_symbols()
+    assert not (output / "topology.pdb").exists() and not (output / "trajectory.dcd").exists()
+    assert (output / "thermo.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_ase_npt_runs_and_writes_extxyz_with_energies(box_file, tmp_path):
@@ -232,3 +250,17 @@ def test_instability_stops_with_the_last_good_checkpoint(box_file, tmp_path, mon
     monkeypatch.undo()
     assert main(md_args(box_file, output, "--restart", steps=80)) == 0
     assert trajectory_frames(output, "openmm")[0] == list(range(0, 81, 10))
+
+
+def test_a_checkpoint_from_before_trajectory_formats_restarts_with_its_dcd():
+    """Checkpoints written before --trajectory-format existed ran OpenMM with a DCD (and ASE
+    with extxyz): restarting them asks for that format, not the new default."""
+    from equimd.md_drivers.settings import MDSettings, changed_on_restart
+
+    saved = {key: value for key, value in vars(MDSettings("s.xyz", "m.pt")).items()
+             if key != "trajectory_format"}  # an old checkpoint's settings (engine: openmm)
+    dcd = MDSettings("s.xyz", "m.pt", trajectory_format="dcd")
+    assert changed_on_restart(saved, dcd) == []
+    assert changed_on_restart(saved, MDSettings("s.xyz", "m.pt")) == [
+        "trajectory_format: 'dcd' → 'extxyz'"]
+    assert changed_on_restart(dict(saved, engine="ase"), MDSettings("s.xyz", "m.pt", engine="ase")) == []

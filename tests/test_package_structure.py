@@ -29,7 +29,8 @@ PACKAGES = {
 }
 MAX_LINES = 500
 # Dependency-free modules every layer may import (standard library, NumPy, torch, ASE only).
-SHARED = {"equimd.errors", "equimd.checks", "equimd.units", "equimd.files", "equimd.devices"}
+SHARED = {"equimd.errors", "equimd.checks", "equimd.units", "equimd.files", "equimd.devices",
+          "equimd.plots"}
 
 
 def _modules() -> dict[str, Path]:

@@ -88,6 +88,8 @@ def test_training_reduces_validation_loss_and_writes_files(copper, tmp_path, cap
     assert result.stop_reason == "completed" and result.epochs_completed == 10
     for path in (result.best_checkpoint, result.last_checkpoint, result.run_dir / "config.yaml"):
         assert path.is_file()
+    # learning curves redrawn every epoch beside metrics.csv
+    assert (result.run_dir / "learning_curves.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     model = load_model(result.best_checkpoint)  # a training checkpoint is a model checkpoint
     assert model.species == [29]
     record = read_checkpoint(result.best_checkpoint)

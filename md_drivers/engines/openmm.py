@@ -1,5 +1,6 @@
 """The OpenMM engine of `equimd md`: a pure-ML System (TorchForce or PythonForce on all atoms),
-a Verlet or Langevin integrator, a Monte Carlo barostat for NPT; DCD trajectory.
+a Verlet or Langevin integrator, a Monte Carlo barostat for NPT; extxyz (default) or DCD
+trajectory.
 
 Units change here, with the constants of `equimd.units`: OpenMM works in nm, ps and kJ/mol,
 the engine interface in Å, fs and eV.
@@ -17,7 +18,7 @@ import numpy as np
 
 from equimd.errors import SettingsError
 from equimd.md_drivers.engines.common import default_device, has_velocities
-from equimd.md_drivers.reporters import DCDTrajectory
+from equimd.md_drivers.reporters import DCDTrajectory, ExtxyzTrajectory
 from equimd.units import (
     ANGSTROM_TO_NM,
     ASE_TIME_PER_FS,
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 class OpenMMEngine:
     """A pure-ML OpenMM System (TorchForce or PythonForce on all atoms) and its integrator."""
 
-    trajectory_name = "trajectory.dcd"
 
     def __init__(self, settings: MDSettings, atoms: Atoms) -> None:
         import openmm
@@ -117,16 +117,36 @@ class OpenMMEngine:
         return {"T_K": 2.0 * ekin_kj / (self.dof * k_boltzmann), "Epot_eV": epot,
                 "Ekin_eV": ekin_kj / EV_TO_KJ_PER_MOL, "volume_A3": volume}
 
-    def open_trajectory(self, path: Path, offset: int | None, frames: int) -> DCDTrajectory:
-        return DCDTrajectory(path, self.topology, self.settings.timestep_ps,
-                             self.settings.traj_every, 0, offset, frames)
+    @property
+    def trajectory_name(self) -> str:
+        return f"trajectory.{self.settings.trajectory_format}"
 
-    def write_frame(self, trajectory: DCDTrajectory, step: int) -> None:
-        box = self.cell() / NM_TO_ANGSTROM if self.periodic else None
-        trajectory.write(self.positions() / NM_TO_ANGSTROM, box)
+    def open_trajectory(self, path: Path, offset: int | None,
+                        frames: int) -> DCDTrajectory | ExtxyzTrajectory:
+        if self.settings.trajectory_format == "dcd":
+            return DCDTrajectory(path, self.topology, self.settings.timestep_ps,
+                                 self.settings.traj_every, 0, offset, frames)
+        return ExtxyzTrajectory(path, offset)
+
+    def write_frame(self, trajectory: DCDTrajectory | ExtxyzTrajectory, step: int) -> None:
+        if isinstance(trajectory, DCDTrajectory):
+            box = self.cell() / NM_TO_ANGSTROM if self.periodic else None
+            trajectory.write(self.positions() / NM_TO_ANGSTROM, box)
+            return
+        from ase import Atoms
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        frame = Atoms(numbers=self.numbers, positions=self.positions(), cell=self.cell(),
+                      pbc=self.pbc())
+        frame.calc = SinglePointCalculator(frame, energy=self.thermo()["Epot_eV"])
+        trajectory.write(frame, step, step * self.settings.timestep_ps)
 
     def write_topology(self, path: Path) -> None:
+        """topology.pdb, which a DCD trajectory needs to be read (not written for extxyz)."""
         import openmm.app as app
+
+        if self.settings.trajectory_format != "dcd":
+            return
 
         with open(path, "w") as handle:
             app.PDBFile.writeFile(self.topology, self.positions() / NM_TO_ANGSTROM, handle)

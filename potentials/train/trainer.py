@@ -3,7 +3,8 @@
 The run, in order: read and split the data → species, E0s, neighbor graphs (once, cached) →
 avg_num_neighbors, scale, shift → build the model → Adam/AMSGrad with ReduceLROnPlateau and an
 EMA of the weights → per epoch: shuffled batches, validation with the EMA weights, one metrics
-line, a row of metrics.csv, best.pt when validation improves, last.pt every
+line, a row of metrics.csv and the learning_curves.png redrawn from it, best.pt when validation
+improves, last.pt every
 `checkpoint_interval` epochs. Stops at `epochs`, on early stopping, at `max_wall_time`, or on
 SIGINT/SIGTERM (after writing last.pt). `resume=True` continues from last.pt; on CPU with a
 fixed seed the result is bit-identical to an uninterrupted run.
@@ -23,6 +24,7 @@ import torch
 
 from equimd.devices import check_device
 from equimd.files import OutputWriteError
+from equimd.plots import plot_learning_curves, plot_quietly
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
 from equimd.potentials.nn.convolution import apply_convolution_backend
@@ -440,6 +442,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                 if run.progress.epoch % training.checkpoint_interval == 0:
                     save_last(next_state)
                 csv_log.append(row)
+                plot_quietly(plot_learning_curves, run_dir / CSV_NAME, "learning curves")
                 bar.write(epoch_line(row, has_stress, is_best))
 
                 epoch_duration = time.monotonic() - epoch_started
