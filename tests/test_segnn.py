@@ -305,3 +305,21 @@ def test_hidden_irreps_string_overrides_weight_balancing() -> None:
         "segnn", species=[1, 8], hidden_irreps="6x0e+2x1o", lmax_attr=1, num_layers=1
     )
     assert model.irreps_hidden == o3.Irreps("6x0e+2x1o")
+
+
+def test_reference_sees_a_changed_weight(model) -> None:
+    """The comparison can fail: one changed weight of the last message layer moves the
+    reference energy by far more than the 1e-6 tolerance."""
+    graph = graph_of(STRUCTURES["molecule"]())
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    args = (
+        model,
+        graph.positions,
+        graph.numbers,
+        graph.edge_index,
+        graph.edge_shift,
+        graph.cell[0],
+    )
+    before = float(reference_segnn_energy(state, *args))
+    state["layers.1.message_layer_2.linear.tensor_product.weight"][0] += 0.1
+    assert abs(float(reference_segnn_energy(state, *args)) - before) > 1e-4
