@@ -57,8 +57,7 @@ def equimd_from_fairchem(kwargs: dict, state: dict) -> torch.nn.Module:
             value = value[SPECIES]
         assert key in ours, f"fairchem parameter {key} has no counterpart"
         mapped[key] = value
-    ours_only = ("distance_expansion.centers", "species_index.", "scale_shift.")  # identity E0s
-    missing = [k for k in ours if k not in mapped and not any(part in k for part in ours_only)]
+    missing = [name for name, _ in model.named_parameters() if name not in mapped]
     assert not missing, f"parameters not set from fairchem: {missing}"
     mapped.update({k: v for k, v in ours.items() if k not in mapped})
     model.load_state_dict(mapped)

@@ -17,7 +17,7 @@ vector from the receiver i to the sender j (fairchem's edge vector) and R_ij its
       a_i  = Σ_j m_ij                                                      aggregation
       u_i  = F3 σ(F2 σ(F1 [x_i, a_i]))                 point-wise MLP on the sphere (`LayerBlock`)
       x_i ← u_i (t = 0),  x_i ← x_i + u_i (t > 0)
-    e_i  = 0.001 · ⟨ MLP(x_i(p)) ⟩_p ;  E_i = E0[Z_i] + scale · e_i + shift     (`EnergyBlock`)
+    e_i  = κ · ⟨ MLP(x_i(p)) ⟩_p ;  E_i = E0[Z_i] + scale · e_i + shift   (`EnergyBlock`; κ below)
 
 `nonlinearity` chooses σ, σ_S² and the readout points p:
 
@@ -30,7 +30,8 @@ vector from the receiver i to the sender j (fairchem's edge vector) and R_ij its
 - "gate" (the default): the same layers with the point-wise SiLU replaced by its exactly
   equivariant counterpart, a per-channel gate by the l = 0 coefficient,
   σ(x)_{lm,c} = x_{lm,c} · sigmoid(x_{00,c}) (SiLU on the scalar), and the readout MLP applied to
-  the sphere average of the channels, x_{00,c} Y_00. The energy is then exactly invariant under
+  the sphere average of the channels, x_{00,c} Y_00, with κ = 1 (fairchem's κ = 0.001 in
+  "grid"; the trainer's `scale` sets the energy scale either way). The energy is then exactly invariant under
   rotations and the frame's roll, and smooth.
 
 f_c is the polynomial cutoff envelope (`cutoff_envelope`; fairchem has none, so its energy jumps
@@ -163,6 +164,13 @@ class LayerBlock(nn.Module):
         self.fc1_sphere = nn.Linear(2 * sphere_channels, sphere_channels, bias=False)
         self.fc2_sphere = nn.Linear(sphere_channels, sphere_channels, bias=False)
         self.fc3_sphere = nn.Linear(sphere_channels, sphere_channels, bias=False)
+        if not self.use_grid:  # variance-preserving for the gate, which halves small inputs
+            for layer, gain in (
+                (self.fc1_sphere, 2.0),
+                (self.fc2_sphere, 2.0),
+                (self.fc3_sphere, 1.0),
+            ):
+                nn.init.normal_(layer.weight, 0.0, gain / math.sqrt(layer.in_features))
 
     def forward(
         self, x: Tensor, species: Tensor, distances: Tensor, envelope: Tensor,
@@ -181,14 +189,14 @@ class LayerBlock(nn.Module):
 
 
 class EnergyBlock(nn.Module):
-    """e_i = 0.001 · mean_p fc3 SiLU(fc2 SiLU(fc1 x_i(p))): values [N, P, C] → [N] eV."""
+    """e_i = κ · mean_p fc3 SiLU(fc2 SiLU(fc1 x_i(p))): values [N, P, C] → [N] eV."""
 
-    def __init__(self, num_channels: int) -> None:
+    def __init__(self, num_channels: int, energy_factor: float) -> None:
         super().__init__()
         self.fc1 = nn.Linear(num_channels, num_channels)
         self.fc2 = nn.Linear(num_channels, num_channels)
         self.fc3 = nn.Linear(num_channels, 1, bias=False)
-        self.energy_factor = ENERGY_FACTOR
+        self.energy_factor = float(energy_factor)
 
     def forward(self, values: Tensor) -> Tensor:
         hidden = torch.nn.functional.silu(self.fc1(values))
@@ -283,7 +291,9 @@ class ESCN(Potential):
                 for _ in range(num_layers)
             ]
         )
-        self.energy_block = EnergyBlock(sphere_channels)
+        # fairchem's 0.001 with its weights ("grid"); the gate model leaves the energy scale to
+        # `scale_shift`, which training fits
+        self.energy_block = EnergyBlock(sphere_channels, ENERGY_FACTOR if self.use_grid else 1.0)
         # readout points p: weighted Fibonacci samples ("grid") or the sphere average ("gate",
         # x_00 Y_00 with Y_00 = 1/√(4π)); harmonics with fairchem's integral normalization
         dtype = torch.get_default_dtype()
@@ -293,7 +303,7 @@ class ESCN(Potential):
         else:
             readout = torch.zeros(1, (lmax + 1) ** 2, dtype=torch.float64)
             readout[0, 0] = 1.0 / math.sqrt(4.0 * math.pi)
-        self.register_buffer("readout_harmonics", readout.to(dtype), persistent=False)
+        self.register_buffer("readout_harmonics", readout.to(dtype))  # exact after loading
 
     def forward(self, graph: AtomicGraph) -> Tensor:
         species = self.species_index(graph.numbers)  # [N]

@@ -22,10 +22,19 @@ as `equimd.potentials.nn.spherical_grid.coefficient_orders`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from equimd.potentials.nn.spherical_grid import coefficient_orders
+
+
+def variance_preserving_(layer: nn.Linear) -> None:
+    """Weights ~ N(0, 2 / fan_in): with the edge factor SiLU(W h) (~½ on average) between the
+    two linear layers, a signal keeps its size through a convolution (torch's default, variance
+    1 / (3 fan_in), shrinks it ~10× per convolution; fairchem's weights load over either)."""
+    nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0 / layer.in_features))
 
 
 class SO2OrderConvolution(nn.Module):
@@ -43,6 +52,8 @@ class SO2OrderConvolution(nn.Module):
         self.fc2_r = nn.Linear(hidden_channels, num_coefficients, bias=False)
         self.fc1_i = nn.Linear(num_coefficients, hidden_channels, bias=False)
         self.fc2_i = nn.Linear(hidden_channels, num_coefficients, bias=False)
+        for layer in (self.fc1_r, self.fc2_r, self.fc1_i, self.fc2_i):
+            variance_preserving_(layer)
 
     def forward(self, x_m: Tensor, edge_features: Tensor) -> Tensor:
         radial = torch.nn.functional.silu(self.fc1_dist(edge_features))
@@ -85,6 +96,8 @@ class SO2Block(nn.Module):
         self.fc1_dist0 = nn.Linear(edge_channels, hidden_channels)
         self.fc1_m0 = nn.Linear(num_m0, hidden_channels, bias=False)
         self.fc2_m0 = nn.Linear(hidden_channels, num_m0, bias=False)
+        variance_preserving_(self.fc1_m0)
+        variance_preserving_(self.fc2_m0)
         self.so2_conv = nn.ModuleList(
             [
                 SO2OrderConvolution(

@@ -71,8 +71,9 @@ class WignerMatrices(nn.Module):
         else:
             points, inverses = torch.zeros(1, 3, dtype=torch.float64), torch.zeros(1, 0)
         dtype = torch.get_default_dtype()
-        self.register_buffer("points", points.to(dtype), persistent=False)
-        self.register_buffer("inverses", inverses.to(dtype), persistent=False)
+        # persistent: a model rebuilt in float32 and loaded into float64 gets the exact values
+        self.register_buffer("points", points.to(dtype))
+        self.register_buffer("inverses", inverses.to(dtype))
         self.num_points = int(points.shape[0])
         self.num_harmonics = sum(self.dims)
         self.harmonics = o3.SphericalHarmonics(
