@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -124,6 +125,11 @@ def test_resume_from_the_middle_of_an_epoch_is_bit_exact(copper, tmp_path):
     assert stopped.stop_reason == "max_wall_time"
     progress = read_checkpoint(stopped.last_checkpoint)["progress"]
     assert (progress["epoch"], progress["step_in_epoch"]) == (0, 1)
+    # stopped inside the first epoch: best.pt holds validated weights and the table has numbers
+    assert stopped.final_metrics["forces_mae"] > 0 and math.isfinite(stopped.final_metrics["forces_mae"])
+    assert "forces" in str(stopped) and "nan" not in str(stopped).lower()
+    assert_same_tensors(read_checkpoint(stopped.best_checkpoint)["raw_state_dict"],
+                        read_checkpoint(stopped.last_checkpoint)["raw_state_dict"])
     resumed = train(tiny_config(copper, tmp_path / "split", epochs=3), resume=True, progress=False)
     assert_same_tensors(
         read_checkpoint(reference.last_checkpoint)["raw_state_dict"],

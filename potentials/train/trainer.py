@@ -463,8 +463,16 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         print(interrupted, flush=True)
         raise interrupted
     if not (run_dir / BEST).exists():
-        # stopped before the first validation: best = last
-        save_checkpoint(run.record(split_indices, run.order_generator.get_state()), run_dir / BEST)
+        # stopped (max_wall_time) inside the first epoch: validate these weights, so best.pt is
+        # a validated checkpoint like any other and the final table has numbers
+        run.best_metrics = validate(run.eval_forcefield, valid_batches)
+        save(run.order_generator.get_state(), BEST)
+        print(
+            f"equimd: warning: training stopped ({stop_reason}) after {run.progress.step_in_epoch} "
+            f"of {steps_per_epoch} steps of the first epoch; best.pt holds these weights, "
+            "validated below; raise training.max_wall_time, or continue with --resume",
+            flush=True,
+        )
     return TrainResult(
         run_dir=run_dir,
         best_checkpoint=run_dir / BEST,
