@@ -308,3 +308,21 @@ def test_keyboard_interrupt_in_process_saves_last_checkpoint(copper, tmp_path, m
         train(tiny_config(copper, tmp_path / "run", epochs=10), progress=False)
     progress = read_checkpoint(tmp_path / "run" / "last.pt")["progress"]
     assert (progress["epoch"], progress["step_in_epoch"]) == (1, 2)  # 3 steps per epoch
+
+
+def test_progress_bar_says_when_max_wall_time_ends_the_run(monkeypatch):
+    """The whole-run ETA would promise epochs the time limit cuts off: the bar says when the
+    limit stops the run (and says nothing when the run ends first)."""
+    import equimd.potentials.train.report as report
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(report.time, "monotonic", lambda: clock["now"])
+    limited = report.ProgressBar(total_steps=1000, done_steps=0, enabled=False, time_limit_s=60.0)
+    clock["now"] += 10.0  # 10 s per step: 999 steps left would take 2.8 h, 50 s are left
+    limited.step(1, 10, 1.0)
+    assert limited.time_limit_note() == ", time limit in 0:50"
+    roomy = report.ProgressBar(total_steps=5, done_steps=0, enabled=False, time_limit_s=3600.0)
+    clock["now"] += 10.0
+    roomy.step(1, 1, 1.0)
+    assert roomy.time_limit_note() == ""
+    assert report.ProgressBar(10, 0, enabled=False).time_limit_note() == ""

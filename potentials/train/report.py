@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,20 @@ def epoch_line(row: dict[str, Any], has_stress: bool, is_best: bool) -> str:
 
 
 class ProgressBar:
-    """tqdm bar over all optimisation steps of the run (ETA for the whole run), or nothing."""
+    """tqdm bar over all optimisation steps of the run (ETA for the whole run), or nothing.
 
-    def __init__(self, total_steps: int, done_steps: int, enabled: bool) -> None:
+    time_limit_s: the run's `max_wall_time` (s, counted from the bar's creation); when the
+    steps left would take longer than the time left, the bar says when the limit stops the
+    run instead of letting the whole-run ETA promise more than it will do.
+    """
+
+    def __init__(self, total_steps: int, done_steps: int, enabled: bool,
+                 time_limit_s: float | None = None) -> None:
         self.bar = None
+        self.total_steps, self.done_steps = total_steps, done_steps
+        self.time_limit_s = time_limit_s
+        self.started = time.monotonic()
+        self.steps_here = 0
         if enabled:
             from tqdm import tqdm
 
@@ -98,10 +109,23 @@ class ProgressBar:
                 leave=False, file=sys.stderr,
             )
 
+    def time_limit_note(self) -> str:
+        """"" or ", time limit in M:SS" when max_wall_time ends the run before its last step."""
+        if self.time_limit_s is None or self.steps_here == 0:
+            return ""
+        elapsed = time.monotonic() - self.started
+        left_s = max(self.time_limit_s - elapsed, 0.0)
+        steps_left = self.total_steps - self.done_steps - self.steps_here
+        if steps_left * elapsed / self.steps_here <= left_s:
+            return ""
+        minutes, seconds = divmod(int(left_s), 60)
+        return f", time limit in {minutes}:{seconds:02d}"
+
     def step(self, epoch: int, epochs: int, loss: float) -> None:
+        self.steps_here += 1
         if self.bar is not None:
             self.bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
-            self.bar.set_postfix_str(f"loss {loss:.3e}", refresh=False)
+            self.bar.set_postfix_str(f"loss {loss:.3e}{self.time_limit_note()}", refresh=False)
             self.bar.update(1)
 
     def write(self, line: str) -> None:

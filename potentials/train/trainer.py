@@ -381,6 +381,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         training.epochs * steps_per_epoch,
         run.progress.epoch * steps_per_epoch + run.progress.step_in_epoch,
         progress,
+        training.max_wall_time,
     )
     bar.write(epoch_header(has_stress))
     stop_reason = None
