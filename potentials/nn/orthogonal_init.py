@@ -18,10 +18,13 @@ def glorot_orthogonal(weight: Tensor, scale: float = 2.0) -> Tensor:
 
 @torch.no_grad()
 def he_orthogonal(weight: Tensor) -> Tensor:
-    """Orthogonal matrix, each row centred and rescaled to variance 1 / fan_in (GemNet)."""
+    """Orthogonal matrix standardised over its fan-in (mean 0, unbiased variance 1) and scaled
+    to variance 1 / fan_in (GemNet). 2D [out, in] or 3D [a, b, out] (fan-in a·b) weights."""
     torch.nn.init.orthogonal_(weight)
-    fan_in = weight.shape[-1]
-    mean = weight.mean(dim=-1, keepdim=True)
-    var = weight.var(dim=-1, keepdim=True, unbiased=False)
+    if weight.dim() == 3:
+        dims, fan_in = [0, 1], weight.shape[0] * weight.shape[1]
+    else:
+        dims, fan_in = [1], weight.shape[1]
+    var, mean = torch.var_mean(weight, dim=dims, unbiased=True, keepdim=True)
     weight.copy_((weight - mean) / (var + 1e-6).sqrt() * (1.0 / fan_in) ** 0.5)
     return weight

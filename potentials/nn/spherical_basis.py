@@ -6,6 +6,7 @@ Klicpera, Groß, Günnemann, "Directional message passing for molecular graphs",
     x = d / c                                  d: distance (Å), c: cutoff (Å)
     u(x) = 1/x + a x^(p-1) + b x^p + c' x^(p+1)   for x < 1, else 0        (DimeNet envelope)
         p = exponent + 1, a = -(p+1)(p+2)/2, b = p(p+2), c' = -p(p+1)/2
+        (evaluated as (1-x)³ Σ_{k<p} (k+1)(k+2)/2 x^k / x: no cancellation at the cutoff)
     e_RBF,n(d) = u(x) · sin(f_n x),        f_n = n π (trainable)                          (eq. 7)
     a_SBF,ln(d, θ) = u(x) · N_ln j_l(z_ln x) · Y_l0(θ)                                   (eq. 6)
         z_ln: the n-th positive root of the spherical Bessel function j_l,
@@ -91,24 +92,38 @@ def legendre_harmonics(cos_theta: Tensor, num_orders: int) -> Tensor:
     return torch.stack(harmonics, dim=-1)
 
 
-class DimeNetEnvelope(nn.Module):
-    """u(x) = 1/x + a x^(p-1) + b x^p + c x^(p+1) for x = d/c < 1, else 0; p = exponent + 1.
-
-    Multiplies the bases: it falls to zero at the cutoff with p-1 continuous derivatives.
+class PolynomialEnvelope(nn.Module):
+    """u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2) for x < 1, else 0
+    (GemNet's envelope, DimeNet's times x; the function of `equimd.potentials.nn.radial.
+    PolynomialCutoff`). Evaluated in the factored form (1 - x)³ Σ_{k<p} (k+1)(k+2)/2 x^k,
+    without cancellation near the cutoff: the expanded form loses ~3 digits of its
+    derivative there in float32 (terms of size ~p³ summing to ~0), seen in the forces.
     """
 
     def __init__(self, exponent: int = 5) -> None:
         super().__init__()
-        p = exponent + 1
-        self.p = int(p)
-        self.a = -(p + 1) * (p + 2) / 2.0
-        self.b = float(p * (p + 2))
-        self.c = -p * (p + 1) / 2.0
+        self.coefficients = [(k + 1) * (k + 2) / 2.0 for k in range(exponent)]
 
     def forward(self, x: Tensor) -> Tensor:
-        x_p0 = torch.pow(x, float(self.p - 1))
-        envelope = 1.0 / x + self.a * x_p0 + self.b * x_p0 * x + self.c * x_p0 * x * x
-        return envelope * (x < 1.0).to(x.dtype)
+        series = torch.full_like(x, self.coefficients[-1])
+        for coefficient in self.coefficients[-2::-1]:  # Horner
+            series = series * x + coefficient
+        one_minus = 1.0 - x
+        return one_minus * one_minus * one_minus * series * (x < 1.0).to(x.dtype)
+
+
+class DimeNetEnvelope(nn.Module):
+    """u(x) = 1/x + a x^(p-1) + b x^p + c x^(p+1) for x = d/c < 1, else 0; p = exponent + 1,
+    i.e. `PolynomialEnvelope(p)(x) / x` (evaluated so). It falls to zero at the cutoff with
+    p-1 continuous derivatives.
+    """
+
+    def __init__(self, exponent: int = 5) -> None:
+        super().__init__()
+        self.polynomial = PolynomialEnvelope(exponent + 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.polynomial(x) / x
 
 
 class EnvelopedBesselBasis(nn.Module):

@@ -1,4 +1,4 @@
-"""Triplets of directed edges (k→j, j→i) built inside the model from the neighbor list.
+"""Triplets of directed edges built inside the model from the neighbor list.
 
 A triplet is a pair of edges that meet at atom j: an incoming edge kj (sender k, receiver j)
 and an outgoing edge ji (sender j, receiver i). DimeNet/DimeNet++ and GemNet pass messages
@@ -10,9 +10,13 @@ atom i in another periodic image is a real triplet. Only the exact reverse edge
 arrays with weight 0 (`TripletIndex.mask`), so that the number of triplets is a single
 data-dependent size (the AOTInductor export traces one) and never the result of a mask.
 
+GemNet writes the same triplets as two edges into one atom, b→a and c→a
+(`build_receiver_pairs`; ca is the reverse of the DimeNet edge a→c), and needs the reverse
+of every edge (`reverse_edges`).
+
 Construction, O(E log E + T) with T = Σ_edges deg_in(sender), no loop over atoms and no
 N×N matrix: sort the edges by receiver, count the incoming edges of every atom, and repeat
-each edge ji once per incoming edge of its sender j (`torch.repeat_interleave`).
+each edge once per incoming edge of the atom it meets (`torch.repeat_interleave`).
 """
 
 from __future__ import annotations
@@ -50,18 +54,30 @@ def incoming_edge_offsets(receiver: Tensor, num_nodes: int) -> tuple[Tensor, Ten
     return order, degree, start
 
 
+def _incoming_edges_at(
+    atom_of_edge: Tensor, receiver: Tensor, num_nodes: int
+) -> tuple[Tensor, Tensor]:
+    """Pair every edge e with every edge whose receiver is atom_of_edge[e].
+
+    Returns (incoming [T], edge [T]): edge e repeated once per incoming edge of its atom.
+    """
+    order, degree, start = incoming_edge_offsets(receiver, num_nodes)
+    per_edge = degree[atom_of_edge]  # [E] pairs of each edge
+    edge = torch.repeat_interleave(
+        torch.arange(atom_of_edge.shape[0], device=receiver.device), per_edge
+    )
+    first = torch.cumsum(per_edge, dim=0) - per_edge  # [E] first pair of each edge
+    local = torch.arange(edge.shape[0], device=receiver.device) - first[edge]  # [T]
+    return order[start[atom_of_edge[edge]] + local], edge
+
+
 def build_triplets(edge_index: Tensor, edge_shift: Tensor, num_nodes: int) -> TripletIndex:
     """All triplets (k→j, j→i) of a neighbor list, the reverse edge masked out.
 
     edge_index: [2, E] int64 (sender, receiver); edge_shift: [E, 3] lattice shifts (float).
     """
     sender, receiver = edge_index[0], edge_index[1]
-    order, degree, start = incoming_edge_offsets(receiver, num_nodes)
-    per_edge = degree[sender]  # [E] triplets that end with edge ji = incoming edges of j
-    edge_ji = torch.repeat_interleave(torch.arange(sender.shape[0], device=sender.device), per_edge)
-    first = torch.cumsum(per_edge, dim=0) - per_edge  # [E] first triplet of each edge ji
-    local = torch.arange(edge_ji.shape[0], device=sender.device) - first[edge_ji]  # [T]
-    edge_kj = order[start[sender[edge_ji]] + local]  # [T]
+    edge_kj, edge_ji = _incoming_edges_at(sender, receiver, num_nodes)  # [T], [T]
     # exact reverse edge: k = i and r_kj = -r_ji (same atom, opposite lattice shift)
     same_atom = sender[edge_kj] == receiver[edge_ji]
     opposite_shift = (edge_shift[edge_kj] + edge_shift[edge_ji]).abs().sum(dim=-1) < 0.5
@@ -79,3 +95,36 @@ def cos_angle(vector_kj: Tensor, vector_ji: Tensor) -> Tensor:
     dot = (vector_kj * vector_ji).sum(dim=-1)
     norms = torch.linalg.norm(vector_kj, dim=-1) * torch.linalg.norm(vector_ji, dim=-1)
     return dot / norms
+
+
+def build_receiver_pairs(edge_index: Tensor, num_nodes: int, dtype: torch.dtype) -> TripletIndex:
+    """GemNet's triplets b→a←c: every pair of distinct edges with the same receiver a.
+
+    Returned as TripletIndex(edge_kj = ba, edge_ji = ca, mask): mask is 0 where ba is ca
+    itself (b = c through another periodic image is a triplet).
+    """
+    receiver = edge_index[1]
+    edge_ba, edge_ca = _incoming_edges_at(receiver, receiver, num_nodes)
+    return TripletIndex(edge_ba, edge_ca, (edge_ba != edge_ca).to(dtype))
+
+
+def _lexicographic_order(keys: list[Tensor]) -> Tensor:
+    """Permutation sorting rows by keys[0], then keys[1], ... (stable sorts, last key first)."""
+    order = torch.arange(keys[0].shape[0], device=keys[0].device)
+    for key in keys[::-1]:
+        order = order[torch.sort(key[order], stable=True)[1]]
+    return order
+
+
+def reverse_edges(edge_index: Tensor, edge_shift: Tensor) -> Tensor:
+    """reverse[e]: the edge (receiver, sender, -shift) of edge e (sender, receiver, shift).
+
+    The neighbor list is symmetric, so this is a permutation of the E edges. Both the edges
+    and their reverses are sorted by (sender, receiver, shift); the k-th of one is the
+    reverse of the k-th of the other. edge_index [2, E], edge_shift [E, 3] → [E] int64.
+    """
+    shift = torch.round(edge_shift).to(torch.long)  # integer lattice shifts
+    sender, receiver = edge_index[0], edge_index[1]
+    forward = _lexicographic_order([sender, receiver, shift[:, 0], shift[:, 1], shift[:, 2]])
+    backward = _lexicographic_order([receiver, sender, -shift[:, 0], -shift[:, 1], -shift[:, 2]])
+    return torch.empty_like(forward).scatter_(0, backward, forward)
