@@ -1,13 +1,16 @@
-"""Graphormer-3D (potentials/models/graphormer3d.py) against a dense reference of its equations.
+"""Graphormer-3D (potentials/models/graphormer3d.py) against the published model and against a
+dense reference of its equations.
 
-No reference implementation installs: PyPI `graphormer-pretrained` 0.2.3 fails to build
-(Cython 3: "algos.pyx:15:43: undeclared name not builtin: long"), and microsoft/Graphormer
-(fairseq) is not on PyPI. So the reference here is the module docstring's equations written
-densely with torch primitives: every periodic image within a few lattice vectors is a key,
-distances, the Gaussian basis, the envelope, LayerNorm, attention and the readout are plain
-tensor expressions on the model's parameters, sharing no code with the fast path (no edge
-lists, no scatter, no `equimd.potentials.nn`). Forces come from autograd of the dense energy.
-The helpers are reused by tests/test_tokengt.py.
+1. Published model: fixtures from graphormer-pretrained 0.2.3's graphormer_3d.py (the
+   microsoft/Graphormer OC20 model; benchmarks/peers/make_graphormer3d_fixtures.py, which says
+   how it installs), molecules only (the published model attends over all atoms of a cell); its
+   weights are mapped onto ours with r_max large enough that the envelope is 1.
+2. Equations: the module docstring's equations written densely with torch primitives, periodic
+   images included (every image within a few lattice vectors is a key); distances, the Gaussian
+   basis, the envelope, LayerNorm, attention and the readout are plain tensor expressions on the
+   model's parameters, sharing no code with the fast path (no edge lists, no scatter, no
+   `equimd.potentials.nn`). Forces come from autograd of the dense energy. These helpers are
+   reused by tests/test_tokengt.py.
 """
 
 from __future__ import annotations
