@@ -15,12 +15,19 @@ from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import configuration_to_graph, edge_vectors
 from equimd.potentials.nn.dtype import default_dtype
 from equimd.potentials.nn.spherical_basis import (
+    DimeNetEnvelope,
+    PolynomialEnvelope,
     SphericalBasis,
     legendre_harmonics,
     spherical_bessel,
     spherical_bessel_roots,
 )
-from equimd.potentials.nn.triplets import build_triplets, cos_angle
+from equimd.potentials.nn.triplets import (
+    build_receiver_pairs,
+    build_triplets,
+    cos_angle,
+    reverse_edges,
+)
 
 
 def structures() -> dict[str, Atoms]:
@@ -66,6 +73,41 @@ def test_triplets_are_all_edge_pairs_but_the_reverse_edge(name):
     masked_sum = vectors[triplets.edge_kj[~kept]] + vectors[triplets.edge_ji[~kept]]
     assert masked_sum.abs().max() < 1e-12 if masked_sum.numel() else True
     assert int((~kept).sum()) == graph.edge_index.shape[1]  # one reverse edge per edge
+
+
+@pytest.mark.parametrize("name", sorted(structures()))
+def test_reverse_edges_and_receiver_pairs_match_loops(name):
+    graph = graph_of(structures()[name])
+    sender, receiver = graph.edge_index.numpy()
+    shifts = graph.edge_shift.numpy()
+    swap = reverse_edges(graph.edge_index, graph.edge_shift).numpy()
+    for edge, reverse in enumerate(swap):
+        assert (sender[reverse], receiver[reverse]) == (receiver[edge], sender[edge])
+        np.testing.assert_array_equal(shifts[reverse], -shifts[edge])
+    pairs = build_receiver_pairs(graph.edge_index, graph.positions.shape[0], torch.float64)
+    kept = pairs.mask > 0.5
+    built = set(zip(pairs.edge_kj[kept].tolist(), pairs.edge_ji[kept].tolist(), strict=True))
+    expected = {
+        (ba, ca)
+        for ca in range(len(sender))
+        for ba in range(len(sender))
+        if receiver[ba] == receiver[ca] and ba != ca
+    }
+    assert len(built) == int(kept.sum()) and built == expected
+
+
+def test_envelopes_equal_their_expanded_polynomials():
+    x = torch.linspace(0.05, 1.2, 500, dtype=torch.float64)
+    for p in (3, 5, 6):
+        expanded = (
+            1
+            - (p + 1) * (p + 2) / 2 * x**p
+            + p * (p + 2) * x ** (p + 1)
+            - p * (p + 1) / 2 * x ** (p + 2)
+        )
+        expected = expanded * (x < 1)
+        assert torch.allclose(PolynomialEnvelope(p)(x), expected, atol=1e-13)
+        assert torch.allclose(DimeNetEnvelope(p - 1)(x), expected / x, atol=1e-12)
 
 
 def test_periodic_images_of_the_receiver_are_triplets():
