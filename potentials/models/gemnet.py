@@ -102,7 +102,9 @@ class TripletInteraction(nn.Module):
         weight = self.bilinear.permute(1, 0, 2).reshape(
             -1, self.bilinear.shape[-1]
         )  # [C·trip, bil]
-        y = self.scale_cbf_sum(per_edge.reshape(num_edges, -1) @ weight)  # [E, bil]
+        y = self.scale_cbf_sum(
+            per_edge.reshape(num_edges, per_edge.shape[1] * per_edge.shape[2]) @ weight
+        )  # [E, bil]
         x_ca = self.up_projection_ca(y)  # [E, M]
         x_ac = self.up_projection_ac(y)[swap]  # [E, M]: the reverse edge's, added to this one
         return (x_ca + x_ac) * math.sqrt(0.5)
