@@ -16,7 +16,7 @@ Notation: atom i receives from its neighbours j; r_ij = x_j − x_i (Å), d_ij =
       h_i ← h_i + φ_h(h_i, (1/n̄) Σ_j m_ij)                              node update
     e_i = φ_out(h_i),   E_i = E0[Z_i] + scale · e_i + shift
 
-e(d) Bessel basis, u(d) polynomial cutoff envelope, n̄ = avg_num_neighbors, φ two-layer SiLU MLPs.
+e(d) Bessel basis × polynomial cutoff envelope u(d), n̄ = avg_num_neighbors, φ two-layer SiLU MLPs.
 
 Deviation from the paper (made local for MD): the paper's frame uses coordinates relative to the
 molecule's centre of mass, b_ij ∝ x_i × x_j, which is neither local nor defined for periodic
@@ -112,7 +112,7 @@ class ClofLayer(nn.Module):
 
 @register_model(
     "clofnet",
-    test_hyperparameters={"hidden_nf": 8, "n_layers": 2, "num_radial": 4, "frame_eps": 0.25},
+    test_hyperparameters={"hidden_nf": 8, "n_layers": 2, "num_radial": 4, "frame_eps": 0.5},
 )
 class ClofNet(Potential):
     """forward(graph) -> [N] eV. hidden_nf and n_layers as in the reference code; num_radial

@@ -136,7 +136,8 @@ class GNNLF(Potential):
         lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)  # [E, 1]
         directions = vectors / lengths  # [E, 3] r̂_ij
         envelope = self.radial_embedding.cutoff_fn(lengths)  # [E, 1] u(d_ij)
-        radial_filter = self.ef_proj(self.radial_embedding(lengths)) * envelope  # [E, F] ρ_ij
+        bessel = self.radial_embedding.bessel_fn(lengths)  # [E, ef_dim] e(d_ij)
+        radial_filter = self.ef_proj(bessel) * envelope  # [E, F] ρ_ij
 
         features = self.embedding(species)  # [N, F] s_i
         neighbour_features = self.neighbour_norm(self.neighbour_embedding(species))  # [N, F]

@@ -16,10 +16,11 @@ both break at degeneracies. Here:
 
       g_ik = u(r_ik) · exp(−r_ik / w − m_i)               m_i = max_k(−r_ik / w), no gradient
       p_ik = g_ik / (Σ_k g_ik + δ)                         soft nearest       (→ one-hot argmin)
-      q_ik = g_ik (1 − p_ik)² / (Σ_k g_ik (1 − p_ik)² + δ)  soft second nearest (→ one-hot 2nd)
+      q_ik = h_ik / (Σ_k h_ik + δ),  h_ik ∝ g_ik (1 − p_ik)²   soft second nearest (→ one-hot 2nd)
       f_i = Σ_k p_ik r_ik,   s_i = Σ_k q_ik r_ik            r_ik = x_k − x_i (Å)
 
-  m_i only keeps the exponentials in range: it enters the result through δ = 1e-12 alone. As
+  m_i (and the like shift of h_ik, whose largest term is 1) only keeps the exponentials in
+  range: it enters the result through δ = 1e-12 alone, for any width. As
   w → 0 with distinct distances, f_i and s_i become the vectors to the nearest and second-nearest
   neighbours (the paper's rule); when two neighbours are (nearly) equidistant, both get the same
   weight and f_i moves continuously between them as they swap (the hard argmin jumps). A
@@ -43,9 +44,13 @@ from torch import Tensor, nn
 from equimd.potentials.nn.radial import PolynomialCutoff
 from equimd.potentials.nn.scatter import scatter_sum
 
-# largest (r_max / width) accepted: exp(−r/w − m_i) ≥ exp(−r_max/w) must not underflow to 0 in
-# float32 (smallest normal 1.2e-38 = exp(−87)) for the weights of far neighbours to stay smooth.
-MAX_CUTOFF_OVER_WIDTH = 80.0
+
+def _largest_per_atom(logits: Tensor, centers: Tensor, num_nodes: int) -> Tensor:
+    """max_k logits_ik per atom [N], without gradient (0 for an atom without edges): a shift that
+    keeps exponentials in range and cancels in the normalised weights (up to δ)."""
+    lowest = torch.full((num_nodes,), -torch.inf, dtype=logits.dtype, device=logits.device)
+    largest = lowest.scatter_reduce(0, centers, logits.detach(), reduce="amax", include_self=True)
+    return torch.where(torch.isfinite(largest), largest, torch.zeros_like(largest))
 
 
 def smooth_normalize(vectors: Tensor, eps: float) -> Tensor:
@@ -106,11 +111,8 @@ class SoftReferenceNeighbours(nn.Module):
         self, r_max: float, width: float, polynomial_p: int = 6, delta: float = 1e-12
     ) -> None:
         super().__init__()
-        if not width > 0.0 or r_max / width > MAX_CUTOFF_OVER_WIDTH:
-            raise ValueError(
-                f"reference width must be in [r_max / {MAX_CUTOFF_OVER_WIDTH:g}, ∞) Å "
-                f"(r_max = {r_max} Å), got {width}"
-            )
+        if not width > 0.0:
+            raise ValueError(f"reference width must be positive (Å), got {width}")
         self.width = float(width)
         self.delta = float(delta)
         self.cutoff = PolynomialCutoff(r_max, polynomial_p)
@@ -119,15 +121,17 @@ class SoftReferenceNeighbours(nn.Module):
         self, lengths: Tensor, vectors: Tensor, centers: Tensor, num_nodes: int
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         logits = -lengths / self.width  # [E]
-        lowest = torch.full((num_nodes,), -torch.inf, dtype=lengths.dtype, device=lengths.device)
-        log_shift = lowest.scatter_reduce(
-            0, centers, logits.detach(), reduce="amax", include_self=True
-        )
-        log_shift = torch.where(torch.isfinite(log_shift), log_shift, torch.zeros_like(log_shift))
-        weights = self.cutoff(lengths) * torch.exp(logits - log_shift[centers])  # [E] g_ik ≤ 1
+        envelope = self.cutoff(lengths)  # [E] u(r_ik)
+        log_shift = _largest_per_atom(logits, centers, num_nodes)  # [N] m_i
+        weights = envelope * torch.exp(logits - log_shift[centers])  # [E] g_ik ≤ 1
         normalizers = scatter_sum(weights, centers, num_nodes) + self.delta  # [N]
         nearest = weights / normalizers[centers]  # [E] p_ik
-        second_weights = weights * (1.0 - nearest) ** 2  # [E]
+        # log(1 − p_ik) = log(Σ_{k' ≠ k} g_ik' + δ) − log(Σ_k' g_ik' + δ); the clamp only acts on
+        # float rounding of the difference (a neighbour far nearer than all others)
+        rest = (normalizers[centers] - weights).clamp_min(self.delta)
+        second_logits = logits + 2.0 * (torch.log(rest) - torch.log(normalizers[centers]))  # [E]
+        second_shift = _largest_per_atom(second_logits, centers, num_nodes)
+        second_weights = envelope * torch.exp(second_logits - second_shift[centers])  # [E]
         second = (
             second_weights / (scatter_sum(second_weights, centers, num_nodes) + self.delta)[centers]
         )
@@ -149,7 +153,6 @@ class SoftReferenceNeighbours(nn.Module):
 
 
 __all__ = [
-    "MAX_CUTOFF_OVER_WIDTH",
     "SoftReferenceNeighbours",
     "frame_from_references",
     "project_on_frames",
