@@ -143,6 +143,8 @@ class GeoTLayer(nn.Module):
 class GeoT(Potential):
     """forward(graph) -> [N] eV. Attention over the neighbours within r_max (Å)."""
 
+    equivariance = "O(3)"  # only distances enter: invariant under rotations and reflections
+
     def __init__(
         self,
         species: list[int],

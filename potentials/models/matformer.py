@@ -114,6 +114,8 @@ class MatformerConv(nn.Module):
 class Matformer(Potential):
     """forward(graph) -> [N] eV. Periodic multi-edge radius graph, cutoff r_max (Å)."""
 
+    equivariance = "O(3)"  # only distances enter: invariant under rotations and reflections
+
     def __init__(
         self,
         species: list[int],
