@@ -20,7 +20,11 @@ lookup table.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -93,10 +97,37 @@ def example_inputs(
     return tuple(t.to(device) for t in inputs)  # type: ignore[return-value]
 
 
+@contextlib.contextmanager
+def stage(say: Callable[[str], None] | None, what: str, heartbeat_s: float = 15.0) -> Iterator[None]:
+    """Say `what` before a stage and its duration after it; while it runs, a line every
+    `heartbeat_s` seconds (Inductor's C++ compile is a minute of silence otherwise)."""
+    if say is None:
+        yield
+        return
+    say(f"  {what} ...")
+    started = time.monotonic()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(heartbeat_s):
+            say(f"  ... still {what}: {time.monotonic() - started:.0f} s")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+    say(f"  {what}: {time.monotonic() - started:.1f} s")
+
+
 def aoti_package_bytes(
-    model: Potential, dtype: torch.dtype, device: torch.device, metadata: dict[str, Any]
+    model: Potential, dtype: torch.dtype, device: torch.device, metadata: dict[str, Any],
+    say: Callable[[str], None] | None = None,
 ) -> bytes:
-    """Trace, export, compile and package `model`; return the PT2 archive bytes."""
+    """Trace, export, compile and package `model`; return the PT2 archive bytes. `say` gets
+    a line per stage and a heartbeat during the compile (the CLI passes `print`)."""
     from torch.export.pt2_archive._package import package_pt2
     from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -104,14 +135,17 @@ def aoti_package_bytes(
 
     function = EnergyForcesStress(rebuild_model(model, dtype, jit_script_fx=False)).to(device)
     inputs = example_inputs(model, dtype, device)
-    traced = make_fx(function, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*inputs)
+    with stage(say, "tracing energy, forces and stress (make_fx)"):
+        traced = make_fx(function, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*inputs)
     atoms = torch.export.Dim("atoms", min=1)
     edges = torch.export.Dim("edges", min=0)
     dynamic_shapes = ({0: atoms}, {0: atoms}, {1: edges}, {0: edges}, None)
-    exported = torch.export.export(traced, inputs, dynamic_shapes=dynamic_shapes)
-    aoti_files = torch._inductor.aot_compile(
-        exported.module(), inputs, options={"aot_inductor.package": True, **INDUCTOR_CONFIGS}
-    )
+    with stage(say, "exporting with dynamic atom and edge counts (torch.export)"):
+        exported = torch.export.export(traced, inputs, dynamic_shapes=dynamic_shapes)
+    with stage(say, "compiling C++ with Inductor (about a minute on 2 cores)"):
+        aoti_files = torch._inductor.aot_compile(
+            exported.module(), inputs, options={"aot_inductor.package": True, **INDUCTOR_CONFIGS}
+        )
 
     neighbor_list = io.BytesIO()
     torch.jit.save(torch.jit.script(NeighborList(model.r_max)), neighbor_list)

@@ -105,7 +105,8 @@ def export_model(
             data = torchscript_bytes(rebuild_model(model, DTYPES[dtype]), metadata)
         else:
             say(f"tracing and compiling {model.model_type} ({dtype}) with AOTInductor ...")
-            data = aoti_package_bytes(model, DTYPES[dtype], torch.device(device), metadata)
+            data = aoti_package_bytes(model, DTYPES[dtype], torch.device(device), metadata,
+                                      say=progress)
     atomic_write_bytes(output_path, data, "model file")
     say(f"wrote {output_path} ({len(data) / 1e6:.2f} MB, {format}, {dtype})")
     return output_path
