@@ -167,21 +167,27 @@ def model_results(model, atoms: Atoms) -> tuple[float, np.ndarray]:
     return float(out["energy"].sum().detach()), out["forces"].detach().numpy()
 
 
-def reference_results(model, atoms: Atoms) -> tuple[float, np.ndarray]:
+def reference_results(
+    model, atoms: Atoms, dense_energy=dense_geot_energy
+) -> tuple[float, np.ndarray]:
+    """Energy (eV) and forces (eV/Å) of a dense reference `dense_energy(model, atoms, positions)`."""
     positions = torch.tensor(atoms.positions, dtype=torch.float64, requires_grad=True)
-    energy = dense_geot_energy(model, atoms, positions)
+    energy = dense_energy(model, atoms, positions)
     (gradient,) = torch.autograd.grad(energy, positions)
     return float(energy.detach()), -gradient.numpy()
 
 
-@pytest.mark.parametrize("name", sorted(reference_structures()))
-def test_edge_attention_matches_dense_reference(model, name):
-    atoms = reference_structures()[name]
+def assert_matches_dense_reference(model, atoms: Atoms, dense_energy) -> None:
     energy, forces = model_results(model, atoms)
-    ref_energy, ref_forces = reference_results(model, atoms)
+    ref_energy, ref_forces = reference_results(model, atoms, dense_energy)
     assert abs(energy - ref_energy) <= TOLERANCE
     np.testing.assert_allclose(forces, ref_forces, rtol=0, atol=TOLERANCE)
     assert np.abs(ref_forces).max() > 1e-4  # the comparison is not between zeros
+
+
+@pytest.mark.parametrize("name", sorted(reference_structures()))
+def test_edge_attention_matches_dense_reference(model, name):
+    assert_matches_dense_reference(model, reference_structures()[name], dense_geot_energy)
 
 
 def dimer_energy_and_force(model, distance: float) -> tuple[float, float]:
@@ -190,7 +196,8 @@ def dimer_energy_and_force(model, distance: float) -> tuple[float, float]:
     return energy, forces[1, 0]
 
 
-def test_energy_and_forces_are_continuous_when_an_atom_crosses_r_max(model):
+def assert_continuous_across_r_max(model) -> None:
+    """A C-O dimer 1 mÅ inside and outside r_max, and 1 Å inside (where it must interact)."""
     far, _ = dimer_energy_and_force(model, R_MAX + 1.0)
     inside, inside_force = dimer_energy_and_force(model, R_MAX - 1e-3)
     outside, outside_force = dimer_energy_and_force(model, R_MAX + 1e-3)
@@ -201,6 +208,10 @@ def test_energy_and_forces_are_continuous_when_an_atom_crosses_r_max(model):
     # ... and the pair does interact inside the cutoff (so the checks above can fail)
     bonded, bonded_force = dimer_energy_and_force(model, R_MAX - 1.0)
     assert abs(bonded - far) > 1e-4 and abs(bonded_force) > 1e-4
+
+
+def test_energy_and_forces_are_continuous_when_an_atom_crosses_r_max(model):
+    assert_continuous_across_r_max(model)
 
 
 def test_attention_maps_have_one_value_per_edge_and_head_and_vanish_at_r_max(model):

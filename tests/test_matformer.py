@@ -19,13 +19,16 @@ import pytest
 import torch
 from ase import Atoms
 
-from equimd.potentials.forcefield import ForceField
 from tests.model_zoo import R_MAX, contract_model, graph_of
 from tests.test_geot import (
     affine,
+    assert_continuous_across_r_max,
+    assert_matches_dense_reference,
     envelope,
     image_distances,
     layer_norm,
+    model_results,
+    reference_results,
     reference_structures,
 )
 
@@ -99,26 +102,9 @@ def model():
     return contract_model("matformer")
 
 
-def model_results(model, atoms: Atoms) -> tuple[float, np.ndarray]:
-    out = ForceField(model)(graph_of(atoms), compute_forces=True)
-    return float(out["energy"].sum().detach()), out["forces"].detach().numpy()
-
-
-def reference_results(model, atoms: Atoms) -> tuple[float, np.ndarray]:
-    positions = torch.tensor(atoms.positions, dtype=torch.float64, requires_grad=True)
-    energy = dense_matformer_energy(model, atoms, positions)
-    (gradient,) = torch.autograd.grad(energy, positions)
-    return float(energy.detach()), -gradient.numpy()
-
-
 @pytest.mark.parametrize("name", sorted(reference_structures()))
 def test_edge_attention_matches_dense_reference(model, name):
-    atoms = reference_structures()[name]
-    energy, forces = model_results(model, atoms)
-    ref_energy, ref_forces = reference_results(model, atoms)
-    assert abs(energy - ref_energy) <= TOLERANCE
-    np.testing.assert_allclose(forces, ref_forces, rtol=0, atol=TOLERANCE)
-    assert np.abs(ref_forces).max() > 1e-4  # the comparison is not between zeros
+    assert_matches_dense_reference(model, reference_structures()[name], dense_matformer_energy)
 
 
 def test_multi_edges_and_lattice_self_connections_are_in_the_graph():
@@ -144,7 +130,7 @@ def test_lattice_self_connections_enter_the_energy(model):
     isolated, _ = model_results(model, Atoms("Cu", positions=[[0, 0, 0]]))
     crystal = Atoms("Cu", positions=[[0.3, 0.2, 0.1]], cell=[2.5, 2.5, 2.5], pbc=True)
     energy, forces = model_results(model, crystal)
-    ref_energy, _ = reference_results(model, crystal)
+    ref_energy, _ = reference_results(model, crystal, dense_matformer_energy)
     assert abs(energy - isolated) > 1e-4
     assert energy == pytest.approx(ref_energy, abs=TOLERANCE)
     np.testing.assert_allclose(forces, 0.0, atol=1e-12)
@@ -157,15 +143,4 @@ def test_molecule_has_no_lattice_self_connections(model):
 
 
 def test_energy_and_forces_are_continuous_when_an_atom_crosses_r_max(model):
-    def dimer(distance: float) -> tuple[float, float]:
-        energy, forces = model_results(model, Atoms("CO", positions=[[0, 0, 0], [distance, 0, 0]]))
-        return energy, forces[1, 0]
-
-    far, _ = dimer(R_MAX + 1.0)
-    inside, inside_force = dimer(R_MAX - 1e-3)
-    outside, outside_force = dimer(R_MAX + 1e-3)
-    assert outside == pytest.approx(far, abs=1e-12) and outside_force == 0.0
-    assert abs(inside - far) < 1e-7  # envelope ~ (r_max - r)³
-    assert abs(inside_force) < 1e-4
-    bonded, bonded_force = dimer(R_MAX - 1.0)
-    assert abs(bonded - far) > 1e-4 and abs(bonded_force) > 1e-4
+    assert_continuous_across_r_max(model)
