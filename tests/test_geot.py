@@ -2,7 +2,8 @@
 the attention maps.
 
 No reference implementation installs from a package registry (the authors' TensorFlow code,
-github.com/oleneyl/geometry-aware-transformer, is not packaged), so the reference here is a
+github.com/oleneyl/geometry-aware-transformer, is not packaged; PyPI's `geot` is an unrelated
+optimal-transport package), so the reference here is a
 direct, dense transcription of the equations in potentials/models/geot.py: all atom pairs and
 all periodic images within reach enumerated by brute force, [N, N, ...] tensors and einsum,
 the Gaussian expansion, envelope and layer norm written out. It shares no code with the model's
