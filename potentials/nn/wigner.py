@@ -23,13 +23,49 @@ f'(u) = f(Rᵀ u): f'(ŷ) = f(r̂).
 
 from __future__ import annotations
 
+import math
 from typing import List
 
 import torch
 from e3nn import o3
 from torch import Tensor, nn
 
-from equimd.potentials.nn.convolution.so2 import wigner_sampling
+# Largest condition number accepted for the sampling matrices A_l = Y^l(V) (l ≤ max degree).
+_MAX_SAMPLING_CONDITION = 8.0
+
+
+def _fibonacci_sphere(num_points: int) -> Tensor:
+    """Quasi-uniform unit vectors [num_points, 3] (float64)."""
+    i = torch.arange(num_points, dtype=torch.float64) + 0.5
+    polar = torch.acos(1.0 - 2.0 * i / num_points)
+    azimuth = math.pi * (1.0 + math.sqrt(5.0)) * i
+    return torch.stack(
+        [
+            torch.cos(azimuth) * torch.sin(polar),
+            torch.cos(polar),
+            torch.sin(azimuth) * torch.sin(polar),
+        ],
+        dim=1,
+    )
+
+
+def wigner_sampling(l_max: int) -> tuple[Tensor, Tensor]:
+    """Points V [K, 3] and pseudo-inverses A_l⁺, concatenated [K, Σ_{l=1..l_max} (2l+1)], such
+    that D^l(R) = Y^l(R V) A_l⁺ for every rotation R (component normalization, float64).
+
+    K is the smallest count ≥ 2 l_max + 1 whose sampling matrices all have condition ≤ 8.
+    """
+    for num_points in range(2 * l_max + 1, (l_max + 1) ** 2 + 2):
+        points = _fibonacci_sphere(num_points)
+        inverses, condition = [], 0.0
+        for degree in range(1, l_max + 1):
+            sampling = o3.spherical_harmonics(degree, points, False, "component").T  # [2l+1, K]
+            singular = torch.linalg.svdvals(sampling)
+            condition = max(condition, float(singular[0] / singular[-1]))
+            inverses.append(torch.linalg.pinv(sampling))  # [K, 2l+1]
+        if condition <= _MAX_SAMPLING_CONDITION:
+            return points, torch.cat(inverses, dim=1)
+    raise ValueError(f"no well-conditioned Wigner sampling found for l_max {l_max}")
 
 
 def edge_frame_rotation(unit_vectors: Tensor) -> Tensor:

@@ -48,7 +48,6 @@ systems) and constants re-derived in float64 on dtype/device changes come from
 
 from __future__ import annotations
 
-import math
 from typing import List
 
 import torch
@@ -56,39 +55,7 @@ from e3nn import o3
 from torch import Tensor
 
 from equimd.potentials.nn.convolution.edge_aggregation import EdgeChunkedConvolution
-
-# Largest condition number accepted for the sampling matrices A_l = Y^l(V) (l ≤ max degree).
-_MAX_SAMPLING_CONDITION = 8.0
-
-
-def _fibonacci_sphere(num_points: int) -> Tensor:
-    """Quasi-uniform unit vectors [num_points, 3] (float64)."""
-    i = torch.arange(num_points, dtype=torch.float64) + 0.5
-    polar = torch.acos(1.0 - 2.0 * i / num_points)
-    azimuth = math.pi * (1.0 + math.sqrt(5.0)) * i
-    return torch.stack(
-        [torch.cos(azimuth) * torch.sin(polar), torch.cos(polar), torch.sin(azimuth) * torch.sin(polar)],
-        dim=1,
-    )
-
-
-def wigner_sampling(l_max: int) -> tuple[Tensor, Tensor]:
-    """Points V [K, 3] and pseudo-inverses A_l⁺, concatenated [K, Σ_{l=1..l_max} (2l+1)], such
-    that D^l(R) = Y^l(R V) A_l⁺ for every rotation R (component normalization, float64).
-
-    K is the smallest count ≥ 2 l_max + 1 whose sampling matrices all have condition ≤ 8.
-    """
-    for num_points in range(2 * l_max + 1, (l_max + 1) ** 2 + 2):
-        points = _fibonacci_sphere(num_points)
-        inverses, condition = [], 0.0
-        for degree in range(1, l_max + 1):
-            sampling = o3.spherical_harmonics(degree, points, False, "component").T  # [2l+1, K]
-            singular = torch.linalg.svdvals(sampling)
-            condition = max(condition, float(singular[0] / singular[-1]))
-            inverses.append(torch.linalg.pinv(sampling))  # [K, 2l+1]
-        if condition <= _MAX_SAMPLING_CONDITION:
-            return points, torch.cat(inverses, dim=1)
-    raise ValueError(f"no well-conditioned Wigner sampling found for l_max {l_max}")
+from equimd.potentials.nn.wigner import edge_frame_rotation, wigner_sampling
 
 
 class SO2UVUConvolution(EdgeChunkedConvolution):
@@ -262,13 +229,7 @@ class SO2UVUConvolution(EdgeChunkedConvolution):
         x, y, z = (vector * torch.rsqrt(norm_squared.clamp_min(1e-30))).unbind(1)
         # a zero vector (Y^{l≥1} = 0) gets the identity frame: only l2 = 0 paths contribute
         y = torch.where(norm_squared.squeeze(1) > 1e-30, y, torch.ones_like(y))
-        sigma = 1.0 - 2.0 * (y < 0).to(y.dtype)  # chart: +1 for r̂_y ≥ 0, no gradient
-        q = 1.0 / (1.0 + sigma * y)
-        xzq = x * z * q
-        rotation = torch.stack(
-            [y + sigma * z * z * q, -x, -sigma * xzq, x, y, z, -xzq, -sigma * z, sigma * y + x * x * q],
-            dim=1,
-        ).view(num_edges, 3, 3)
+        rotation = edge_frame_rotation(torch.stack([x, y, z], dim=1))  # [E, 3, 3], R r̂ = ŷ
         rotated_points = torch.matmul(self.points, rotation.transpose(1, 2))  # [E, K, 3] = (R V)ᵀ
         sampled = self.sampled_harmonics(rotated_points.reshape(-1, 3)).view(
             num_edges, self.num_points, self.num_harmonics
