@@ -145,6 +145,7 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
     from equimd.potentials.forcefield import ForceField
     from equimd.potentials.models import build_model
     from equimd.potentials.nn.convolution import apply_convolution_backend
+    from equimd.potentials.train.config import model_hyperparameter_defaults
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -153,12 +154,14 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
     graph = configuration_to_graph(Configuration.from_atoms(atoms), row["r_max"], dtype=dtype)
     num_atoms, num_edges = len(atoms), int(graph.edge_index.shape[1])
     torch.manual_seed(0)
+    hyperparameters = dict(row["equimd"]["hyperparameters"])
+    if "avg_num_neighbors" in model_hyperparameter_defaults(row["equimd"]["model_type"]):
+        hyperparameters.setdefault("avg_num_neighbors", num_edges / num_atoms)  # as the trainer
     model = build_model(
         row["equimd"]["model_type"],
         species=sorted({int(z) for z in atoms.numbers}),
         r_max=row["r_max"],
-        avg_num_neighbors=num_edges / num_atoms,
-        **row["equimd"]["hyperparameters"],
+        **hyperparameters,
     )
     if args.backend:
         apply_convolution_backend(model, args.backend)
