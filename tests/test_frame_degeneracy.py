@@ -53,6 +53,7 @@ def degenerate_structures() -> dict[str, Atoms]:
         "single_neighbour": Atoms("CO", positions=[[0, 0, 0], [0, 0, 1.13]]),
         "co2": Atoms("OCO", positions=[[-1.16, 0, 0], [0, 0, 0], [1.16, 0, 0]]),
         "single_atom": Atoms("Cu", positions=[[0.3, -0.2, 0.1]]),
+        "single_neighbour_at_cutoff": Atoms("CO", positions=[[0, 0, 0], [0, 0, R_MAX - 1e-4]]),
     }
 
 

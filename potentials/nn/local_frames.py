@@ -124,12 +124,19 @@ class SoftReferenceNeighbours(nn.Module):
         envelope = self.cutoff(lengths)  # [E] u(r_ik)
         log_shift = _largest_per_atom(logits, centers, num_nodes)  # [N] m_i
         weights = envelope * torch.exp(logits - log_shift[centers])  # [E] g_ik ≤ 1
-        normalizers = scatter_sum(weights, centers, num_nodes) + self.delta  # [N]
+        sums = scatter_sum(weights, centers, num_nodes)  # [N] Σ_k g_ik
+        normalizers = sums + self.delta  # [N]
         nearest = weights / normalizers[centers]  # [E] p_ik
-        # log(1 − p_ik) = log(Σ_{k' ≠ k} g_ik' + δ) − log(Σ_k' g_ik' + δ); the clamp only acts on
-        # float rounding of the difference (a neighbour far nearer than all others)
-        rest = (normalizers[centers] - weights).clamp_min(self.delta)
-        second_logits = logits + 2.0 * (torch.log(rest) - torch.log(normalizers[centers]))  # [E]
+        # (1 − p_ik) in the second-nearest weights is taken without δ, as Σ_{k' ≠ k} g_ik' / Σ_k' g_ik'
+        # (δ would cap how strongly the nearest neighbour is excluded). The difference rounds to 0
+        # for a neighbour far nearer than all others: the relative floor keeps the log finite and
+        # still suppresses that neighbour by exp(−2·345) in float64 (exp(−2·34.5) in float32), so
+        # the hard limit holds while r_2nd − r_1st < 690 w (69 w in float32); `tiny` keeps the log
+        # and its gradient finite when everything underflows (one neighbour at the cutoff).
+        floor, tiny = (1e-150, 1e-300) if lengths.dtype == torch.float64 else (1e-15, 1e-37)
+        totals = sums[centers]  # [E]
+        rest = torch.maximum(totals - weights, totals * floor) + tiny
+        second_logits = logits + 2.0 * (torch.log(rest) - torch.log(totals + tiny))  # [E]
         second_shift = _largest_per_atom(second_logits, centers, num_nodes)
         second_weights = envelope * torch.exp(second_logits - second_shift[centers])  # [E]
         second = (
