@@ -1,7 +1,7 @@
 """ClofNet: message passing on scalars from complete local (edge) frames, with vector states
 updated by frame back-transformation.
 
-Du, Zhang, Wu, Yuan, Li, Zhang, Liu, "SE(3) Equivariant Graph Neural Networks with Complete
+Du, Zhang, Du, Meng, Chen, Zheng, Shao, Liu, "SE(3) Equivariant Graph Neural Networks with Complete
 Local Frames", ICML 2022 (arXiv:2110.14811); reference code github.com/mouthful/ClofNet.
 Notation: atom i receives from its neighbours j; r_ij = x_j − x_i (Å), d_ij = |r_ij|;
 ŝn(v) = v / sqrt(|v|² + ε²) (`equimd.potentials.nn.local_frames.smooth_normalize`).

@@ -1,6 +1,6 @@
 """ComENet: complete and efficient message passing on 1-hop geometry (d, θ, φ, τ).
 
-Wang, Liu, Lin, Zhang, Ji, "ComENet: Towards Complete and Efficient Message Passing for 3D
+Wang, Liu, Lin, Liu, Ji, "ComENet: Towards Complete and Efficient Message Passing for 3D
 Molecular Graphs", NeurIPS 2022 (arXiv:2206.08515); reference code: dive-into-graphs (DIG),
 `dig.threedgraph.method.ComENet`. Notation: atom i receives from its neighbours j; r_ij = x_j − x_i
 (Å), d_ij = |r_ij|, r̂_ij = r_ij / d_ij; f_i, s_i the nearest and second-nearest neighbour of i.

@@ -1,7 +1,7 @@
 """GNN-LF: a scalar message-passing network on projections onto learned local frames.
 
 Wang & Zhang, "Graph Neural Network With Local Frame for Molecular Potential Energy Surface",
-LoG 2022 (arXiv:2208.00716); reference code github.com/GraphPKU/GNN-LF (MD17 model). Notation:
+LoG 2022; reference code github.com/GraphPKU/GNN-LF (MD17 model). Notation:
 atom i receives from its neighbours j; r̂_ij the unit vector from i to j, d_ij its length (Å).
 
     s_i      = Emb(z_i)                                                      embedding
