@@ -22,12 +22,12 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
-from equimd.deploy.export import export_model
 from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import configuration_to_graph
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import TEST_HYPERPARAMETERS, build_model
 from equimd.potentials.nn.dtype import default_dtype
+from tests.model_zoo import MODEL_FACTORIES
 
 DATA = Path(__file__).parent / "data"
 SPECIES = [1, 6, 8, 29]
@@ -173,12 +173,12 @@ FRESH_PROCESS = textwrap.dedent(
 )
 
 
-def test_exported_file_builds_triplets_in_graph_in_a_fresh_process(tmp_path):
+def test_exported_file_builds_triplets_in_graph_in_a_fresh_process(zoo_model_file, tmp_path):
     """The TorchScript file carries the neighbor list and the triplet construction: a process
     that imports only torch evaluates a periodic cell smaller than the cutoff (triplets
     through periodic images) and matches the eager model."""
-    model = reference_model()
-    path = export_model(model, tmp_path / "dimenetpp.pt", dtype="float64")
+    model = MODEL_FACTORIES["dimenetpp"]()  # the test configuration, exported once per session
+    path = zoo_model_file("dimenetpp", "float64")
     atoms = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)
     atoms.numbers[0] = 6
     atoms.rattle(0.05, seed=3)

@@ -26,12 +26,12 @@ from ase.build import bulk, molecule
 from ase.neighborlist import neighbor_list
 from numpy.polynomial import legendre
 
-from equimd.deploy.export import export_model
 from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import configuration_to_graph
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
 from equimd.potentials.nn.dtype import default_dtype
+from tests.model_zoo import MODEL_FACTORIES
 from tests.test_dimenetpp import FRESH_PROCESS, homometric_tetrahedra, sorted_distances
 
 SPECIES = [1, 6, 8, 29]
@@ -250,11 +250,11 @@ def test_distinguishes_structures_with_equal_distance_multisets():
     assert abs(difference) > 1e-3, difference
 
 
-def test_exported_file_builds_triplets_in_graph_in_a_fresh_process(tmp_path):
+def test_exported_file_builds_triplets_in_graph_in_a_fresh_process(zoo_model_file, tmp_path):
     """The TorchScript file carries the neighbor list, the triplets and the reverse-edge index:
     a torch-only process evaluates a periodic cell smaller than the cutoff like the eager model."""
-    model = model_for("gaussian")
-    path = export_model(model, tmp_path / "gemnet.pt", dtype="float64")
+    model = MODEL_FACTORIES["gemnet"]()  # the test configuration, exported once per session
+    path = zoo_model_file("gemnet", "float64")
     atoms = structures()["small_cell"]
     data = dict(
         positions=torch.tensor(atoms.positions),
