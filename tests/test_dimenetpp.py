@@ -11,23 +11,18 @@ the cutoff, a triclinic one, a slab). Graphs come from equimd's own neighbor lis
 from __future__ import annotations
 
 import functools
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import bulk
 
 from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import configuration_to_graph
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import TEST_HYPERPARAMETERS, build_model
 from equimd.potentials.nn.dtype import default_dtype
-from tests.model_zoo import MODEL_FACTORIES
 
 DATA = Path(__file__).parent / "data"
 SPECIES = [1, 6, 8, 29]
@@ -159,48 +154,3 @@ def test_distinguishes_structures_with_equal_distance_multisets():
     assert abs(total_energy(pair_only, first) - total_energy(pair_only, second)) < 1e-10
     difference = abs(total_energy(model, first) - total_energy(model, second))
     assert difference > 1e-3, difference
-
-
-FRESH_PROCESS = textwrap.dedent(
-    """
-    import sys, torch
-    model = torch.jit.load(sys.argv[1])
-    data = torch.load(sys.argv[2])
-    out = model(data["positions"], data["numbers"], data["cell"], data["pbc"])
-    torch.save({"energy": out["energy"], "forces": out["forces"]}, sys.argv[3])
-    print("EQUIMD_MODULES=" + ",".join(sorted(m for m in sys.modules if m.startswith("equimd"))))
-    """
-)
-
-
-def test_exported_file_builds_triplets_in_graph_in_a_fresh_process(zoo_model_file, tmp_path):
-    """The TorchScript file carries the neighbor list and the triplet construction: a process
-    that imports only torch evaluates a periodic cell smaller than the cutoff (triplets
-    through periodic images) and matches the eager model."""
-    model = MODEL_FACTORIES["dimenetpp"]()  # the test configuration, exported once per session
-    path = zoo_model_file("dimenetpp", "float64")
-    atoms = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)
-    atoms.numbers[0] = 6
-    atoms.rattle(0.05, seed=3)
-    data = dict(
-        positions=torch.tensor(atoms.positions),
-        numbers=torch.tensor(atoms.numbers),
-        cell=torch.tensor(np.array(atoms.cell)),
-        pbc=torch.tensor(atoms.pbc),
-    )
-    torch.save(data, tmp_path / "input.pt")
-    (tmp_path / "run.py").write_text(FRESH_PROCESS)
-    completed = subprocess.run(
-        [sys.executable, "run.py", str(path), "input.pt", "output.pt"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.split("EQUIMD_MODULES=")[1].strip() == ""
-    out = torch.load(tmp_path / "output.pt")
-    graph = configuration_to_graph(Configuration.from_atoms(atoms), model.r_max, torch.float64)
-    eager = ForceField(model)(graph, True, False, False)
-    assert abs(float(out["energy"].sum()) - float(eager["energy"][0])) < 1e-10
-    assert (out["forces"] - eager["forces"]).abs().max() < 1e-10

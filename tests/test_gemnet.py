@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import functools
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -31,8 +29,7 @@ from equimd.potentials.data.graph import configuration_to_graph
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
 from equimd.potentials.nn.dtype import default_dtype
-from tests.model_zoo import MODEL_FACTORIES
-from tests.test_dimenetpp import FRESH_PROCESS, homometric_tetrahedra, sorted_distances
+from tests.test_dimenetpp import homometric_tetrahedra, sorted_distances
 
 SPECIES = [1, 6, 8, 29]
 TOLERANCE = 1e-6  # eV, eV/Å
@@ -248,32 +245,3 @@ def test_distinguishes_structures_with_equal_distance_multisets():
         evaluate(model, first, False)["energy"][0] - evaluate(model, second, False)["energy"][0]
     )
     assert abs(difference) > 1e-3, difference
-
-
-def test_exported_file_builds_triplets_in_graph_in_a_fresh_process(zoo_model_file, tmp_path):
-    """The TorchScript file carries the neighbor list, the triplets and the reverse-edge index:
-    a torch-only process evaluates a periodic cell smaller than the cutoff like the eager model."""
-    model = MODEL_FACTORIES["gemnet"]()  # the test configuration, exported once per session
-    path = zoo_model_file("gemnet", "float64")
-    atoms = structures()["small_cell"]
-    data = dict(
-        positions=torch.tensor(atoms.positions),
-        numbers=torch.tensor(atoms.numbers),
-        cell=torch.tensor(np.array(atoms.cell)),
-        pbc=torch.tensor(atoms.pbc),
-    )
-    torch.save(data, tmp_path / "input.pt")
-    (tmp_path / "run.py").write_text(FRESH_PROCESS)
-    completed = subprocess.run(
-        [sys.executable, "run.py", str(path), "input.pt", "output.pt"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.split("EQUIMD_MODULES=")[1].strip() == ""
-    out = torch.load(tmp_path / "output.pt")
-    eager = evaluate(model, atoms)
-    assert abs(float(out["energy"].sum()) - float(eager["energy"][0].detach())) < 1e-10
-    assert (out["forces"] - eager["forces"]).abs().max() < 1e-10

@@ -1,8 +1,13 @@
 """The in-graph triplet index (potentials/nn/triplets.py) against a plain double loop over
 edges, on molecules and periodic cells (one smaller than the cutoff, where k and i can be the
-same atom in different images), and the spherical/Legendre bases against scipy."""
+same atom in different images), the spherical/Legendre bases against scipy, and the exported
+triplet models (DimeNet++, GemNet) in a process that imports only torch."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -13,6 +18,7 @@ from scipy import special
 
 from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import configuration_to_graph, edge_vectors
+from equimd.potentials.forcefield import ForceField
 from equimd.potentials.nn.dtype import default_dtype
 from equimd.potentials.nn.spherical_basis import (
     DimeNetEnvelope,
@@ -28,6 +34,7 @@ from equimd.potentials.nn.triplets import (
     cos_angle,
     reverse_edges,
 )
+from tests.model_zoo import MODEL_FACTORIES
 
 
 def structures() -> dict[str, Atoms]:
@@ -180,3 +187,51 @@ def test_spherical_basis_is_normalised_bessel_times_legendre():
     np.testing.assert_allclose(
         legendre[:, 2], np.sqrt(5 / (4 * np.pi)) * special.eval_legendre(2, cos_theta.numpy())
     )
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import sys, torch
+    model = torch.jit.load(sys.argv[1])
+    data = torch.load(sys.argv[2])
+    out = model(data["positions"], data["numbers"], data["cell"], data["pbc"])
+    torch.save({"energy": out["energy"], "forces": out["forces"]}, sys.argv[3])
+    print("EQUIMD_MODULES=" + ",".join(sorted(m for m in sys.modules if m.startswith("equimd"))))
+    """
+)
+
+
+@pytest.mark.parametrize("name", ["dimenetpp", "gemnet"])
+def test_exported_triplet_models_build_triplets_in_a_torch_only_process(
+    name, zoo_model_file, tmp_path
+):
+    """The TorchScript file carries the neighbor list and the triplet (and GemNet's reverse-edge)
+    construction: a process that imports only torch evaluates a periodic cell smaller than the
+    cutoff (triplets through periodic images) and matches the eager model."""
+    model = MODEL_FACTORIES[name]()  # the test configuration, exported once per session
+    path = zoo_model_file(name, "float64")
+    atoms = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)
+    atoms.numbers[0] = 6
+    atoms.rattle(0.05, seed=3)
+    data = dict(
+        positions=torch.tensor(atoms.positions),
+        numbers=torch.tensor(atoms.numbers),
+        cell=torch.tensor(np.array(atoms.cell)),
+        pbc=torch.tensor(atoms.pbc),
+    )
+    torch.save(data, tmp_path / "input.pt")
+    (tmp_path / "run.py").write_text(FRESH_PROCESS)
+    completed = subprocess.run(
+        [sys.executable, "run.py", str(path), "input.pt", "output.pt"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split("EQUIMD_MODULES=")[1].strip() == ""
+    out = torch.load(tmp_path / "output.pt")
+    graph = configuration_to_graph(Configuration.from_atoms(atoms), model.r_max, torch.float64)
+    eager = ForceField(model)(graph, True, False, False)
+    assert abs(float(out["energy"].sum()) - float(eager["energy"][0])) < 1e-10
+    assert (out["forces"] - eager["forces"]).abs().max() < 1e-10
