@@ -48,15 +48,37 @@ setup_nequip() {
         torch==2.9.1 nequip ase
 }
 
-# setup_from_requirements NAME: the venv .peers/NAME from benchmarks/peers/venvs/NAME.txt
+# setup_from_requirements NAME: the venv .peers/NAME from benchmarks/peers/venvs/NAME.txt.
+# Besides pip requirement lines, the file may hold comment lines
+#   # build-constraint: SPEC   a constraint for building the no-deps packages (e.g. cython<3)
+#   # no-deps: SPEC            a package installed afterwards with --no-deps
+# for what a requirements file cannot express.
 setup_from_requirements() {
-    local name="$1" requirements="$ROOT/benchmarks/peers/venvs/$1.txt" check
+    local name="$1" requirements="$ROOT/benchmarks/peers/venvs/$1.txt" check constraints spec
     check="$(sed -n '1s/^# check: //p' "$requirements")"
     if [[ -z "$check" ]]; then
         echo "[setup_peers] $requirements: the first line must be '# check: <python statement>'" >&2
         exit 2
     fi
-    make_venv "$name" "$check" -r "$requirements"
+    local venv="$PEERS/$name"
+    if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c "$check" >/dev/null 2>&1; then
+        echo "[setup_peers] $venv already set up: skipping"
+        return 0
+    fi
+    constraints="$(mktemp)"
+    sed -n 's/^# build-constraint: //p' "$requirements" > "$constraints"
+    # the requirement lines first (the check may need the no-deps packages: it runs at the end)
+    mkdir -p "$PEERS"
+    [[ -x "$venv/bin/python" ]] || "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install --upgrade pip
+    "$venv/bin/python" -m pip install -r "$requirements"
+    while read -r spec; do
+        [[ -n "$spec" ]] || continue
+        PIP_CONSTRAINT="$constraints" "$venv/bin/python" -m pip install --no-deps "$spec"
+    done < <(sed -n 's/^# no-deps: //p' "$requirements")
+    rm -f "$constraints"
+    "$venv/bin/python" -c "$check"
+    echo "[setup_peers] $venv ready"
 }
 
 case "$TARGET" in
