@@ -12,8 +12,13 @@ import numpy as np
 from ase import Atoms, units
 from ase.build import bulk, fcc100
 from ase.calculators.emt import EMT
+from ase.md import velocitydistribution
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+# ASE >= 3.29 names it thermalize_momenta (MaxwellBoltzmannDistribution is deprecated there)
+thermalize = getattr(velocitydistribution, "thermalize_momenta", None) or (
+    velocitydistribution.MaxwellBoltzmannDistribution
+)
 
 DEMO_LABEL = "DEMO data: fcc Cu labelled by ASE's EMT calculator (not ab initio)"
 
@@ -52,7 +57,7 @@ def generate_demo_dataset(
                 deformation = 0.5 * (deformation + deformation.T)
                 atoms.set_cell(atoms.get_cell() @ deformation, scale_atoms=True)
             atoms.calc = EMT()
-            MaxwellBoltzmannDistribution(
+            thermalize(
                 atoms, temperature_K=temperature, rng=np.random.default_rng(rng.integers(1 << 31))
             )
             dynamics = Langevin(

@@ -81,26 +81,39 @@ def test_threads_apply_to_one_command_only(monkeypatch, tmp_path):
     assert torch.get_num_threads() == before
 
 
-@pytest.mark.parametrize("config_name", ["train_nequip.yaml", "train_mace.yaml"])
-def test_example_config_loads_and_its_data_comes_from_data_demo(config_name, tmp_path, capsys):
-    """The example's data path is the file `equimd data demo examples/data/cu_demo.xyz`
-    writes (a two-frame-per-run version here), and its labels are what training needs."""
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> Path:
+    """What `equimd data demo examples/data/cu_demo.xyz` writes (one frame per run here)."""
+    path = tmp_path_factory.mktemp("demo") / "cu_demo.xyz"
+    assert main(["data", "demo", str(path), "--frames", "1"]) == 0
+    return path
+
+
+EXAMPLE_CONFIGS = sorted(p.name for p in (ROOT / "examples").glob("train_*.yaml"))
+
+
+@pytest.mark.parametrize("config_name", EXAMPLE_CONFIGS)
+def test_example_config_loads_and_its_data_comes_from_data_demo(config_name, demo_data, tmp_path):
+    """Every example config (one per model) trains on the file `equimd data demo
+    examples/data/cu_demo.xyz` writes, names a real data set in a comment, and loads: its
+    model keys are that model's hyperparameters."""
     from equimd.potentials.data.io import read_configurations
+    from equimd.potentials.models import MODELS
     from equimd.potentials.train.config import load_config
 
     examples = tmp_path / "examples"
-    examples.mkdir()
+    (examples / "data").mkdir(parents=True)
     shutil.copy(ROOT / "examples" / config_name, examples / config_name)
-    command = next(line for line in (ROOT / "examples" / config_name).read_text().splitlines()
-                   if "equimd data demo" in line)
-    assert command.split("equimd data demo ")[1].strip() == "examples/data/cu_demo.xyz"
-    assert main(["data", "demo", str(examples / "data" / "cu_demo.xyz"), "--frames", "1"]) == 0
-    assert "not ab initio" in capsys.readouterr().out
+    shutil.copy(demo_data, examples / "data" / "cu_demo.xyz")
+    text = (ROOT / "examples" / config_name).read_text()
+    command = next(line for line in text.splitlines() if "equimd data demo" in line)
+    assert "equimd data demo examples/data/cu_demo.xyz" in command
 
     config = load_config(examples / config_name)
+    assert config.model.model_type in MODELS
     train_path = Path(config.data.train)
     assert train_path == examples / "data" / "cu_demo.xyz"
     frames = read_configurations(train_path)
     assert len(frames) == 9 and all(f.energy is not None and f.forces is not None
                                     for f in frames)
-    assert "# train: /path/to/" in (examples / config_name).read_text()
+    assert "# train: /path/to/" in text
