@@ -209,17 +209,3 @@ def test_energy_is_invariant_under_the_roll_of_the_edge_frames(nonlinearity):
         assert difference < 1e-12 * max(1.0, float(reference.abs()))
     else:  # the roll matters, slightly: why the fixture fixes the frames
         assert 0.0 < difference < 1e-6 * max(1.0, float(reference.abs()))
-
-
-def test_factored_cutoff_equals_polynomial_cutoff_and_is_accurate_in_float32():
-    from equimd.potentials.nn.factored_cutoff import FactoredPolynomialCutoff
-    from equimd.potentials.nn.radial import PolynomialCutoff
-
-    r = torch.linspace(0.0, 5.0, 2001, dtype=torch.float64)
-    for p in (3, 6, 8):
-        torch.testing.assert_close(FactoredPolynomialCutoff(4.0, p)(r), PolynomialCutoff(4.0, p)(r))
-    near_cutoff = torch.linspace(3.5, 4.0, 1001, dtype=torch.float64)
-    exact = PolynomialCutoff(4.0)(near_cutoff)
-    factored = FactoredPolynomialCutoff(4.0)(near_cutoff.float()).double()
-    summed = PolynomialCutoff(4.0)(near_cutoff.float()).double()
-    assert (factored - exact).abs().max() < 1e-7 < (summed - exact).abs().max()

@@ -50,8 +50,8 @@ from torch import Tensor, nn
 
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
-from equimd.potentials.nn.factored_cutoff import FactoredPolynomialCutoff
 from equimd.potentials.nn.gaussian_basis import GaussianBasis
+from equimd.potentials.nn.radial import PolynomialCutoff
 from equimd.potentials.nn.scatter import scatter_sum
 from equimd.potentials.nn.so2_block import SO2Block
 from equimd.potentials.nn.spherical_grid import SphericalGrid, sphere_sample_points
@@ -273,7 +273,7 @@ class ESCN(Potential):
 
         self.sphere_embedding = nn.Embedding(self.num_species, sphere_channels)  # e(Z)
         self.wigner = WignerMatrices(lmax)
-        self.envelope = FactoredPolynomialCutoff(r_max, polynomial_p)
+        self.envelope = PolynomialCutoff(r_max, polynomial_p)
         self.layer_blocks = nn.ModuleList(
             [
                 LayerBlock(
