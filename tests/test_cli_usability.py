@@ -84,8 +84,14 @@ def test_threads_apply_to_one_command_only(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory) -> Path:
     """What `equimd data demo examples/data/cu_demo.xyz` writes (one frame per run here)."""
+    import contextlib
+    import io
+
     path = tmp_path_factory.mktemp("demo") / "cu_demo.xyz"
-    assert main(["data", "demo", str(path), "--frames", "1"]) == 0
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        assert main(["data", "demo", str(path), "--frames", "1"]) == 0
+    assert "not ab initio" in said.getvalue()  # the demo data says what it is
     return path
 
 
