@@ -18,7 +18,6 @@ others go on. No peer runs here: on CPU, `bench_models.py` compares with the pee
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import MODEL_ROWS  # noqa: E402
-from harness import SYSTEMS, add_data_argument, peak_rss_mb, use_data_argument  # noqa: E402
+from harness import SYSTEMS, add_data_argument, peak_rss_mb, use_data_argument, write_report  # noqa: E402
 
 from equimd.deploy.export import export_model  # noqa: E402
 from equimd.deploy.load import load  # noqa: E402
@@ -138,10 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result.update(row=row_name, system=system)
             report["results"].append(result)
             print(f"{row_name:<16} {system:<8} {line}", flush=True)
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1))
-    print(f"wrote {path}")
+    write_report(report, args.json)
     return report
 
 

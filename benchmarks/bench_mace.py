@@ -476,10 +476,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.minutes = min(args.minutes, 1.0)
         report = training(args)
     report["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, default=str))
-    print(f"wrote {path}")
+    bench.write_report(report, args.json)
     return report
 
 

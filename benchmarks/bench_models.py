@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402  (benchmarks/harness.py: systems, timing, workers)
+from harness import (
     ROOT,
     SYSTEMS,
     LoadWindow,
@@ -66,6 +66,7 @@ from harness import (  # noqa: E402  (benchmarks/harness.py: systems, timing, wo
     run_worker,
     use_data_argument,
     worker_arguments,
+    write_report,  # noqa: E402  (benchmarks/harness.py: systems, timing, workers)
 )
 
 # ----------------------------------------------------------------------------- what is compared
@@ -363,10 +364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(_format_row(result), flush=True)
                 report["results"].extend(results)
 
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1))
-    print(f"wrote {path}")
+    write_report(report, args.json)
     return report
 
 

@@ -25,7 +25,6 @@ measurement is reported next to it (`harness.LoadWindow`): trust rows with load 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -178,10 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {name:<20} {row['ms_per_step']:9.2f} {row['steps_per_s']:8.2f} "
               f"{row['ns_per_day']:8.3f} {row['overhead']:9.3f} "
               f"{row['load_before']:.2f}/{row['load_during']:.2f}")
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1))
-    print(f"wrote {path}")
+    bench.write_report(report, args.json)
     return report
 
 

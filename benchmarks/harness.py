@@ -187,6 +187,15 @@ def matmul_flops(dtype_name: str, n: int = 1024, repeats: int = 5) -> float:
     return 2.0 * n**3 / statistics.median(samples)
 
 
+def write_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Write a benchmark's report as JSON (creating its folder) and say where."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=str))
+    print(f"wrote {path}")
+    return path
+
+
 def emit(result: dict[str, Any]) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
