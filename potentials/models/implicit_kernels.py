@@ -235,8 +235,7 @@ class ImplicitKernelPotential(Potential):
         sender, receiver = graph.edge_index[0], graph.edge_index[1]
         vectors = edge_vectors(graph)  # [E, 3] Å, sender → receiver
         lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)  # [E, 1] Å
-        # envelope in float64: its polynomial cancels to ~1e-5 relative in float32 near r_max
-        edge_cutoff = self.cutoff(lengths.double()).to(dtype)  # [E, 1]
+        edge_cutoff = self.cutoff(lengths)  # [E, 1]
         node_attrs = one_hot(species, self.num_species, dtype)  # [N, S]
         edge_invariants = torch.cat(
             [self.radial_basis(lengths), node_attrs[receiver], node_attrs[sender]], dim=-1

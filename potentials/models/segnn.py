@@ -199,8 +199,7 @@ class SEGNN(Potential):
         sender, receiver = graph.edge_index[0], graph.edge_index[1]
         vectors = edge_vectors(graph)  # [E, 3] Å, receiver → sender is −vectors
         lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)  # [E, 1] Å
-        # envelope in float64: its polynomial cancels to ~1e-5 relative in float32 near r_max
-        edge_cutoff = self.radial_embedding.cutoff_fn(lengths.double()).to(dtype)  # [E, 1]
+        edge_cutoff = self.radial_embedding.cutoff_fn(lengths)  # [E, 1]
         edge_radial = self.radial_embedding.bessel_fn(lengths) * edge_cutoff  # [E, num_bessel]
         edge_attrs = self.spherical_harmonics(-vectors)  # [E, attr] SEGNN: x_sender − x_receiver
         node_attrs = scatter_sum(edge_attrs * edge_cutoff, receiver, num_nodes)  # [N, attr]
