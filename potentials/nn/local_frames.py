@@ -19,8 +19,10 @@ both break at degeneracies. Here:
       q_ik = h_ik / (Σ_k h_ik + δ),  h_ik ∝ g_ik (1 − p_ik)²   soft second nearest (→ one-hot 2nd)
       f_i = Σ_k p_ik r_ik,   s_i = Σ_k q_ik r_ik            r_ik = x_k − x_i (Å)
 
-  m_i (and the like shift of h_ik, whose largest term is 1) only keeps the exponentials in
-  range: it enters the result through δ = 1e-12 alone, for any width. As
+  In h_ik, 1 − p_ik is taken as Σ_{k'≠k} g_ik' / Σ_k' g_ik' (without δ, which would cap how
+  strongly the nearest neighbour is excluded). m_i (and the like shift of h_ik, whose largest
+  term is 1) only keeps the exponentials in range: it enters the result through δ = 1e-12
+  alone, for any width. As
   w → 0 with distinct distances, f_i and s_i become the vectors to the nearest and second-nearest
   neighbours (the paper's rule); when two neighbours are (nearly) equidistant, both get the same
   weight and f_i moves continuously between them as they swap (the hard argmin jumps). A
