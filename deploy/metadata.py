@@ -76,3 +76,48 @@ def parse_metadata(text: str | bytes, path: str) -> dict[str, Any]:
             f"{path}: unknown model kind {metadata['kind']!r} (known: {', '.join(KINDS)})"
         )
     return metadata
+
+
+# Message-passing depth of each registered model: the hyperparameter holding the number of
+# interaction layers, and how many neighbour hops (each at most r_max) one layer adds. The
+# energy of an atom depends only on atoms within `receptive_field` = hops × r_max of it, which
+# is what a domain-decomposed host (the LAMMPS pair style `equimd`) needs as its ghost-atom
+# cutoff. DimeNet++/GemNet messages live on edges and an output block reads the edge state, so
+# T interaction blocks reach T + 1 hops. TokenGT alternates atom and edge tokens (two layers per
+# hop); counting one hop per layer is an upper bound. Checked in tests/test_deploy_local_energy.py.
+RECEPTIVE_FIELD_LAYERS: dict[str, tuple[tuple[str, ...], int]] = {
+    "toy_pair": ((), 0),
+    "nequip": (("num_layers",), 0),
+    "mace": (("num_interactions",), 0),
+    "segnn": (("num_layers",), 0),
+    "equiformer": (("num_layers",), 0),
+    "escn": (("num_layers",), 0),
+    "implicit_kernels": (("num_layers",), 0),
+    "comenet": (("num_layers",), 0),
+    "clofnet": (("n_layers",), 0),
+    "gnnlf": (("num_mplayer",), 0),
+    "matformer": (("conv_layers",), 0),
+    "geot": (("transformer_num_layers",), 0),
+    "tokengt": (("encoder_layers",), 0),
+    "graphormer3d": (("layers", "blocks"), 0),
+    "dimenetpp": (("num_blocks",), 1),
+    "gemnet": (("num_blocks",), 1),
+}
+
+
+def receptive_field(model_type: str, hyperparameters: dict[str, Any]) -> float | None:
+    """The distance in Å beyond which no atom changes another atom's energy: hops × r_max.
+
+    hops = product of the layer-count hyperparameters (`RECEPTIVE_FIELD_LAYERS`) plus the extra
+    hops of the architecture; None for a model type not in the table (its receptive field is
+    unknown, so a domain-decomposed host cannot choose its ghost cutoff).
+    """
+    if model_type not in RECEPTIVE_FIELD_LAYERS or "r_max" not in hyperparameters:
+        return None
+    keys, extra = RECEPTIVE_FIELD_LAYERS[model_type]
+    hops = 1
+    for key in keys:
+        if key not in hyperparameters:
+            return None
+        hops *= int(hyperparameters[key])
+    return float(hops + extra) * float(hyperparameters["r_max"])

@@ -6,6 +6,15 @@
         -> {"energy": [] eV, "atomic_energies": [N] eV, "forces": [N, 3] eV/Å,
             "stress": [3, 3] eV/Å³ (ASE sign), "virial": [3, 3] eV}
 
+    compute_local(positions [N, 3] Å, numbers [N] int64, nlocal: int, compute_virial: bool)
+        -> {"energy": [] eV (local atoms only), "atomic_energies": [nlocal] eV,
+            "forces": [N, 3] eV/Å (on every atom), "virial": [3, 3] eV}
+
+`compute_local` serves domain-decomposed hosts (the LAMMPS pair style in lammps/): the first
+`nlocal` atoms are the rank's own, the rest its ghost atoms, all as one non-periodic cluster;
+the energy is that of the local atoms and the forces its gradient on local and ghost atoms.
+The attribute `receptive_field` (Å, -1 if unknown) is the ghost cutoff such hosts need.
+
 The neighbor list is the TorchScript cell list of `equimd.potentials.data.cell_list`, computed in
 the model's dtype on the model's device. Forces, stress and virial come from
 `equimd.potentials.forcefield.ForceField` (autograd), never from a second derivation here.
@@ -16,9 +25,12 @@ the model's dtype on the model's device. Forces, stress and virial come from
 
 from __future__ import annotations
 
+from typing import Any, Dict, List, Optional
+
 import torch
 from torch import Tensor, nn
 
+from equimd.deploy.metadata import receptive_field as model_receptive_field
 from equimd.potentials.data.cell_list import neighbor_list_torch
 from equimd.potentials.data.graph import AtomicGraph
 from equimd.potentials.forcefield import ForceField
@@ -96,6 +108,8 @@ class DeployedPotential(nn.Module):
             True and at least one direction is periodic; set False to skip the strain
             derivative (e.g. molecules in MD, where stress is never read).
         r_max: float, cutoff radius in Å.
+        receptive_field: float, Å: an atom's energy depends on the atoms within this distance
+            only (layers × r_max, `equimd.deploy.metadata.receptive_field`); -1.0 if unknown.
     """
 
     def __init__(self, forcefield: ForceField, r_max: float, species: list[int]) -> None:
@@ -103,6 +117,7 @@ class DeployedPotential(nn.Module):
         self.forcefield = forcefield
         self.r_max = float(r_max)
         self.compute_stress = True
+        self.receptive_field = potential_receptive_field(forcefield.potential)
         self.register_buffer("species", torch.tensor([int(z) for z in species], dtype=torch.long))
         dtype = torch.float64
         for tensor in forcefield.state_dict().values():
@@ -147,6 +162,80 @@ class DeployedPotential(nn.Module):
             graph, compute_forces=compute_forces, compute_stress=compute_stress
         )
         return single_structure_results(results, compute_forces, compute_stress)
+
+
+    @torch.jit.export
+    def compute_local(
+        self, positions: Tensor, numbers: Tensor, nlocal: int, compute_virial: bool
+    ) -> Dict[str, Tensor]:
+        """Energy of the first `nlocal` atoms of a non-periodic cluster and its gradient.
+
+        positions [N, 3] Å: the `nlocal` local atoms, then ghost atoms (images included, as
+        separate atoms); numbers [N]. Returns energy [] eV = Σ_{a < nlocal} E_a,
+        atomic_energies [nlocal] eV, forces [N, 3] eV/Å = -∂energy/∂x for every atom, and
+        virial [3, 3] eV = -∂energy/∂ε (symmetric strain ε applied to all positions; zeros if
+        not `compute_virial`). Summed over the ranks of a domain decomposition whose ghost
+        atoms reach `receptive_field` (plus the neighbor skin), these are the energy, forces
+        (after ghost forces are sent to their owners) and virial of the periodic system.
+
+        The autograd mirrors `ForceField.forward` (which differentiates the energy of every
+        atom) for the energy of a subset of atoms.
+        """
+        dtype = self.reference.dtype
+        device = self.reference.device
+        positions = positions.to(device=device, dtype=dtype)
+        numbers = numbers.to(device=device, dtype=torch.long)
+        cell = torch.zeros((3, 3), dtype=dtype, device=device)
+        pbc = torch.zeros((3,), dtype=torch.bool, device=device)
+        check_finite_inputs(positions, cell)
+        if nlocal < 0 or nlocal > positions.shape[0]:
+            raise RuntimeError(
+                "equimd model: compute_local needs 0 <= nlocal <= number of atoms, got nlocal "
+                + str(nlocal) + " for " + str(positions.shape[0]) + " atoms"
+            )
+        edge_index, shifts = neighbor_list_torch(positions, cell, pbc, self.r_max)
+        leaf = positions.detach().requires_grad_(True)
+        strained = leaf
+        strain = torch.zeros((3, 3), dtype=dtype, device=device)
+        if compute_virial:
+            strain = strain.requires_grad_(True)
+            deformation = torch.eye(3, dtype=dtype, device=device) + 0.5 * (strain + strain.t())
+            strained = leaf @ deformation
+        graph = single_structure_graph(
+            strained, numbers, edge_index, shifts.to(dtype), cell, pbc
+        )
+        atomic_energies = self.forcefield.potential(graph)  # [N] eV
+        local_energies = atomic_energies[:nlocal]
+        energy = local_energies.sum()
+        inputs: List[Tensor] = [leaf]
+        if compute_virial:
+            inputs.append(strain)
+        grad_outputs: List[Optional[Tensor]] = [torch.ones_like(energy)]
+        grads = torch.autograd.grad([energy], inputs, grad_outputs=grad_outputs, allow_unused=True)
+        d_positions = grads[0]
+        if d_positions is None:
+            d_positions = torch.zeros_like(leaf)
+        virial = torch.zeros((3, 3), dtype=dtype, device=device)
+        if compute_virial:
+            d_strain = grads[1]
+            if d_strain is not None:
+                virial = -d_strain
+        return {
+            "energy": energy.detach(),
+            "atomic_energies": local_energies.detach(),
+            "forces": -d_positions.detach(),
+            "virial": virial.detach(),
+        }
+
+
+def potential_receptive_field(potential: Any) -> float:
+    """`equimd.deploy.metadata.receptive_field` of a `Potential` (Å), -1.0 if unknown."""
+    model_type = getattr(potential, "model_type", None)
+    hyperparameters = getattr(potential, "hyperparameters", None)
+    if not isinstance(model_type, str) or not callable(hyperparameters):
+        return -1.0
+    value = model_receptive_field(model_type, dict(hyperparameters()))
+    return -1.0 if value is None else float(value)
 
 
 class NeighborList(nn.Module):
