@@ -24,9 +24,10 @@ vector from the receiver i to the sender j (fairchem's edge vector) and R_ij its
 - "grid" (fairchem's): SiLU on the values of the functions on latitude/longitude grids (the
   edge-frame grid of orders ≤ mmax for σ_S², the full grid for σ), and the energy averaged over
   `num_sphere_samples` weighted Fibonacci points. Point-wise non-linearities on a finite grid are
-  equivariant only up to aliasing (≈1e-3 relative in the energy), and through σ_S² the result
-  depends on the roll of the edge frame, which `edge_frame_rotation` fixes (fairchem draws it at
-  random per call). For parity with fairchem weights.
+  equivariant only up to aliasing (~1e-6 relative in the energy under a rotation, with the
+  fixture's fairchem weights), and through σ_S² the result depends on the roll of the edge
+  frame, which `edge_frame_rotation` fixes (fairchem draws it at random per call). For parity
+  with fairchem weights.
 - "gate" (the default): the same layers with the point-wise SiLU replaced by its exactly
   equivariant counterpart, a per-channel gate by the l = 0 coefficient,
   σ(x)_{lm,c} = x_{lm,c} · sigmoid(x_{00,c}) (SiLU on the scalar), and the readout MLP applied to
