@@ -26,8 +26,6 @@ from equimd.devices import check_device
 from equimd.files import OutputWriteError
 from equimd.plots import plot_learning_curves, plot_quietly
 from equimd.potentials.forcefield import ForceField
-from equimd.potentials.models import build_model
-from equimd.potentials.nn.convolution import apply_convolution_backend
 from equimd.potentials.train.batching import (
     LabelledBatch,
     batch_indices,
@@ -37,10 +35,7 @@ from equimd.potentials.train.batching import (
 from equimd.potentials.train.checkpoint import (
     TrainProgress,
     load_training_checkpoint,
-    restore_rng_states,
-    rng_states,
     save_checkpoint,
-    training_record,
 )
 from equimd.potentials.train.config import (
     TrainConfig,
@@ -56,15 +51,9 @@ from equimd.potentials.train.data import (
     read_split,
     resolve_e0s,
 )
-from equimd.potentials.train.ema import ExponentialMovingAverage
-from equimd.potentials.train.loss import (
-    LossWeights,
-    loss_from_metrics,
-    needs_forces,
-    needs_stress,
-    weighted_loss,
-)
-from equimd.potentials.train.metrics import ErrorAccumulator, format_metrics_table
+from equimd.potentials.train.distributed import Ranks, ranks_from_environment
+from equimd.potentials.train.loss import LabelCounts, LossWeights
+from equimd.potentials.train.metrics import format_metrics_table
 from equimd.potentials.train.report import MetricsCSV, ProgressBar, epoch_header, epoch_line
 from equimd.potentials.train.run_dir import (
     BEST,
@@ -75,6 +64,8 @@ from equimd.potentials.train.run_dir import (
     prepare_run_dir,
     write_config,
 )
+from equimd.potentials.train.run_state import TrainingRun as _Run
+from equimd.potentials.train.run_state import validation_errors
 from equimd.potentials.train.signals import GracefulStop
 from equimd.potentials.train.statistics import DataStatistics, compute_statistics
 
@@ -152,153 +143,18 @@ def _stop_after_epoch(
     return None
 
 
-class _Run:
-    """The live objects of one training run (built fresh or restored from a checkpoint)."""
-
-    def __init__(
-        self,
-        config: TrainConfig,
-        statistics: DataStatistics,
-        hyperparameters: dict[str, Any],
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> None:
-        training = config.training
-        self.config = config
-        self.statistics = statistics
-        torch.manual_seed(training.seed)
-
-        def new_model() -> torch.nn.Module:
-            model = build_model(config.model.model_type, species=statistics.species, **hyperparameters)
-            if config.model.tp_backend is not None:
-                apply_convolution_backend(model, config.model.tp_backend)
-            return model.to(device=device, dtype=dtype)
-
-        self.model = new_model()
-        self.model.scale_shift.set_statistics(statistics.e0, statistics.scale, statistics.shift)
-        self.forcefield = ForceField(self.model)
-        self.ema = (
-            ExponentialMovingAverage(self.model, new_model(), training.ema_decay)
-            if training.ema_decay is not None
-            else None
-        )
-        self.eval_forcefield = ForceField(self.ema.averaged if self.ema else self.model)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(),
-            lr=training.lr,
-            amsgrad=training.optimizer == "amsgrad",
-            weight_decay=training.weight_decay,
-        )
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer,
-            mode="min",
-            factor=training.scheduler_factor,
-            patience=training.scheduler_patience,
-            min_lr=training.min_lr,
-        )
-        self.order_generator = torch.Generator().manual_seed(training.seed)
-        self.progress = TrainProgress()
-        self.train_errors = ErrorAccumulator()
-        self.train_loss_sum = 0.0
-        self.best_metrics: dict[str, float] = {}
-
-    def restore(self, record: dict[str, Any]) -> None:
-        """Load weights, optimiser, scheduler, EMA, progress and RNG states from a checkpoint."""
-        self.model.load_state_dict(record["raw_state_dict"])
-        if self.ema is not None:
-            self.ema.load_state_dict(record["ema"], record["state_dict"])
-        self.optimizer.load_state_dict(record["optimizer"])
-        self.scheduler.load_state_dict(record["scheduler"])
-        self.order_generator.set_state(record["order_generator"])
-        self.progress = TrainProgress(**record["progress"])
-        self.train_errors.load_state_dict(record["train_accumulator"])
-        self.train_loss_sum = float(record["train_loss_sum"])
-        self.best_metrics = dict(record.get("best_metrics", {}))
-        restore_rng_states(record["rng"])
-
-    def record(self, split_indices: dict[str, list[int]], order_state: torch.Tensor) -> dict:
-        """A resumable checkpoint of the current state (`order_state`: data-order generator
-        state at the start of epoch `progress.epoch`)."""
-        return training_record(
-            self.model,
-            self.ema.averaged if self.ema else None,
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(),
-            ema=self.ema.state_dict() if self.ema else None,
-            progress=self.progress.to_dict(),
-            rng=rng_states(),
-            order_generator=order_state,
-            train_accumulator=self.train_errors.state_dict(),
-            train_loss_sum=self.train_loss_sum,
-            best_metrics=dict(self.best_metrics),
-            split=split_indices,
-            statistics=self.statistics.to_dict(),
-            config=self.config.to_dict(),
-        )
-
-    def finish_epoch(
-        self, valid_metrics: dict[str, float], weights: LossWeights, num_batches: int
-    ) -> tuple[dict[str, Any], bool]:
-        """Close an epoch: step the scheduler on the validation loss, update the best/stale
-        counters, reset the training accumulators. Returns the metrics.csv row and whether
-        this epoch is the best so far."""
-        valid_loss = loss_from_metrics(valid_metrics, weights)
-        self.scheduler.step(valid_loss)
-        progress = self.progress
-        progress.epoch += 1
-        progress.step_in_epoch = 0
-        is_best = valid_loss < progress.best_loss
-        if is_best:
-            progress.best_loss, progress.best_epoch, progress.stale_epochs = valid_loss, progress.epoch, 0
-            self.best_metrics = valid_metrics
-        else:
-            progress.stale_epochs += 1
-        row = {
-            "epoch": progress.epoch,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "train_loss": self.train_loss_sum / num_batches,
-            **{f"train_{k}": v for k, v in self.train_errors.compute().items()},
-            "valid_loss": valid_loss,
-            **{f"valid_{k}": v for k, v in valid_metrics.items()},
-        }
-        self.train_errors = ErrorAccumulator()
-        self.train_loss_sum = 0.0
-        return row, is_best
-
-    def train_step(self, batch: LabelledBatch, weights: LossWeights, clip: float | None) -> float:
-        """One optimisation step on `batch`; returns the batch loss."""
-        self.model.train()
-        predictions = self.forcefield(
-            batch.graph,
-            compute_forces=needs_forces(batch, weights),
-            compute_stress=needs_stress(batch, weights),
-            training=True,
-        )
-        loss = weighted_loss(predictions, batch, weights)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        self.train_errors.update(predictions, batch)
-        value = float(loss.detach())
-        self.train_loss_sum += value
-        return value
-
-
 def validate(forcefield: ForceField, batches: list[LabelledBatch]) -> dict[str, float]:
     """Metrics of `forcefield` on pre-collated batches (forces always, stress where labelled)."""
-    errors = ErrorAccumulator()
-    forcefield.eval()
-    for batch in batches:
-        with torch.enable_grad():
-            predictions = forcefield(
-                batch.graph, compute_forces=True, compute_stress=batch.has_stress, training=False
-            )
-        errors.update({k: v.detach() for k, v in predictions.items()}, batch)
-    return errors.compute()
+    return validation_errors(forcefield, batches).compute()
+
+
+def _validate(run: _Run, batches: list[LabelledBatch], ranks: Ranks) -> dict[str, float]:
+    """Validation metrics of the run's evaluation weights; over several ranks, each rank
+    takes every `world_size`-th batch and the error sums are all-reduced."""
+    if not ranks.distributed:
+        return validate(run.eval_forcefield, batches)
+    errors = validation_errors(run.eval_forcefield, batches[ranks.rank :: ranks.world_size])
+    return ranks.reduce_errors(errors).compute()
 
 
 @dataclass
@@ -312,10 +168,11 @@ class _PreparedData:
 
 
 def _prepare_data(
-    config: TrainConfig, record: dict[str, Any] | None, dtype: torch.dtype
+    config: TrainConfig, record: dict[str, Any] | None, dtype: torch.dtype, ranks: Ranks
 ) -> _PreparedData:
     """Read and split the frames, build their graphs once, and compute the statistics (or take
-    them from the checkpoint being resumed)."""
+    them from the checkpoint being resumed); every rank builds all graphs, and uses the
+    statistics of rank 0."""
     split = read_split(config.data, config.training.seed)
     split_indices = {"train": split.train_indices, "valid": split.valid_indices}
     if record is not None and record["split"] != split_indices:
@@ -334,25 +191,34 @@ def _prepare_data(
     if record is None:
         e0 = resolve_e0s(config.data, split.train, species)
         statistics = compute_statistics(split.train, species, e0, count_edges(train_graphs))
+        statistics = ranks.broadcast(statistics)
     print(f"statistics: {statistics.describe()}")
     return _PreparedData(split_indices, train_graphs, valid_graphs, statistics)
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train the model described by `config`; see the module docstring. Returns the files
-    written and the validation metrics of the best checkpoint."""
+    written and the validation metrics of the best checkpoint. Started by torchrun (WORLD_SIZE
+    > 1 in the environment), this process is one rank of a data-parallel run
+    (`equimd.potentials.train.distributed`)."""
+    with ranks_from_environment(resolve_device(config.training.device)) as (ranks, device):
+        return _train(config, resume, progress, ranks, device)
+
+
+def _train(
+    config: TrainConfig, resume: bool, progress: bool, ranks: Ranks, device: torch.device
+) -> TrainResult:
     started = time.monotonic()
     training = config.training
     run_dir = Path(config.output.run_dir)
-    prepare_run_dir(run_dir, resume, config.output.overwrite)
+    ranks.on_main(lambda: prepare_run_dir(run_dir, resume, config.output.overwrite))
     record = load_training_checkpoint(run_dir / LAST) if resume else None
     if record is not None:
         check_resumable(record, config)
-    device = resolve_device(training.device)
     dtype = getattr(torch, training.dtype)
     seed_everything(training.seed)
 
-    data = _prepare_data(config, record, dtype)
+    data = _prepare_data(config, record, dtype, ranks)
     hyperparameters = dict(config.model.hyperparameters)
     if "avg_num_neighbors" in model_hyperparameter_defaults(config.model.model_type):
         # message normalisation, for the models that take it (docs/models.md)
@@ -360,14 +226,16 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     split_indices = data.split_indices
     train_graphs, valid_graphs = data.train_graphs, data.valid_graphs
 
-    run = _Run(config, data.statistics, hyperparameters, device, dtype)
+    run = _Run(config, data.statistics, hyperparameters, device, dtype, ranks)
     if record is not None:
         run.restore(record)
         print(f"resumed from {run_dir / LAST} at epoch {run.progress.epoch}"
               + (f", step {run.progress.step_in_epoch}" if run.progress.step_in_epoch else ""))
     num_parameters = sum(p.numel() for p in run.model.parameters())
-    print(f"model:      {config.model.model_type}, {num_parameters} parameters, {training.dtype}, {device}")
-    write_config(config, run_dir / CONFIG_NAME)
+    print(f"model:      {config.model.model_type}, {num_parameters} parameters, {training.dtype}, {device}"
+          + (f", {ranks.world_size} processes (DDP)" if ranks.distributed else ""))
+    if ranks.is_main:
+        write_config(config, run_dir / CONFIG_NAME)
 
     weights = LossWeights(training.energy_weight, training.forces_weight, training.stress_weight)
     valid_batches = [
@@ -375,12 +243,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         for indices in batch_indices(len(valid_graphs), training.valid_batch_size or training.batch_size)
     ]
     has_stress = any(b.has_stress for b in valid_batches)
-    csv_log = MetricsCSV(run_dir / CSV_NAME, resume_epoch=run.progress.epoch if record else None)
+    csv_log = MetricsCSV(run_dir / CSV_NAME, resume_epoch=run.progress.epoch if record else None) \
+        if ranks.is_main else None
     steps_per_epoch = math.ceil(len(train_graphs) / training.batch_size)
     bar = ProgressBar(
         training.epochs * steps_per_epoch,
         run.progress.epoch * steps_per_epoch + run.progress.step_in_epoch,
-        progress,
+        progress and ranks.is_main,
         training.max_wall_time,
     )
     bar.write(epoch_header(has_stress))
@@ -393,8 +262,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         return time.monotonic() - started
 
     def save(order_state: torch.Tensor, name: str) -> None:
-        """Write best.pt or last.pt; a failed write says what is left and how to go on."""
+        """Write best.pt or last.pt (rank 0); a failed write says what is left and how to go on."""
         run.progress.elapsed = elapsed_before + wall_time()
+        if not ranks.is_main:
+            return
         try:
             save_checkpoint(run.record(split_indices, order_state), run_dir / name)
         except OutputWriteError as error:
@@ -412,29 +283,45 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         save(order_state, LAST)
         last_saved_epoch = run.progress.epoch
 
+    def step_batch(indices: list[int]) -> float:
+        """One optimisation step on the global batch `indices` (this rank's share of it);
+        returns the loss of the global batch."""
+        counts = LabelCounts.of([train_graphs[i] for i in indices])
+        shard, factor = ranks.shard(indices), float(ranks.world_size)
+        if not shard:  # fewer structures than ranks: a placeholder that contributes nothing
+            shard, factor = indices[:1], 0.0
+        batch = batch_to(collate_labelled([train_graphs[i] for i in shard]), device, dtype)
+        if not ranks.distributed:
+            return run.train_step(batch, weights, training.clip_grad_norm)
+        return run.train_step(batch, weights, training.clip_grad_norm, counts, factor)
+
     try:
         with GracefulStop() as stop:
             while run.progress.epoch < training.epochs:
                 epoch_state = run.order_generator.get_state()
                 batches = batch_indices(len(train_graphs), training.batch_size, run.order_generator)
                 for step in range(run.progress.step_in_epoch, len(batches)):
-                    batch = batch_to(
-                        collate_labelled([train_graphs[i] for i in batches[step]]), device, dtype
-                    )
-                    loss = run.train_step(batch, weights, training.clip_grad_norm)
+                    share = step_batch(batches[step])
                     run.progress.step_in_epoch = step + 1
-                    bar.step(run.progress.epoch + 1, training.epochs, loss)
                     out_of_time = (
                         training.max_wall_time is not None and wall_time() > training.max_wall_time
                     )
-                    if stop.requested or out_of_time:
-                        stop_reason = "interrupted" if stop.requested else "max_wall_time"
+                    # the ranks agree on the loss and on stopping (a signal may reach one rank)
+                    loss, stopping, timed_out = ranks.sum(
+                        [share, float(stop.requested is not None), float(out_of_time)]
+                    )
+                    run.train_loss_sum += loss
+                    bar.step(run.progress.epoch + 1, training.epochs, loss)
+                    if stopping or timed_out:
+                        stop_reason = "interrupted" if stopping else "max_wall_time"
                         break
                 if stop_reason is not None:
+                    run.train_errors = ranks.reduce_errors(run.train_errors)  # saved by rank 0
                     save_last(epoch_state)
                     break
 
-                valid_metrics = validate(run.eval_forcefield, valid_batches)
+                valid_metrics = _validate(run, valid_batches, ranks)
+                run.train_errors = ranks.reduce_errors(run.train_errors)
                 row, is_best = run.finish_epoch(valid_metrics, weights, len(batches))
                 row["time_s"] = elapsed_before + wall_time()
                 next_state = run.order_generator.get_state()
@@ -442,15 +329,16 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                     save(next_state, BEST)
                 if run.progress.epoch % training.checkpoint_interval == 0:
                     save_last(next_state)
-                csv_log.append(row)
-                plot_quietly(plot_learning_curves, run_dir / CSV_NAME, "learning curves")
+                if csv_log is not None:
+                    csv_log.append(row)
+                    plot_quietly(plot_learning_curves, run_dir / CSV_NAME, "learning curves")
                 bar.write(epoch_line(row, has_stress, is_best))
 
                 epoch_duration = time.monotonic() - epoch_started
                 epoch_started = time.monotonic()
-                stop_reason = _stop_after_epoch(
+                stop_reason = ranks.broadcast(_stop_after_epoch(
                     training, run.progress, stop.requested, wall_time(), epoch_duration
-                )
+                ))
                 if stop_reason is not None:
                     break
             if last_saved_epoch != run.progress.epoch:
@@ -463,10 +351,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         interrupted = TrainingInterrupted(run_dir / LAST)
         print(interrupted, flush=True)
         raise interrupted
-    if not (run_dir / BEST).exists():
+    if ranks.broadcast(not (run_dir / BEST).exists()):
         # stopped (max_wall_time) inside the first epoch: validate these weights, so best.pt is
         # a validated checkpoint like any other and the final table has numbers
-        run.best_metrics = validate(run.eval_forcefield, valid_batches)
+        run.best_metrics = _validate(run, valid_batches, ranks)
         save(run.order_generator.get_state(), BEST)
         print(
             f"equimd: warning: training stopped ({stop_reason}) after {run.progress.step_in_epoch} "
