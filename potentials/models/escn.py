@@ -142,8 +142,8 @@ class MessageBlock(nn.Module):
         x_source = self.frame.rotate(x.index_select(0, sender), wigner)  # [E, K, C]
         x_target = self.frame.rotate(x.index_select(0, receiver), wigner)  # [E, K, C]
         message = self.so2_block_source(x_source, x_edge) + self.so2_block_target(x_target, x_edge)
-        message = self.frame.rotate_back(self.activation(message), wigner)  # [E, (L+1)², C]
-        message = message * envelope.view(-1, 1, 1)
+        message = self.activation(message) * envelope.view(-1, 1, 1)  # f_c in the frame: [E, K, C]
+        message = self.frame.rotate_back(message, wigner)  # [E, (L+1)², C]
         return scatter_sum(message, receiver, x.shape[0], keep_source=False)  # [N, (L+1)², C]
 
 
