@@ -1,6 +1,6 @@
 """The `equimd` command: a thin dispatcher; each subcommand's logic lives in its own module.
 
-    equimd train CONFIG.yaml [--resume]
+    equimd train CONFIG.yaml [--resume] [--nproc N]
     equimd evaluate CHECKPOINT DATA [-o DIR] [--energy-key ...]
     equimd data convert IN.xyz OUT.h5 [--energy-key ...]
     equimd data demo OUT.xyz [--frames N] [--seed S]
@@ -22,6 +22,7 @@ removes the output directories it created while they are still empty.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -99,14 +100,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from equimd.potentials.train.trainer import train
 
     config = load_config(args.config)
+    if args.nproc > 1:  # data-parallel: torchrun starts the ranks, each runs this command
+        from equimd.potentials.train.distributed import launch
+
+        return launch(_train_rank_arguments(args), args.nproc)
     new_directories = _missing_directories(config.output.run_dir)
     try:
         result = train(config, resume=args.resume, progress=not args.no_progress)
     except Exception:
         _remove_empty(new_directories)  # a run that failed before writing anything
         raise
-    print(result)
+    if os.environ.get("RANK", "0") == "0":  # one summary, from rank 0 of a torchrun launch
+        print(result)
     return 0
+
+
+def _train_rank_arguments(args: argparse.Namespace) -> list[str]:
+    """The `equimd` arguments each rank of `train --nproc N` runs with (no --nproc)."""
+    arguments = (["--debug"] if args.debug else []) + ["train", args.config]
+    arguments += ["--resume"] * args.resume + ["--no-progress"] * args.no_progress
+    return arguments + ([f"--threads={args.threads}"] if args.threads else [])
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -214,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config (see examples/train_nequip.yaml)")
     train.add_argument("--resume", action="store_true", help="continue from <run dir>/last.pt")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--nproc", type=_positive_int, default=1, metavar="N",
+        help="data-parallel training in N processes on this machine (torchrun + DDP; gloo on "
+        "CPU, one GPU each on CUDA); the same as `torchrun --nproc_per_node N -m equimd.cli "
+        "train CONFIG`, see docs/training.md",
+    )
     _add_threads_argument(train)
     train.set_defaults(handler=_cmd_train)
 

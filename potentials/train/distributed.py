@@ -148,13 +148,13 @@ def ranks_from_environment(device: torch.device) -> Iterator[tuple[Ranks, torch.
 
 
 def launch(arguments: Sequence[str], nproc: int) -> int:
-    """Run `equimd train ARGUMENTS` in `nproc` processes under torchrun on this machine
+    """Run `equimd ARGUMENTS` (`train CONFIG ...`) in `nproc` processes under torchrun on this machine
     (rendezvous on a free local port) and wait; returns torchrun's exit status. If a rank dies,
     torchrun stops the others and exits non-zero; Ctrl-C or SIGTERM reaches every rank, which
     write last.pt and stop."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={nproc}", "-m", "equimd.cli", "train", *arguments,
+        f"--nproc_per_node={nproc}", "-m", "equimd.cli", *arguments,
     ]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, set here to silence its notice
