@@ -64,11 +64,12 @@ def _energy_and_forces(model: torch.nn.Module, atoms: Atoms) -> tuple[float, np.
 
 @pytest.mark.parametrize("model_name", list(MODELS))
 @pytest.mark.parametrize("structure", list(degenerate_structures()))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_degenerate_geometry_gives_finite_energy_forces_and_training_gradients(
-    model_name, structure
+    model_name, structure, dtype
 ):
-    model = MODELS[model_name]()
-    out = ForceField(model)(graph_of(degenerate_structures()[structure]), training=True)
+    model = MODELS[model_name]().to(dtype)
+    out = ForceField(model)(graph_of(degenerate_structures()[structure], dtype), training=True)
     assert torch.isfinite(out["energy"]).all() and torch.isfinite(out["forces"]).all()
     loss = out["energy"].pow(2).sum() + out["forces"].pow(2).sum()
     parameters = [p for p in model.parameters() if p.requires_grad]
