@@ -78,46 +78,52 @@ def parse_metadata(text: str | bytes, path: str) -> dict[str, Any]:
     return metadata
 
 
-# Message-passing depth of each registered model: the hyperparameter holding the number of
-# interaction layers, and how many neighbour hops (each at most r_max) one layer adds. The
-# energy of an atom depends only on atoms within `receptive_field` = hops × r_max of it, which
-# is what a domain-decomposed host (the LAMMPS pair style `equimd`) needs as its ghost-atom
-# cutoff. DimeNet++/GemNet messages live on edges and an output block reads the edge state, so
-# T interaction blocks reach T + 1 hops. TokenGT alternates atom and edge tokens (two layers per
-# hop); counting one hop per layer is an upper bound. Checked in tests/test_deploy_local_energy.py.
-RECEPTIVE_FIELD_LAYERS: dict[str, tuple[tuple[str, ...], int]] = {
-    "toy_pair": ((), 0),
-    "nequip": (("num_layers",), 0),
-    "mace": (("num_interactions",), 0),
-    "segnn": (("num_layers",), 0),
-    "equiformer": (("num_layers",), 0),
-    "escn": (("num_layers",), 0),
-    "implicit_kernels": (("num_layers",), 0),
-    "comenet": (("num_layers",), 0),
-    "clofnet": (("n_layers",), 0),
-    "gnnlf": (("num_mplayer",), 0),
-    "matformer": (("conv_layers",), 0),
-    "geot": (("transformer_num_layers",), 0),
-    "tokengt": (("encoder_layers",), 0),
-    "graphormer3d": (("layers", "blocks"), 0),
-    "dimenetpp": (("num_blocks",), 1),
-    "gemnet": (("num_blocks",), 1),
+# Message-passing depth of each registered model: the hyperparameters whose product is the
+# number of interaction layers L, and hops = per_layer × L + extra, each hop at most r_max. The
+# energy of an atom depends only on atoms within `receptive_field` = hops × r_max of it: the
+# ghost-atom cutoff of a domain-decomposed host (the LAMMPS pair style `equimd`). The extra hops
+# come from what reads the neighbours outside the interaction layers: local frames or
+# equivariant node attributes built from the neighbours (ClofNet, ComENet, GNN-LF, SEGNN),
+# edge states read by the output (DimeNet++, GemNet), a neighbour-attention output head
+# (Equiformer), a centrality/bias stage (Graphormer-3D); Implicit Kernels builds its kernel
+# inputs from the neighbours in every layer (2 hops per layer). Measured on a dense rod of
+# atoms for 1-3 layers (energy of atom 0 with everything beyond k × r_max removed) and kept
+# as upper bounds; tests/test_deploy_local_energy.py checks every registered model.
+RECEPTIVE_FIELD_LAYERS: dict[str, tuple[tuple[str, ...], int, int]] = {
+    "toy_pair": ((), 0, 1),
+    "nequip": (("num_layers",), 1, 0),
+    "mace": (("num_interactions",), 1, 0),
+    "matformer": (("conv_layers",), 1, 0),
+    "escn": (("num_layers",), 1, 0),
+    "geot": (("transformer_num_layers",), 1, 0),
+    "tokengt": (("encoder_layers",), 1, 0),
+    "segnn": (("num_layers",), 1, 1),
+    "equiformer": (("num_layers",), 1, 1),
+    "comenet": (("num_layers",), 1, 1),
+    "clofnet": (("n_layers",), 1, 1),
+    "graphormer3d": (("layers", "blocks"), 1, 1),
+    "dimenetpp": (("num_blocks",), 1, 1),
+    "gemnet": (("num_blocks",), 1, 2),
+    "gnnlf": (("num_mplayer",), 1, 2),
+    "implicit_kernels": (("num_layers",), 2, 1),
 }
 
 
 def receptive_field(model_type: str, hyperparameters: dict[str, Any]) -> float | None:
     """The distance in Å beyond which no atom changes another atom's energy: hops × r_max.
 
-    hops = product of the layer-count hyperparameters (`RECEPTIVE_FIELD_LAYERS`) plus the extra
-    hops of the architecture; None for a model type not in the table (its receptive field is
-    unknown, so a domain-decomposed host cannot choose its ghost cutoff).
+    hops = per_layer × (product of the layer-count hyperparameters) + extra
+    (`RECEPTIVE_FIELD_LAYERS`); None for a model type not in the table or hyperparameters
+    lacking a key (the receptive field is unknown: a domain-decomposed host cannot choose its
+    ghost cutoff).
     """
     if model_type not in RECEPTIVE_FIELD_LAYERS or "r_max" not in hyperparameters:
         return None
-    keys, extra = RECEPTIVE_FIELD_LAYERS[model_type]
-    hops = 1
+    keys, per_layer, extra = RECEPTIVE_FIELD_LAYERS[model_type]
+    layers = 1
     for key in keys:
         if key not in hyperparameters:
             return None
-        hops *= int(hyperparameters[key])
-    return float(hops + extra) * float(hyperparameters["r_max"])
+        layers *= int(hyperparameters[key])
+    hops = per_layer * layers + extra
+    return float(hops) * float(hyperparameters["r_max"])

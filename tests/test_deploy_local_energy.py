@@ -142,6 +142,8 @@ def test_unknown_model_type_has_no_receptive_field():
     assert receptive_field("nequip", {"r_max": 4.0}) is None  # layer count missing
     assert receptive_field("nequip", {"r_max": 4.0, "num_layers": 3}) == 12.0
     assert receptive_field("dimenetpp", {"r_max": 5.0, "num_blocks": 2}) == 15.0
+    assert receptive_field("implicit_kernels", {"r_max": 2.0, "num_layers": 3}) == 14.0
+    assert receptive_field("toy_pair", {"r_max": 4.0}) == 4.0
 
 
 @pytest.mark.parametrize("model_type", sorted(MODELS))
