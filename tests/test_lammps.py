@@ -272,3 +272,64 @@ def test_energy_forces_virial_equal_ase(name, ranks, plugin, model_file, tmp_pat
     assert abs(frame["pe"] - energy) < 1e-10
     np.testing.assert_allclose(np.array(frame["forces"]), forces, rtol=0, atol=1e-10)
     np.testing.assert_allclose(lammps_virial(frame, result["nktv2p"]), virial, rtol=0, atol=1e-10)
+
+
+def test_nve_two_ranks_follow_one_rank(plugin, model_file, tmp_path):
+    """20 NVE steps (0.5 fs, 300 K, the water box): 2 ranks reproduce the 1-rank trajectory
+    to round-off, and the total energy is conserved like it."""
+    atoms = water()
+    one = run_lammps(tmp_path, 1, atoms, plugin, model_file, steps=20)["frames"]
+    two = run_lammps(tmp_path, 2, atoms, plugin, model_file, steps=20)["frames"]
+    box = atoms.cell.lengths()
+    for a, b in zip(one, two, strict=True):
+        delta = np.array(a["positions"]) - np.array(b["positions"])
+        delta -= np.round(delta / box) * box  # an atom wrapped on one side only
+        assert np.abs(delta).max() < 1e-9
+        assert abs(a["etotal"] - b["etotal"]) < 1e-9
+        np.testing.assert_allclose(np.array(a["forces"]), np.array(b["forces"]), atol=1e-8)
+    assert np.abs(np.array(one[-1]["positions"]) - np.array(one[0]["positions"])).max() > 1e-3
+    drift = [abs(frame["etotal"] - one[0]["etotal"]) for frame in one]
+    assert max(drift) < 1e-3 * len(atoms)  # eV, 0.5 fs steps on a smooth model
+
+
+def test_element_the_model_lacks_fails_at_pair_coeff(plugin, model_file, tmp_path):
+    atoms = copper()
+    with pytest.raises(AssertionError, match="element Ar .*not one of the model's elements"):
+        run_lammps(tmp_path, 1, atoms, plugin, model_file, elements=["Ar"])
+    with pytest.raises(AssertionError, match="`Xx` .*is not an element symbol"):
+        run_lammps(tmp_path, 1, atoms, plugin, model_file, elements=["Xx"])
+
+
+class _NotEquimd(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.r_max = 3.0
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions.sum()
+
+
+def _lammps_error(tmp_path: Path, plugin: Path, model: Path, units: str) -> str:
+    data = tmp_path / "structure.data"
+    write_data(copper(), data)
+    script = tmp_path / "in.bad"
+    script.write_text(
+        f"units {units}\natom_style atomic\nread_data {data}\nplugin load {plugin}\n"
+        f"pair_style equimd {model}\n"
+    )
+    result = subprocess.run(
+        [str(BIN / "lmp"), "-in", str(script), "-log", "none"],
+        capture_output=True,
+        text=True,
+        env=lammps_env(),
+        timeout=300,
+    )
+    assert result.returncode != 0
+    return result.stdout + result.stderr
+
+
+def test_wrong_units_and_foreign_model_file_are_refused(plugin, model_file, tmp_path):
+    assert "requires `units metal`" in _lammps_error(tmp_path, plugin, model_file, "real")
+    foreign = tmp_path / "foreign.pt"
+    torch.jit.save(torch.jit.script(_NotEquimd()), str(foreign))
+    assert "has no compute_local method" in _lammps_error(tmp_path, plugin, foreign, "metal")
