@@ -264,3 +264,35 @@ def test_a_checkpoint_from_before_trajectory_formats_restarts_with_its_dcd():
     assert changed_on_restart(saved, MDSettings("s.xyz", "m.pt")) == [
         "trajectory_format: 'dcd' → 'extxyz'"]
     assert changed_on_restart(dict(saved, engine="ase"), MDSettings("s.xyz", "m.pt", engine="ase")) == []
+
+
+@pytest.mark.parametrize("transform", ["rotated", "left_handed_unreduced"])
+def test_openmm_engine_takes_any_periodic_cell(transform, tmp_path, capsys):
+    """OpenMM wants its box in reduced form (a along x, lower-triangular, |b_x| ≤ a_x/2, ...);
+    `equimd md` rotates and lattice-reduces any other cell (a rotated or left-handed one, with
+    non-reduced vectors), says so, and the physics is unchanged: the first Epot is the ASE
+    calculator's energy of the structure as given."""
+    from scipy.spatial.transform import Rotation
+
+    from equimd.md_drivers.ase import EquimdCalculator
+
+    atoms = periodic_box()
+    if transform == "rotated":
+        rotation = Rotation.random(random_state=4).as_matrix()
+        atoms.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
+        atoms.positions = atoms.positions @ rotation.T
+    else:  # same lattice: c → -c (left-handed), b → b + 2a (not reduced)
+        cell = atoms.cell.array.copy()
+        cell[2] *= -1.0
+        cell[1] += 2.0 * cell[0]
+        atoms.set_cell(cell, scale_atoms=False)
+    structure = tmp_path / "cell.extxyz"
+    write(structure, atoms)
+    output = tmp_path / "md"
+    assert main(md_args(structure, output, steps=10)) == 0
+    assert "rotated to OpenMM's reduced box form" in capsys.readouterr().err
+    reference = atoms.copy()
+    reference.calc = EquimdCalculator(model_file("float64", 0.2, num_layers=1))
+    first = read_thermo(output / "thermo.csv")[0]
+    assert float(first["Epot_eV"]) == pytest.approx(reference.get_potential_energy(), abs=1e-8)
+    assert float(first["volume_A3"]) == pytest.approx(atoms.get_volume(), rel=1e-10)

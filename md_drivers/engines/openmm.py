@@ -44,6 +44,12 @@ class OpenMMEngine:
         platform = _platform(settings.platform) if settings.platform else None  # refuse early
         self.numbers = atoms.get_atomic_numbers()
         self.periodic = bool(atoms.pbc.all())
+        if self.periodic:
+            atoms, changed = reduced_box_frame(atoms)
+            if changed:
+                print("equimd md: the periodic cell was rotated to OpenMM's reduced box form "
+                      f"(rows {np.round(atoms.cell.array, 4).tolist()} Å, same lattice and "
+                      "structure); trajectory and checkpoints use this frame", file=sys.stderr)
         n_atoms = len(atoms)
         self.system, self.topology, box = _system_and_topology(settings, atoms, self.periodic)
         self.dof = 3 * n_atoms - 3 if n_atoms > 1 else 3
@@ -182,6 +188,31 @@ class OpenMMEngine:
         """Drop the Context and integrator (platform memory, the model in the force) now."""
         self._state = None
         self.context = self.integrator = None
+
+
+def reduced_box_frame(atoms: Atoms) -> tuple[Atoms, bool]:
+    """`atoms` rotated (positions, momenta and cell together) and its cell vectors recombined
+    into OpenMM's reduced form: a = (a_x, 0, 0), b = (b_x, b_y, 0), c = (c_x, c_y, c_z) with
+    positive diagonal, |b_x| ≤ a_x/2, |c_x| ≤ a_x/2, |c_y| ≤ b_y/2. A rotation and a change of
+    lattice basis change neither energies nor forces (up to the rotation); a left-handed cell
+    gets c → −c first (the same lattice). Returns (atoms, whether anything changed)."""
+    from ase.cell import Cell
+
+    cell = atoms.cell.array.copy()
+    if np.linalg.det(cell) < 0:
+        cell[2] = -cell[2]
+    lower, rotation = Cell(cell).standard_form()  # lower @ rotation = cell
+    a, b, c = (np.array(vector) for vector in lower.array)
+    c = c - np.round(c[1] / b[1]) * b
+    c = c - np.round(c[0] / a[0]) * a
+    b = b - np.round(b[0] / a[0]) * a
+    reduced = atoms.copy()
+    reduced.set_cell(np.array([a, b, c]), scale_atoms=False)
+    reduced.positions = atoms.positions @ rotation.T
+    if atoms.has("momenta"):
+        reduced.set_momenta(atoms.get_momenta() @ rotation.T)
+    changed = not np.allclose(reduced.cell.array, atoms.cell.array, rtol=0, atol=1e-12)
+    return reduced, changed
 
 
 def _system_and_topology(settings: MDSettings, atoms: Atoms, periodic: bool):
