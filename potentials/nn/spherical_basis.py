@@ -24,6 +24,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from equimd.potentials.nn.radial import polynomial_envelope
+
 
 def spherical_bessel(x: Tensor, num_orders: int) -> Tensor:
     """j_l(x) for l = 0..num_orders-1: x [...] → [..., num_orders] (x > 0)."""
@@ -94,22 +96,15 @@ def legendre_harmonics(cos_theta: Tensor, num_orders: int) -> Tensor:
 
 class PolynomialEnvelope(nn.Module):
     """u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2) for x < 1, else 0
-    (GemNet's envelope, DimeNet's times x; the function of `equimd.potentials.nn.radial.
-    PolynomialCutoff`). Evaluated in the factored form (1 - x)³ Σ_{k<p} (k+1)(k+2)/2 x^k,
-    without cancellation near the cutoff: the expanded form loses ~3 digits of its
-    derivative there in float32 (terms of size ~p³ summing to ~0), seen in the forces.
-    """
+    (GemNet's envelope, DimeNet's times x): `equimd.potentials.nn.radial.polynomial_envelope`
+    of x = d/c, evaluated in its factored form (no float32 cancellation near the cutoff)."""
 
     def __init__(self, exponent: int = 5) -> None:
         super().__init__()
-        self.coefficients = [(k + 1) * (k + 2) / 2.0 for k in range(exponent)]
+        self.exponent = int(exponent)
 
     def forward(self, x: Tensor) -> Tensor:
-        series = torch.full_like(x, self.coefficients[-1])
-        for coefficient in self.coefficients[-2::-1]:  # Horner
-            series = series * x + coefficient
-        one_minus = 1.0 - x
-        return one_minus * one_minus * one_minus * series * (x < 1.0).to(x.dtype)
+        return polynomial_envelope(x, self.exponent)
 
 
 class DimeNetEnvelope(nn.Module):
