@@ -27,25 +27,46 @@ REPO = Path(__file__).resolve().parents[1]
 
 MODELS = {
     "nequip": {
-        "model_type": "nequip", "num_features": 4, "l_max": 1, "num_layers": 2,
-        "r_max": 3.5, "radial_mlp_hidden": [16], "num_bessel": 4,
+        "model_type": "nequip",
+        "num_features": 4,
+        "l_max": 1,
+        "num_layers": 2,
+        "r_max": 3.5,
+        "radial_mlp_hidden": [16],
+        "num_bessel": 4,
     },
     "mace": {
-        "model_type": "mace", "max_ell": 1, "hidden_irreps": "4x0e+4x1o", "correlation": 2,
-        "num_interactions": 2, "MLP_irreps": "4x0e", "radial_MLP": [8], "r_max": 3.5,
+        "model_type": "mace",
+        "max_ell": 1,
+        "hidden_irreps": "4x0e+4x1o",
+        "correlation": 2,
+        "num_interactions": 2,
+        "MLP_irreps": "4x0e",
+        "radial_MLP": [8],
+        "r_max": 3.5,
     },
 }
 
 
 def raw_config(data: Path, run_dir: Path, model: str = "nequip", **training) -> dict:
     """9 training and 3 validation frames; batch_size 4 makes global batches of 4, 4 and 1
-    structures, so with 2 ranks the last one leaves rank 1 without a structure."""
+    structures, so with 2 ranks the last one leaves rank 1 without a structure. Adam is
+    nearly blind to the scale of the gradient; the weight decay makes the weights depend on
+    it (a gradient off by a factor 2 moves them by ~1e-8 in 2 epochs, far above round-off)."""
     return {
         "data": {"train": str(data), "valid_fraction": 0.25},
         "model": dict(MODELS[model]),
         "training": {
-            "epochs": 2, "batch_size": 4, "valid_batch_size": 1, "lr": 0.03, "device": "cpu",
-            "seed": 1, "dtype": "float64", "stress_weight": 10.0, **training,
+            "epochs": 2,
+            "batch_size": 4,
+            "valid_batch_size": 1,
+            "lr": 0.03,
+            "device": "cpu",
+            "seed": 1,
+            "dtype": "float64",
+            "stress_weight": 10.0,
+            "weight_decay": 0.01,
+            **training,
         },
         "output": {"run_dir": str(run_dir)},
     }
@@ -77,10 +98,19 @@ def write_yaml(raw: dict, path: Path) -> Path:
 def start_ranks(config: Path, nproc: int = 2, resume: bool = False) -> subprocess.Popen:
     """`equimd train CONFIG --nproc N` in a subprocess (the launcher, torchrun, the ranks)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "equimd.cli", "train", str(config), "--nproc", str(nproc),
-               "--no-progress"] + (["--resume"] if resume else [])
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "equimd.cli",
+        "train",
+        str(config),
+        "--nproc",
+        str(nproc),
+        "--no-progress",
+    ] + (["--resume"] if resume else [])
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def run_ranks(config: Path, resume: bool = False, timeout: float = 600) -> str:
@@ -129,8 +159,11 @@ def test_shard_losses_sum_to_the_global_batch_loss(copper):
     def predictions(batch):
         graph = batch.graph
         noise = lambda t: t + torch.randn(t.shape, generator=generator, dtype=t.dtype)  # noqa: E731
-        return {"energy": noise(graph.energy), "forces": noise(graph.forces),
-                "stress": noise(graph.stress)}
+        return {
+            "energy": noise(graph.energy),
+            "forces": noise(graph.forces),
+            "stress": noise(graph.stress),
+        }
 
     whole = collate_labelled(items)
     predicted = predictions(whole)
@@ -141,11 +174,20 @@ def test_shard_losses_sum_to_the_global_batch_loss(copper):
         total = torch.zeros((), dtype=torch.float64)
         for rank in range(world_size):
             shard = Ranks(rank, world_size).shard(list(range(len(items))))
-            atoms = torch.cat([torch.arange(whole.graph.ptr[i], whole.graph.ptr[i + 1]) for i in shard])
-            part = {"energy": predicted["energy"][shard], "forces": predicted["forces"][atoms],
-                    "stress": predicted["stress"][shard]}
-            total = total + weighted_loss(part, collate_labelled([items[i] for i in shard]), weights, counts)
-        torch.testing.assert_close(total, weighted_loss(predicted, whole, weights), rtol=1e-14, atol=0)
+            atoms = torch.cat(
+                [torch.arange(whole.graph.ptr[i], whole.graph.ptr[i + 1]) for i in shard]
+            )
+            part = {
+                "energy": predicted["energy"][shard],
+                "forces": predicted["forces"][atoms],
+                "stress": predicted["stress"][shard],
+            }
+            total = total + weighted_loss(
+                part, collate_labelled([items[i] for i in shard]), weights, counts
+            )
+        torch.testing.assert_close(
+            total, weighted_loss(predicted, whole, weights), rtol=1e-14, atol=0
+        )
 
 
 def test_one_process_ranks_are_no_ops():
@@ -160,12 +202,16 @@ def test_one_process_ranks_are_no_ops():
 
 
 def _two_ranks_match_one_process(copper: Path, tmp_path: Path, model: str) -> None:
-    ranks_config = write_yaml(raw_config(copper, tmp_path / "ranks", model), tmp_path / "ranks.yaml")
+    ranks_config = write_yaml(
+        raw_config(copper, tmp_path / "ranks", model), tmp_path / "ranks.yaml"
+    )
     output = run_ranks(ranks_config)
     assert "2 processes (DDP)" in output
     assert output.count("training completed after 2 epochs") == 1  # rank 0 reports
     with one_thread():
-        single = train(config_from_dict(raw_config(copper, tmp_path / "single", model)), progress=False)
+        single = train(
+            config_from_dict(raw_config(copper, tmp_path / "single", model)), progress=False
+        )
     assert_close_weights(single.last_checkpoint, tmp_path / "ranks" / "last.pt")
     assert_close_weights(single.best_checkpoint, tmp_path / "ranks" / "best.pt")
     assert_same_metrics(single.metrics_csv, tmp_path / "ranks" / "metrics.csv")
@@ -202,7 +248,9 @@ def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
     """The process of `rank` (RANK in its environment, set by torchrun) under the launcher."""
     for pid in _descendants(launcher.pid):
         with contextlib.suppress(OSError):
-            if f"RANK={rank}".encode() in (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0"):
+            if f"RANK={rank}".encode() in (Path("/proc") / str(pid) / "environ").read_bytes().split(
+                b"\0"
+            ):
                 return pid
     raise AssertionError(f"no process of rank {rank} under the launcher")
 
@@ -214,7 +262,10 @@ def test_sigkill_of_one_rank_stops_the_launcher_and_resume_matches(copper, tmp_p
     config = write_yaml(raw, tmp_path / "run.yaml")
     launcher = start_ranks(config)
     deadline = time.monotonic() + 300
-    while not ((tmp_path / "run" / "metrics.csv").exists() and len(rows(tmp_path / "run" / "metrics.csv")) >= 2):
+    while not (
+        (tmp_path / "run" / "metrics.csv").exists()
+        and len(rows(tmp_path / "run" / "metrics.csv")) >= 2
+    ):
         assert launcher.poll() is None, launcher.communicate()[0]
         assert time.monotonic() < deadline, "the ranks did not finish 2 epochs in time"
         time.sleep(0.1)
@@ -226,9 +277,12 @@ def test_sigkill_of_one_rank_stops_the_launcher_and_resume_matches(copper, tmp_p
     assert epoch >= 2
     raw["training"]["epochs"] = epoch + 1
     run_ranks(write_yaml(raw, config), resume=True)
-    assert [int(r["epoch"]) for r in rows(tmp_path / "run" / "metrics.csv")] == list(range(1, epoch + 2))
+    assert [int(r["epoch"]) for r in rows(tmp_path / "run" / "metrics.csv")] == list(
+        range(1, epoch + 2)
+    )
     with one_thread():
         single = train(
-            config_from_dict(raw_config(copper, tmp_path / "single", epochs=epoch + 1)), progress=False
+            config_from_dict(raw_config(copper, tmp_path / "single", epochs=epoch + 1)),
+            progress=False,
         )
     assert_close_weights(single.last_checkpoint, tmp_path / "run" / "last.pt", tolerance=1e-10)

@@ -39,7 +39,13 @@ class Ranks:
     """This process's place among the training processes; with `world_size == 1` every method
     is a no-op, so the trainer has one code path."""
 
-    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        rank: int = 0,
+        world_size: int = 1,
+        local_rank: int = 0,
+        device: torch.device | None = None,
+    ) -> None:
         self.rank = rank
         self.world_size = world_size
         self.local_rank = local_rank
@@ -133,7 +139,9 @@ def ranks_from_environment(device: torch.device) -> Iterator[tuple[Ranks, torch.
     initialized_here = not dist.is_initialized()
     if initialized_here:
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
-    ranks = Ranks(rank, world_size, local_rank, device if backend == "nccl" else torch.device("cpu"))
+    ranks = Ranks(
+        rank, world_size, local_rank, device if backend == "nccl" else torch.device("cpu")
+    )
     stdout = sys.stdout
     try:
         if not ranks.is_main:
@@ -153,8 +161,14 @@ def launch(arguments: Sequence[str], nproc: int) -> int:
     torchrun stops the others and exits non-zero; Ctrl-C or SIGTERM reaches every rank, which
     write last.pt and stop."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={nproc}", "-m", "equimd.cli", *arguments,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "equimd.cli",
+        *arguments,
     ]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, set here to silence its notice

@@ -45,7 +45,9 @@ class TrainingRun:
         torch.manual_seed(training.seed)
 
         def new_model() -> torch.nn.Module:
-            model = build_model(config.model.model_type, species=statistics.species, **hyperparameters)
+            model = build_model(
+                config.model.model_type, species=statistics.species, **hyperparameters
+            )
             if config.model.tp_backend is not None:
                 apply_convolution_backend(model, config.model.tp_backend)
             return model.to(device=device, dtype=dtype)
@@ -130,7 +132,11 @@ class TrainingRun:
         progress.step_in_epoch = 0
         is_best = valid_loss < progress.best_loss
         if is_best:
-            progress.best_loss, progress.best_epoch, progress.stale_epochs = valid_loss, progress.epoch, 0
+            progress.best_loss, progress.best_epoch, progress.stale_epochs = (
+                valid_loss,
+                progress.epoch,
+                0,
+            )
             self.best_metrics = valid_metrics
         else:
             progress.stale_epochs += 1

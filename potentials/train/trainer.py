@@ -8,6 +8,10 @@ improves, last.pt every
 `checkpoint_interval` epochs. Stops at `epochs`, on early stopping, at `max_wall_time`, or on
 SIGINT/SIGTERM (after writing last.pt). `resume=True` continues from last.pt; on CPU with a
 fixed seed the result is bit-identical to an uninterrupted run.
+
+Under torchrun (`equimd train --nproc N`) each process is one rank of a data-parallel run
+(DistributedDataParallel): the global batches are split over the ranks so that the weights
+equal those of one process to round-off (`equimd.potentials.train.distributed`).
 """
 
 from __future__ import annotations
@@ -243,8 +247,11 @@ def _train(
         for indices in batch_indices(len(valid_graphs), training.valid_batch_size or training.batch_size)
     ]
     has_stress = any(b.has_stress for b in valid_batches)
-    csv_log = MetricsCSV(run_dir / CSV_NAME, resume_epoch=run.progress.epoch if record else None) \
-        if ranks.is_main else None
+    csv_log = (
+        MetricsCSV(run_dir / CSV_NAME, resume_epoch=run.progress.epoch if record else None)
+        if ranks.is_main
+        else None
+    )
     steps_per_epoch = math.ceil(len(train_graphs) / training.batch_size)
     bar = ProgressBar(
         training.epochs * steps_per_epoch,
@@ -336,9 +343,11 @@ def _train(
 
                 epoch_duration = time.monotonic() - epoch_started
                 epoch_started = time.monotonic()
-                stop_reason = ranks.broadcast(_stop_after_epoch(
-                    training, run.progress, stop.requested, wall_time(), epoch_duration
-                ))
+                stop_reason = ranks.broadcast(
+                    _stop_after_epoch(
+                        training, run.progress, stop.requested, wall_time(), epoch_duration
+                    )
+                )
                 if stop_reason is not None:
                     break
             if last_saved_epoch != run.progress.epoch:
