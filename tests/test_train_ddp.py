@@ -286,3 +286,17 @@ def test_sigkill_of_one_rank_stops_the_launcher_and_resume_matches(copper, tmp_p
             progress=False,
         )
     assert_close_weights(single.last_checkpoint, tmp_path / "run" / "last.pt", tolerance=1e-10)
+
+
+@pytest.mark.slow
+def test_an_error_of_rank_0_before_training_stops_every_rank(copper, tmp_path):
+    """A run directory that already holds a run: rank 0's error reaches the other rank (which
+    would otherwise wait for rank 0 forever), the launcher exits non-zero and says so."""
+    raw = raw_config(copper, tmp_path / "run", epochs=1)
+    config = write_yaml(raw, tmp_path / "run.yaml")
+    run_ranks(config)
+    process = start_ranks(config)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert output.count("already holds a run") >= 2, output  # raised on both ranks
+    assert "the 2 training processes stopped" in output

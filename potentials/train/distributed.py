@@ -178,8 +178,16 @@ def launch(arguments: Sequence[str], nproc: int) -> int:
     try:
         while True:
             try:
-                return process.wait()
+                status = process.wait()
+                break
             except KeyboardInterrupt:  # Ctrl-C reached torchrun too (same process group)
                 continue
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if status != 0:
+        print(
+            f"equimd: error: the {nproc} training processes stopped (torchrun exit status "
+            f"{status}; its report is above); continue from the last checkpoint with --resume",
+            file=sys.stderr,
+        )
+    return status
