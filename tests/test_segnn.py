@@ -263,7 +263,8 @@ def test_weight_balanced_hidden_irreps_match_a_scalar_linear_layer() -> None:
 
         def weights(n: int, lmax_h: int = lmax_h, attrs: o3.Irreps = attrs) -> int:
             ir = (o3.Irreps.spherical_harmonics(lmax_h) * n).sort().irreps.simplify()
-            return o3.FullyConnectedTensorProduct(ir, attrs, ir).weight_numel
+            product = o3.FullyConnectedTensorProduct(ir, attrs, ir, compile_left_right=False)
+            return product.weight_numel
 
         assert weights(copies) >= hidden_features**2
         assert copies == 1 or weights(copies - 1) < hidden_features**2

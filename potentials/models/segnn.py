@@ -95,7 +95,7 @@ class SEGNNLayer(nn.Module):
 @register_model(
     "segnn",
     test_hyperparameters=dict(
-        hidden_features=8, lmax_h=1, lmax_attr=2, num_layers=2, num_bessel=4, avg_num_neighbors=8.0
+        hidden_features=8, lmax_h=1, lmax_attr=1, num_layers=2, num_bessel=4, avg_num_neighbors=8.0
     ),
 )
 class SEGNN(Potential):
