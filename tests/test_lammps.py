@@ -69,6 +69,7 @@ for step in range(config["steps"] + 1):
              ("pe", "etotal", "pxx", "pyy", "pzz", "pxy", "pxz", "pyz", "vol")}
     frame["forces"] = np.array(lmp.gather_atoms("f", 1, 3)).reshape(n, 3).tolist()
     frame["positions"] = np.array(lmp.gather_atoms("x", 1, 3)).reshape(n, 3).tolist()
+    frame["energies"] = np.array(lmp.gather("c_pea", 1, 1)).tolist()
     frames.append(frame)
 frame0 = frames[0]
 if MPI.COMM_WORLD.Get_rank() == 0:
@@ -214,6 +215,7 @@ neighbor 0.5 bin
 {"velocity all create 300 42 loop geom" if steps else ""}
 fix nve all nve
 timestep 0.0005
+compute pea all pe/atom
 thermo_style custom step pe etotal pxx pyy pzz pxy pxz pyz vol
 thermo_modify format float %.17g
 run 0
@@ -253,25 +255,27 @@ def lammps_virial(frame: dict, nktv2p: float) -> np.ndarray:
     return pressure * p["vol"] / nktv2p
 
 
-def reference(atoms: Atoms, model: Path) -> tuple[float, np.ndarray, np.ndarray]:
+def reference(atoms: Atoms, model: Path) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     from equimd.md_drivers.ase import EquimdCalculator
 
     atoms = atoms.copy()
     atoms.calc = EquimdCalculator(str(model))
     virial = -atoms.get_stress(voigt=False) * atoms.get_volume()
-    return atoms.get_potential_energy(), atoms.get_forces(), virial
+    energies = atoms.get_potential_energies()
+    return atoms.get_potential_energy(), atoms.get_forces(), virial, energies
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
 @pytest.mark.parametrize("name", sorted(STRUCTURES))
 def test_energy_forces_virial_equal_ase(name, ranks, plugin, model_file, tmp_path):
     atoms = STRUCTURES[name]()
-    energy, forces, virial = reference(atoms, model_file)
+    energy, forces, virial, energies = reference(atoms, model_file)
     result = run_lammps(tmp_path, ranks, atoms, plugin, model_file)
     frame = result["frames"][0]
     assert abs(frame["pe"] - energy) < 1e-10
     np.testing.assert_allclose(np.array(frame["forces"]), forces, rtol=0, atol=1e-10)
     np.testing.assert_allclose(lammps_virial(frame, result["nktv2p"]), virial, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(np.array(frame["energies"]), energies, rtol=0, atol=1e-10)
 
 
 def test_nve_two_ranks_follow_one_rank(plugin, model_file, tmp_path):
