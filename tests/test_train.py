@@ -326,3 +326,36 @@ def test_progress_bar_says_when_max_wall_time_ends_the_run(monkeypatch):
     roomy.step(1, 1, 1.0)
     assert roomy.time_limit_note() == ""
     assert report.ProgressBar(10, 0, enabled=False).time_limit_note() == ""
+
+
+@pytest.mark.parametrize("model_type", ["nequip", "mace"])
+def test_a_model_can_start_from_the_constant_energy(model_type):
+    """`start_from_constant_energy`: energies E0 + shift exactly, zero forces, and the
+    readout still gets a gradient (training moves away from the constant)."""
+    from equimd.potentials.data.configuration import Configuration
+    from equimd.potentials.data.graph import collate, configuration_to_graph
+    from equimd.potentials.forcefield import ForceField
+    from tests.model_zoo import contract_model, molecule_atoms
+
+    model = contract_model(model_type)
+    assert model.start_from_constant_energy() is True
+    graph = collate([configuration_to_graph(Configuration.from_atoms(molecule_atoms()), 4.0)])
+    out = ForceField(model)(graph, compute_forces=True, training=True)
+    species = model.species_index(graph.numbers)
+    expected = (model.scale_shift.e0[species] + model.scale_shift.shift).sum()
+    torch.testing.assert_close(out["energy"].sum(), expected.to(out["energy"].dtype))
+    assert float(out["forces"].abs().max()) == 0.0
+    (out["energy"].sum() ** 2 + out["forces"].sum()).backward()
+    assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("zero_readout", [True, False])
+def test_fresh_training_starts_from_zero_readout(copper, tmp_path, zero_readout):
+    """One Adam step from a zeroed readout moves its weights by at most about lr; a random
+    readout is of order one (the trainer calls the hook only with training.zero_readout)."""
+    stopped = train(tiny_config(copper, tmp_path / "run", epochs=1, max_wall_time=1e-6, ema_decay=None,
+                                zero_readout=zero_readout), progress=False)
+    weights = read_checkpoint(stopped.last_checkpoint)["raw_state_dict"]
+    readout = max(float(v.abs().max()) for k, v in weights.items()
+                  if k == "readout.weight")
+    assert (readout <= 1.01 * 0.03) == zero_readout, readout

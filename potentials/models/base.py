@@ -110,5 +110,14 @@ class Potential(nn.Module):
         """Everything `build_model(model_type, **hyperparameters)` needs to rebuild this model."""
         return dict(self._hyperparameters)
 
+    @torch.jit.unused
+    def start_from_constant_energy(self) -> bool:
+        """Zero the last layer of the per-atom energy readout, so that the model predicts the
+        constant E0 + shift until training moves it (a fresh run starts no worse than that
+        constant, instead of from random energies the forces-dominated loss may never undo).
+        Returns whether this model supports it; the trainer calls it for fresh runs
+        (`training.zero_readout`). Optional: the default does nothing and returns False."""
+        return False
+
     def forward(self, graph: AtomicGraph) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

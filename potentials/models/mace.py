@@ -197,6 +197,16 @@ class MACE(Potential):
         self.products = nn.ModuleList(products)
         self.readouts = nn.ModuleList(readouts)
 
+    @torch.jit.unused
+    def start_from_constant_energy(self) -> bool:
+        """Zero the last linear of every layer's readout (Σ_t e_i^t = 0: E0 + shift)."""
+        with torch.no_grad():
+            for readout in self.readouts:
+                last = readout.linear_2 if hasattr(readout, "linear_2") else readout.linear
+                for parameter in last.parameters():
+                    parameter.zero_()
+        return True
+
     def forward(self, graph: AtomicGraph) -> Tensor:
         species = self.species_index(graph.numbers)  # [N]
         node_attrs = one_hot(species, self.num_species, graph.positions.dtype)  # [N, S]

@@ -324,6 +324,14 @@ class NequIP(Potential):
             else NoSpeciesEnergyScale()
         )
 
+    @torch.jit.unused
+    def start_from_constant_energy(self) -> bool:
+        """Zero the final readout linear (e_i = 0: the model predicts E0 + shift)."""
+        with torch.no_grad():
+            for parameter in self.readout.parameters():
+                parameter.zero_()
+        return True
+
     def forward(self, graph: AtomicGraph) -> Tensor:
         species = self.species_index(graph.numbers)
         node_attrs = one_hot(species, self.num_species, graph.positions.dtype)

@@ -106,6 +106,8 @@ class TrainingConfig:
     device:                  "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     checkpoint_interval:     write last.pt every this many epochs (and at the end)
     clip_grad_norm:          clip the gradient norm to this value (None: no clipping)
+    zero_readout:            a fresh run starts from the constant E0 + shift (the model's last
+                             readout layer zeroed, for models that support it)
     """
 
     epochs: int = 100
@@ -128,6 +130,7 @@ class TrainingConfig:
     device: str = "auto"
     checkpoint_interval: int = 1
     clip_grad_norm: float | None = 10.0
+    zero_readout: bool = True
 
 
 @dataclass

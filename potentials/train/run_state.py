@@ -53,6 +53,8 @@ class TrainingRun:
             return model.to(device=device, dtype=dtype)
 
         self.model = new_model()
+        if training.zero_readout:  # a resumed run loads its weights over this afterwards
+            self.model.start_from_constant_energy()
         self.model.scale_shift.set_statistics(statistics.e0, statistics.scale, statistics.shift)
         self.forcefield = ForceField(self.model)
         # what the optimisation step calls: DistributedDataParallel over the ranks (itself on
