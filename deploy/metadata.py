@@ -84,7 +84,7 @@ def parse_metadata(text: str | bytes, path: str) -> dict[str, Any]:
 # ghost-atom cutoff of a domain-decomposed host (the LAMMPS pair style `equimd`). The extra hops
 # come from what reads the neighbours outside the interaction layers: local frames or
 # equivariant node attributes built from the neighbours (ClofNet, ComENet, GNN-LF, SEGNN),
-# edge states read by the output (DimeNet++, GemNet), a neighbour-attention output head
+# edge states read by the output (DimeNet++, GemNet), the edge-degree embedding
 # (Equiformer), a centrality/bias stage (Graphormer-3D); Implicit Kernels builds its kernel
 # inputs from the neighbours in every layer (2 hops per layer). Measured on a dense rod of
 # atoms for 1-3 layers (energy of atom 0 with everything beyond k × r_max removed) and kept
