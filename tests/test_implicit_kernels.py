@@ -21,10 +21,14 @@ import pytest
 import torch
 from e3nn import o3
 
-from equimd.potentials.forcefield import ForceField
-from equimd.potentials.models import build_model
 from equimd.potentials.models.implicit_kernels import ImplicitConv
-from tests.model_zoo import R_MAX, SPECIES, STRUCTURES, graph_of
+from tests.model_zoo import SPECIES
+from tests.reference_checks import (
+    assert_matches_reference,
+    assert_reference_sees_weight,
+    assert_smooth_at_cutoff,
+    perturbed_model,
+)
 from tests.test_segnn import _gate_input_irreps, _irreps_list, reference_gate
 
 HYPERPARAMETERS = dict(
@@ -41,21 +45,7 @@ HYPERPARAMETERS = dict(
 
 
 def _perturbed_model(seed: int = 0, **changes) -> torch.nn.Module:
-    """The model in float64 with every parameter (biases included) randomised."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        torch.manual_seed(seed)
-        model = build_model(
-            "implicit_kernels", species=SPECIES, r_max=R_MAX, **{**HYPERPARAMETERS, **changes}
-        )
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.add_(0.3 * torch.randn_like(parameter))
-        model.scale_shift.set_statistics([0.1, -0.2, 0.3, -0.4], scale=1.3, shift=-0.2)
-    finally:
-        torch.set_default_dtype(previous)
-    return model
+    return perturbed_model("implicit_kernels", {**HYPERPARAMETERS, **changes}, seed)
 
 
 # ---------------------------------------------------------------- the reference, from the paper
@@ -177,17 +167,7 @@ def model() -> torch.nn.Module:
 @pytest.mark.parametrize("structure", ["molecule", "periodic_mixed_species"])
 def test_matches_reference_equations(model, structure: str) -> None:
     """Energy and forces of the fast path = the explicit kernel matrices, ≤ 1e-6 (float64)."""
-    graph = graph_of(STRUCTURES[structure]())
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    out = ForceField(model)(graph)
-    positions = graph.positions.clone().requires_grad_(True)
-    reference = reference_energy(
-        state, model, positions, graph.numbers, graph.edge_index, graph.edge_shift, graph.cell[0]
-    )
-    (reference_forces,) = torch.autograd.grad(-reference, positions)
-    assert graph.edge_index.shape[1] > 0
-    assert abs(float(out["energy"].detach().sum()) - float(reference.detach())) <= 1e-6
-    assert torch.allclose(out["forces"], reference_forces, atol=1e-6, rtol=0)
+    assert_matches_reference(model, structure, reference_energy)
 
 
 def test_kernel_is_steerable(model) -> None:
@@ -264,34 +244,12 @@ def test_kernel_depends_on_the_species_pair_and_node_scalars(model) -> None:
 def test_energy_is_smooth_when_a_neighbour_crosses_the_cutoff(model) -> None:
     """A third atom crossing r_max changes neither energy nor forces abruptly (the polynomial
     envelope on every kernel)."""
-    from ase import Atoms
-
-    forcefield = ForceField(model)
-
-    def evaluate(distance: float) -> tuple[float, torch.Tensor]:
-        atoms = Atoms("COH", positions=[[0, 0, 0], [1.2, 0, 0], [-distance, 0.3, 0]])
-        out = forcefield(graph_of(atoms))
-        return float(out["energy"].detach().sum()), out["forces"]
-
-    inside_e, inside_f = evaluate(R_MAX - 1e-7)
-    outside_e, outside_f = evaluate(R_MAX + 1e-7)
-    assert abs(inside_e - outside_e) < 1e-9
-    assert torch.allclose(inside_f, outside_f, atol=1e-7)
+    assert_smooth_at_cutoff(model)
 
 
 def test_reference_sees_a_changed_weight(model) -> None:
     """The comparison can fail: one changed weight of the last kernel MLP moves the reference
     energy by far more than the 1e-6 tolerance."""
-    graph = graph_of(STRUCTURES["molecule"]())
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    args = (
-        model,
-        graph.positions,
-        graph.numbers,
-        graph.edge_index,
-        graph.edge_shift,
-        graph.cell[0],
+    assert_reference_sees_weight(
+        model, reference_energy, "residual_blocks.1.conv_2.convolution.kernel_mlp.4.weight", (0, 0)
     )
-    before = float(reference_energy(state, *args))
-    state["residual_blocks.1.conv_2.convolution.kernel_mlp.4.weight"][0, 0] += 0.1
-    assert abs(float(reference_energy(state, *args)) - before) > 1e-4
