@@ -81,3 +81,20 @@ def assert_smooth_at_cutoff(model: torch.nn.Module) -> None:
     outside_energy, outside_forces = evaluate(R_MAX + 1e-7)
     assert abs(inside_energy - outside_energy) < 1e-9
     assert torch.allclose(inside_forces, outside_forces, atol=1e-7)
+
+
+def assert_matches_atomic_reference(model: torch.nn.Module, reference: Callable, molecules: list,
+                                    tolerance: float = 1e-10) -> None:
+    """Per-atom energies and forces of the model = `reference(model, positions [N, 3] Å,
+    species [N] indices) -> per-atom energies [N]` on each molecule (float64), and the
+    energies are not trivially small (the comparison means something)."""
+    for index, atoms in enumerate(molecules):
+        out = ForceField(model)(graph_of(atoms))
+        positions = torch.tensor(atoms.positions, dtype=torch.float64, requires_grad=True)
+        species = model.species_index(torch.tensor(atoms.numbers))
+        energies = reference(model, positions, species)
+        (gradient,) = torch.autograd.grad(energies.sum(), positions)
+        assert torch.allclose(out["atomic_energies"].detach(), energies.detach(),
+                              atol=tolerance, rtol=0), index
+        assert torch.allclose(out["forces"], -gradient, atol=tolerance, rtol=0), index
+        assert float(energies.abs().max()) > 1e-3

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
 from equimd.potentials.nn.dtype import default_dtype
-from tests.model_zoo import R_MAX, SPECIES, graph_of
+from tests.model_zoo import R_MAX, SPECIES
+from tests.reference_checks import assert_matches_atomic_reference
 from tests.test_gnnlf import dense_geometry, random_molecule
 
 
@@ -78,15 +78,4 @@ def test_clofnet_matches_dense_reference_of_the_equations():
             frame_eps=0.1,
             avg_num_neighbors=3.5,
         )
-    for seed in range(3):
-        atoms = random_molecule(seed)
-        out = ForceField(model)(graph_of(atoms))
-        positions = torch.tensor(atoms.positions, dtype=torch.float64, requires_grad=True)
-        species = model.species_index(torch.tensor(atoms.numbers))
-        energies = clofnet_reference(model, positions, species)
-        forces = -torch.autograd.grad(energies.sum(), positions)[0]
-        assert torch.allclose(
-            out["atomic_energies"].detach(), energies.detach(), atol=1e-10, rtol=0
-        ), seed
-        assert torch.allclose(out["forces"], forces, atol=1e-10, rtol=0), seed
-        assert float(energies.abs().max()) > 1e-3
+    assert_matches_atomic_reference(model, clofnet_reference, [random_molecule(seed) for seed in range(3)])
