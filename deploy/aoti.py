@@ -41,6 +41,16 @@ from equimd.potentials.models.base import Potential
 INDUCTOR_CONFIGS: dict[str, Any] = {"assert_indirect_indexing": False}
 
 
+def dtype_configs(dtype: torch.dtype) -> dict[str, Any]:
+    """Inductor settings that depend on the dtype. float32: scalar (not SIMD-vectorised) CPU
+    code, `cpp.simdlen=1`. torch 2.9.1's vectorised float32 code generation, checked on two
+    cores: NequIP's package compiled with two threads corrupts the heap when run (`free():
+    invalid next size`, an abort, whatever the threads at run time), and MACE's compiled with
+    one thread does not compile (`'tmp20' was not declared`, an indirect vector load); with
+    scalar code both are correct (tests/test_deploy.py, slow). float64 is unaffected."""
+    return {"cpp.simdlen": 1} if dtype == torch.float32 else {}
+
+
 class SpeciesLookup(nn.Module):
     """numbers [N] → species index [N] by table lookup, without the data-dependent check of
     `equimd.potentials.nn.species.SpeciesIndex` (the loader checks species before calling)."""
@@ -142,10 +152,9 @@ def aoti_package_bytes(
     dynamic_shapes = ({0: atoms}, {0: atoms}, {1: edges}, {0: edges}, None)
     with stage(say, "exporting with dynamic atom and edge counts (torch.export)"):
         exported = torch.export.export(traced, inputs, dynamic_shapes=dynamic_shapes)
+    options = {"aot_inductor.package": True, **INDUCTOR_CONFIGS, **dtype_configs(dtype)}
     with stage(say, "compiling C++ with Inductor (about a minute on 2 cores)"):
-        aoti_files = torch._inductor.aot_compile(
-            exported.module(), inputs, options={"aot_inductor.package": True, **INDUCTOR_CONFIGS}
-        )
+        aoti_files = torch._inductor.aot_compile(exported.module(), inputs, options=options)
 
     neighbor_list = io.BytesIO()
     torch.jit.save(torch.jit.script(NeighborList(model.r_max)), neighbor_list)
