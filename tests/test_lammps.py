@@ -199,6 +199,7 @@ def run_lammps(
     model: Path,
     steps: int = 0,
     elements: list[str] | None = None,
+    integrator: str = "fix nve all nve",
 ) -> dict:
     data = tmp_path / "structure.data"
     types = write_data(atoms, data)
@@ -213,7 +214,7 @@ pair_style equimd {model}
 pair_coeff * * {" ".join(elements or types)}
 neighbor 0.5 bin
 {"velocity all create 300 42 loop geom" if steps else ""}
-fix nve all nve
+{integrator}
 timestep 0.0005
 compute pea all pe/atom
 thermo_style custom step pe etotal pxx pyy pzz pxy pxz pyz vol
@@ -294,6 +295,23 @@ def test_nve_two_ranks_follow_one_rank(plugin, model_file, tmp_path):
     assert np.abs(np.array(one[-1]["positions"]) - np.array(one[0]["positions"])).max() > 1e-3
     drift = [abs(frame["etotal"] - one[0]["etotal"]) for frame in one]
     assert max(drift) < 1e-3 * len(atoms)  # eV, 0.5 fs steps on a smooth model
+
+
+def test_npt_runs_on_two_ranks_with_the_virial_of_the_model(plugin, model_file, tmp_path):
+    """NPT (Nosé-Hoover barostat at 10 kbar on fcc Cu, 2 ranks): the box changes size, and the
+    energy LAMMPS reports for the last frame is the model's for that box and those positions."""
+    from equimd.md_drivers.ase import EquimdCalculator
+
+    atoms = copper()
+    frames = run_lammps(tmp_path, 2, atoms, plugin, model_file, steps=20,
+                        integrator="fix npt all npt temp 300 300 0.05 iso 10000 10000 0.5")["frames"]
+    volumes = [frame["vol"] for frame in frames]
+    assert abs(volumes[-1] - volumes[0]) > 1e-6 * volumes[0]
+    last = frames[-1]
+    side = last["vol"] ** (1.0 / 3.0)  # iso coupling keeps the cubic cell cubic
+    box = Atoms(atoms.numbers, positions=last["positions"], cell=np.eye(3) * side, pbc=True)
+    box.calc = EquimdCalculator(str(model_file))
+    assert abs(box.get_potential_energy() - last["pe"]) < 1e-8
 
 
 def test_element_the_model_lacks_fails_at_pair_coeff(plugin, model_file, tmp_path):
