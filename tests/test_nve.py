@@ -8,7 +8,6 @@ fit is cached per process (`fitted_copper_model`) and reused by test_ase_calcula
 from __future__ import annotations
 
 import functools
-import inspect
 
 import numpy as np
 import pytest
@@ -25,7 +24,8 @@ from equimd.md_drivers.ase import EquimdCalculator
 from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import collate, configuration_to_graph
 from equimd.potentials.forcefield import ForceField
-from equimd.potentials.models import MODELS, TEST_HYPERPARAMETERS, build_model
+from equimd.potentials.models import TEST_HYPERPARAMETERS, build_model
+from equimd.potentials.train.config import model_hyperparameter_defaults
 from tests.model_zoo import CONTRACT_MODELS
 
 R_MAX = 4.0
@@ -67,7 +67,7 @@ def fitted_copper_model(steps: int = 120, seed: int = 0, model_type: str = "nequ
     """
     configs = emt_training_set(seed=seed)
     hyperparameters = dict(COPPER_NEQUIP) if model_type == "nequip" else dict(TEST_HYPERPARAMETERS[model_type])
-    if "avg_num_neighbors" in inspect.signature(MODELS[model_type]).parameters:
+    if "avg_num_neighbors" in model_hyperparameter_defaults(model_type):
         hyperparameters["avg_num_neighbors"] = 18.0  # fcc Cu within 4 Å: 12 + 6 neighbours
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
