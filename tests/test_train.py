@@ -310,6 +310,19 @@ def test_keyboard_interrupt_in_process_saves_last_checkpoint(copper, tmp_path, m
     assert (progress["epoch"], progress["step_in_epoch"]) == (1, 2)  # 3 steps per epoch
 
 
+def test_max_cpu_time_stops_after_the_step_that_spends_it(copper, tmp_path):
+    """A CPU-time budget (an equal compute budget on a busy machine) stops the run like the
+    wall-clock limit: after the current step, resumable, with a validated best.pt."""
+    stopped = train(tiny_config(copper, tmp_path / "cpu", epochs=3, max_cpu_time=1e-6), progress=False)
+    assert stopped.stop_reason == "max_cpu_time"
+    progress = read_checkpoint(stopped.last_checkpoint)["progress"]
+    assert (progress["epoch"], progress["step_in_epoch"]) == (0, 1)
+    assert math.isfinite(stopped.final_metrics["forces_mae"])
+    # a budget far beyond the run's needs changes nothing: all epochs complete
+    completed = train(tiny_config(copper, tmp_path / "ample", epochs=2, max_cpu_time=1e6), progress=False)
+    assert (completed.stop_reason, completed.epochs_completed) == ("completed", 2)
+
+
 def test_progress_bar_says_when_max_wall_time_ends_the_run(monkeypatch):
     """The whole-run ETA would promise epochs the time limit cuts off: the bar says when the
     limit stops the run (and says nothing when the run ends first)."""

@@ -73,6 +73,7 @@ def test_unknown_key_names_section_and_suggests_closest_key(tmp_path, text, sect
         ("data:\n  train: a.xyz\nmodel:\n  model_type: nequipp\n", "did you mean 'nequip'"),
         ("data:\n  train: a.xyz\nmodel:\n  l_max: two\n", "model.l_max must be an integer"),
         ("data:\n  train: a.xyz\ntraining:\n  ema_decay: 1.0\n", "ema_decay"),
+        ("data:\n  train: a.xyz\ntraining:\n  max_cpu_time: 0\n", "training.max_cpu_time must be positive"),
         ("data:\n  train: a.xyz\ntraining: [1, 2]\n", "section 'training' must be a mapping"),
         ("data: [\n", "not valid YAML"),
     ],

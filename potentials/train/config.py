@@ -101,6 +101,9 @@ class TrainingConfig:
     forces_weight:           loss weight of the squared force-component error [(eV/Å)⁻²]
     stress_weight:           loss weight of the squared stress-component error [(eV/Å³)⁻²]
     max_wall_time:           stop cleanly after this many seconds of this invocation [s]
+    max_cpu_time:            stop cleanly after this many CPU seconds of this process (all its
+                             threads, `time.process_time`) in this invocation [s]: an equal
+                             compute budget on a shared or noisy machine
     seed:                    seed of the split, the initial weights and the data order
     dtype:                   "float32" or "float64" for the weights and the data
     device:                  "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
@@ -125,6 +128,7 @@ class TrainingConfig:
     forces_weight: float = 100.0
     stress_weight: float = 100.0
     max_wall_time: float | None = None
+    max_cpu_time: float | None = None
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float64"
     device: str = "auto"
@@ -405,6 +409,7 @@ def _check_values(config: TrainConfig, source: str) -> None:
         "epochs": training.epochs, "batch_size": training.batch_size, "lr": training.lr,
         "checkpoint_interval": training.checkpoint_interval,
         "valid_batch_size": training.valid_batch_size, "max_wall_time": training.max_wall_time,
+        "max_cpu_time": training.max_cpu_time,
         "clip_grad_norm": training.clip_grad_norm,
     }
     for key, value in positive.items():

@@ -5,7 +5,8 @@ avg_num_neighbors, scale, shift → build the model → Adam/AMSGrad with Reduce
 EMA of the weights → per epoch: shuffled batches, validation with the EMA weights, one metrics
 line, a row of metrics.csv and the learning_curves.png redrawn from it, best.pt when validation
 improves, last.pt every
-`checkpoint_interval` epochs. Stops at `epochs`, on early stopping, at `max_wall_time`, or on
+`checkpoint_interval` epochs. Stops at `epochs`, on early stopping, at `max_wall_time` or
+`max_cpu_time`, or on
 SIGINT/SIGTERM (after writing last.pt). `resume=True` continues from last.pt; on CPU with a
 fixed seed the result is bit-identical to an uninterrupted run.
 
@@ -86,7 +87,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 class TrainResult:
     """Files and outcome of a run.
 
-    stop_reason: "completed", "early_stopping" or "max_wall_time"
+    stop_reason: "completed", "early_stopping", "max_wall_time" or "max_cpu_time"
     final_metrics: validation metrics of best.pt (units in `equimd.potentials.train.metrics.UNITS`)
     """
 
@@ -127,10 +128,10 @@ def seed_everything(seed: int) -> None:
 
 
 def _stop_after_epoch(
-    training: TrainingConfig, progress: TrainProgress, signal_name: str | None, wall_time: float, epoch_time: float
+    training: TrainingConfig, progress: TrainProgress, signal_name: str | None, clock: _Clock
 ) -> str | None:
     """Why to stop after an epoch: early stopping, a signal, or a next epoch that would not
-    fit into `max_wall_time` (None: go on)."""
+    fit into `max_wall_time` or `max_cpu_time` (None: go on)."""
     if (
         training.early_stopping_patience is not None
         and progress.stale_epochs >= training.early_stopping_patience
@@ -138,13 +139,40 @@ def _stop_after_epoch(
         return "early_stopping"
     if signal_name is not None:
         return "interrupted"
-    if (
-        training.max_wall_time is not None
-        and progress.epoch < training.epochs
-        and wall_time + epoch_time > training.max_wall_time
-    ):
-        return "max_wall_time"
+    if progress.epoch < training.epochs:
+        return clock.out_of_time(training, with_next_epoch=True)
     return None
+
+
+class _Clock:
+    """Wall-clock and CPU time of this invocation, and of the last epoch (s)."""
+
+    def __init__(self) -> None:
+        self.wall_started, self.cpu_started = time.monotonic(), time.process_time()
+        self.epoch_wall_started, self.epoch_cpu_started = self.wall_started, self.cpu_started
+        self.epoch_wall = self.epoch_cpu = 0.0
+
+    def wall(self) -> float:
+        return time.monotonic() - self.wall_started
+
+    def cpu(self) -> float:
+        return time.process_time() - self.cpu_started
+
+    def end_epoch(self) -> None:
+        now_wall, now_cpu = time.monotonic(), time.process_time()
+        self.epoch_wall, self.epoch_cpu = now_wall - self.epoch_wall_started, now_cpu - self.epoch_cpu_started
+        self.epoch_wall_started, self.epoch_cpu_started = now_wall, now_cpu
+
+    def out_of_time(self, training: TrainingConfig, with_next_epoch: bool = False) -> str | None:
+        """"max_wall_time"/"max_cpu_time" when that limit is passed (or, `with_next_epoch`,
+        would be passed by another epoch as long as the last one); else None."""
+        wall = self.wall() + (self.epoch_wall if with_next_epoch else 0.0)
+        cpu = self.cpu() + (self.epoch_cpu if with_next_epoch else 0.0)
+        if training.max_wall_time is not None and wall > training.max_wall_time:
+            return "max_wall_time"
+        if training.max_cpu_time is not None and cpu > training.max_cpu_time:
+            return "max_cpu_time"
+        return None
 
 
 def validate(forcefield: ForceField, batches: list[LabelledBatch]) -> dict[str, float]:
@@ -212,7 +240,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
 def _train(
     config: TrainConfig, resume: bool, progress: bool, ranks: Ranks, device: torch.device
 ) -> TrainResult:
-    started = time.monotonic()
+    clock = _Clock()
     training = config.training
     run_dir = Path(config.output.run_dir)
     ranks.on_main(lambda: prepare_run_dir(run_dir, resume, config.output.overwrite))
@@ -262,11 +290,10 @@ def _train(
     bar.write(epoch_header(has_stress))
     stop_reason = None
     elapsed_before = run.progress.elapsed
-    epoch_started = time.monotonic()
     last_saved_epoch = run.progress.epoch if record is not None else -1
 
     def wall_time() -> float:
-        return time.monotonic() - started
+        return clock.wall()
 
     def save(order_state: torch.Tensor, name: str) -> None:
         """Write best.pt or last.pt (rank 0); a failed write says what is left and how to go on."""
@@ -310,9 +337,8 @@ def _train(
                 for step in range(run.progress.step_in_epoch, len(batches)):
                     share = step_batch(batches[step])
                     run.progress.step_in_epoch = step + 1
-                    out_of_time = (
-                        training.max_wall_time is not None and wall_time() > training.max_wall_time
-                    )
+                    time_limit = clock.out_of_time(training)
+                    out_of_time = time_limit is not None
                     # the ranks agree on the loss and on stopping (a signal may reach one rank)
                     loss, stopping, timed_out = ranks.sum(
                         [share, float(stop.requested is not None), float(out_of_time)]
@@ -320,7 +346,7 @@ def _train(
                     run.train_loss_sum += loss
                     bar.step(run.progress.epoch + 1, training.epochs, loss)
                     if stopping or timed_out:
-                        stop_reason = "interrupted" if stopping else "max_wall_time"
+                        stop_reason = "interrupted" if stopping else (time_limit or "max_wall_time")
                         break
                 if stop_reason is not None:
                     run.train_errors = ranks.reduce_errors(run.train_errors)  # saved by rank 0
@@ -341,12 +367,9 @@ def _train(
                     plot_quietly(plot_learning_curves, run_dir / CSV_NAME, "learning curves")
                 bar.write(epoch_line(row, has_stress, is_best))
 
-                epoch_duration = time.monotonic() - epoch_started
-                epoch_started = time.monotonic()
+                clock.end_epoch()
                 stop_reason = ranks.broadcast(
-                    _stop_after_epoch(
-                        training, run.progress, stop.requested, wall_time(), epoch_duration
-                    )
+                    _stop_after_epoch(training, run.progress, stop.requested, clock)
                 )
                 if stop_reason is not None:
                     break
@@ -361,14 +384,14 @@ def _train(
         print(interrupted, flush=True)
         raise interrupted
     if ranks.broadcast(not (run_dir / BEST).exists()):
-        # stopped (max_wall_time) inside the first epoch: validate these weights, so best.pt is
+        # stopped (max_wall_time/max_cpu_time) inside the first epoch: validate these weights, so best.pt is
         # a validated checkpoint like any other and the final table has numbers
         run.best_metrics = _validate(run, valid_batches, ranks)
         save(run.order_generator.get_state(), BEST)
         print(
             f"equimd: warning: training stopped ({stop_reason}) after {run.progress.step_in_epoch} "
             f"of {steps_per_epoch} steps of the first epoch; best.pt holds these weights, "
-            "validated below; raise training.max_wall_time, or continue with --resume",
+            f"validated below; raise training.{stop_reason}, or continue with --resume",
             flush=True,
         )
     return TrainResult(

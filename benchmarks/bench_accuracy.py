@@ -1,0 +1,351 @@
+"""Accuracy at an equal compute budget: every registered model trained on the same frames.
+
+    python benchmarks/bench_accuracy.py [--models all] [--datasets default] [--cpu-minutes 2]
+        [--threads 1] [--jobs 2] [--test-stride 5] [--data DIR] [--out runs/accuracy]
+        [--results benchmarks/results/accuracy.json] [--force]
+
+Protocol (one "cell" = one model on one dataset):
+
+- The model and its training recipe are those of the model's example config,
+  `examples/train_<model>.yaml` (its `model` and `training` sections, as a user starts from
+  them); only the data, the budget, the device (CPU) and the output folder are replaced.
+- Budget: `training.max_cpu_time` = `--cpu-minutes` of CPU time of the training process with
+  `--threads` torch threads (data loading and neighbor lists included, evaluation excluded).
+  CPU time, not wall-clock time, so that cells run side by side (`--jobs`) or next to other
+  work on a shared machine get the same compute; the wall-clock time is recorded too.
+- Model selection: the best checkpoint by validation loss (EMA weights), evaluated once on the
+  test frames.
+- Datasets (`--data DIR`, default ``../shared/data`` beside the repository; SOURCE.md there):
+    aspirin, ethanol  rMD17 split 01: the first 950 frames of `*_train_01` train, the last 50
+                      validate; test on `*_test_01` (every `--test-stride`-th frame); kcal/mol.
+    3bpa              3BPA `train_300K.xyz`: frames 0-399 train, 400-449 validate, 450-499 test
+                      (300 K); a second test, "mixedT", is `train_mixedT.xyz` (300/600/1200 K)
+                      without the frames it shares with `train_300K.xyz`. The published
+                      300/600/1200 K test files are not in the shared data (its SOURCE.md).
+    zuo_<El>          Zuo et al. 2020 (mlearn) crystals, El in Cu Ge Li Mo Ni Si:
+                      `<El>_train.xyz` (10 % held out for validation), test `<El>_test.xyz`.
+- `--datasets default` = aspirin, ethanol and 3bpa for every model, plus matformer on the six
+  Zuo crystals (the Matformer paper's materials setting).
+
+Every cell runs in its own process (`--cell`); its folder `<out>/<dataset>/<model>/` holds the
+run (config.yaml, metrics.csv, learning_curves.png, best.pt), the test predictions and parity
+plots, `log.txt` and `result.json`. A cell whose result.json exists for the same budget and
+threads is not run again (`--force` reruns): an interrupted table resumes. At the end the
+results of all cells are gathered into `--results` (JSON) and printed as a Markdown table:
+force MAE (meV/Å) and energy MAE (meV per molecule for molecules, meV/atom for crystals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, add_data_argument, data_dir, use_data_argument  # noqa: E402
+
+ZUO_ELEMENTS = ("Cu", "Ge", "Li", "Mo", "Ni", "Si")
+MOLECULES = ("aspirin", "ethanol", "3bpa")
+
+
+@dataclass
+class TestSet:
+    """One test file (or frame selection of one) of a dataset."""
+
+    label: str
+    file: Path
+    index: str = ":"
+
+
+@dataclass
+class Dataset:
+    """Training/validation frames and test sets of one benchmark dataset (paths resolved)."""
+
+    name: str
+    data: dict[str, Any]  # the config's `data` section
+    tests: list[TestSet] = field(default_factory=list)
+    energy_unit: str = "eV"
+    molecule: bool = True  # energy errors per molecule (else per atom)
+
+
+def rmd17(name: str, root: Path, test_stride: int) -> Dataset:
+    train = root / "rmd17" / f"rmd17_{name}_train_01.npz"
+    data = {"train": str(train), "train_index": ":950", "valid": str(train), "valid_index": "950:1000",
+            "energy_unit": "kcal/mol"}
+    test = TestSet("test_01", root / "rmd17" / f"rmd17_{name}_test_01.npz", f"::{test_stride}")
+    return Dataset(name, data, [test], energy_unit="kcal/mol")
+
+
+def bpa(root: Path, out: Path) -> Dataset:
+    train = root / "3bpa" / "train_300K.xyz"
+    data = {"train": str(train), "train_index": ":400", "valid": str(train), "valid_index": "400:450"}
+    mixed = out / "3bpa" / "mixedT_heldout.xyz"
+    if not mixed.exists():
+        write_frames_not_in(root / "3bpa" / "train_mixedT.xyz", train, mixed)
+    return Dataset("3bpa", data, [TestSet("300K", train, "450:500"), TestSet("mixedT", mixed)])
+
+
+def zuo(element: str, root: Path) -> Dataset:
+    folder = root / "zuo2020_mlearn"
+    data = {"train": str(folder / f"{element}_train.xyz"), "valid_fraction": 0.1}
+    return Dataset(f"zuo_{element}", data, [TestSet("test", folder / f"{element}_test.xyz")], molecule=False)
+
+
+def dataset(name: str, root: Path, out: Path, test_stride: int) -> Dataset:
+    if name in ("aspirin", "ethanol"):
+        return rmd17(name, root, test_stride)
+    if name == "3bpa":
+        return bpa(root, out)
+    if name.startswith("zuo_") and name.removeprefix("zuo_") in ZUO_ELEMENTS:
+        return zuo(name.removeprefix("zuo_"), root)
+    raise SystemExit(f"bench_accuracy: unknown dataset {name!r} (aspirin, ethanol, 3bpa, "
+                     + ", ".join(f"zuo_{e}" for e in ZUO_ELEMENTS) + ")")
+
+
+def write_frames_not_in(source: Path, exclude: Path, target: Path) -> int:
+    """Write the frames of `source` whose energy matches no frame of `exclude` (to 1e-8 eV) to
+    `target` (extxyz, atomically); returns how many were dropped."""
+    import ase.io
+
+    seen = {round(atoms.get_potential_energy(), 8) for atoms in ase.io.read(exclude, ":")}
+    frames = ase.io.read(source, ":")
+    kept = [a for a in frames if round(a.get_potential_energy(), 8) not in seen]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial.xyz")
+    ase.io.write(partial, kept, format="extxyz")
+    partial.replace(target)
+    return len(frames) - len(kept)
+
+
+def registered_models() -> list[str]:
+    from equimd.potentials.models import MODELS
+
+    return sorted(MODELS)
+
+
+def plan(models: list[str], datasets: list[str]) -> list[tuple[str, str]]:
+    """(model, dataset) cells; "all" models are the registered ones that have an example
+    config, "default" datasets as in the module docstring."""
+    if models == ["all"]:
+        models = [m for m in registered_models() if example_config(m).exists()]
+    if datasets == ["default"]:
+        cells = [(m, d) for d in MOLECULES for m in models]
+        if "matformer" in models:
+            cells += [("matformer", f"zuo_{e}") for e in ZUO_ELEMENTS]
+        return cells
+    return [(m, d) for d in datasets for m in models]
+
+
+def example_config(model: str) -> Path:
+    return ROOT / "examples" / f"train_{model}.yaml"
+
+
+def cell_config(model: str, data: Dataset, budget_s: float, run_dir: Path) -> dict[str, Any]:
+    """The config of one cell: the example's model and training sections, this dataset, the
+    CPU budget."""
+    import yaml
+
+    example = yaml.safe_load(example_config(model).read_text())
+    training = dict(example.get("training") or {})
+    training.update({"epochs": 1_000_000, "max_cpu_time": budget_s, "max_wall_time": None, "device": "cpu"})
+    return {
+        "data": dict(data.data),
+        "model": dict(example["model"]),
+        "training": training,
+        "output": {"run_dir": str(run_dir), "overwrite": True},
+    }
+
+
+def run_cell(args: argparse.Namespace) -> dict[str, Any]:
+    """Train and test one (model, dataset) cell in this process; write its result.json."""
+    import torch
+
+    from equimd.potentials.data.io import DatasetKeys
+    from equimd.potentials.train.config import config_from_dict
+    from equimd.potentials.train.evaluate import evaluate
+    from equimd.potentials.train.trainer import train
+
+    torch.set_num_threads(args.threads)
+    model, name = args.cell
+    data = dataset(name, data_dir(), args.out, args.test_stride)
+    folder = args.out / name / model
+    budget_s = 60.0 * args.cpu_minutes
+    raw = cell_config(model, data, budget_s, folder / "run")
+    wall, cpu = time.monotonic(), time.process_time()
+    result = train(config_from_dict(raw), progress=False)
+    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    tests = {}
+    for test in data.tests:
+        evaluation = evaluate(result.best_checkpoint, test.file, keys=DatasetKeys(energy_unit=data.energy_unit),
+                              output_dir=folder / f"test_{test.label}", batch_size=8, index=test.index)
+        tests[test.label] = {"file": test.file.name, "index": test.index, "frames": evaluation["num_frames"],
+                             **evaluation["metrics"]}
+    summary = {
+        "model": model, "dataset": name, "cpu_budget_s": budget_s, "threads": args.threads,
+        "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "epochs": result.epochs_completed,
+        "best_epoch": result.best_epoch, "stop_reason": result.stop_reason,
+        "molecule": data.molecule, "validation": result.final_metrics, "tests": tests, "config": raw,
+        "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+    }
+    write_json(folder / "result.json", summary)
+    return summary
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(value, indent=1, default=str))
+    partial.replace(path)
+
+
+def finished(folder: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The cell's result if it ran with this budget and thread count."""
+    path = folder / "result.json"
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    same = result.get("cpu_budget_s") == 60.0 * args.cpu_minutes and result.get("threads") == args.threads
+    return result if same else None
+
+
+def run_table(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run every cell of the plan (`--jobs` at a time, each in its own process)."""
+    cells = plan(args.models, args.datasets)
+    for _, name in cells:  # test files (3BPA's held-out mixedT) are written once, before the pool
+        dataset(name, data_dir(), args.out, args.test_stride)
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    queue = []
+    for model, name in cells:
+        done = None if args.force else finished(args.out / name / model, args)
+        if done is not None:
+            results[(model, name)] = done
+        else:
+            queue.append((model, name))
+    print(f"bench_accuracy: {len(cells)} cells, {len(results)} already done, {len(queue)} to run "
+          f"({args.cpu_minutes:g} CPU-min each, {args.threads} thread(s), {args.jobs} at a time)", flush=True)
+    running: list[tuple[tuple[str, str], subprocess.Popen, Any, float]] = []
+    started = time.monotonic()
+    done_count = 0
+    while queue or running:
+        while queue and len(running) < args.jobs:
+            model, name = queue.pop(0)
+            folder = args.out / name / model
+            folder.mkdir(parents=True, exist_ok=True)
+            log = open(folder / "log.txt", "w")
+            command = [sys.executable, __file__, "--cell", model, name, "--cpu-minutes", str(args.cpu_minutes),
+                       "--threads", str(args.threads), "--test-stride", str(args.test_stride),
+                       "--out", str(args.out), "--data", str(data_dir())]
+            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            running.append(((model, name), process, log, time.monotonic()))
+        time.sleep(1.0)
+        for entry in list(running):
+            (model, name), process, log, cell_started = entry
+            if process.poll() is None:
+                continue
+            running.remove(entry)
+            log.close()
+            done_count += 1
+            folder = args.out / name / model
+            result = finished(folder, args) if process.returncode == 0 else None
+            elapsed = (time.monotonic() - started) / 60
+            if result is None:
+                tail = (folder / "log.txt").read_text().strip().splitlines()[-3:]
+                print(f"[{done_count}] {model} on {name}: FAILED (exit {process.returncode}); "
+                      f"{folder / 'log.txt'}: {' | '.join(tail)}", flush=True)
+                results[(model, name)] = {"model": model, "dataset": name, "error": " | ".join(tail)}
+                continue
+            results[(model, name)] = result
+            print(f"[{done_count}] {model} on {name}: {cell_line(result)} "
+                  f"({result['epochs']} epochs, {time.monotonic() - cell_started:.0f} s; {elapsed:.0f} min so far)",
+                  flush=True)
+    return [results[cell] for cell in cells if cell in results]
+
+
+def cell_line(result: dict[str, Any]) -> str:
+    parts = []
+    for label, metrics in result["tests"].items():
+        energy = metrics["energy_total_mae"] if result["molecule"] else metrics["energy_mae"]
+        unit = "meV" if result["molecule"] else "meV/atom"
+        parts.append(f"{label}: F {metrics['forces_mae']:.1f} meV/Å, E {energy:.1f} {unit}")
+    return "; ".join(parts)
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """Rows: models; columns: dataset/test; cells: force MAE (meV/Å) / energy MAE."""
+    columns: list[tuple[str, str]] = []
+    for result in results:
+        for label in result.get("tests", {}):
+            if (result["dataset"], label) not in columns:
+                columns.append((result["dataset"], label))
+    models = list(dict.fromkeys(r["model"] for r in results))
+    lookup = {(r["model"], r["dataset"]): r for r in results}
+    header = "| model | " + " | ".join(f"{d} {t}" for d, t in columns) + " |"
+    lines = [header, "|---" * (len(columns) + 1) + "|"]
+    for model in models:
+        row = [model]
+        for name, label in columns:
+            result = lookup.get((model, name))
+            if result is None:
+                row.append("")
+            elif "error" in result:
+                row.append("failed")
+            else:
+                metrics = result["tests"][label]
+                energy = metrics["energy_total_mae"] if result["molecule"] else metrics["energy_mae"]
+                row.append(f"{metrics['forces_mae']:.1f} / {energy:.1f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["all"], help="model types, or all (default)")
+    parser.add_argument("--datasets", nargs="+", default=["default"],
+                        help="aspirin ethanol 3bpa zuo_<El> ..., or default (see the docstring)")
+    parser.add_argument("--cpu-minutes", type=float, default=2.0, help="CPU budget per cell (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1)")
+    parser.add_argument("--jobs", type=int, default=2, help="cells run side by side (default 2)")
+    parser.add_argument("--test-stride", type=int, default=5, help="rMD17: every k-th test_01 frame (default 5)")
+    parser.add_argument("--out", type=Path, default=Path("runs/accuracy"))
+    parser.add_argument("--results", type=Path, default=None, help="write all results here (JSON)")
+    parser.add_argument("--force", action="store_true", help="rerun cells that have a result")
+    parser.add_argument("--cell", nargs=2, metavar=("MODEL", "DATASET"), help=argparse.SUPPRESS)
+    add_data_argument(parser)
+    args = parser.parse_args(argv)
+    use_data_argument(args)
+    args.out = args.out.resolve()
+    if not data_dir().is_dir():
+        raise SystemExit(f"bench_accuracy: no shared datasets at {data_dir()} (give --data DIR)")
+    if args.cell:
+        run_cell(args)
+        return
+    results = run_table(args)
+    table = markdown_table([r for r in results if r.get("dataset")])
+    print(f"\nForce MAE (meV/Å) / energy MAE (meV per molecule; meV/atom for zuo_*), "
+          f"{args.cpu_minutes:g} CPU-minutes per cell, {args.threads} thread(s), {time.strftime('%Y-%m-%d')}, "
+          f"commit {git_commit()}\n\n{table}")
+    (args.out / "table.md").write_text(table + "\n")
+    if args.results is not None:
+        write_json(args.results, results)
+        print(f"wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()
