@@ -127,7 +127,7 @@ def write_frames_not_in(source: Path, exclude: Path, target: Path) -> int:
 def registered_models() -> list[str]:
     from equimd.potentials.models import MODELS
 
-    return sorted(MODELS)
+    return sorted(name for name, cls in MODELS.items() if cls.__module__.startswith("equimd."))
 
 
 def plan(models: list[str], datasets: list[str]) -> list[tuple[str, str]]:
