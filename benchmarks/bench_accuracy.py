@@ -30,9 +30,11 @@ Protocol (one "cell" = one model on one dataset):
 Every cell runs in its own process (`--cell`); its folder `<out>/<dataset>/<model>/` holds the
 run (config.yaml, metrics.csv, learning_curves.png, best.pt), the test predictions and parity
 plots, `log.txt` and `result.json`. A cell whose result.json exists for the same budget and
-threads is not run again (`--force` reruns): an interrupted table resumes. At the end the
-results of all cells are gathered into `--results` (JSON) and printed as a Markdown table:
-force MAE (meV/Å) and energy MAE (meV per molecule for molecules, meV/atom for crystals).
+threads, or that the `--results` file already holds for them, is not run again (`--force`
+reruns): an interrupted table resumes, also in a fresh clone from the committed results file.
+`--collect` runs nothing and only gathers what is done. At the end the results of all cells
+are gathered into `--results` (JSON) and printed as a Markdown table: force MAE (meV/Å) and
+energy MAE (meV per molecule for molecules, meV/atom for crystals).
 """
 
 from __future__ import annotations
@@ -214,14 +216,25 @@ def write_json(path: Path, value: Any) -> None:
     partial.replace(path)
 
 
+def same_budget(result: dict[str, Any], args: argparse.Namespace) -> bool:
+    return result.get("cpu_budget_s") == 60.0 * args.cpu_minutes and result.get("threads") == args.threads
+
+
 def finished(folder: Path, args: argparse.Namespace) -> dict[str, Any] | None:
     """The cell's result if it ran with this budget and thread count."""
     path = folder / "result.json"
     if not path.exists():
         return None
     result = json.loads(path.read_text())
-    same = result.get("cpu_budget_s") == 60.0 * args.cpu_minutes and result.get("threads") == args.threads
-    return result if same else None
+    return result if same_budget(result, args) else None
+
+
+def recorded(args: argparse.Namespace) -> dict[tuple[str, str], dict[str, Any]]:
+    """The cells the `--results` file holds for this budget and thread count."""
+    if args.results is None or not args.results.exists():
+        return {}
+    return {(r["model"], r["dataset"]): r for r in json.loads(args.results.read_text())
+            if "error" not in r and same_budget(r, args)}
 
 
 def run_table(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -231,11 +244,12 @@ def run_table(args: argparse.Namespace) -> list[dict[str, Any]]:
         dataset(name, data_dir(), args.out, args.test_stride)
     results: dict[tuple[str, str], dict[str, Any]] = {}
     queue = []
+    earlier = {} if args.force else recorded(args)
     for model, name in cells:
-        done = None if args.force else finished(args.out / name / model, args)
+        done = None if args.force else finished(args.out / name / model, args) or earlier.get((model, name))
         if done is not None:
             results[(model, name)] = done
-        else:
+        elif not args.collect:
             queue.append((model, name))
     print(f"bench_accuracy: {len(cells)} cells, {len(results)} already done, {len(queue)} to run "
           f"({args.cpu_minutes:g} CPU-min each, {args.threads} thread(s), {args.jobs} at a time)", flush=True)
@@ -326,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/accuracy"))
     parser.add_argument("--results", type=Path, default=None, help="write all results here (JSON)")
     parser.add_argument("--force", action="store_true", help="rerun cells that have a result")
+    parser.add_argument("--collect", action="store_true", help="run nothing; gather the finished cells")
     parser.add_argument("--cell", nargs=2, metavar=("MODEL", "DATASET"), help=argparse.SUPPRESS)
     add_data_argument(parser)
     args = parser.parse_args(argv)

@@ -75,3 +75,23 @@ def test_the_table_has_a_column_per_test_set_and_says_which_cells_failed():
     assert table[2] == "| nequip | 51.2 / 20.0 | 120.0 / 80.0 |  |"
     assert table[3] == "| matformer |  |  | 30.0 / 4.5 |"  # crystals: meV/atom
     assert table[4] == "| mace | failed | failed |  |"
+
+
+def test_a_fresh_clone_resumes_the_table_from_the_committed_results_file(tmp_path):
+    """Cells the results file holds for the same budget and threads count as done; a cell of
+    another budget does not."""
+    import argparse
+    import json
+
+    done = {"model": "nequip", "dataset": "3bpa", "cpu_budget_s": 120.0, "threads": 1, "molecule": True,
+            "tests": {"300K": {"forces_mae": 50.0, "energy_total_mae": 9.0, "energy_mae": 0.3}}}
+    other_budget = dict(done, model="mace", cpu_budget_s=600.0)
+    results = tmp_path / "accuracy.json"
+    results.write_text(json.dumps([done, other_budget]))
+    args = argparse.Namespace(cpu_minutes=2.0, threads=1, results=results, force=False, collect=True,
+                              models=["nequip", "mace"], datasets=["3bpa"], out=tmp_path / "runs",
+                              test_stride=5, jobs=1)
+    (tmp_path / "runs" / "3bpa").mkdir(parents=True)
+    (tmp_path / "runs" / "3bpa" / "mixedT_heldout.xyz").write_text("")  # no shared data needed
+    gathered = bench_accuracy.run_table(args)
+    assert [(r["model"], r["dataset"]) for r in gathered] == [("nequip", "3bpa")]
