@@ -47,11 +47,11 @@ EXACT = [
     "zbl",
     pytest.param("density", marks=SLOW),  # (mpa has both density blocks)
     "mpa",
+    # MACE-OMAT-0 / MATPES: built by mace-torch's own training-command code from the published
+    # script's flags (--model MACE: density blocks, ZBL, Agnesi, max_ell 3, correlation 3)
+    "omat",
     pytest.param("off", marks=SLOW),
 ]
-REFUSED = {
-    "chebyshev": r"radial_type='chebyshev' \(.*not -dE/dr",
-}
 
 
 def _unpack(name: str, directory: Path) -> Path:
@@ -104,14 +104,66 @@ def test_pickled_mace_model_matches_mace(name: str, tmp_path: Path) -> None:
     assert max(errors.values()) < TOL, errors
 
 
-@pytest.mark.parametrize("name", sorted(REFUSED))
-def test_unimplemented_options_are_refused_by_name(name: str, tmp_path: Path, capsys) -> None:
-    path = _unpack(name, tmp_path)
-    with pytest.raises(MaceImportError, match=REFUSED[name]):
-        mace_model_from_export(read_mace_export(path))
+def test_unimplemented_options_are_refused_by_name(tmp_path: Path, capsys) -> None:
+    """A model with an option equimd does not implement: one line naming it, no traceback."""
+    record = read_mace_export(_unpack("mp_medium", tmp_path))
+    record["hyperparameters"]["interaction_cls"] = "RealAgnosticAttResidualInteractionBlock"
+    path = tmp_path / "converted.pt"
+    torch.save(record, path)
     assert cli_main(["import", "mace", str(path), "-o", str(tmp_path / "out.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("equimd: error:") and err.count("\n") == 1, err
+    assert "interaction_cls='RealAgnosticAttResidualInteractionBlock'" in err
+
+
+def _chebyshev_model(tmp_path: Path):
+    with pytest.warns(UserWarning, match="chebyshev.*not -dE/dr"):
+        return mace_model_from_export(read_mace_export(_unpack("chebyshev", tmp_path)))
+
+
+def _energy_and_forces(model, frame: dict, positions: torch.Tensor | None = None):
+    configuration = Configuration(
+        positions=(frame["positions"] if positions is None else positions).numpy(),
+        numbers=frame["numbers"].numpy(),
+        cell=frame["cell"].numpy(),
+        pbc=frame["pbc"].numpy(),
+    )
+    graph = configuration_to_graph(configuration, model.r_max, dtype=torch.float64)
+    out = ForceField(model)(graph, True, False, False)
+    return out["energy"][0].item(), out["forces"]
+
+
+def test_chebyshev_energies_match_mace(tmp_path: Path) -> None:
+    """radial_type="chebyshev": mace's T_n(r) (r in Å), by equimd's own recursion."""
+    model = _chebyshev_model(tmp_path)
+    for frame in _reference("chebyshev")["structures"]["Default"]:
+        n = len(frame["numbers"])
+        energy, _ = _energy_and_forces(model, frame)
+        assert abs(energy - frame["energy"].item()) / n < TOL, frame["name"]
+        # and at mace's displaced positions
+        step, direction = frame["fd_step"], frame["fd_direction"]
+        for sign, mace_energy in zip((1.0, -1.0), frame["fd_energies"], strict=True):
+            displaced, _ = _energy_and_forces(
+                model, frame, frame["positions"] + sign * step * direction
+            )
+            assert abs(displaced - mace_energy.item()) / n < TOL, frame["name"]
+
+
+def test_chebyshev_forces_are_negative_energy_gradient_unlike_mace(tmp_path: Path) -> None:
+    """equimd's forces are -dE/dr of the energy both codes agree on (the central difference of
+    mace's own energies); mace-torch's forces are not: torch.special.chebyshev_polynomial_t has
+    no derivative, so mace drops the radial basis' gradient."""
+    model = _chebyshev_model(tmp_path)
+    for frame in _reference("chebyshev")["structures"]["Default"]:
+        direction = frame["fd_direction"]
+        plus, minus = (e.item() for e in frame["fd_energies"])
+        slope = (plus - minus) / (2 * frame["fd_step"])  # dE/dλ along direction, eV/Å
+        _, forces = _energy_and_forces(model, frame)
+        ours = -(forces * direction).sum().item()
+        theirs = -(frame["forces"] * direction).sum().item()
+        scale = max(1.0, frame["forces"].abs().max().item())
+        assert abs(ours - slope) < 1e-6 * scale, (frame["name"], ours, slope)
+        assert abs(theirs - slope) > 1e-3 * scale, (frame["name"], theirs, slope)
 
 
 @pytest.mark.parametrize(
@@ -126,7 +178,7 @@ def test_unimplemented_interaction_blocks_are_refused_by_name(block: str, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mpa", "density"])
+@pytest.mark.parametrize("name", ["mpa", "density", "omat"])
 def test_deployed_model_with_radial_options_matches_mace(name: str, tmp_path: Path) -> None:
     """The TorchScript export (in-graph neighbor list) keeps ZBL and the distance transform."""
     from equimd.deploy.export import export_model
@@ -290,3 +342,39 @@ def test_not_a_model_is_refused_with_its_content_named(tmp_path: Path) -> None:
     torch.save(torch.zeros(3), path)
     with pytest.raises(EquimdError, match="Tensor, not a mace-torch model"):
         read_mace_export(path)
+
+
+def test_chebyshev_basis_scripts_and_matches_the_closed_form() -> None:
+    """T_n(r) = cosh(n arccosh r) for r > 1 and cos(n arccos r) for |r| < 1, n = 1..8; the
+    TorchScript module gives the same numbers."""
+    from equimd.potentials.nn.mace_radial import ChebyshevBasis
+
+    basis = ChebyshevBasis(r_max=5.0, num_basis=8)
+    scripted = torch.jit.script(basis)
+    n = torch.arange(1, 9, dtype=torch.float64)
+    outside = torch.linspace(1.05, 5.0, 7, dtype=torch.float64).unsqueeze(-1)
+    inside = torch.linspace(-0.95, 0.95, 7, dtype=torch.float64).unsqueeze(-1)
+    for r, closed_form in (
+        (outside, torch.cosh(n * torch.acosh(outside))),
+        (inside, torch.cos(n * torch.acos(inside))),
+    ):
+        values = basis(r)
+        assert torch.allclose(values, closed_form, rtol=1e-12, atol=1e-12)
+        assert torch.equal(scripted(r), values)
+
+
+@pytest.mark.slow
+def test_deployed_chebyshev_model_keeps_conservative_forces(tmp_path: Path) -> None:
+    """The TorchScript export of an imported Chebyshev model: mace's energies, and forces equal
+    to the eager model's (-dE/dr)."""
+    from equimd.deploy.export import export_model
+    from equimd.deploy.load import load
+
+    model = _chebyshev_model(tmp_path)
+    deployed = load(export_model(model, tmp_path / "deployed.pt", dtype="float64"))
+    for frame in _reference("chebyshev")["structures"]["Default"]:
+        out = deployed(frame["positions"], frame["numbers"], frame["cell"], frame["pbc"])
+        _, forces = _energy_and_forces(model, frame)
+        n = len(frame["numbers"])
+        assert abs(out["energy"].item() - frame["energy"].item()) / n < TOL, frame["name"]
+        assert (out["forces"] - forces).abs().max() < TOL, frame["name"]

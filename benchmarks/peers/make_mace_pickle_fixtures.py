@@ -16,7 +16,9 @@ make_mace_fixtures.py), writes
                                               architecture with other weights
     tests/data/mace_pickle_<name>_reference.pt  mace's energy, node energies, forces and stress
                                               on a molecule, a triclinic periodic cell and a
-                                              cell smaller than the cutoff (one list per head)
+                                              cell smaller than the cutoff (one list per head);
+                                              for "chebyshev" also mace's energies at positions
+                                              displaced by ± fd_step · fd_direction
 
 Reference layout (torch.load(path, weights_only=True)):
     {"format": "mace-torch-reference", "format_version": 1, "mace_version", "config": {...},
@@ -79,7 +81,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
         BASE, model_class="MACE", interaction_first="RealAgnosticInteractionBlock", seed=4
     ),
     "gaussian": dict(BASE, radial_type="gaussian", seed=5),
-    "chebyshev": dict(BASE, radial_type="chebyshev", seed=6),
+    # mace's Chebyshev basis T_n(r) of the length in Å (not scaled by r_max) grows like (2r)^n:
+    # the radial MLP's first layer is divided by T_n(3 Å) per basis function so that energies
+    # stay O(10^3) eV; mace's energies at displaced positions show its forces are not -dE/dr
+    "chebyshev": dict(
+        BASE, radial_type="chebyshev", seed=6, rescale_chebyshev=3.0, finite_differences=True
+    ),
     "agnesi": dict(BASE, distance_transform="Agnesi", seed=7),
     "soft": dict(BASE, distance_transform="Soft", seed=8),
     "zbl": dict(BASE, pair_repulsion=True, seed=9),
@@ -94,6 +101,33 @@ CONFIGS: dict[str, dict[str, Any]] = {
         pair_repulsion=True,
         distance_transform="Agnesi",
         seed=14,
+    ),
+    # MACE-OMAT-0 medium (and the MATPES models fine-tuned from it), built the way mace-torch's
+    # own training command builds it: mace's argument parser, `check_args` and
+    # `tools.model_script_utils.configure_model` given the architecture flags of the published
+    # training script (ACEsuit/mace-foundations mace_omat/mace-omat-medium.sh: --model MACE,
+    # density interactions, ZBL, Agnesi, 128x0e+128x1o, 2 interactions, r_max 6, mean 0, std 1;
+    # every other architecture flag at mace-torch's default: max_ell 3, correlation 3, 8 Bessel
+    # functions, radial MLP [64, 64, 64], MLP_irreps 16x0e). Only the width is scaled down (8
+    # channels) and the elements are the fixtures' four. MACE-MPA-0 medium has the same blocks
+    # (trained with --model ScaleShiftMACE: the "mpa" configuration above).
+    "omat": dict(
+        BASE,
+        seed=18,
+        r_max=6.0,
+        cli=[
+            "--model=MACE",
+            "--interaction_first=RealAgnosticDensityInteractionBlock",
+            "--interaction=RealAgnosticDensityResidualInteractionBlock",
+            "--hidden_irreps=8x0e + 8x1o",
+            "--mean=0.0",
+            "--std=1.0",
+            "--num_interactions=2",
+            "--r_max=6.0",
+            "--pair_repulsion",
+            "--distance_transform=Agnesi",
+            "--default_dtype=float64",
+        ],
     ),
     # MACE-OFF's layout: non-residual first layer, max_ell 3, correlation 3, r_max 5 (small)
     "off": dict(
@@ -113,8 +147,33 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+def build_model_with_mace_cli(cfg: dict[str, Any]) -> torch.nn.Module:
+    """The model `mace_run_train` builds from the flags `cfg["cli"]` (before training)."""
+    from mace.tools import build_default_arg_parser, check_args
+    from mace.tools.model_script_utils import configure_model
+
+    args = build_default_arg_parser().parse_args(
+        ["--name=fixture", "--train_file=none.xyz", *cfg["cli"]]
+    )
+    args, _ = check_args(args)
+    args.avg_num_neighbors = cfg["avg_num_neighbors"]  # run_train: from the training set
+    # what run_train sets for an energy model before configure_model
+    args.compute_energy, args.compute_dipole, args.compute_polarizability = True, False, False
+    model, _ = configure_model(
+        args,
+        None,
+        np.array([ATOMIC_ENERGIES]),  # run_train: dict_to_array, [heads, elements]
+        heads=["Default"],
+        z_table=AtomicNumberTable(Z_TABLE),
+    )
+    return model
+
+
 def build_model(cfg: dict[str, Any]) -> torch.nn.Module:
     torch.manual_seed(cfg["seed"])
+    if cfg.get("cli"):
+        model = build_model_with_mace_cli(cfg)
+        return _perturb(model, cfg["seed"])
     heads = cfg.get("heads")
     energies = np.array(ATOMIC_ENERGIES)
     if heads:
@@ -153,7 +212,23 @@ def build_model(cfg: dict[str, Any]) -> torch.nn.Module:
         )
     else:
         model = modules.MACE(**kwargs)
-    generator = torch.Generator().manual_seed(cfg["seed"] + 1000)
+    model = _perturb(model, cfg["seed"])
+    if cfg.get("rescale_chebyshev"):
+        x = torch.tensor(float(cfg["rescale_chebyshev"]), dtype=torch.float64)
+        n = torch.arange(1, cfg["num_bessel"] + 1, dtype=torch.float64)
+        size = torch.cosh(n * torch.acosh(x))  # T_n(x) for x > 1
+        with torch.no_grad():
+            for interaction in model.interactions:
+                for mlp in (interaction.conv_tp_weights, getattr(interaction, "density_fn", None)):
+                    if mlp is not None:
+                        layer = mlp.layer0
+                        layer.weight.div_(size.to(layer.weight.dtype).unsqueeze(-1))
+    return model
+
+
+def _perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every parameter ±50 % of its RMS (no weight keeps an initialisation pattern)."""
+    generator = torch.Generator().manual_seed(seed + 1000)
     with torch.no_grad():
         for param in model.parameters():
             rms = param.pow(2).mean().sqrt().item() if param.numel() else 0.0
@@ -217,6 +292,26 @@ def evaluate(model: torch.nn.Module, atoms: ase.Atoms, r_max: float, heads, head
     return result
 
 
+def finite_differences(
+    model: torch.nn.Module, atoms: ase.Atoms, r_max: float, heads, head, step: float = 1e-4
+) -> dict:
+    """mace's energies at positions ± step · d for one random unit direction d [n, 3]: the
+    central difference (E+ - E-) / (2 step) is -Σ F·d for conservative forces F."""
+    generator = np.random.default_rng(len(atoms))
+    direction = generator.normal(size=(len(atoms), 3))
+    direction /= np.linalg.norm(direction)
+    energies = []
+    for sign in (1.0, -1.0):
+        displaced = atoms.copy()
+        displaced.positions = atoms.positions + sign * step * direction
+        energies.append(evaluate(model, displaced, r_max, heads, head)["energy"])
+    return {
+        "fd_direction": torch.tensor(direction),
+        "fd_step": step,
+        "fd_energies": torch.stack(energies),
+    }
+
+
 def main(names: list[str]) -> int:
     for name in names or list(CONFIGS):
         cfg = CONFIGS[name]
@@ -240,6 +335,8 @@ def main(names: list[str]) -> int:
             for label, atoms in structures():
                 frame = evaluate(model, atoms, cfg["r_max"], heads, head)
                 frame["name"] = label
+                if cfg.get("finite_differences"):
+                    frame.update(finite_differences(model, atoms, cfg["r_max"], heads, head))
                 frames[head].append(frame)
         reference = {
             "format": "mace-torch-reference",

@@ -1,13 +1,14 @@
 """mace-torch's radial options on import: which equimd implements, which it refuses and why.
 
 Implemented exactly (equimd.potentials.nn.mace_radial; the constants are copied from the file):
-`radial_type` "bessel" / "gaussian", `distance_transform` None / "Agnesi" / "Soft",
-`pair_repulsion` (ZBL); and the density-normalised interactions' `density_fn` weights. Refused by name, with the reason:
+`radial_type` "bessel" / "gaussian" / "chebyshev", `distance_transform` None / "Agnesi" /
+"Soft", `pair_repulsion` (ZBL); and the density-normalised interactions' `density_fn` weights.
 
-* `radial_type="chebyshev"`: mace-torch evaluates it with `torch.special.chebyshev_polynomial_t`,
-  which has no derivative with respect to the edge length, so mace's forces and stress leave
-  out the radial basis' gradient (they are not -dE/dr). equimd would have to reproduce
-  non-conservative forces to match, which it does not do.
+`radial_type="chebyshev"`: the energies equal mace-torch's; the forces and stress do not.
+mace-torch evaluates the basis with `torch.special.chebyshev_polynomial_t`, which has no
+derivative with respect to the edge length, so mace's forces and stress leave out the radial
+basis' gradient (they are not -dE/dr of its own energy). equimd's are -dE/dr (the importer
+warns).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import torch
 
 from equimd.potentials.nn.mace_radial import DISTANCE_TRANSFORMS, RADIAL_TYPES
 
-REFUSED_RADIAL_TYPES = {
-    "chebyshev": "mace-torch's Chebyshev basis (torch.special.chebyshev_polynomial_t) has no "
-    "gradient with respect to the edge length, so its forces and stress are not -dE/dr; equimd "
-    "does not reproduce non-conservative forces"
-}
+CHEBYSHEV_WARNING = (
+    "radial_type='chebyshev': equimd's energies equal mace-torch's, its forces and stress do "
+    "not: mace-torch's torch.special.chebyshev_polynomial_t has no derivative with respect to "
+    "the edge length, so mace's forces leave out the radial basis' gradient (they are not "
+    "-dE/dr); equimd's are -dE/dr"
+)
 # buffers of the radial options, copied from the file (module path in equimd == in mace)
 OPTION_BUFFERS = {
     # recomputed by equimd in float64; copied so a float32 model keeps its own rounding
@@ -48,9 +50,7 @@ OPTIONAL_BUFFERS = {"radial_embedding.bessel_fn.prefactor"}
 def radial_options(hp: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     """equimd `MACE` keyword arguments of mace's radial options; appends refusals to `problems`."""
     radial_type = hp.get("radial_type") or "bessel"
-    if radial_type in REFUSED_RADIAL_TYPES:
-        problems.append(f"radial_type={radial_type!r} ({REFUSED_RADIAL_TYPES[radial_type]})")
-    elif radial_type not in RADIAL_TYPES:
+    if radial_type not in RADIAL_TYPES:
         problems.append(f"radial_type={radial_type!r} (supported: {list(RADIAL_TYPES)})")
     transform = hp.get("distance_transform")
     transform = None if transform in (None, "None", "") else transform
@@ -58,6 +58,10 @@ def radial_options(hp: dict[str, Any], problems: list[str]) -> dict[str, Any]:
         problems.append(
             f"distance_transform={transform!r} (supported: {list(DISTANCE_TRANSFORMS)})"
         )
+    if radial_type == "chebyshev":
+        import warnings
+
+        warnings.warn(CHEBYSHEV_WARNING, stacklevel=3)
     return {
         "radial_type": radial_type,
         "distance_transform": transform,
@@ -92,6 +96,16 @@ def copy_option_buffers(model: torch.nn.Module, state: dict[str, torch.Tensor]) 
                 )
             ours[key].copy_(source)
             used.add(theirs)
+        orders = "radial_embedding.bessel_fn.n"  # Chebyshev: the degrees 1..num_basis
+        if orders in state and hasattr(model.radial_embedding.bessel_fn, "num_basis"):
+            expected = torch.arange(1, model.radial_embedding.bessel_fn.num_basis + 1)
+            if state[orders].reshape(-1).tolist() != expected.tolist():
+                from equimd.potentials.models.mace_pickle import MaceImportError
+
+                raise MaceImportError(
+                    f"{orders} = {state[orders].tolist()}, expected the degrees 1..{len(expected)}"
+                )
+            used.add(orders)
         for i, interaction in enumerate(model.interactions):
             if interaction.density_fn is None:
                 continue

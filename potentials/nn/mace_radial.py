@@ -4,7 +4,7 @@ Edge lengths r [E, 1] Å → radial features [E, num_basis] and envelope [E, 1]:
 
     features = basis(T(r)) (· envelope(r) when apply_cutoff),  envelope = f_cut(r / r_max)
 
-with basis Bessel (eq. 7 of the MACE paper) or Gaussian, and T an optional element-dependent
+with basis Bessel (eq. 7 of the MACE paper), Gaussian or Chebyshev, and T an optional element-dependent
 distance transform (Agnesi, from ACEpotentials.jl, JCP 2023; or a tanh "soft" clamp). The
 constants (covalent radii, transform and ZBL coefficients) are buffers, so an imported model
 keeps the values of the file it came from. Names and conventions follow mace-torch 0.3.
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from equimd.potentials.nn.radial import BesselBasis, PolynomialCutoff
 
-RADIAL_TYPES = ("bessel", "gaussian")
+RADIAL_TYPES = ("bessel", "gaussian", "chebyshev")
 DISTANCE_TRANSFORMS = (None, "Agnesi", "Soft")
 
 
@@ -40,6 +40,31 @@ class GaussianBasis(nn.Module):
 
     def forward(self, r: Tensor) -> Tensor:  # [E, 1] → [E, num_basis]
         return torch.exp(self.coeff * torch.pow(r - self.gaussian_weights, 2))
+
+
+class ChebyshevBasis(nn.Module):
+    """T_n(r), n = 1..num_basis: Chebyshev polynomials of the first kind of the edge length in Å
+    (mace's `ChebychevBasis`; the length is not scaled by r_max, so T_n grows like (2r)^n/2).
+
+    Evaluated with the three-term recursion T_{n+1} = 2r T_n - T_{n-1} (T_0 = 1, T_1 = r), which
+    autograd differentiates: forces include dT_n/dr. mace-torch evaluates the same values with
+    `torch.special.chebyshev_polynomial_t` (the same recursion for |r| >= 1 and for n <= 6,
+    cos(n arccos r) for n > 6 and |r| < 1: equal to rounding), which has no derivative, so
+    mace's forces and stress leave that term out (they are not -dE/dr).
+    """
+
+    def __init__(self, r_max: float, num_basis: int = 8) -> None:
+        super().__init__()
+        self.num_basis = int(num_basis)
+
+    def forward(self, r: Tensor) -> Tensor:  # [E, 1] → [E, num_basis]
+        previous = torch.ones_like(r)
+        current = r
+        values = [current]
+        for _ in range(self.num_basis - 1):
+            previous, current = current, 2 * r * current - previous
+            values.append(current)
+        return torch.cat(values, dim=-1)
 
 
 class AgnesiTransform(nn.Module):
@@ -83,7 +108,7 @@ class SoftTransform(nn.Module):
 class MaceRadialEmbedding(nn.Module):
     """Edge lengths [E, 1] Å → (radial features [E, num_basis], envelope [E, 1]).
 
-    radial_type: "bessel" | "gaussian"; distance_transform: None | "Agnesi" | "Soft" (applied
+    radial_type: "bessel" | "gaussian" | "chebyshev"; distance_transform: None | "Agnesi" | "Soft" (applied
     to the basis argument only; the envelope sees the true length). With apply_cutoff the
     envelope is multiplied into the features (mace's default); otherwise it is returned for the
     interaction to multiply into the convolution weights.
@@ -105,11 +130,8 @@ class MaceRadialEmbedding(nn.Module):
             raise ValueError(
                 f"distance_transform={distance_transform!r}; available: {list(DISTANCE_TRANSFORMS)}"
             )
-        self.bessel_fn = (
-            BesselBasis(r_max, num_basis)
-            if radial_type == "bessel"
-            else GaussianBasis(r_max, num_basis)
-        )
+        bases = {"bessel": BesselBasis, "gaussian": GaussianBasis, "chebyshev": ChebyshevBasis}
+        self.bessel_fn = bases[radial_type](r_max, num_basis)
         self.cutoff_fn = PolynomialCutoff(r_max, polynomial_p)
         self.distance_transform: Optional[nn.Module] = None
         if distance_transform == "Agnesi":
