@@ -9,7 +9,7 @@ vector from the receiver i to the sender j (fairchem's edge vector) and R_ij its
 
     x_i⁰ = e(Z_i) at (l, m) = (0, 0), zero elsewhere                      atom embedding
     h_ij = SiLU(W_e SiLU(a(Z_j) + b(Z_i) + W_g g(|d_ij|)))                 edge invariants (g:
-                                                                            Gaussians, `EdgeBlock`)
+                                                  Gaussians, `nn/spherical_channels.EdgeBlock`)
     per layer t = 0..T−1:
       x'_j = D(R_ij) x_j|_{|m| ≤ mmax},  x'_i likewise                    into the edge frame
       m_ij = D(R_ij)ᵀ σ_S²( SO2_s(x'_j, h_ij) + SO2_t(x'_i, h_ij) ) · f_c(|d_ij|)
@@ -46,26 +46,20 @@ import math
 from typing import List
 
 import torch
-from e3nn import o3
 from torch import Tensor, nn
 
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
-from equimd.potentials.nn.gaussian_basis import GaussianBasis
 from equimd.potentials.nn.radial import PolynomialCutoff
 from equimd.potentials.nn.scatter import scatter_sum
 from equimd.potentials.nn.so2_block import SO2Block
-from equimd.potentials.nn.spherical_grid import SphericalGrid, sphere_sample_points
+from equimd.potentials.nn.spherical_channels import EdgeBlock, channel_gate, readout_harmonics
+from equimd.potentials.nn.spherical_grid import SphericalGrid
 from equimd.potentials.nn.wigner import EdgeFrameRotation, WignerMatrices, edge_frame_rotation
 
 NONLINEARITIES = ("gate", "grid")
 # fairchem scales the energy head's output "to balance numerical precision w.r.t. forces"
 ENERGY_FACTOR = 0.001
-
-
-def channel_gate(x: Tensor) -> Tensor:
-    """σ(x)_{lm,c} = x_{lm,c} · sigmoid(x_{00,c}): x [N, K, C] with (l, m) = (0, 0) first."""
-    return x * torch.sigmoid(x.narrow(1, 0, 1))
 
 
 class SphericalActivation(nn.Module):
@@ -81,35 +75,6 @@ class SphericalActivation(nn.Module):
         if grid is None:
             return channel_gate(x)
         return grid.from_grid(torch.nn.functional.silu(grid.to_grid(x)))
-
-
-class EdgeBlock(nn.Module):
-    """h_ij = SiLU(W_e SiLU(a(Z_sender) + b(Z_receiver) + W_g g(r))): [E, edge_channels]."""
-
-    def __init__(
-        self, num_species: int, edge_channels: int, cutoff: float, num_gaussians: int,
-        basis_width_scalar: float,
-    ) -> None:  # fmt: skip
-        super().__init__()
-        spacing = cutoff / (num_gaussians - 1)
-        # fairchem's GaussianSmearing: exp(−½ (r − μ_k)² / (basis_width_scalar · spacing)²)
-        self.distance_expansion = GaussianBasis(
-            0.0, cutoff, num_gaussians, gamma=0.5 / (basis_width_scalar * spacing) ** 2
-        )
-        self.fc1_dist = nn.Linear(num_gaussians, edge_channels)
-        self.source_embedding = nn.Embedding(num_species, edge_channels)
-        self.target_embedding = nn.Embedding(num_species, edge_channels)
-        nn.init.uniform_(self.source_embedding.weight, -0.001, 0.001)
-        nn.init.uniform_(self.target_embedding.weight, -0.001, 0.001)
-        self.fc1_edge_attr = nn.Linear(edge_channels, edge_channels)
-
-    def forward(
-        self, distances: Tensor, sender_species: Tensor, receiver_species: Tensor
-    ) -> Tensor:
-        x_dist = self.fc1_dist(self.distance_expansion(distances))  # [E, edge_channels]
-        x_edge = self.source_embedding(sender_species) + self.target_embedding(receiver_species)
-        x_edge = torch.nn.functional.silu(x_edge + x_dist)
-        return torch.nn.functional.silu(self.fc1_edge_attr(x_edge))
 
 
 class MessageBlock(nn.Module):
@@ -298,12 +263,7 @@ class ESCN(Potential):
         # readout points p: weighted Fibonacci samples ("grid") or the sphere average ("gate",
         # x_00 Y_00 with Y_00 = 1/√(4π)); harmonics with fairchem's integral normalization
         dtype = torch.get_default_dtype()
-        if self.use_grid:
-            points = sphere_sample_points(num_sphere_samples)
-            readout = o3.spherical_harmonics(list(range(lmax + 1)), points, False)  # [P, (L+1)²]
-        else:
-            readout = torch.zeros(1, (lmax + 1) ** 2, dtype=torch.float64)
-            readout[0, 0] = 1.0 / math.sqrt(4.0 * math.pi)
+        readout = readout_harmonics(lmax, self.use_grid, num_sphere_samples)  # [P, (L+1)²]
         self.register_buffer("readout_harmonics", readout.to(dtype))  # exact after loading
 
     def forward(self, graph: AtomicGraph) -> Tensor:
