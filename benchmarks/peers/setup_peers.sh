@@ -74,7 +74,9 @@ setup_from_requirements() {
     "$venv/bin/python" -m pip install -r "$requirements"
     while read -r spec; do
         [[ -n "$spec" ]] || continue
-        PIP_CONSTRAINT="$constraints" "$venv/bin/python" -m pip install --no-deps "$spec"
+        # pip >= 25.3 applies build constraints only through --build-constraint / PIP_BUILD_CONSTRAINT
+        PIP_CONSTRAINT="$constraints" PIP_BUILD_CONSTRAINT="$constraints" \
+            "$venv/bin/python" -m pip install --no-deps "$spec"
     done < <(sed -n 's/^# no-deps: //p' "$requirements")
     rm -f "$constraints"
     "$venv/bin/python" -c "$check"
