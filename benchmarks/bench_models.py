@@ -39,6 +39,9 @@ the shared datasets (default ``../shared/data`` beside the repository).
 Adding a model: one JSON file per row, ``benchmarks/rows/<row>.json`` (`load_rows`), with the
 equimd model type and hyperparameters and, where a peer runs the same model, the peer's name and
 keyword arguments; a new peer brings its worker script ``benchmarks/peers/<peer>_worker.py``.
+A peer entry may add ``equimd_hyperparameters``: the equimd configuration that matches the peer
+(e.g. eSCN's grid non-linearity for fairchem), run as ``equimd[name=value]`` in the same run,
+and the peer's ratio is taken against it.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ ROWS_DIR = ROOT / "benchmarks" / "rows"
 
 def load_rows(directory: Path = ROWS_DIR) -> dict[str, dict[str, Any]]:
     """One row per `benchmarks/rows/<name>.json`: {"description", "r_max", "equimd":
-    {"model_type", "hyperparameters"}, optional "peer": {"name", "kwargs"}, optional "note"}."""
+    {"model_type", "hyperparameters"}, optional "peer": {"name", "kwargs", optional "model",
+    "equimd_hyperparameters", "note"}, optional "note"}."""
     rows = {}
     for path in sorted(directory.glob("*.json")):
         row = json.loads(path.read_text())
@@ -235,9 +239,25 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def equimd_variant(
+    row: dict[str, Any], overrides: dict[str, Any], arguments: list[str]
+) -> tuple[str, list[str]]:
+    """("equimd[name=value,...]", worker command): equimd's worker on the row with some
+    hyperparameters replaced (a row's `peer.equimd_hyperparameters`: the configuration in
+    which equimd matches the peer, e.g. eSCN's grid non-linearity for fairchem)."""
+    variant = dict(row)
+    variant["equimd"] = dict(
+        row["equimd"], hyperparameters={**row["equimd"]["hyperparameters"], **overrides}
+    )
+    name = "equimd[" + ",".join(f"{key}={value}" for key, value in overrides.items()) + "]"
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", "equimd"]
+    return name, command + ["--row-json", json.dumps(variant), *arguments]
+
+
 def _format_row(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"{r['implementation']:<16} {r['error'][:150]}"
+    note = f"  [{r['note']}]" if r.get("note") else ""
     load = f"{r['load_before']:.2f}/{r['load_during']:.2f}"
     text = (
         f"{r['implementation']:<16} {r['median_s'] * 1e3:>10.1f} {r['min_s'] * 1e3:>10.1f} "
@@ -245,6 +265,8 @@ def _format_row(r: dict[str, Any]) -> str:
     )
     if "ratio" in r:
         text += f"  ratio {r['ratio']:.2f}"
+        if r.get("ratio_to", "equimd") != "equimd":
+            text += f" (to {r['ratio_to']})"
     if "train" in r:
         text += f"  train {r['train']['frames_per_s']:.2f} frames/s"
     if "tp_core" in r:
@@ -253,7 +275,7 @@ def _format_row(r: dict[str, Any]) -> str:
             f"  TP core {core['gflops']:.2f} GFLOP/s "
             f"({100 * core['fraction_of_matmul']:.1f}% of matmul {core['matmul_gflops']:.0f})"
         )
-    return text
+    return text + note
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -338,6 +360,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 runs: list[tuple[str, list[str]]] = [("equimd", equimd_command + extra)]
                 if args.reference_backend:
                     runs.append(("equimd[e3nn]", equimd_command + ["--backend", "e3nn"]))
+                if peer and not args.no_peers and peer.get("equimd_hyperparameters"):
+                    runs.append(equimd_variant(row, peer["equimd_hyperparameters"], base[2:]))
                 if peer and not args.no_peers:
                     python, worker = peer_python(peer["name"]), peer_worker(peer["name"])
                     if python.exists() and worker.exists():
@@ -354,12 +378,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for name, command in runs:
                     result = run_worker(command, args.timeout, env)
                     result.setdefault("implementation", name)
+                    if name.startswith("equimd["):  # a variant: named by its hyperparameters
+                        result["implementation"] = name
                     result.update(row=row_name, system=system, dtype=dtype)
                     results.append(result)
+                # a peer is compared with the equimd variant it matches, if the row names one
                 equimd_result = results[0]
                 for result in results[1:]:
+                    if result["implementation"].startswith("equimd["):
+                        if result["implementation"] != "equimd[e3nn]":
+                            equimd_result = result
+                        continue
                     if "error" not in result and "error" not in equimd_result:
                         result["ratio"] = result["median_s"] / equimd_result["median_s"]
+                        result["ratio_to"] = equimd_result["implementation"]
                 for result in results:
                     print(_format_row(result), flush=True)
                 report["results"].extend(results)

@@ -110,7 +110,10 @@ def equimd_edges(atoms: Atoms, r_max: float):
 
 
 def edge_keys(sender, receiver, shift) -> list[tuple]:
-    return [(s, r, *sh) for s, r, sh in zip(sender.tolist(), receiver.tolist(), shift.tolist())]
+    return [
+        (s, r, *sh)
+        for s, r, sh in zip(sender.tolist(), receiver.tolist(), shift.tolist(), strict=True)
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(structures()))
@@ -126,16 +129,16 @@ def test_peer_graph_indices_are_equimds(name):
     kj, ji = peer_graphs.dimenet_triplets(sender, receiver, shift, num_atoms)
     reference = build_triplets(graph.edge_index, graph.edge_shift, num_atoms)
     kept = reference.mask > 0.5
-    assert len(set(zip(kj.tolist(), ji.tolist()))) == len(kj)
-    assert set(zip(kj.tolist(), ji.tolist())) == set(
-        zip(reference.edge_kj[kept].tolist(), reference.edge_ji[kept].tolist())
+    assert len(set(zip(kj.tolist(), ji.tolist(), strict=True))) == len(kj)
+    assert set(zip(kj.tolist(), ji.tolist(), strict=True)) == set(
+        zip(reference.edge_kj[kept].tolist(), reference.edge_ji[kept].tolist(), strict=True)
     )
 
     ba, ca, ragged = peer_graphs.gemnet_triplets(receiver, num_atoms)
     pairs = build_receiver_pairs(graph.edge_index, num_atoms, torch.float64)
     kept = pairs.mask > 0.5
-    assert set(zip(ba.tolist(), ca.tolist())) == set(
-        zip(pairs.edge_kj[kept].tolist(), pairs.edge_ji[kept].tolist())
+    assert set(zip(ba.tolist(), ca.tolist(), strict=True)) == set(
+        zip(pairs.edge_kj[kept].tolist(), pairs.edge_ji[kept].tolist(), strict=True)
     )
     # ragged: 0, 1, ... within each edge ca (fairchem's id3_ragged_idx)
     for edge in np.unique(ca)[:50]:
@@ -151,4 +154,4 @@ def test_edge_pairs_follow_the_fixture_loop_order():
     key_first, key_second = rng.integers(0, 5, 40), rng.integers(0, 5, 40)
     loop = [(a, b) for b in range(40) for a in range(40) if key_first[a] == key_second[b]]
     first, second = peer_graphs.edge_pairs(key_first, key_second, 5)
-    assert list(zip(first.tolist(), second.tolist())) == loop
+    assert list(zip(first.tolist(), second.tolist(), strict=True)) == loop

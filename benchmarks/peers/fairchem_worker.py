@@ -46,11 +46,10 @@ import peer_graphs  # noqa: E402
 
 def escn_evaluation(kwargs: dict, atoms, r_max: float):
     """(model, evaluate, graph sizes) for fairchem's eSCN on `atoms` (make_escn_fixtures)."""
-    import numpy as np
-    import torch
-
     # its torch_scatter stand-in, then fairchem's eSCN, GraphData and the fixtures' frame
     import make_escn_fixtures as fixtures
+    import numpy as np
+    import torch
 
     torch.manual_seed(0)
     model = fixtures.eSCN(
@@ -92,10 +91,9 @@ def escn_evaluation(kwargs: dict, atoms, r_max: float):
 
 def gemnet_evaluation(kwargs: dict, atoms, r_max: float):
     """(model, evaluate, graph sizes) for fairchem's GemNetT on `atoms` (make_gemnet_fixtures)."""
-    import torch
-
     # its torch_scatter / torch_sparse stand-ins, then fairchem's GemNetT
     import make_gemnet_fixtures as fixtures
+    import torch
 
     sender, receiver, shift = peer_graphs.neighbor_graph(atoms, r_max)
     id3_ba, id3_ca, ragged = peer_graphs.gemnet_triplets(receiver, len(atoms))
@@ -143,9 +141,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(torch.float64)  # as the fixtures: the model is float64
     atoms = bench.SYSTEMS[args.system]()
-    model, evaluate, sizes = MODELS[peer["model"]](
-        peer["kwargs"], atoms, float(args.row["r_max"])
-    )
+    model, evaluate, sizes = MODELS[peer["model"]](peer["kwargs"], atoms, float(args.row["r_max"]))
     model.double()
     from importlib.metadata import version
 
@@ -156,7 +152,9 @@ def main() -> None:
         **sizes,
         parameters=sum(p.numel() for p in model.parameters()),
     )
-    result.update(bench.measure(evaluate, args.repeats, args.warmup, args.quiet_load, args.max_wait))
+    result.update(
+        bench.measure(evaluate, args.repeats, args.warmup, args.quiet_load, args.max_wait)
+    )
     result["peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
     bench.emit(result)
 

@@ -71,12 +71,14 @@ def reverse_edges(sender: np.ndarray, receiver: np.ndarray, shift: np.ndarray) -
     """id_swap [E]: the index of the edge (t, s, −S) for every edge (s, t, S)."""
     edge_of = {
         (s, t, *sh): e
-        for e, (s, t, sh) in enumerate(zip(sender.tolist(), receiver.tolist(), shift.tolist()))
+        for e, (s, t, sh) in enumerate(
+            zip(sender.tolist(), receiver.tolist(), shift.tolist(), strict=True)
+        )
     }
     return np.array(
         [
             edge_of[(t, s, *(-v for v in sh))]
-            for s, t, sh in zip(sender.tolist(), receiver.tolist(), shift.tolist())
+            for s, t, sh in zip(sender.tolist(), receiver.tolist(), shift.tolist(), strict=True)
         ],
         dtype=np.int64,
     )

@@ -44,10 +44,9 @@ def main() -> None:
         bench.emit(result)
         return
 
+    import make_dimenetpp_fixtures as fixtures  # torch_geometric's blocks, as in the fixtures
     import torch
     import torch_geometric
-
-    import make_dimenetpp_fixtures as fixtures  # torch_geometric's blocks, as in the fixtures
 
     torch.set_num_threads(args.threads)
     row = args.row
@@ -76,7 +75,9 @@ def main() -> None:
         includes="bases, embedding, interaction and output blocks, autograd forces; "
         "neighbor list and triplets built beforehand",
     )
-    result.update(bench.measure(evaluate, args.repeats, args.warmup, args.quiet_load, args.max_wait))
+    result.update(
+        bench.measure(evaluate, args.repeats, args.warmup, args.quiet_load, args.max_wait)
+    )
     result["peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
     bench.emit(result)
 
