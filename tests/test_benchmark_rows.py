@@ -38,9 +38,17 @@ import peer_graphs  # noqa: E402  (benchmarks/peers/peer_graphs.py: NumPy and AS
 
 # peers whose venv setup_peers.sh makes without a requirements file
 BUILT_IN_PEERS = {"mace", "nequip"}
-# peer keyword names that differ from equimd's for the same quantity: {peer: {peer name: equimd name}}
+# peer keywords spelled differently from equimd's for the same quantity:
+# {peer: {peer name: (equimd name, peer value -> equimd value)}}
 RENAMED = {
-    "nequip": {"num_bessels": "num_bessel", "polynomial_cutoff_p": "polynomial_p"},
+    "nequip": {
+        "num_bessels": ("num_bessel", lambda value: value),
+        "polynomial_cutoff_p": ("polynomial_p", lambda value: value),
+    },
+    "fairchem": {  # GemNetT's basis options are dicts
+        "rbf": ("rbf", lambda value: value["name"]),
+        "envelope": ("envelope_exponent", lambda value: value["exponent"]),
+    },
 }
 
 
@@ -81,7 +89,9 @@ def test_row_peer_has_the_equimd_sizes(path):
     renamed = RENAMED.get(peer["name"], {})
     shared = 0
     for name, value in peer["kwargs"].items():
-        name = renamed.get(name, name)
+        if name in renamed:
+            name, convert = renamed[name]
+            value = convert(value)
         if name in equimd:
             shared += 1
             assert equimd[name] == value, f"{path.name}: {name} is {equimd[name]} vs {value}"
