@@ -126,7 +126,7 @@ def test_tap_combination_is_the_inverse_turn_of_fairchem_mapping():
     for tap, angle in enumerate(angles):
         cos, sin = math.cos(angle), math.sin(angle)
         expected = torch.zeros(len(orders), len(orders), dtype=torch.float64)
-        for k, (degree, m) in enumerate(orders):
+        for k, (_, m) in enumerate(orders):
             if m == 0:
                 expected[k, k] = 1.0
             elif m == -1:  # fairchem: out_{-1} += cos x_{-1} + sin x_{+1}

@@ -56,8 +56,6 @@ from equimd.potentials.nn.spherical_grid import SphericalGrid, coefficient_order
 from equimd.potentials.nn.wigner import EdgeFrameRotation, WignerMatrices, edge_frame_rotation
 
 NONLINEARITIES = ("gate", "grid")
-# the constant function 1 on the sphere has coefficient √(4π) at (l, m) = (0, 0)
-CONSTANT_COEFFICIENT = math.sqrt(4.0 * math.pi)
 
 
 def tap_rotations(lmax: int, mmax: int, num_taps: int) -> Tensor:
@@ -157,7 +155,8 @@ class NodeUpdate(nn.Module):
     def _on_coefficients(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """A layer applied to functions: W x, plus the constant function b (at l = 0)."""
         out = torch.matmul(x, weight.t())  # [N, (L+1)², out]
-        scalar = out.narrow(1, 0, 1) + bias * CONSTANT_COEFFICIENT
+        # the constant function 1 on the sphere has coefficient √(4π) at (l, m) = (0, 0)
+        scalar = out.narrow(1, 0, 1) + bias * math.sqrt(4.0 * math.pi)
         return torch.cat([scalar, out.narrow(1, 1, out.shape[1] - 1)], dim=1)
 
     def forward(self, features: Tensor) -> Tensor:
