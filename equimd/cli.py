@@ -49,6 +49,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _duration(text: str) -> float:
+    """Seconds from "600", "600s", "10m", "1.5h"."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number, scale = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1.0)
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 600, 600s, 10m or 1.5h, got {text!r}"
+        ) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
 def _add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=_positive_int, default=None, metavar="N",
@@ -101,6 +116,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from equimd.potentials.train.trainer import train
 
     config = load_config(args.config)
+    if args.time_budget is not None:  # plan the run to the budget (docs/training.md)
+        config.training.max_wall_time = args.time_budget
+        config.training.schedule = "cosine"
     if args.nproc > 1:  # data-parallel: torchrun starts the ranks, each runs this command
         from equimd.potentials.train.distributed import launch
 
@@ -120,6 +138,7 @@ def _train_rank_arguments(args: argparse.Namespace) -> list[str]:
     """The `equimd` arguments each rank of `train --nproc N` runs with (no --nproc)."""
     arguments = (["--debug"] if args.debug else []) + ["train", args.config]
     arguments += ["--resume"] * args.resume + ["--no-progress"] * args.no_progress
+    arguments += [f"--time-budget={args.time_budget}"] if args.time_budget is not None else []
     return arguments + ([f"--threads={args.threads}"] if args.threads else [])
 
 
@@ -234,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config (see examples/train_nequip.yaml)")
     train.add_argument("--resume", action="store_true", help="continue from <run dir>/last.pt")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--time-budget", type=_duration, default=None, metavar="DURATION",
+        help="wall-clock budget of this invocation (600, 10m, 1.5h): sets training.max_wall_time "
+        "and the cosine schedule planned to it (warm-up, decay to min_lr at the budget's end)",
+    )
     train.add_argument(
         "--nproc", type=_positive_int, default=1, metavar="N",
         help="data-parallel training in N processes on this machine (torchrun + DDP; gloo on "

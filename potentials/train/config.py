@@ -91,6 +91,13 @@ class TrainingConfig:
     lr:                      initial learning rate
     optimizer:               "adam" or "amsgrad"
     weight_decay:            L2 penalty added to the gradient (Adam's weight_decay, not AdamW)
+    schedule:                "plateau" (ReduceLROnPlateau) or "cosine" (warm-up, then a half
+                             cosine to min_lr at the end of the run: epochs or the time limit,
+                             whichever comes first; `equimd.potentials.train.schedule`)
+    warmup_fraction:         "cosine": linear warm-up over this fraction of the run
+    late_energy_weight:      energy_weight of the training loss from `late_stage_start` on (the
+                             late energy stage; None: off) [(eV/atom)⁻²]
+    late_stage_start:        fraction of the run where the late energy stage begins
     scheduler_factor:        ReduceLROnPlateau: multiply lr by this when validation loss stalls
     scheduler_patience:      ReduceLROnPlateau: epochs without improvement before reducing lr
     min_lr:                  lower bound of the learning rate
@@ -119,6 +126,10 @@ class TrainingConfig:
     lr: float = 0.01
     optimizer: Literal["adam", "amsgrad"] = "adam"
     weight_decay: float = 0.0
+    schedule: Literal["plateau", "cosine"] = "plateau"
+    warmup_fraction: float = 0.02
+    late_energy_weight: float | None = None
+    late_stage_start: float = 0.8
     scheduler_factor: float = 0.8
     scheduler_patience: int = 50
     min_lr: float = 1e-6
@@ -418,6 +429,12 @@ def _check_values(config: TrainConfig, source: str) -> None:
     for key in ("energy_weight", "forces_weight", "stress_weight", "weight_decay", "min_lr"):
         if getattr(training, key) < 0:
             fail(f"training.{key} must not be negative, got {getattr(training, key)}")
+    if not 0.0 <= training.warmup_fraction < 1.0:
+        fail(f"training.warmup_fraction must be in [0, 1), got {training.warmup_fraction}")
+    if not 0.0 <= training.late_stage_start <= 1.0:
+        fail(f"training.late_stage_start must be in [0, 1], got {training.late_stage_start}")
+    if training.late_energy_weight is not None and training.late_energy_weight < 0:
+        fail(f"training.late_energy_weight must not be negative, got {training.late_energy_weight}")
     if not 0.0 < training.scheduler_factor < 1.0:
         fail(f"training.scheduler_factor must be in (0, 1), got {training.scheduler_factor}")
     if training.scheduler_patience < 0:

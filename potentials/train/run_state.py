@@ -124,11 +124,12 @@ class TrainingRun:
     def finish_epoch(
         self, valid_metrics: dict[str, float], weights: LossWeights, num_batches: int
     ) -> tuple[dict[str, Any], bool]:
-        """Close an epoch: step the scheduler on the validation loss, update the best/stale
+        """Close an epoch: step the plateau scheduler on the validation loss, update the best/stale
         counters, reset the training accumulators. Returns the metrics.csv row and whether
         this epoch is the best so far."""
         valid_loss = loss_from_metrics(valid_metrics, weights)
-        self.scheduler.step(valid_loss)
+        if self.config.training.schedule == "plateau":  # "cosine" sets the lr every step
+            self.scheduler.step(valid_loss)
         progress = self.progress
         progress.epoch += 1
         progress.step_in_epoch = 0

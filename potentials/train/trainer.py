@@ -1,8 +1,9 @@
 """`train(config)`: fit a potential to energies, forces and stresses.
 
 The run, in order: read and split the data → species, E0s, neighbor graphs (once, cached) →
-avg_num_neighbors, scale, shift → build the model → Adam/AMSGrad with ReduceLROnPlateau and an
-EMA of the weights → per epoch: shuffled batches, validation with the EMA weights, one metrics
+avg_num_neighbors, scale, shift → build the model → Adam/AMSGrad with ReduceLROnPlateau or a
+cosine schedule planned to the run's length, an optional late energy stage
+(`equimd.potentials.train.schedule`), and an EMA of the weights → per epoch: shuffled batches, validation with the EMA weights, one metrics
 line, a row of metrics.csv and the learning_curves.png redrawn from it, best.pt when validation
 improves, last.pt every
 `checkpoint_interval` epochs. Stops at `epochs`, on early stopping, at `max_wall_time` or
@@ -71,6 +72,7 @@ from equimd.potentials.train.run_dir import (
 )
 from equimd.potentials.train.run_state import TrainingRun as _Run
 from equimd.potentials.train.run_state import validation_errors
+from equimd.potentials.train.schedule import cosine_lr, run_fraction, stage_weights
 from equimd.potentials.train.signals import GracefulStop
 from equimd.potentials.train.statistics import DataStatistics, compute_statistics
 
@@ -317,7 +319,22 @@ def _train(
         save(order_state, LAST)
         last_saved_epoch = run.progress.epoch
 
-    def step_batch(indices: list[int]) -> float:
+    def schedule_step(step: int) -> LossWeights:
+        """Set the learning rate of the "cosine" schedule for the coming step; return the
+        step's loss weights (the late energy stage). Rank 0's clock decides for all ranks."""
+        if training.schedule == "plateau" and training.late_energy_weight is None:
+            return weights
+        fraction = run_fraction(
+            training, run.progress.epoch * steps_per_epoch + step, steps_per_epoch, clock.wall(), clock.cpu()
+        )
+        if ranks.distributed and (training.max_wall_time or training.max_cpu_time):
+            fraction = ranks.sum([fraction if ranks.is_main else 0.0])[0]
+        if training.schedule == "cosine":
+            for group in run.optimizer.param_groups:
+                group["lr"] = cosine_lr(training, fraction)
+        return stage_weights(training, weights, fraction)
+
+    def step_batch(indices: list[int], step_weights: LossWeights) -> float:
         """One optimisation step on the global batch `indices` (this rank's share of it);
         returns the loss of the global batch."""
         counts = LabelCounts.of([train_graphs[i] for i in indices])
@@ -326,8 +343,8 @@ def _train(
             shard, factor = indices[:1], 0.0
         batch = batch_to(collate_labelled([train_graphs[i] for i in shard]), device, dtype)
         if not ranks.distributed:
-            return run.train_step(batch, weights, training.clip_grad_norm)
-        return run.train_step(batch, weights, training.clip_grad_norm, counts, factor)
+            return run.train_step(batch, step_weights, training.clip_grad_norm)
+        return run.train_step(batch, step_weights, training.clip_grad_norm, counts, factor)
 
     try:
         with GracefulStop() as stop:
@@ -335,7 +352,7 @@ def _train(
                 epoch_state = run.order_generator.get_state()
                 batches = batch_indices(len(train_graphs), training.batch_size, run.order_generator)
                 for step in range(run.progress.step_in_epoch, len(batches)):
-                    share = step_batch(batches[step])
+                    share = step_batch(batches[step], schedule_step(step))
                     run.progress.step_in_epoch = step + 1
                     time_limit = clock.out_of_time(training)
                     out_of_time = time_limit is not None

@@ -1,0 +1,73 @@
+"""Schedules over the run's length (potentials/train/schedule.py) and `equimd train
+--time-budget`: the cosine schedule reaches min_lr at the end of the run whichever limit ends
+it, the late energy stage changes only the training loss, the CLI plans a run to a budget."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from equimd.cli import _duration, _train_rank_arguments
+from equimd.potentials.train.config import TrainingConfig
+from equimd.potentials.train.loss import LossWeights, loss_from_metrics
+from equimd.potentials.train.schedule import cosine_lr, run_fraction, stage_weights
+from equimd.potentials.train.trainer import train
+from tests.test_train import copper, read_rows, tiny_config  # noqa: F401 (fixture)
+
+
+def test_cosine_warms_up_then_decays_to_min_lr_at_the_end_of_the_run():
+    training = TrainingConfig(schedule="cosine", lr=0.01, min_lr=1e-5, warmup_fraction=0.1)
+    assert cosine_lr(training, 0.0) == pytest.approx(0.001)
+    assert cosine_lr(training, 0.05) == pytest.approx(0.0055)
+    assert cosine_lr(training, 0.1) == pytest.approx(0.01)
+    assert cosine_lr(training, 0.55) == pytest.approx((0.01 + 1e-5) / 2)
+    assert cosine_lr(training, 1.0) == pytest.approx(1e-5)
+    after_warmup = [cosine_lr(training, 0.1 + 0.9 * k / 50) for k in range(51)]
+    assert all(a > b for a, b in zip(after_warmup, after_warmup[1:]))
+
+
+def test_the_run_fraction_follows_whichever_limit_comes_first():
+    epochs_only = TrainingConfig(epochs=10)
+    assert run_fraction(epochs_only, 25, 10, wall_s=1e6, cpu_s=1e6) == pytest.approx(0.25)
+    budget = TrainingConfig(epochs=10, max_wall_time=100.0, max_cpu_time=400.0)
+    assert run_fraction(budget, 25, 10, wall_s=60.0, cpu_s=100.0) == pytest.approx(0.6)
+    assert run_fraction(budget, 25, 10, wall_s=10.0, cpu_s=300.0) == pytest.approx(0.75)
+    assert run_fraction(budget, 25, 10, wall_s=500.0, cpu_s=0.0) == 1.0  # capped
+
+
+def test_the_late_energy_stage_replaces_only_the_energy_weight_from_its_start():
+    base = LossWeights(energy=1.0, forces=100.0, stress=10.0)
+    training = TrainingConfig(late_energy_weight=1000.0, late_stage_start=0.75)
+    assert stage_weights(training, base, 0.74) == base
+    assert stage_weights(training, base, 0.75) == LossWeights(energy=1000.0, forces=100.0, stress=10.0)
+    assert stage_weights(TrainingConfig(), base, 0.99) == base  # off by default
+
+
+def test_a_cosine_run_ends_at_min_lr_and_validates_with_the_configured_weights(copper, tmp_path):  # noqa: F811
+    result = train(tiny_config(copper, tmp_path / "cosine", epochs=3, schedule="cosine", lr=0.03,
+                               min_lr=1e-5, late_energy_weight=500.0, late_stage_start=0.5), progress=False)
+    rows = read_rows(result.metrics_csv)
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] > lrs[1] > lrs[2] and lrs[2] < 0.05 * 0.03
+    configured = LossWeights(energy=1.0, forces=100.0, stress=10.0)
+    for row in rows:  # the late stage (epochs 2-3) does not change the validation loss
+        metrics = {k.removeprefix("valid_"): float(v) for k, v in row.items() if k.startswith("valid_")}
+        assert float(row["valid_loss"]) == pytest.approx(loss_from_metrics(metrics, configured), rel=1e-6)  # csv: 8 digits
+
+
+@pytest.mark.parametrize("text, seconds", [("600", 600.0), ("600s", 600.0), ("10m", 600.0), ("1.5h", 5400.0)])
+def test_time_budget_reads_seconds_minutes_and_hours(text, seconds):
+    assert _duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ten", "10q", "-5m", "0"])
+def test_a_bad_time_budget_is_a_usage_error_naming_the_value(text):
+    with pytest.raises(argparse.ArgumentTypeError, match=repr(text) if text else "duration|positive"):
+        _duration(text)
+
+
+def test_every_rank_of_a_parallel_run_gets_the_time_budget():
+    args = argparse.Namespace(debug=False, config="c.yaml", resume=False, no_progress=True, threads=None,
+                              time_budget=600.0)
+    assert "--time-budget=600.0" in _train_rank_arguments(args)
