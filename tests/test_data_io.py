@@ -876,3 +876,18 @@ def test_fuzz_corrupted_extxyz_raises_data_format_error(case):
     assert "frame " in message or "blank line" in message, message
     if line is not None:
         assert f"line {line}" in message, (message, text)
+
+
+def test_extxyz_config_type_is_read_and_written_back(tmp_path):
+    """The GAP/mlearn `config_type` label survives read → write → read (evaluate groups by it);
+    a frame without one has None."""
+    path = tmp_path / "typed.xyz"
+    path.write_text(
+        '1\nProperties=species:S:1:pos:R:3 energy=-1.0 config_type=Surface pbc="F F F"\nH 0 0 0\n'
+        '1\nProperties=species:S:1:pos:R:3 energy=-2.0 pbc="F F F"\nH 0 0 1\n'
+    )
+    keys = DatasetKeys(require_forces=False)
+    configs = read_configurations(path, keys)
+    assert [c.config_type for c in configs] == ["Surface", None]
+    write_extxyz(configs, tmp_path / "again.xyz")
+    assert [c.config_type for c in read_configurations(tmp_path / "again.xyz", keys)] == ["Surface", None]

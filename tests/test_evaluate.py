@@ -123,3 +123,45 @@ def test_evaluate_accepts_a_deployed_model_file_with_the_same_metrics(copper, ch
     for name, value in expected.items():
         if np.isfinite(value):
             assert result["metrics"][name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+
+
+def test_errors_are_broken_down_per_element_and_per_structure_type():
+    """Hand-made predictions: the force errors of each element and the errors of each
+    config_type are the plain MAE/RMSE over exactly those atoms/frames."""
+    from equimd.potentials.train.evaluate import error_breakdown, format_breakdown
+
+    water = Configuration(positions=np.eye(3), numbers=[8, 1, 1], energy=-10.0,
+                          forces=np.zeros((3, 3)), config_type="molecule")
+    box = Configuration(positions=np.eye(3) * 2, numbers=[8, 8, 1], energy=-20.0, forces=np.zeros((3, 3)),
+                        cell=np.eye(3) * 5, pbc=[True] * 3, stress=np.zeros((3, 3)), config_type="bulk")
+    untyped = Configuration(positions=np.eye(3) * 3, numbers=[1, 1, 1], energy=-3.0, forces=np.zeros((3, 3)))
+    predictions = [
+        {"energy": -9.97, "forces": np.array([[0.3, 0, 0], [0, 0.01, 0], [0, 0, -0.02]])},
+        {"energy": -20.06, "forces": np.array([[0.1, 0, 0], [0, -0.1, 0], [0, 0, 0.04]]),
+         "stress": np.full((3, 3), 0.002)},
+        {"energy": -3.0, "forces": np.zeros((3, 3))},
+    ]
+    breakdown = error_breakdown([water, box, untyped], predictions)
+    oxygen = breakdown["per_element"]["O"]  # atoms 0 of water, 0 and 1 of the box
+    assert oxygen["atoms"] == 3
+    assert oxygen["forces_mae"] == pytest.approx(1000 * (0.3 + 0.1 + 0.1) / 9)
+    assert oxygen["forces_rmse"] == pytest.approx(1000 * np.sqrt((0.09 + 0.01 + 0.01) / 9))
+    assert breakdown["per_element"]["H"]["atoms"] == 6
+    assert breakdown["per_element"]["H"]["forces_mae"] == pytest.approx(1000 * (0.01 + 0.02 + 0.04) / 18)
+    bulk, molecule_row = breakdown["per_type"]["bulk"], breakdown["per_type"]["molecule"]
+    assert bulk["frames"] == 1 and bulk["energy_total_mae"] == pytest.approx(60.0)
+    assert bulk["energy_mae"] == pytest.approx(20.0) and bulk["stress_mae"] == pytest.approx(2.0)
+    assert molecule_row["energy_mae"] == pytest.approx(10.0) and np.isnan(molecule_row["stress_mae"])
+    assert breakdown["per_type"]["-"]["forces_mae"] == 0.0  # frames without a config_type
+    text = format_breakdown(breakdown)
+    assert "bulk" in text and "molecule" in text and text.splitlines()[1].startswith("H")
+
+
+def test_evaluate_breakdown_agrees_with_the_overall_metrics(copper, checkpoint, tmp_path):
+    path, _ = checkpoint
+    result = evaluate(path, copper, output_dir=tmp_path / "eval", batch_size=2)
+    assert list(result["per_element"]) == ["Cu"] and result["per_element"]["Cu"]["atoms"] == 40
+    assert result["per_element"]["Cu"]["forces_mae"] == pytest.approx(result["metrics"]["forces_mae"], rel=1e-9)
+    (only_type,) = result["per_type"].values()  # the EMT frames carry no config_type
+    for name in ("energy_mae", "energy_total_rmse", "forces_rmse", "stress_mae"):
+        assert only_type[name] == pytest.approx(result["metrics"][name], rel=1e-9), name

@@ -19,6 +19,9 @@ class Configuration:
     forces:    [n_atoms, 3] eV/Å (None if unlabelled)
     stress:    [3, 3] eV/Å³, ASE sign convention: stress = (1/V) dE/dstrain = -virial/V
     source:    where it came from, e.g. "train.xyz, frame 12" (used in error messages)
+    config_type: structure-type label (extxyz info `config_type`, the GAP/mlearn convention:
+               "Bulk", "Surface", "Vacancy", ...), None if the file gives none; `equimd
+               evaluate` breaks its errors down by it
     """
 
     positions: np.ndarray
@@ -29,6 +32,7 @@ class Configuration:
     forces: np.ndarray | None = None
     stress: np.ndarray | None = None
     source: str = "<memory>"
+    config_type: str | None = None
 
     def __post_init__(self) -> None:
         self.positions = np.asarray(self.positions, dtype=np.float64).reshape(-1, 3)

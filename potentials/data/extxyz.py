@@ -83,6 +83,7 @@ def _configuration_from_atoms(
         cell=np.asarray(atoms.get_cell()) * length,
         pbc=atoms.get_pbc(),
         source=source,
+        config_type=per_frame["config_type"] if isinstance(per_frame.get("config_type"), str) else None,
     )
     energy = _lookup(per_frame, keys.energy_key, keys.require_energy, "energy", where)
     if energy is not None:
@@ -221,6 +222,8 @@ def _extxyz_frame(config: Configuration, prediction: dict[str, Any]) -> list[str
     labels = []
     if config.energy is not None:
         labels.append(f"energy={float(config.energy)!r}")
+    if config.config_type is not None and '"' not in config.config_type:
+        labels.append(f'config_type="{config.config_type}"')
     if config.stress is not None:  # 9 values, column-major like every 3x3 extxyz key
         labels.append(f'stress="{_format_flat(config.stress.reshape(-1, order="F"))}"')
     if config.forces is not None:

@@ -1,6 +1,7 @@
 """`evaluate(checkpoint, data)`: error metrics of a trained model on a labelled data set.
 
-Prints an MAE/RMSE table (energy meV/atom and meV, forces meV/Å, stress meV/Å³), writes the
+Prints an MAE/RMSE table (energy meV/atom and meV, forces meV/Å, stress meV/Å³), the force
+errors per element and all errors per structure type (extxyz `config_type`), writes the
 predictions next to the reference labels as extxyz and a parity plot as PNG.
 """
 
@@ -111,6 +112,69 @@ def parity_data(
     return flat(reference), flat(predicted)
 
 
+def _mae_rmse(errors: list[np.ndarray], name: str) -> dict[str, float]:
+    """{name_mae, name_rmse} in meV units of eV errors (NaN when there are none)."""
+    flat = np.concatenate([np.ravel(e) for e in errors]) if errors else np.zeros(0)
+    if flat.size == 0:
+        return {f"{name}_mae": float("nan"), f"{name}_rmse": float("nan")}
+    return {f"{name}_mae": 1000.0 * float(np.abs(flat).mean()),
+            f"{name}_rmse": 1000.0 * float(np.sqrt((flat**2).mean()))}
+
+
+def error_breakdown(
+    configs: list[Configuration], predictions: list[dict[str, Any]]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Errors split two ways (units of `equimd.potentials.train.metrics.UNITS`):
+
+    per_element: {symbol: forces_mae/rmse (meV/Å) over that element's atoms, "atoms": count}
+    per_type:    {config_type ("-" where a frame has none): energy_mae/rmse (meV/atom),
+                  energy_total_mae/rmse (meV), forces_mae/rmse, stress_mae/rmse, "frames"}
+    """
+    from ase.data import chemical_symbols
+
+    by_element: dict[int, list[np.ndarray]] = {}
+    by_type: dict[str, dict[str, list]] = {}
+    for config, frame in zip(configs, predictions, strict=True):
+        group = by_type.setdefault(config.config_type or "-",
+                                   {"energy": [], "energy_total": [], "forces": [], "stress": [], "frames": []})
+        group["frames"].append(1)
+        if config.energy is not None:
+            group["energy_total"].append(np.array([frame["energy"] - config.energy]))
+            group["energy"].append(group["energy_total"][-1] / config.n_atoms)
+        if config.forces is not None:
+            error = frame["forces"] - config.forces
+            group["forces"].append(error)
+            for number in np.unique(config.numbers):
+                by_element.setdefault(int(number), []).append(error[config.numbers == number])
+        if config.stress is not None and "stress" in frame:
+            group["stress"].append(frame["stress"] - config.stress)
+    per_element = {
+        chemical_symbols[z]: {**_mae_rmse(errors, "forces"), "atoms": sum(len(e) for e in errors)}
+        for z, errors in sorted(by_element.items())
+    }
+    per_type = {
+        name: {**{k: v for q in ("energy", "energy_total", "forces", "stress") for k, v in _mae_rmse(group[q], q).items()},
+               "frames": len(group["frames"])}
+        for name, group in sorted(by_type.items())
+    }
+    return {"per_element": per_element, "per_type": per_type}
+
+
+def format_breakdown(breakdown: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The per-element force table and, with more than one structure type, the per-type table."""
+    lines = [f"{'element':<10}{'atoms':>8}{'F MAE':>10}{'F RMSE':>10}  meV/Å"]
+    for symbol, row in breakdown["per_element"].items():
+        lines.append(f"{symbol:<10}{row['atoms']:>8}{row['forces_mae']:>10.2f}{row['forces_rmse']:>10.2f}")
+    if len(breakdown["per_type"]) > 1:
+        lines.append(f"{'config_type':<14}{'frames':>7}{'E MAE':>9}{'E RMSE':>9}{'F MAE':>9}{'F RMSE':>9}"
+                     f"{'S MAE':>9}  (meV/atom, meV/Å, meV/Å³)")
+        for name, row in breakdown["per_type"].items():
+            values = "".join(f"{row[k]:>9.2f}" for k in ("energy_mae", "energy_rmse", "forces_mae",
+                                                          "forces_rmse", "stress_mae"))
+            lines.append(f"{name[:14]:<14}{row['frames']:>7}{values}")
+    return "\n".join(lines)
+
+
 def _as_columns(predictions: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-frame predictions → the layout of `write_extxyz` (stress only if every frame has
     one, i.e. every frame is fully periodic)."""
@@ -143,7 +207,8 @@ def evaluate(
     output_dir: where predictions.extxyz and parity.png go (default: next to the checkpoint,
     in eval_<data file stem>/).
     Returns {"metrics": {name: value} (units in `equimd.potentials.train.metrics.UNITS`),
-    "num_frames": int, "predictions": path, "parity_plot": path}.
+    "num_frames": int, "per_element": ..., "per_type": ... (`error_breakdown`),
+    "predictions": path, "parity_plot": path}.
     Raises `UnknownElementError` naming the file, frame, atom and element the model lacks.
     """
     from equimd.potentials.data.io import DatasetKeys, read_configurations, write_extxyz
@@ -173,12 +238,15 @@ def evaluate(
         reference, predicted, output_dir / PARITY_NAME, title=f"{checkpoint_path.name} on {data_path.name}"
     )
 
+    breakdown = error_breakdown(configs, predictions)
     print(format_metrics_table(metrics, f"{checkpoint_path} on {data_path} ({len(configs)} frames)"))
+    print(format_breakdown(breakdown))
     print(f"predictions: {predictions_path}")
     print(f"parity plot: {plot_path}")
     return {
         "metrics": metrics,
         "num_frames": len(configs),
+        **breakdown,
         "predictions": str(predictions_path),
         "parity_plot": str(plot_path),
     }
