@@ -15,9 +15,10 @@ random number comes from a seeded generator. Writes
                                           each model): mace's coupling bases U (sparse COO),
                                           random inputs, mace's outputs and input gradients
 
-for two float64 ScaleShiftMACE configurations (`CONFIGS`): "scalar" (hidden 128x0e,
+for two float64 ScaleShiftMACE configurations (`CONFIGS`): "scalar" (hidden 32x0e,
 non-residual first interaction as mace's default) and "vector" (hidden 64x0e+64x1o, residual
-interactions everywhere as in MACE-MP). After construction every parameter is perturbed with
+interactions everywhere as in MACE-MP). The scalar model has 32 channels (MACE-MP-0 small's
+layout with a quarter of its width) so that its file stays under 2 MiB. After construction every parameter is perturbed with
 seeded noise (±50 % of its RMS), so that no weight keeps an initialisation pattern a wrong
 implementation could get right by accident (mace-torch 0.3.16 has no all-zero parameter at
 initialisation for these configurations; its contraction weights start at N(0,1)/num_paths),
@@ -86,7 +87,7 @@ COMMON = dict(
 CONFIGS: dict[str, dict[str, Any]] = {
     "scalar": dict(
         COMMON,
-        hidden_irreps="128x0e",
+        hidden_irreps="32x0e",
         r_max=5.0,
         interaction="RealAgnosticResidualInteractionBlock",
         interaction_first="RealAgnosticInteractionBlock",
