@@ -10,9 +10,10 @@ training budget.
 (a) speed. For every MACE configuration (`CONFIGS`: mace-torch's "small" 128x0e and "medium"
 128x0e+128x1o, max_ell 3, correlation 3, 2 interactions, r_max 6 Å) and system
 (`harness.SYSTEMS`: water = 192-atom liquid water, frame 0 of water_rpbe_d3; cu256 / cu2048 =
-fcc Cu), the mace peer (`.peers/mace`, `benchmarks/peers/setup_peers.sh mace`) builds a seeded
-float64 ScaleShiftMACE and writes it twice: as mace.model and in `mace_export.py`'s format, which
-equimd imports (`equimd.potentials.models.mace_import`), so both sides run the same weights. Then, per
+fcc Cu; "mp0_medium": the MACE-MP-0 medium architecture with its 89 elements), the mace peer
+(`.peers/mace`, `benchmarks/peers/setup_peers.sh mace`) builds a seeded float64 ScaleShiftMACE
+and saves it as mace.model, which both sides load: mace-torch with `torch.load`, equimd with
+its importer (`equimd.potentials.models.mace_import`, no mace-torch), so both run the same file. Then, per
 dtype, energy + forces of the model alone (neighbor list built beforehand, each side with its
 own) is timed in one fresh subprocess per implementation with the same measurement code
 (`harness.measure`: median of `--repeats` after `--warmup`, waiting up to `--max-wait` s for
@@ -68,9 +69,15 @@ COMMON = dict(
     interaction_first="RealAgnosticResidualInteractionBlock",
     interaction="RealAgnosticResidualInteractionBlock",
 )
+# MACE-MP-0's 89 elements (Z 1-83 and 89-94): the one-hot width sets the cost of the
+# element-dependent self-connection (skip_tp) and the size of the node embedding
+MP0_ELEMENTS = [*range(1, 84), *range(89, 95)]
 CONFIGS: dict[str, dict[str, Any]] = {
     "small": dict(COMMON, hidden_irreps="128x0e"),
     "medium": dict(COMMON, hidden_irreps="128x0e+128x1o"),
+    # the published MACE-MP-0 medium architecture (2023-12-03-mace-128-L1): ScaleShiftMACE,
+    # 128x0e+128x1o, max_ell 3, correlation 3, residual interactions, r_max 6, 89 elements
+    "mp0_medium": dict(COMMON, hidden_irreps="128x0e+128x1o", atomic_numbers=MP0_ELEMENTS),
     # for CPU training comparisons in minutes rather than hours
     "tiny": dict(COMMON, hidden_irreps="32x0e", r_max=5.0, radial_MLP=[32, 32]),
 }
@@ -90,6 +97,7 @@ def run_equimd_speed(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    # the peer's own `.model` file (read without mace-torch, as `equimd import mace` does)
     model = mace_model_from_export(read_mace_export(args.export), dtype=dtype)
     if args.backend:
         apply_convolution_backend(model, args.backend)
@@ -171,7 +179,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
                 base = ["--system", system, "--dtype", dtype, *common]
                 runs = [
                     [sys.executable, str(Path(__file__).resolve()), "--worker", "equimd",
-                     "--export", made["export"], *base],
+                     "--export", made["model"], *base],
                     [str(PEER_PYTHON), str(PEER_WORKER), "time", "--model", made["model"], *base],
                 ]  # fmt: skip
                 names = ["equimd", "mace"]
@@ -244,7 +252,7 @@ def run_equimd_training(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     job = json.loads(args.job_json)
-    hyperparameters = {k: v for k, v in CONFIGS[job["config"]].items()}
+    hyperparameters = {k: v for k, v in CONFIGS[job["config"]].items() if k != "atomic_numbers"}
     budget = job["seconds"] - (time.monotonic() - PROCESS_START)
     config = config_from_dict(
         {

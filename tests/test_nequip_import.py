@@ -224,3 +224,12 @@ def test_info_describes_nequip_files_and_says_whether_they_import(tmp_path: Path
     text = describe(DATA / "nequip_default.nequip.zip")
     assert "nequip package" in text and "importable: equimd import nequip" in text
     assert "training checkpoint" in describe(_checkpoint("variant", tmp_path))
+
+
+def test_docs_name_every_model_option_the_importer_knows() -> None:
+    """docs/nequip.md lists every config key the importer accepts (the rest are refused)."""
+    from equimd.potentials.models.nequip_mapping import _SUPPORTED
+
+    docs = (Path(__file__).parents[1] / "docs" / "nequip.md").read_text()
+    missing = [key for key in _SUPPORTED if f"`{key}`" not in docs]
+    assert not missing, f"docs/nequip.md does not name {missing}"

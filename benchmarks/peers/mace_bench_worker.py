@@ -71,7 +71,8 @@ def make(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     cfg = {**MAKE_DEFAULTS, **json.loads(args.config_json)}
     atoms = bench.SYSTEMS[args.system]()
-    z_table = sorted({int(z) for z in atoms.numbers})
+    # the model's elements: the config's (e.g. MACE-MP-0's 89), else the system's
+    z_table = sorted(cfg.get("atomic_numbers") or {int(z) for z in atoms.numbers})
     batch = _graph(atoms, cfg["r_max"], z_table)
     num_edges = int(batch["edge_index"].shape[1])
     torch.manual_seed(cfg["seed"])

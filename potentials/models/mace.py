@@ -73,7 +73,8 @@ class MACE(Potential):
         keep_last_layer_irreps: keep all of hidden_irreps in the last layer (mace option).
         apply_cutoff: multiply the envelope into the radial features (mace's default True);
             False multiplies it into the convolution weights instead.
-        radial_type: radial basis, "bessel" (eq. 7), "gaussian" or "chebyshev" (mace's T_n(r), r in Å).
+        radial_type: radial basis, "bessel" (eq. 7), "gaussian" or "chebyshev" (mace's T_n(r),
+            r in Å).
         distance_transform: None, "Agnesi" or "Soft": element-dependent transform of the
             basis argument (`equimd.potentials.nn.mace_radial`).
         pair_repulsion: add the ZBL screened nuclear repulsion (inside the scale, as mace).

@@ -4,10 +4,10 @@ Edge lengths r [E, 1] Å → radial features [E, num_basis] and envelope [E, 1]:
 
     features = basis(T(r)) (· envelope(r) when apply_cutoff),  envelope = f_cut(r / r_max)
 
-with basis Bessel (eq. 7 of the MACE paper), Gaussian or Chebyshev, and T an optional element-dependent
-distance transform (Agnesi, from ACEpotentials.jl, JCP 2023; or a tanh "soft" clamp). The
-constants (covalent radii, transform and ZBL coefficients) are buffers, so an imported model
-keeps the values of the file it came from. Names and conventions follow mace-torch 0.3.
+with basis Bessel (eq. 7 of the MACE paper), Gaussian or Chebyshev, and T an optional
+element-dependent distance transform (Agnesi, from ACEpotentials.jl, JCP 2023; or a tanh "soft"
+clamp). The constants (covalent radii, transform and ZBL coefficients) are buffers, so an
+imported model keeps the values of the file it came from. Names and conventions follow mace-torch 0.3.
 """
 
 from __future__ import annotations
@@ -108,10 +108,10 @@ class SoftTransform(nn.Module):
 class MaceRadialEmbedding(nn.Module):
     """Edge lengths [E, 1] Å → (radial features [E, num_basis], envelope [E, 1]).
 
-    radial_type: "bessel" | "gaussian" | "chebyshev"; distance_transform: None | "Agnesi" | "Soft" (applied
-    to the basis argument only; the envelope sees the true length). With apply_cutoff the
-    envelope is multiplied into the features (mace's default); otherwise it is returned for the
-    interaction to multiply into the convolution weights.
+    radial_type: "bessel" | "gaussian" | "chebyshev"; distance_transform: None | "Agnesi" |
+    "Soft" (applied to the basis argument only; the envelope sees the true length). With
+    apply_cutoff the envelope is multiplied into the features (mace's default); otherwise it is
+    returned for the interaction to multiply into the convolution weights.
     """
 
     def __init__(
