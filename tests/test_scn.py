@@ -219,3 +219,14 @@ def test_energy_is_continuous_at_the_cutoff_with_the_envelope():
         )  # fmt: skip
         energies.append(float(model(graph).sum().detach()))
     assert abs(energies[0] - energies[1]) < 1e-9
+
+
+def test_grid_model_with_taps_scripts_like_eager():
+    """The fairchem-parity configuration (grid, mmax 1, four taps) exports with TorchScript
+    too (the shared export tests cover the registered gate configuration)."""
+    fixture = load_fixture()["configs"]["lmax4_mmax1_taps"]
+    model = equimd_from_fairchem(fixture["kwargs"], fixture["state_dict"])
+    scripted = torch.jit.script(model)
+    for record in fixture["structures"]:
+        graph = graph_of(record)
+        torch.testing.assert_close(scripted(graph), model(graph), rtol=0, atol=1e-12)

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
+from equimd.potentials.nn.dtype import default_dtype
 from equimd.potentials.nn.radial import PolynomialCutoff
 from equimd.potentials.nn.scatter import scatter_sum
 from equimd.potentials.nn.spherical_channels import EdgeBlock, channel_gate, readout_harmonics
@@ -73,12 +74,8 @@ def tap_rotations(lmax: int, mmax: int, num_taps: int) -> Tensor:
         ],
         dtype=torch.float64,
     )
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):  # exact sampling matrices, whatever the model's dtype
         wigner = WignerMatrices(lmax)(turns)  # D^l(R_θ): [n_θ, 2l+1, 2l+1]
-    finally:
-        torch.set_default_dtype(previous)
     kept = EdgeFrameRotation(lmax, mmax)
     blocks = []
     for degree in range(lmax + 1):
