@@ -40,7 +40,8 @@ def test_a_cell_is_the_example_recipe_with_only_data_budget_and_output_replaced(
     raw = bench_accuracy.cell_config(model, data, 120.0, tmp_path / "run")
     assert raw["model"] == example["model"]
     changed = {k for k in raw["training"] if raw["training"][k] != example["training"].get(k)}
-    assert changed <= {"epochs", "max_cpu_time", "max_wall_time", "device"}
+    assert changed <= {"epochs", "max_cpu_time", "max_wall_time", "device", "batch_size"}
+    assert raw["training"]["batch_size"] == 2  # the crystals' one override
     assert raw["training"]["max_cpu_time"] == 120.0 and raw["data"] == data.data
     config = config_from_dict(raw)  # valid as a training config
     assert config.training.max_cpu_time == 120.0 and config.model.model_type == model
