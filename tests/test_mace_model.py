@@ -103,7 +103,7 @@ def test_layer_structure_follows_mace() -> None:
         (dict(correlation=[3]), "correlation"),
         (dict(correlation=0), "correlation"),
         (dict(interaction="RealAgnosticAttResidualInteractionBlock"), "interaction="),
-        (dict(radial_type="chebyshev"), "radial_type="),
+        (dict(radial_type="fourier"), "radial_type="),
         (dict(distance_transform="Sigmoid"), "distance_transform="),
         (dict(gate="relu"), "gate"),
         (dict(tp_backend="nope"), "backend"),
