@@ -194,11 +194,17 @@ def _cmd_md(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_mace(args: argparse.Namespace) -> int:
+    import warnings
+
     from equimd.potentials.models.mace_import import import_mace_file
 
-    path = import_mace_file(
-        args.model, args.output, head=args.head, architecture=args.architecture
-    )
+    with warnings.catch_warnings(record=True) as caught:  # the importer's caveats, one line each
+        warnings.simplefilter("always")
+        path = import_mace_file(
+            args.model, args.output, head=args.head, architecture=args.architecture
+        )
+    for warning in caught:
+        print(f"equimd: note: {warning.message}", file=sys.stderr)
     print(f"wrote equimd checkpoint {path}; export it with: equimd deploy {path} -o model.pt")
     return 0
 

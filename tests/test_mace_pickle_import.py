@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import re
 import sys
 from pathlib import Path
 
@@ -397,3 +398,17 @@ def test_docs_name_every_mace_option_the_importer_reads(tmp_path: Path) -> None:
     ]  # fmt: skip
     missing = [name for name in options + blocks if f"`{name}`" not in docs]
     assert not missing, f"docs/mace.md does not name {missing}"
+
+
+def test_chebyshev_import_says_in_one_line_that_forces_differ_from_mace(
+    tmp_path: Path, capsys
+) -> None:
+    path = _unpack("chebyshev", tmp_path)
+    assert cli_main(["import", "mace", str(path), "-o", str(tmp_path / "out.pt")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("equimd: note: radial_type='chebyshev'") and err.count("\n") == 1, err
+    assert cli_main(["info", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"note:\s+radial_type='chebyshev'", captured.out), captured.out
+    assert "importable" in captured.out
+    assert "Warning" not in captured.out + captured.err

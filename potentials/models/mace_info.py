@@ -4,6 +4,7 @@ whether equimd imports the model or which option it refuses."""
 from __future__ import annotations
 
 import os
+import warnings
 
 from equimd.potentials.models.mace_import import mace_hyperparameters
 from equimd.potentials.models.mace_pickle import MaceImportError
@@ -38,8 +39,11 @@ def describe_mace_file(path: str | os.PathLike) -> str:
         *(f"  {k + ':':<22} {hp.get(k)}" for k in keys),
     ]
     try:
-        mace_hyperparameters(record)
+        with warnings.catch_warnings(record=True) as caught:  # caveats of an importable model
+            warnings.simplefilter("always")
+            mace_hyperparameters(record)
         lines.append(f"  {'equimd:':<22} importable: equimd import mace {path} -o model.pt")
+        lines.extend(f"  {'note:':<22} {warning.message}" for warning in caught)
     except MaceImportError as error:
         lines.append(f"  {'equimd:':<22} not importable: {error}")
     return "\n".join(lines)
