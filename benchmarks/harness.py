@@ -200,6 +200,16 @@ def emit(result: dict[str, Any]) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
+def emitted_unless_float64(dtype: str, result: dict[str, Any]) -> bool:
+    """For peer workers that time their parity fixtures' float64 evaluation paths: emit
+    `result` with the reason and return True when another dtype is asked for."""
+    if dtype == "float64":
+        return False
+    emit({**result, "error": f"{dtype}: not measured (the parity fixtures' evaluation paths, "
+          "which this worker times, are float64)"})
+    return True
+
+
 def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
     """The measurement options every worker takes (dtype, threads, repeats, warm-up, and the
     foreign-load wait of `measure`), with the same defaults everywhere."""

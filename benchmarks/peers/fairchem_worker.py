@@ -128,12 +128,7 @@ def main() -> None:
     args = bench.worker_arguments()
     peer = args.row["peer"]
     result: dict = {"implementation": f"fairchem {peer['model']}"}
-    if args.dtype != "float64":
-        result["error"] = (
-            f"{args.dtype}: not measured (the parity fixtures' evaluation paths, which this "
-            "worker times, are float64)"
-        )
-        bench.emit(result)
+    if bench.emitted_unless_float64(args.dtype, result):
         return
 
     import torch

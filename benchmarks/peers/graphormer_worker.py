@@ -47,12 +47,7 @@ NOTE = (
 def main() -> None:
     args = bench.worker_arguments()
     result: dict = {"implementation": "graphormer", "note": NOTE}
-    if args.dtype != "float64":
-        result["error"] = (
-            f"{args.dtype}: not measured (the parity fixtures' evaluation path, which this "
-            "worker times, is float64)"
-        )
-        bench.emit(result)
+    if bench.emitted_unless_float64(args.dtype, result):
         return
 
     from importlib.metadata import version

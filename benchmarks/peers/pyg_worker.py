@@ -36,12 +36,7 @@ import peer_graphs  # noqa: E402
 def main() -> None:
     args = bench.worker_arguments()
     result: dict = {"implementation": "pyg"}
-    if args.dtype != "float64":
-        result["error"] = (
-            f"{args.dtype}: not measured (the parity fixtures' evaluation path, which this "
-            "worker times, is float64)"
-        )
-        bench.emit(result)
+    if bench.emitted_unless_float64(args.dtype, result):
         return
 
     import make_dimenetpp_fixtures as fixtures  # torch_geometric's blocks, as in the fixtures
