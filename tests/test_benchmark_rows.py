@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import bulk, molecule
 
 from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import configuration_to_graph
 from equimd.potentials.models import MODELS
 from equimd.potentials.nn.triplets import build_receiver_pairs, build_triplets, reverse_edges
 from equimd.potentials.train.config import model_hyperparameter_defaults
+from tests.test_triplets import structures  # a molecule, a one-atom cell, triclinic, a slab
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = sorted((ROOT / "benchmarks" / "rows").glob("*.json"))
@@ -96,21 +96,6 @@ def test_row_peer_has_the_equimd_sizes(path):
             shared += 1
             assert equimd[name] == value, f"{path.name}: {name} is {equimd[name]} vs {value}"
     assert shared >= 3, f"{path.name}: the peer's kwargs share almost no name with equimd's"
-
-
-def structures() -> dict[str, Atoms]:
-    small = bulk("Cu", "fcc", a=3.6)  # one atom: every neighbour is itself in another image
-    small.rattle(0.05, seed=0)
-    triclinic = Atoms(
-        "CuCO",
-        cell=[[3.1, 0.2, 0.0], [0.4, 3.3, 0.1], [0.2, -0.3, 3.6]],
-        pbc=True,
-        scaled_positions=[[0.1, 0.2, 0.3], [0.5, 0.5, 0.6], [0.8, 0.1, 0.9]],
-    )
-    slab = bulk("Cu", "fcc", a=3.6, cubic=True)
-    slab.pbc = (True, False, True)
-    slab.rattle(0.05, seed=1)
-    return dict(ethanol=molecule("CH3CH2OH"), small_cell=small, triclinic=triclinic, slab=slab)
 
 
 def equimd_edges(atoms: Atoms, r_max: float):
