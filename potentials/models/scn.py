@@ -52,7 +52,13 @@ from equimd.potentials.models.base import Potential, register_model
 from equimd.potentials.nn.dtype import default_dtype
 from equimd.potentials.nn.radial import PolynomialCutoff
 from equimd.potentials.nn.scatter import scatter_sum
-from equimd.potentials.nn.spherical_channels import EdgeBlock, channel_gate, readout_harmonics
+from equimd.potentials.nn.spherical_channels import (
+    EdgeBlock,
+    channel_gate,
+    initial_channels,
+    readout_harmonics,
+    unit_edges,
+)
 from equimd.potentials.nn.spherical_grid import SphericalGrid, coefficient_orders
 from equimd.potentials.nn.wigner import EdgeFrameRotation, WignerMatrices, edge_frame_rotation
 
@@ -342,19 +348,14 @@ class SCN(Potential):
 
     def forward(self, graph: AtomicGraph) -> Tensor:
         species = self.species_index(graph.numbers)  # [N]
-        num_atoms = species.shape[0]
-        vectors = -edge_vectors(graph)  # [E, 3] Å, d_ij = x_sender − x_receiver (fairchem's)
-        distances = torch.linalg.norm(vectors, dim=1)  # [E] Å
-        unit = vectors / distances.clamp_min(1e-12).unsqueeze(1)  # [E, 3]
+        distances, unit = unit_edges(-edge_vectors(graph))  # [E] Å, [E, 3]; d_ij = x_s − x_r
         wigner = self.wigner(edge_frame_rotation(unit))  # D^l(R_ij): [E, 2l+1, 2l+1]
         if self.cutoff_envelope:
             envelope = self.envelope(distances)  # [E]
         else:
             envelope = torch.ones_like(distances)
 
-        embedding = self.sphere_embedding(species)  # [N, C]
-        higher = embedding.new_zeros(num_atoms, self.num_coefficients - 1, self.sphere_channels)
-        x = torch.cat([embedding.unsqueeze(1), higher], dim=1)  # x⁰: [N, (L+1)², C]
+        x = initial_channels(self.sphere_embedding(species), self.num_coefficients)  # [N, (L+1)², C]
         for index, interaction in enumerate(self.edge_blocks):
             update = interaction(x, species, distances, envelope, graph.edge_index, wigner)
             x = update if index == 0 else x + update  # [N, (L+1)², C]

@@ -6,11 +6,14 @@ coefficients x [N, (L+1)², C] (e3nn's real basis, integral normalization, l-maj
   `DistanceBlock` in SCN, `EdgeBlock` in eSCN: the same layers and names).
 - `channel_gate`: the exactly equivariant counterpart of a point-wise SiLU on the sphere.
 - `readout_harmonics`: the points at which the energy head reads the functions.
+- `unit_edges`, `initial_channels`: the edge lengths and directions, and the first layer's
+  input (the species embedding as the l = 0 coefficient).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 from e3nn import o3
@@ -18,6 +21,19 @@ from torch import Tensor, nn
 
 from equimd.potentials.nn.gaussian_basis import GaussianBasis
 from equimd.potentials.nn.spherical_grid import sphere_sample_points
+
+
+def unit_edges(vectors: Tensor) -> Tuple[Tensor, Tensor]:
+    """(distances [E] Å, unit vectors [E, 3]) of edge vectors [E, 3] Å (fairchem's convention:
+    d_ij = x_sender − x_receiver)."""
+    distances = torch.linalg.norm(vectors, dim=1)
+    return distances, vectors / distances.clamp_min(1e-12).unsqueeze(1)
+
+
+def initial_channels(embedding: Tensor, num_coefficients: int) -> Tensor:
+    """x⁰ [N, (L+1)², C]: the species embedding [N, C] as the l = 0 coefficient, zero above."""
+    higher = embedding.new_zeros(embedding.shape[0], num_coefficients - 1, embedding.shape[1])
+    return torch.cat([embedding.unsqueeze(1), higher], dim=1)
 
 
 def channel_gate(x: Tensor) -> Tensor:
