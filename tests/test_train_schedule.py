@@ -24,7 +24,7 @@ def test_cosine_warms_up_then_decays_to_min_lr_at_the_end_of_the_run():
     assert cosine_lr(training, 0.55) == pytest.approx((0.01 + 1e-5) / 2)
     assert cosine_lr(training, 1.0) == pytest.approx(1e-5)
     after_warmup = [cosine_lr(training, 0.1 + 0.9 * k / 50) for k in range(51)]
-    assert all(a > b for a, b in zip(after_warmup, after_warmup[1:]))
+    assert all(a > b for a, b in zip(after_warmup[:-1], after_warmup[1:], strict=True))
 
 
 def test_the_run_fraction_follows_whichever_limit_comes_first():
