@@ -95,6 +95,7 @@ RECEPTIVE_FIELD_LAYERS: dict[str, tuple[tuple[str, ...], int, int]] = {
     "mace": (("num_interactions",), 1, 0),
     "matformer": (("conv_layers",), 1, 0),
     "escn": (("num_layers",), 1, 0),
+    "scn": (("num_interactions",), 1, 0),
     "geot": (("transformer_num_layers",), 1, 0),
     "tokengt": (("encoder_layers",), 1, 0),
     "segnn": (("num_layers",), 1, 1),
