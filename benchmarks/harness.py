@@ -200,6 +200,14 @@ def emit(result: dict[str, Any]) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
+def emit_measurement(result: dict[str, Any], evaluate: Callable[[], None], args: argparse.Namespace) -> None:
+    """A peer worker's last step: time `evaluate` with `measure` under the worker's options,
+    add the process's peak RSS, and emit `result`."""
+    result.update(measure(evaluate, args.repeats, args.warmup, args.quiet_load, args.max_wait))
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    emit(result)
+
+
 def emitted_unless_float64(dtype: str, result: dict[str, Any]) -> bool:
     """For peer workers that time their parity fixtures' float64 evaluation paths: emit
     `result` with the reason and return True when another dtype is asked for."""

@@ -147,11 +147,7 @@ def main() -> None:
         **sizes,
         parameters=sum(p.numel() for p in model.parameters()),
     )
-    result.update(
-        bench.measure(evaluate, args.repeats, args.warmup, args.quiet_load, args.max_wait)
-    )
-    result["peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
-    bench.emit(result)
+    bench.emit_measurement(result, evaluate, args)
 
 
 if __name__ == "__main__":

@@ -77,11 +77,7 @@ def main() -> None:
         pairs=len(atoms) ** 2,
         periodic=bool(atoms.pbc.any()),
     )
-    result.update(
-        bench.measure(evaluate, args.repeats, args.warmup, args.quiet_load, args.max_wait)
-    )
-    result["peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
-    bench.emit(result)
+    bench.emit_measurement(result, evaluate, args)
 
 
 if __name__ == "__main__":

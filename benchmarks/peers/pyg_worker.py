@@ -70,11 +70,7 @@ def main() -> None:
         includes="bases, embedding, interaction and output blocks, autograd forces; "
         "neighbor list and triplets built beforehand",
     )
-    result.update(
-        bench.measure(evaluate, args.repeats, args.warmup, args.quiet_load, args.max_wait)
-    )
-    result["peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
-    bench.emit(result)
+    bench.emit_measurement(result, evaluate, args)
 
 
 if __name__ == "__main__":
