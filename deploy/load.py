@@ -16,6 +16,7 @@ instead of returning NaN or silently wrong numbers.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import zipfile
 from collections.abc import Sequence
@@ -34,6 +35,20 @@ from equimd.devices import check_device
 # Name of the extra file holding the TorchScript neighbor list inside an AOTInductor package
 # (base64 text: PT2 extra files are strings).
 NEIGHBOR_LIST_FILE = "neighbor_list.torchscript.b64"
+
+
+def repeatable_execution() -> contextlib.AbstractContextManager[None]:
+    """Run TorchScript calls in this thread on one plan, the same for every call.
+
+    TorchScript's profiling executor runs a freshly loaded module's first call on a profiling
+    plan and later calls on an optimised plan, and the two round differently (forces about
+    1e-14 relative apart). An MD run restarted in a new process would then evaluate its first
+    step on the other plan than the uninterrupted run did, and the two trajectories would part
+    in the last bit. Inside this context no call is optimised (torch.jit.optimized_execution
+    (False); the switch is per thread): results are a function of the inputs alone. On the
+    CPU the optimised plan is no faster for these models (no CPU fusion).
+    """
+    return torch.jit.optimized_execution(False)
 
 
 class _Runner(Protocol):
@@ -254,7 +269,7 @@ class DeployedModel:
         if compute_stress is None:
             compute_stress = bool(pbc_t.any())
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), repeatable_execution():
                 out = self._runner.compute(
                     positions_t, numbers_t, cell_t, pbc_t, compute_forces, compute_stress
                 )

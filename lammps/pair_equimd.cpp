@@ -9,6 +9,7 @@
 */
 
 #include "pair_equimd.h"
+#include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include "atom.h"
 #include "comm.h"
@@ -186,6 +187,10 @@ void PairEquimd::compute(int eflag, int vflag)
   for (int i = 0; i < nall; i++) z[i] = type_to_z[type[i]];
 
   at::Tensor forces, energy, atomic, w;
+  // every call on the same, unoptimised plan: TorchScript's profiling executor runs the first
+  // call(s) of a loaded module on another plan than later ones, and the two round differently,
+  // so a run restarted from a restart file would part from the uninterrupted one in the last bit
+  torch::jit::GraphOptimizerEnabledGuard same_plan_every_call(false);
   try {
     std::vector<c10::IValue> inputs{positions, numbers, static_cast<int64_t>(nlocal),
                                     static_cast<bool>(vflag_global)};

@@ -212,6 +212,22 @@ def test_reload_in_fresh_process_matches_eager_without_training_code(exported, f
         assert_matches(out, reference, atol=1e-10, rtol=0.0)
 
 
+def test_first_call_of_a_fresh_load_equals_later_calls_bit_for_bit(exported):
+    """Results are a function of the inputs alone, whatever was evaluated before: TorchScript's
+    first (profiling) call and later (optimised) calls must not round differently, or an MD
+    run restarted in a new process parts from the uninterrupted one (equimd.deploy.load.
+    repeatable_execution)."""
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.rattle(0.1, seed=3)
+    first = [load(exported["float64"])(atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc)
+             for _ in range(2)]  # two fresh loads, one call each
+    model = load(exported["float64"])
+    later = [model(atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc) for _ in range(4)]
+    for out in first + later[:-1]:
+        for key in ("energy", "forces", "stress"):
+            assert torch.equal(out[key], later[-1][key]), key
+
+
 def test_metadata_round_trip(model, exported, deployed):
     metadata = read_metadata(exported["float32"])
     assert metadata["format"] == "equimd-model"

@@ -60,8 +60,23 @@ def trajectory_frames(directory: Path, engine: str) -> tuple[list[int], np.ndarr
     return [frame.info["step"] for frame in frames], np.array([f.positions for f in frames])
 
 
+def engine_state(checkpoint: dict) -> dict:
+    """The dynamical state in an MD checkpoint: OpenMM's XML state (positions, velocities, box,
+    time, parameters at 17 digits) or ASE's positions/momenta/cell/RNG (floats by repr)."""
+    state = dict(checkpoint["engine"])
+    state.pop("checkpoint", None)  # OpenMM's binary blob also holds platform-internal data
+    return state
+
+
 def assert_same_run(directory: Path, reference: Path, engine: str, last_step: int) -> None:
-    """Same frames (steps and bitwise positions) and the same CSV rows (but ns/day)."""
+    """Same frames (steps and bitwise positions) and the same CSV rows (but ns/day), and the
+    same final state to the last bit: positions and velocities of the last checkpoint at full
+    precision (frames are float32 in DCD and rows have 10 digits; a 1-ulp difference in the
+    forces after a restart would show up there only by chance)."""
+    final_ref = json.loads((reference / "checkpoint.json").read_text())
+    final_new = json.loads((directory / "checkpoint.json").read_text())
+    assert final_new["step"] == final_ref["step"] == last_step
+    assert engine_state(final_new) == engine_state(final_ref), "final state"
     steps_ref, frames_ref = trajectory_frames(reference, engine)
     steps_new, frames_new = trajectory_frames(directory, engine)
     assert steps_new == steps_ref == list(range(0, last_step + 1, 10))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from equimd.deploy.load import repeatable_execution
 from equimd.errors import SettingsError
 from equimd.md_drivers.engines.common import default_device, has_velocities
 from equimd.md_drivers.reporters import DCDTrajectory, ExtxyzTrajectory
@@ -89,11 +90,13 @@ class OpenMMEngine:
 
     def advance(self, steps: int) -> None:
         self._state = None  # also when step() raises: positions are then read afresh
-        self.integrator.step(steps)
+        with repeatable_execution():  # TorchForce runs in this thread: a restart repeats bitwise
+            self.integrator.step(steps)
 
     def _current(self):
         if self._state is None:
-            self._state = self.context.getState(getPositions=True, getEnergy=True)
+            with repeatable_execution():
+                self._state = self.context.getState(getPositions=True, getEnergy=True)
         return self._state
 
     def positions(self) -> np.ndarray:
