@@ -151,6 +151,55 @@ def test_fast_backend_equals_reference(name, backend, dtype, edges_per_chunk):
         torch.testing.assert_close(fast_value, reference_value, **tolerance)
 
 
+def aggregate_with_grads(tp, features, edge_sh, weights, sender, receiver, num_nodes):
+    """aggregate and the gradients of a fixed linear function of it w.r.t. its three inputs
+    (create_graph: the gradients are differentiable again, as training needs)."""
+    inputs = [t.clone().requires_grad_(True) for t in (features, edge_sh, weights)]
+    out = tp.aggregate(inputs[0], inputs[1], inputs[2], sender, receiver, num_nodes)
+    cotangent = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).reshape(out.shape)
+    grads = torch.autograd.grad((out * cotangent).sum(), inputs, create_graph=True)
+    second = torch.autograd.grad(sum(g.square().sum() for g in grads), inputs[1])
+    return [out.detach(), *(g.detach() for g in grads), *second]
+
+
+@pytest.mark.parametrize("nodes_per_chunk", [None, 1, 3])
+@pytest.mark.parametrize("irreps, paths", [
+    # MACE's first layer: one path per group
+    (("16x0e", "0e+1o+2e+3o", "16x0e+16x1o+16x2e+16x3o"), [(0, l, l) for l in range(4)]),
+    # two paths to 1o (and to 1e) from each input block: groups of two paths
+    (("4x0e+3x0o", "0e+1o", "4x0e+3x0o+4x1o+3x1e+4x1o+3x1e"),
+     [(0, 0, 0), (1, 0, 1), (0, 1, 2), (1, 1, 3), (0, 1, 4), (1, 1, 5)]),
+])
+def test_receiver_contraction_equals_message_path(irreps, paths, nodes_per_chunk):
+    """Scalar-input layers sum per receiver with padded GEMMs (fused.py, 7.): the same values,
+    gradients and second derivatives as scattering the messages, also with receivers in chunks,
+    isolated nodes and a receiver whose edges come in any order."""
+    from equimd.potentials.nn.convolution.fused import FusedUVUConvolution
+
+    node, sh, out = (o3.Irreps(x) for x in irreps)
+    instructions = [(i1, i2, i_out, 1.0 + 0.1 * i_out) for i1, i2, i_out in paths]
+    with default_dtype(torch.float64):
+        tp = FusedUVUConvolution(node, sh, out, instructions)
+    assert max(tp.group_paths) == (2 if len(paths) == 6 else 1)
+    generator = torch.Generator().manual_seed(3)
+    num_nodes, num_edges = 11, 70
+    features = torch.randn(num_nodes, node.dim, generator=generator, dtype=torch.float64)
+    edge_sh = torch.randn(num_edges, sh.dim, generator=generator, dtype=torch.float64)
+    weights = torch.randn(num_edges, tp.weight_numel, generator=generator, dtype=torch.float64)
+    sender = torch.randint(0, num_nodes, (num_edges,), generator=generator)
+    receiver = torch.randint(0, num_nodes - 2, (num_edges,), generator=generator)  # 2 isolated
+    if nodes_per_chunk is not None:
+        counts = torch.bincount(receiver)
+        tp.chunk_elements = nodes_per_chunk * int(counts.max()) * tp.padded_per_edge // 4
+    assert tp.contracts_by_receiver(edge_sh)
+    by_receiver = aggregate_with_grads(tp, features, edge_sh, weights, sender, receiver, num_nodes)
+    tp.scalar_inputs_only = False
+    assert not tp.contracts_by_receiver(edge_sh)
+    messages = aggregate_with_grads(tp, features, edge_sh, weights, sender, receiver, num_nodes)
+    for actual, expected in zip(by_receiver, messages, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("edges_per_chunk", [0, 1])
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_fast_backend_handles_no_edges(backend, edges_per_chunk):

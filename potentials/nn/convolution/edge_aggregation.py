@@ -138,6 +138,22 @@ class EdgeChunkedConvolution(UVUConvolution):
     def _messages(self, inputs: Tensor, edge_sh: Tensor, weights: Tensor) -> List[Tensor]:
         raise NotImplementedError
 
+    def contracts_by_receiver(self, edge_sh: Tensor) -> bool:
+        """Whether `aggregate` sums per receiver with `_aggregate_by_receiver` instead of
+        scattering messages (a backend may override both; here: never)."""
+        return False
+
+    def _aggregate_by_receiver(
+        self,
+        node_features: Tensor,
+        edge_sh: Tensor,
+        weights: Tensor,
+        sender: Tensor,
+        receiver: Tensor,
+        num_nodes: int,
+    ) -> Tensor:
+        raise NotImplementedError
+
     def forward(self, node_features: Tensor, edge_sh: Tensor, weights: Tensor) -> Tensor:
         inputs = node_features.index_select(1, self.input_permutation)
         return self._to_e3nn_layout(self._messages(inputs, edge_sh, weights))
@@ -168,6 +184,10 @@ class EdgeChunkedConvolution(UVUConvolution):
         receiver: Tensor,
         num_nodes: int,
     ) -> Tensor:
+        if self.contracts_by_receiver(edge_sh):
+            return self._aggregate_by_receiver(
+                node_features, edge_sh, weights, sender, receiver, num_nodes
+            )
         features = node_features.index_select(1, self.input_permutation)
         chunk = self.edge_chunk_size(edge_sh.shape[0])
         if chunk == 0:

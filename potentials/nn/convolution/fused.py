@@ -27,7 +27,19 @@ How it is computed (see docs/performance.md for the measurements behind each cho
    full-size gradients that slicing produces in autograd.
 6. `aggregate` fuses gather (sender) → convolution → scatter-sum (receiver): the edge-level
    tensors are per group, and no [E, irreps_out.dim] tensor is formed.
-7. Memory of large systems: edge chunks, and messages recomputed in the backward pass when
+7. Scalar inputs only (every path has l1 = 0, e.g. MACE's first layer, all of MACE-small and
+   NequIP's first layer): `aggregate` contracts over each receiver's edges instead of forming
+   messages and scattering them. With h_t[e, u] = w_t[e, u] x[sender(e), u],
+
+       A_t[n, k, u] = Σ_{e: receiver(e) = n} M_t[e, k] h_t[e, u]  =  (M_n^T H_n)[k, u],
+
+   one batched matmul over receivers, the edges of each receiver padded with zero rows to the
+   largest in-degree K (`_aggregate_by_receiver`). No [E, d3·U] message tensor and no
+   scatter; the flops are those of the messages (times K / mean in-degree) but run as GEMMs.
+   Receivers are processed in chunks whose padded tensors hold about 4 · `chunk_elements`
+   values. Traced with symbolic shapes (AOTInductor) the in-degree is data-dependent, so the
+   message path below is used there.
+8. Memory of large systems: edge chunks, and messages recomputed in the backward pass when
    autograd would keep more than `RECOMPUTE_ABOVE_BYTES` for one layer (e.g. MACE-medium on
    2048 Cu atoms in float64: ~9 GB), come from `edge_aggregation`, shared with the SO(2)
    backend. Same numbers either way.
@@ -173,6 +185,12 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         self.saved_per_edge = (
             sum(products) + sum(self.group_coupling_sizes) + irreps_node.dim + self.weight_numel
         )
+        # every path has a scalar input: `aggregate` contracts per receiver (docstring, 7.)
+        self.scalar_inputs_only = all(d1 == 1 for d1 in group_dim_in)
+        # padded values per edge slot of `_aggregate_by_receiver`: h (P·U) and M (P·d3) per group
+        self.padded_per_edge = sum(
+            p * (u + d3) for p, d3, u in zip(group_paths, group_dim_out, group_mul, strict=True)
+        )
         self._register_exact("coupling", torch.cat(coupling_columns, dim=1))
         self.register_buffer(
             "input_permutation", torch.tensor(input_permutation, dtype=torch.long), persistent=False
@@ -215,3 +233,114 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
                 message = product.view(num_edges, paths, dim_out, mul) * weight
             messages.append(message.view(num_edges, paths * dim_out * mul))
         return messages
+
+    def contracts_by_receiver(self, edge_sh: Tensor) -> bool:
+        """Whether `aggregate` contracts per receiver (docstring, 7.): scalar inputs only, at
+        least one edge, concrete shapes (not symbolic tracing), and no recomputation needed."""
+        if not self.scalar_inputs_only or edge_sh.shape[0] == 0:
+            return False
+        if not torch.jit.is_scripting():
+            num_edges = edge_sh.shape[0]
+            if not isinstance(num_edges, int):  # symbolic shapes (make_fx, export)
+                return False
+            saved_bytes = num_edges * self.saved_per_edge * edge_sh.element_size()
+            if torch.is_grad_enabled() and saved_bytes > self.recompute_above_bytes:
+                return False  # the message path recomputes in the backward pass
+        return True
+
+    def _aggregate_by_receiver(
+        self,
+        node_features: Tensor,
+        edge_sh: Tensor,
+        weights: Tensor,
+        sender: Tensor,
+        receiver: Tensor,
+        num_nodes: int,
+    ) -> Tensor:
+        """`aggregate` for scalar inputs: A_t[n] = M_t[edges of n]^T · h_t[edges of n] per
+        receiver n, edges padded to the largest in-degree (docstring, 7.)."""
+        num_edges = edge_sh.shape[0]
+        counts = torch.bincount(receiver, minlength=num_nodes)  # [N] in-degrees
+        width = int(counts.max())  # K
+        receiver_sorted, order = torch.sort(receiver, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        # slot of each (receiver-sorted) edge in its receiver's padded rows
+        rank = torch.arange(num_edges, device=receiver.device) - starts.index_select(
+            0, receiver_sorted
+        )
+        features = node_features.index_select(1, self.input_permutation)
+        sorted_sh = edge_sh.index_select(0, order)
+        sorted_weights = weights.index_select(0, order)
+        sorted_sender = sender.index_select(0, order)
+        # receivers in chunks whose padded tensors hold about 4 · chunk_elements values
+        nodes_per_chunk = max(4 * self.chunk_elements // (width * self.padded_per_edge), 1)
+        node_edges: List[int] = []  # edges of each node chunk, in receiver order
+        chunk_starts: List[int] = []
+        ends = torch.cumsum(counts, 0)
+        previous = 0
+        for first in range(0, num_nodes, nodes_per_chunk):
+            last = min(first + nodes_per_chunk, num_nodes)
+            end = int(ends[last - 1])
+            node_edges.append(end - previous)
+            chunk_starts.append(first)
+            previous = end
+        pieces: List[Tensor] = []
+        sh_chunks = torch.split(sorted_sh, node_edges)
+        weight_chunks = torch.split(sorted_weights, node_edges)
+        sender_chunks = torch.split(sorted_sender, node_edges)
+        slots = torch.split(receiver_sorted * width + rank, node_edges)
+        for c in range(len(node_edges)):
+            first = chunk_starts[c]
+            nodes = min(first + nodes_per_chunk, num_nodes) - first
+            pieces.append(
+                self._contract_by_receiver(
+                    features.index_select(0, sender_chunks[c]), sh_chunks[c], weight_chunks[c],
+                    slots[c] - first * width, nodes, width,
+                )
+            )
+        return self._to_e3nn_layout([torch.cat(pieces, dim=0)])
+
+    def _contract_by_receiver(
+        self, inputs: Tensor, edge_sh: Tensor, weights: Tensor, slot: Tensor, nodes: int,
+        width: int,
+    ) -> Tensor:
+        """[nodes, Σ_g P·d3·U] sums of one receiver chunk ((p, k, u) order per group).
+
+        inputs [E_c, U_total] sender scalars (m-major units); edge_sh [E_c, D_sh];
+        weights [E_c, weight_numel]; slot [E_c]: receiver-in-chunk · width + rank.
+        """
+        num_edges = inputs.shape[0]
+        blocks = torch.split(inputs, self.block_sizes, dim=1)
+        path_weights = torch.split(weights, self.path_weight_sizes, dim=1)
+        grouped_weights = torch.split(
+            torch.cat([path_weights[t] for t in self.weight_order], dim=1),
+            self.group_weight_sizes,
+            dim=1,
+        )
+        couplings = torch.split(torch.mm(edge_sh, self.coupling), self.group_coupling_sizes, dim=1)
+        sums: List[Tensor] = []
+        for g, coupling in enumerate(couplings):
+            paths, dim_out, mul = self.group_paths[g], self.group_dim_out[g], self.group_mul[g]
+            h = blocks[self.group_block[g]].view(num_edges, 1, mul) * grouped_weights[g].view(
+                num_edges, paths, mul
+            )  # [E_c, P, U]
+            h_padded = h.new_zeros(nodes * width, paths * mul).index_copy(
+                0, slot, h.view(num_edges, paths * mul)
+            )  # [n·K, P·U]
+            m_padded = coupling.new_zeros(nodes * width, paths * dim_out).index_copy(
+                0, slot, coupling
+            )  # [n·K, P·d3]
+            if paths == 1:
+                summed = torch.bmm(
+                    m_padded.view(nodes, width, dim_out).transpose(1, 2),
+                    h_padded.view(nodes, width, mul),
+                )  # [n, d3, U]
+            else:
+                summed = torch.bmm(
+                    m_padded.view(nodes, width, paths, dim_out).permute(0, 2, 3, 1)
+                    .reshape(nodes * paths, dim_out, width),
+                    h_padded.view(nodes, width, paths, mul).transpose(1, 2)
+                    .reshape(nodes * paths, width, mul),
+                )  # [n·P, d3, U]
+            sums.append(summed.reshape(nodes, paths * dim_out * mul))
+        return torch.cat(sums, dim=1)
