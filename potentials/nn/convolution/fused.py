@@ -169,6 +169,7 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         ]
         self.group_weight_sizes = [p * u for p, u in zip(group_paths, group_mul, strict=True)]
         self.weight_order = weight_order  # instruction index of each path, in group order
+        self.weights_in_group_order = weight_order == list(range(len(instructions)))
         self.path_weight_sizes = [irreps_node[i_in1].mul for i_in1, _, _, _ in instructions]
 
         # largest per-edge tensor of a chunk (elements): a group's messages, or the weights
@@ -199,6 +200,18 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             "output_permutation", torch.tensor(output_source, dtype=torch.long), persistent=False
         )
 
+    def _grouped_weights(self, weights: Tensor) -> List[Tensor]:
+        """[E, weight_numel] in e3nn's order → per group [E, P·U] ((p, b, u) order): one split
+        when the groups already follow e3nn's order (MACE), else split + cat."""
+        if self.weights_in_group_order:
+            return torch.split(weights, self.group_weight_sizes, dim=1)
+        path_weights = torch.split(weights, self.path_weight_sizes, dim=1)
+        return torch.split(
+            torch.cat([path_weights[t] for t in self.weight_order], dim=1),
+            self.group_weight_sizes,
+            dim=1,
+        )
+
     def _messages(self, inputs: Tensor, edge_sh: Tensor, weights: Tensor) -> List[Tensor]:
         """Messages per group, [E, P·d3·U] each ((p, k, u) order).
 
@@ -207,12 +220,7 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         """
         num_edges = inputs.shape[0]
         blocks = torch.split(inputs, self.block_sizes, dim=1)
-        path_weights = torch.split(weights, self.path_weight_sizes, dim=1)
-        grouped_weights = torch.split(
-            torch.cat([path_weights[t] for t in self.weight_order], dim=1),
-            self.group_weight_sizes,
-            dim=1,
-        )
+        grouped_weights = self._grouped_weights(weights)
         couplings = torch.split(torch.mm(edge_sh, self.coupling), self.group_coupling_sizes, dim=1)
         messages: List[Tensor] = []
         for g, coupling in enumerate(couplings):
@@ -269,11 +277,17 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             0, receiver_sorted
         )
         features = node_features.index_select(1, self.input_permutation)
+        nodes_per_chunk = max(4 * self.chunk_elements // (width * self.padded_per_edge), 1)
+        if nodes_per_chunk >= num_nodes:  # one chunk: the edges stay in their order
+            slot = torch.empty_like(rank).index_copy_(0, order, receiver_sorted * width + rank)
+            summed = self._contract_by_receiver(
+                features.index_select(0, sender), edge_sh, weights, slot, num_nodes, width
+            )
+            return self._to_e3nn_layout([summed])
         sorted_sh = edge_sh.index_select(0, order)
         sorted_weights = weights.index_select(0, order)
         sorted_sender = sender.index_select(0, order)
         # receivers in chunks whose padded tensors hold about 4 · chunk_elements values
-        nodes_per_chunk = max(4 * self.chunk_elements // (width * self.padded_per_edge), 1)
         node_edges: List[int] = []  # edges of each node chunk, in receiver order
         chunk_starts: List[int] = []
         ends = torch.cumsum(counts, 0)
@@ -311,12 +325,7 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         """
         num_edges = inputs.shape[0]
         blocks = torch.split(inputs, self.block_sizes, dim=1)
-        path_weights = torch.split(weights, self.path_weight_sizes, dim=1)
-        grouped_weights = torch.split(
-            torch.cat([path_weights[t] for t in self.weight_order], dim=1),
-            self.group_weight_sizes,
-            dim=1,
-        )
+        grouped_weights = self._grouped_weights(weights)
         couplings = torch.split(torch.mm(edge_sh, self.coupling), self.group_coupling_sizes, dim=1)
         sums: List[Tensor] = []
         for g, coupling in enumerate(couplings):
