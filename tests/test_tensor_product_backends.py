@@ -162,7 +162,7 @@ def aggregate_with_grads(tp, features, edge_sh, weights, sender, receiver, num_n
     return [out.detach(), *(g.detach() for g in grads), *second]
 
 
-@pytest.mark.parametrize("nodes_per_chunk", [None, 1, 3])
+@pytest.mark.parametrize("nodes_per_chunk", [None, 1, 2])
 @pytest.mark.parametrize("irreps, paths", [
     # MACE's first layer: one path per group
     (("16x0e", "0e+1o+2e+3o", "16x0e+16x1o+16x2e+16x3o"), [(0, l, l) for l in range(4)]),
@@ -188,9 +188,10 @@ def test_receiver_contraction_equals_message_path(irreps, paths, nodes_per_chunk
     weights = torch.randn(num_edges, tp.weight_numel, generator=generator, dtype=torch.float64)
     sender = torch.randint(0, num_nodes, (num_edges,), generator=generator)
     receiver = torch.randint(0, num_nodes - 2, (num_edges,), generator=generator)  # 2 isolated
-    if nodes_per_chunk is not None:
+    if nodes_per_chunk is not None:  # receivers in chunks of this many nodes (not one chunk)
         counts = torch.bincount(receiver)
         tp.chunk_elements = nodes_per_chunk * int(counts.max()) * tp.padded_per_edge // 4
+        assert num_nodes * int(counts.max()) * tp.padded_per_edge > 16 * tp.chunk_elements
     assert tp.contracts_by_receiver(edge_sh)
     by_receiver = aggregate_with_grads(tp, features, edge_sh, weights, sender, receiver, num_nodes)
     tp.scalar_inputs_only = False

@@ -36,8 +36,8 @@ How it is computed (see docs/performance.md for the measurements behind each cho
    one batched matmul over receivers, the edges of each receiver padded with zero rows to the
    largest in-degree K (`_aggregate_by_receiver`). No [E, d3·U] message tensor and no
    scatter; the flops are those of the messages (times K / mean in-degree) but run as GEMMs.
-   Receivers are processed in chunks whose padded tensors hold about 4 · `chunk_elements`
-   values. Traced with symbolic shapes (AOTInductor) the in-degree is data-dependent, so the
+   Up to 16 · `chunk_elements` padded values the edges are used in their order; above, receivers
+   are processed in chunks of about 4 · `chunk_elements` padded values (edges sorted by receiver). Traced with symbolic shapes (AOTInductor) the in-degree is data-dependent, so the
    message path below is used there.
 8. Memory of large systems: edge chunks, and messages recomputed in the backward pass when
    autograd would keep more than `RECOMPUTE_ABOVE_BYTES` for one layer (e.g. MACE-medium on
@@ -277,8 +277,10 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             0, receiver_sorted
         )
         features = node_features.index_select(1, self.input_permutation)
-        nodes_per_chunk = max(4 * self.chunk_elements // (width * self.padded_per_edge), 1)
-        if nodes_per_chunk >= num_nodes:  # one chunk: the edges stay in their order
+        padded_per_node = width * self.padded_per_edge
+        if num_nodes * padded_per_node <= 16 * self.chunk_elements:
+            # one chunk (up to 64 MiB in float32): the edges stay in their order, no reordering
+            # of the [E, weight_numel] weights (a gather forward, fill + scatter backward)
             slot = torch.empty_like(rank).index_copy_(0, order, receiver_sorted * width + rank)
             summed = self._contract_by_receiver(
                 features.index_select(0, sender), edge_sh, weights, slot, num_nodes, width
@@ -288,6 +290,7 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         sorted_weights = weights.index_select(0, order)
         sorted_sender = sender.index_select(0, order)
         # receivers in chunks whose padded tensors hold about 4 · chunk_elements values
+        nodes_per_chunk = max(4 * self.chunk_elements // padded_per_node, 1)
         node_edges: List[int] = []  # edges of each node chunk, in receiver order
         chunk_starts: List[int] = []
         ends = torch.cumsum(counts, 0)
