@@ -90,7 +90,10 @@ def model_call(model_path: Path, atoms, args: argparse.Namespace) -> dict:
     return timed_blocks(block, args.repeats, args)
 
 
-def openmm_steps(model_path: Path, atoms, path: str, args: argparse.Namespace) -> dict:
+def openmm_simulation(model_path: Path, atoms, path: str, platform: str = "CPU"):
+    """An OpenMM Context with the model as its only force (`path`: "torch" = TorchForce,
+    "python" = PythonForce), LangevinMiddleIntegrator at 300 K, 1/ps, 1 fs; velocities drawn at
+    300 K (seed 1). Returns (context, integrator)."""
     import openmm
     from openmm import unit
 
@@ -104,14 +107,21 @@ def openmm_steps(model_path: Path, atoms, path: str, args: argparse.Namespace) -
     integrator = openmm.LangevinMiddleIntegrator(
         300 * unit.kelvin, 1 / unit.picosecond, TIMESTEP_FS * unit.femtosecond
     )
-    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(args.platform))
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform))
     context.setPositions(atoms.get_positions() / 10)
     context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+    return context, integrator
+
+
+def openmm_steps(model_path: Path, atoms, path: str, args: argparse.Namespace) -> dict:
+    context, integrator = openmm_simulation(model_path, atoms, path, args.platform)
     integrator.step(3)
     return timed_blocks(lambda: integrator.step(args.steps), args.repeats, args)
 
 
-def ase_steps(model_path: Path, atoms, args: argparse.Namespace) -> dict:
+def ase_dynamics(model_path: Path, atoms):
+    """ase.md.VelocityVerlet (1 fs) on a copy of `atoms` with `EquimdCalculator` (stress off),
+    Maxwell-Boltzmann velocities at 300 K (seed 0)."""
     import numpy as np
     from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
@@ -122,7 +132,11 @@ def ase_steps(model_path: Path, atoms, args: argparse.Namespace) -> dict:
     atoms = atoms.copy()
     atoms.calc = EquimdCalculator(str(model_path), compute_stress=False)
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
-    dynamics = VelocityVerlet(atoms, timestep=TIMESTEP_FS * units.fs)
+    return VelocityVerlet(atoms, timestep=TIMESTEP_FS * units.fs)
+
+
+def ase_steps(model_path: Path, atoms, args: argparse.Namespace) -> dict:
+    dynamics = ase_dynamics(model_path, atoms)
     dynamics.run(3)
     return timed_blocks(lambda: dynamics.run(args.steps), args.repeats, args)
 
