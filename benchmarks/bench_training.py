@@ -368,6 +368,18 @@ def measure_all(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]
     return rows
 
 
+def code_version() -> str:
+    """The commit measured, with "+changes" when tracked files differ from it."""
+    import subprocess
+
+    def git(*arguments: str) -> str:
+        done = subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def data_missing(args: argparse.Namespace) -> str | None:
     for dataset in args.datasets:
         path = bench.data_dir() / DATASETS[dataset]["file"]
@@ -424,12 +436,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "models": MODELS, "training": TRAINING, "e0s": E0S,
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "code": code_version(),
     }  # fmt: skip
     missing = data_missing(args)
     if missing:
         print(f"skipped: {missing}")
         report["skipped"] = missing
         return report
+    print(f"equimd {report['code']}, {args.threads} thread(s), {report['date']}")
     window = bench.LoadWindow()
     report["results"] = measure_all(args, Path(args.out))
     report["foreign_load_whole_run"] = round(window.foreign_cores(), 3)
