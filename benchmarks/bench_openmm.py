@@ -121,18 +121,12 @@ def openmm_steps(model_path: Path, atoms, path: str, args: argparse.Namespace) -
 
 def ase_dynamics(model_path: Path, atoms):
     """ase.md.VelocityVerlet (1 fs) on a copy of `atoms` with `EquimdCalculator` (stress off),
-    Maxwell-Boltzmann velocities at 300 K (seed 0)."""
-    import numpy as np
-    from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from ase.md.verlet import VelocityVerlet
-
+    Maxwell-Boltzmann velocities at 300 K (seed 0): `harness.velocity_verlet`, as the peers'."""
     from equimd.md_drivers.ase import EquimdCalculator
 
     atoms = atoms.copy()
     atoms.calc = EquimdCalculator(str(model_path), compute_stress=False)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
-    return VelocityVerlet(atoms, timestep=TIMESTEP_FS * units.fs)
+    return bench.velocity_verlet(atoms, TIMESTEP_FS)
 
 
 def ase_steps(model_path: Path, atoms, args: argparse.Namespace) -> dict:

@@ -208,6 +208,36 @@ def emit_measurement(result: dict[str, Any], evaluate: Callable[[], None], args:
     emit(result)
 
 
+def velocity_verlet(atoms, timestep_fs: float = 1.0):
+    """ase.md.VelocityVerlet on `atoms` (its calculator set) from Maxwell-Boltzmann velocities at
+    300 K (seed 0): the MD engine of every ASE row, equimd's and the peers'."""
+    import numpy as np
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    return VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
+
+
+def emit_md_measurement(result: dict[str, Any], atoms, args: argparse.Namespace) -> None:
+    """An MD worker's last step: 3 steps of `velocity_verlet(atoms)`, then `measure` blocks of
+    `args.steps` steps (one warm-up block), the largest displacement from the start (Å), the
+    peak RSS, and emit `result`."""
+    import numpy as np
+
+    start = atoms.get_positions()
+    dynamics = velocity_verlet(atoms)
+    dynamics.run(3)
+    result.update(
+        measure(lambda: dynamics.run(args.steps), args.repeats, 1, args.quiet_load, args.max_wait)
+    )
+    displacement = np.linalg.norm(atoms.get_positions() - start, axis=1).max()
+    result["max_displacement_A"] = round(float(displacement), 3)
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    emit(result)
+
+
 def emitted_unless_float64(dtype: str, result: dict[str, Any]) -> bool:
     """For peer workers that time their parity fixtures' float64 evaluation paths: emit
     `result` with the reason and return True when another dtype is asked for."""

@@ -165,7 +165,7 @@ def aggregate_with_grads(tp, features, edge_sh, weights, sender, receiver, num_n
 @pytest.mark.parametrize("nodes_per_chunk", [None, 1, 2])
 @pytest.mark.parametrize("irreps, paths", [
     # MACE's first layer: one path per group
-    (("16x0e", "0e+1o+2e+3o", "16x0e+16x1o+16x2e+16x3o"), [(0, l, l) for l in range(4)]),
+    (("16x0e", "0e+1o+2e+3o", "16x0e+16x1o+16x2e+16x3o"), [(0, ell, ell) for ell in range(4)]),
     # two paths to 1o (and to 1e) from each input block: groups of two paths
     (("4x0e+3x0o", "0e+1o", "4x0e+3x0o+4x1o+3x1e+4x1o+3x1e"),
      [(0, 0, 0), (1, 0, 1), (0, 1, 2), (1, 1, 3), (0, 1, 4), (1, 1, 5)]),

@@ -63,8 +63,7 @@ def _graph(atoms, r_max: float, z_table: list[int]) -> dict:
 def make(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
-    from e3nn import o3
-    from mace import modules
+    from mace_build import scale_shift_mace
     from mace_export import export_model, save_export
 
     torch.set_default_dtype(torch.float64)
@@ -76,26 +75,8 @@ def make(args: argparse.Namespace) -> dict:
     batch = _graph(atoms, cfg["r_max"], z_table)
     num_edges = int(batch["edge_index"].shape[1])
     torch.manual_seed(cfg["seed"])
-    model = modules.ScaleShiftMACE(
-        r_max=cfg["r_max"],
-        num_bessel=cfg["num_bessel"],
-        num_polynomial_cutoff=cfg["num_polynomial_cutoff"],
-        max_ell=cfg["max_ell"],
-        interaction_cls=modules.interaction_classes[cfg["interaction"]],
-        interaction_cls_first=modules.interaction_classes[cfg["interaction_first"]],
-        num_interactions=cfg["num_interactions"],
-        num_elements=len(z_table),
-        hidden_irreps=o3.Irreps(cfg["hidden_irreps"]),
-        MLP_irreps=o3.Irreps(cfg["MLP_irreps"]),
-        atomic_energies=np.linspace(-10.0, -5.0, len(z_table)),
-        avg_num_neighbors=num_edges / len(atoms),
-        atomic_numbers=z_table,
-        correlation=cfg["correlation"],
-        gate=modules.gate_dict["silu"],
-        radial_MLP=cfg["radial_MLP"],
-        use_reduced_cg=False,  # e3nn's generalized CG basis (equimd's)
-        atomic_inter_scale=1.1,
-        atomic_inter_shift=0.05,
+    model = scale_shift_mace(
+        cfg, z_table, np.linspace(-10.0, -5.0, len(z_table)), num_edges / len(atoms), 1.1, 0.05
     ).eval()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -34,36 +34,20 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_timing_arguments(parser)
     args = parser.parse_args(argv)
 
-    import numpy as np
     import torch
-    from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from ase.md.verlet import VelocityVerlet
     from mace.__version__ import __version__ as mace_version
     from mace.calculators import MACECalculator
 
     calculator = MACECalculator(model_paths=args.model, device="cpu", default_dtype=args.dtype)
     torch.set_num_threads(args.threads)
     atoms = bench.SYSTEMS[args.system]()
-    start = atoms.get_positions()
     atoms.calc = calculator
     energy = float(atoms.get_potential_energy())
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
-    dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
-    dynamics.run(3)
     result = {
         "implementation": "mace", "version": mace_version, "atoms": len(atoms),
         "energy": energy, "steps": args.steps,
     }  # fmt: skip
-    result.update(
-        bench.measure(
-            lambda: dynamics.run(args.steps), args.repeats, 1, args.quiet_load, args.max_wait
-        )
-    )
-    displacement = np.linalg.norm(atoms.get_positions() - start, axis=1).max()
-    result["max_displacement_A"] = round(float(displacement), 3)
-    result["peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
-    bench.emit(result)
+    bench.emit_md_measurement(result, atoms, args)
 
 
 if __name__ == "__main__":

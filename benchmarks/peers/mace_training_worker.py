@@ -42,13 +42,13 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     import torch
     from ase.data import atomic_numbers
-    from e3nn import o3
     from mace import data as mace_data
     from mace import modules
     from mace.__version__ import __version__ as mace_version
     from mace.tools import torch_geometric
     from mace.tools.train import take_step
     from mace.tools.utils import AtomicNumberTable
+    from mace_build import scale_shift_mace
     from torch_ema import ExponentialMovingAverage
 
     dtype = getattr(torch, job["dtype"])
@@ -69,26 +69,11 @@ def main(argv: list[str] | None = None) -> None:
     e0s = np.array([job["e0s"][s] for s in sorted(job["e0s"], key=atomic_numbers.get)])
     mean, rms = modules.compute_mean_rms_energy_forces(loader, e0s)
     cfg = job["kwargs"]
-    model = modules.ScaleShiftMACE(
-        r_max=cutoff,
-        num_bessel=cfg["num_bessel"],
-        num_polynomial_cutoff=cfg["num_polynomial_cutoff"],
-        max_ell=cfg["max_ell"],
-        interaction_cls=modules.interaction_classes[cfg["interaction"]],
-        interaction_cls_first=modules.interaction_classes[cfg["interaction_first"]],
-        num_interactions=cfg["num_interactions"],
-        num_elements=len(z_table),
-        hidden_irreps=o3.Irreps(cfg["hidden_irreps"]),
-        MLP_irreps=o3.Irreps(cfg["MLP_irreps"]),
-        atomic_energies=e0s,
-        avg_num_neighbors=modules.compute_avg_num_neighbors(loader),
-        atomic_numbers=z_table.zs,
-        correlation=cfg["correlation"],
-        gate=modules.gate_dict["silu"],
-        radial_MLP=cfg["radial_MLP"],
-        atomic_inter_scale=float(np.asarray(rms).reshape(-1)[0]),
-        atomic_inter_shift=float(np.asarray(mean).reshape(-1)[0]),
-    ).to(dtype)
+    model = scale_shift_mace(
+        {**cfg, "r_max": cutoff}, z_table.zs, e0s, modules.compute_avg_num_neighbors(loader),
+        float(np.asarray(rms).reshape(-1)[0]), float(np.asarray(mean).reshape(-1)[0]),
+        reduced_cg=None,  # mace-torch's own default, as its training CLI builds it
+    ).to(dtype)  # fmt: skip
     training = job["training"]
     loss_fn = modules.WeightedEnergyForcesLoss(
         energy_weight=training["energy_weight"], forces_weight=training["forces_weight"]

@@ -63,6 +63,7 @@ from mace.tools import torch_geometric
 from mace.tools.utils import AtomicNumberTable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mace_build import scale_shift_mace  # noqa: E402
 from mace_export import export_model, save_export  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,28 +115,10 @@ NUM_NODE_FEATS_STRUCTURES = 4  # store intermediate node features for the first 
 def build_model(cfg: dict[str, Any]) -> torch.nn.Module:
     """A float64 ScaleShiftMACE with seeded weights, every parameter perturbed."""
     torch.manual_seed(cfg["seed"])
-    model = modules.ScaleShiftMACE(
-        r_max=cfg["r_max"],
-        num_bessel=cfg["num_bessel"],
-        num_polynomial_cutoff=cfg["num_polynomial_cutoff"],
-        max_ell=cfg["max_ell"],
-        interaction_cls=modules.interaction_classes[cfg["interaction"]],
-        interaction_cls_first=modules.interaction_classes[cfg["interaction_first"]],
-        num_interactions=cfg["num_interactions"],
-        num_elements=len(Z_TABLE),
-        hidden_irreps=o3.Irreps(cfg["hidden_irreps"]),
-        MLP_irreps=o3.Irreps(cfg["MLP_irreps"]),
-        atomic_energies=np.array(ATOMIC_ENERGIES),
-        avg_num_neighbors=cfg["avg_num_neighbors"],
-        atomic_numbers=Z_TABLE,
-        correlation=cfg["correlation"],
-        gate=modules.gate_dict[cfg["gate"]],
-        radial_MLP=cfg["radial_MLP"],
-        # e3nn generalized-CG basis (what mace uses whenever cuequivariance is absent).
-        use_reduced_cg=False,
-        atomic_inter_scale=cfg["atomic_inter_scale"],
-        atomic_inter_shift=cfg["atomic_inter_shift"],
-    )
+    model = scale_shift_mace(
+        cfg, Z_TABLE, np.array(ATOMIC_ENERGIES), cfg["avg_num_neighbors"],
+        cfg["atomic_inter_scale"], cfg["atomic_inter_shift"], gate=modules.gate_dict[cfg["gate"]],
+    )  # e3nn generalized-CG basis (what mace uses whenever cuequivariance is absent)
     generator = torch.Generator().manual_seed(cfg["seed"] + 1)
     with torch.no_grad():
         for param in model.parameters():

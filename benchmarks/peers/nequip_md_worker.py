@@ -37,12 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     import nequip
-    import numpy as np
     import torch
-    from ase import units
     from ase.data import chemical_symbols
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from ase.md.verlet import VelocityVerlet
     from nequip.data import AtomicDataDict, from_ase
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
     from nequip.integrations.ase import NequIPCalculator
@@ -66,25 +62,13 @@ def main(argv: list[str] | None = None) -> None:
         seed=0, model_dtype=args.dtype, type_names=type_names, r_max=args.r_max,
         avg_num_neighbors=num_edges / len(atoms), **json.loads(args.kwargs_json),
     ).eval()  # fmt: skip
-    start = atoms.get_positions()
     atoms.calc = NequIPCalculator(model, device="cpu", transforms=transforms)
     energy = float(atoms.get_potential_energy())
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
-    dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
-    dynamics.run(3)
     result = {
         "implementation": "nequip", "version": nequip.__version__, "atoms": len(atoms),
         "edges": num_edges, "energy": energy, "steps": args.steps,
     }  # fmt: skip
-    result.update(
-        bench.measure(
-            lambda: dynamics.run(args.steps), args.repeats, 1, args.quiet_load, args.max_wait
-        )
-    )
-    displacement = np.linalg.norm(atoms.get_positions() - start, axis=1).max()
-    result["max_displacement_A"] = round(float(displacement), 3)
-    result["peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
-    bench.emit(result)
+    bench.emit_md_measurement(result, atoms, args)
 
 
 if __name__ == "__main__":
