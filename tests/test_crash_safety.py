@@ -146,6 +146,9 @@ def completed_epochs(metrics_csv: Path) -> int:
     return sum(1 for row in read_rows(metrics_csv) if (row.get("epoch") or "").isdigit())
 
 
+# ~40 s: slow. The default suite keeps SIGKILL/SIGTERM + resume of training at fixed moments
+# (tests/test_train.py) and this file's random-moment kills of MD runs.
+@pytest.mark.slow
 def test_training_killed_at_random_moments_resumes_to_the_uninterrupted_weights(copper, tmp_path):
     run_dir, log = tmp_path / "killed", tmp_path / "train.log"
     rng = random.Random(20260407)

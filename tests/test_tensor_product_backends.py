@@ -52,13 +52,15 @@ FAST_BACKENDS = [b for b in available_backends() if b != "e3nn" and b not in GEO
 # Whole models also run the geometric backends ("so2": exact when edge_sh = Y(edge vectors), as
 # in every model; its convolution-level tests are in tests/test_so2_convolution.py).
 MODEL_BACKENDS = FAST_BACKENDS + list(GEOMETRIC_BACKENDS)
-# the slowest model-level runs of the slower backends go to `make test-slow`
-SLOW_IN_LONG_RUNS = {"so2"}
+# Whole-model runs of the backends other than the default ("fused") go to `make test-slow`, but
+# for one check each in the default suite (`test_forces_and_stress_equal_reference`): their
+# convolution-level tests above run by default, and the model code is the same for every backend.
+SLOW_IN_LONG_RUNS = {"so2", "cueq"}
 
 
-def long_run_backends() -> list:
+def long_run_backends(backends: list[str] | None = None) -> list:
     return [pytest.param(b, marks=pytest.mark.slow) if b in SLOW_IN_LONG_RUNS else b
-            for b in MODEL_BACKENDS]
+            for b in (MODEL_BACKENDS if backends is None else backends)]
 
 # (irreps_node, l_max of the spherical harmonics, parity, irreps_target)
 CONVOLUTIONS = {
@@ -269,7 +271,7 @@ def nequip_pair(backend: str, **hyperparameters) -> tuple[torch.nn.Module, torch
     return reference, fast
 
 
-@pytest.mark.parametrize("backend", MODEL_BACKENDS)
+@pytest.mark.parametrize("backend", long_run_backends())
 def test_checkpoints_are_interchangeable_between_backends(backend):
     reference, fast = nequip_pair(backend)
     back = apply_convolution_backend(build_model("nequip", **reference.hyperparameters()), "e3nn")
@@ -279,7 +281,7 @@ def test_checkpoints_are_interchangeable_between_backends(backend):
     torch.testing.assert_close(back(graph), reference(graph), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("backend", MODEL_BACKENDS)
+@pytest.mark.parametrize("backend", long_run_backends())
 def test_checkpoints_record_and_reapply_the_backend(backend):
     """The backend is stored next to the hyperparameters (not among them) and applied when the
     model is rebuilt; so is the `tp_backend` hyperparameter of checkpoints written before."""
@@ -328,7 +330,7 @@ def test_forces_and_stress_equal_reference(backend):
                 torch.testing.assert_close(actual[key], expected[key], rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("backend", long_run_backends(FAST_BACKENDS))
 def test_layers_compute_only_what_the_energy_depends_on(backend):
     """The last interaction convolves only into 0e (the readout reads only scalars), the one
     before only into the irreps the last one reads; the reference computes everything.
@@ -343,7 +345,7 @@ def test_layers_compute_only_what_the_energy_depends_on(backend):
     assert not any(hasattr(layer, "pruned_convolution") for layer in reference.interactions)
 
 
-@pytest.mark.parametrize("backend", MODEL_BACKENDS)
+@pytest.mark.parametrize("backend", long_run_backends())
 def test_training_gradients_equal_reference(backend):
     """Parameter gradients of an energy + forces loss (double backward) are the same."""
     reference, fast = nequip_pair(backend)
@@ -406,7 +408,7 @@ def test_recomputed_edge_chunks_equal_reference(monkeypatch, backend):
         )  # fmt: skip
 
 
-@pytest.mark.parametrize("backend", MODEL_BACKENDS)
+@pytest.mark.parametrize("backend", long_run_backends())
 def test_float32_forces_equal_reference(backend):
     reference, fast = nequip_pair(backend)
     graph = graph_of(STRUCTURES["triclinic_cu"](), torch.float32)
@@ -417,7 +419,7 @@ def test_float32_forces_equal_reference(backend):
     torch.testing.assert_close(actual["forces"], expected["forces"], rtol=1e-5, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("backend", MODEL_BACKENDS)
+@pytest.mark.parametrize("backend", long_run_backends())
 def test_forces_are_negative_energy_gradient(backend):
     _, fast = nequip_pair(backend, l_max=3)
     forcefield = ForceField(fast)
