@@ -23,7 +23,10 @@ water_rpbe_d3), cu2048 = 2048-atom fcc Cu (also 3bpa, cu256).
 
 Engines, each in a fresh subprocess per (model, system, dtype), `--threads` torch threads:
   equimd TorchForce     OpenMM LangevinMiddleIntegrator (300 K, 1/ps, 1 fs) with
-                        openmmtorch.TorchForce on equimd's TorchScript export (`--platform`)
+                        openmmtorch.TorchForce on equimd's TorchScript export (`--platform`),
+                        stepped inside `repeatable_execution()` as `equimd md` does
+  ..., jit-opt          the same with TorchScript's default (optimising) executor, as a
+                        script that steps a TorchForce without that guard
   equimd ASE VV         ase.md.VelocityVerlet (1 fs) with `EquimdCalculator` (stress off)
   mace ASE VV           the same integrator with mace-torch's `MACECalculator` on mace.model
                         (`peers/mace_md_worker.py`, `.peers/mace`; it computes the stress at
@@ -49,6 +52,7 @@ equimd is faster), both from this run. A peer whose venv is absent is skipped wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -80,7 +84,14 @@ MODELS: dict[str, dict[str, Any]] = {
         "peer": "nequip",
     },
 }
-ENGINES = {"torch": "equimd TorchForce", "ase": "equimd ASE VV"}
+# "torch" steps the Context inside `repeatable_execution()`, as `equimd md` does (TorchScript's
+# optimising executor off); "torch-optimized" with TorchScript's default executor, as a script of
+# one's own that steps a TorchForce without that guard.
+ENGINES = {
+    "torch": "equimd TorchForce",
+    "torch-optimized": "equimd TorchForce, jit-opt",
+    "ase": "equimd ASE VV",
+}
 
 
 def peer_md_worker(name: str) -> Path:
@@ -151,18 +162,21 @@ def equimd_md(model_path: Path, atoms, engine: str, settings: argparse.Namespace
         "atoms": len(atoms),
         "energy": probe.get_potential_energy(),
     }
-    if engine == "torch":
+    if engine in ("torch", "torch-optimized"):
         from openmm import unit
+
+        from equimd.deploy.load import repeatable_execution
 
         context, integrator = bench_openmm.openmm_simulation(
             model_path, atoms, "torch", settings.platform
         )
-        integrator.step(3)
-        result.update(
-            bench_openmm.timed_blocks(
-                lambda: integrator.step(settings.steps), settings.repeats, settings
+        with repeatable_execution() if engine == "torch" else contextlib.nullcontext():
+            integrator.step(3)
+            result.update(
+                bench_openmm.timed_blocks(
+                    lambda: integrator.step(settings.steps), settings.repeats, settings
+                )
             )
-        )
         end = context.getState(getPositions=True).getPositions(asNumpy=True)
         result["max_displacement_A"] = _max_displacement(start, end.value_in_unit(unit.angstrom))
     elif engine == "ase":
@@ -207,7 +221,7 @@ def add_ratios(results: list[dict[str, Any]]) -> None:
 
 
 HEADER = (
-    f"{'model':<7} {'system':<7} {'dtype':<8} {'engine':<18} {'ms/step':>9} {'steps/s':>8} "
+    f"{'model':<7} {'system':<7} {'dtype':<8} {'engine':<26} {'ms/step':>9} {'steps/s':>8} "
     f"{'ns/day':>8} {'load b/d':>10} {'max disp':>9} {'ratio':>6}"
 )
 
@@ -215,7 +229,7 @@ HEADER = (
 def format_row(result: dict[str, Any]) -> str:
     head = (
         f"{result.get('model', ''):<7} {result.get('system', ''):<7} "
-        f"{result.get('dtype', ''):<8} {result.get('engine', '?'):<18}"
+        f"{result.get('dtype', ''):<8} {result.get('engine', '?'):<26}"
     )
     if "error" in result:
         return f"{head} skipped: {result['error'][:200]}"
@@ -367,7 +381,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 energies = [
                     f"{r['engine'].split()[0]} {r['energy']:.4f}"
                     for r in group
-                    if "energy" in r and r["engine"] != ENGINES["torch"]
+                    if "energy" in r and (r["engine"] == ENGINES["ase"] or r["implementation"] != "equimd")
                 ]
                 if len(energies) > 1:
                     same = "same weights" if mace_file else "different random weights"

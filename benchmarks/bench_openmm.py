@@ -114,9 +114,14 @@ def openmm_simulation(model_path: Path, atoms, path: str, platform: str = "CPU")
 
 
 def openmm_steps(model_path: Path, atoms, path: str, args: argparse.Namespace) -> dict:
+    """Steps as `equimd md` takes them: inside `repeatable_execution()` (TorchScript's optimising
+    executor off: the same plan for every call, and on the CPU no slower; docs/md.md)."""
+    from equimd.deploy.load import repeatable_execution
+
     context, integrator = openmm_simulation(model_path, atoms, path, args.platform)
-    integrator.step(3)
-    return timed_blocks(lambda: integrator.step(args.steps), args.repeats, args)
+    with repeatable_execution():
+        integrator.step(3)
+        return timed_blocks(lambda: integrator.step(args.steps), args.repeats, args)
 
 
 def ase_dynamics(model_path: Path, atoms):
