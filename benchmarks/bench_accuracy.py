@@ -33,9 +33,10 @@ run (config.yaml, metrics.csv, learning_curves.png, best.pt), the test predictio
 plots, `log.txt` and `result.json`. A cell whose result.json exists for the same budget and
 threads, or that the `--results` file already holds for them, is not run again (`--force`
 reruns): an interrupted table resumes, also in a fresh clone from the committed results file.
-`--collect` runs nothing and only gathers what is done. At the end the results of all cells
-are gathered into `--results` (JSON) and printed as a Markdown table: force MAE (meV/Å) and
-energy MAE (meV per molecule for molecules, meV/atom for crystals).
+`--collect` runs nothing and only gathers what is done. At the end the results of the planned
+cells replace their entries in `--results` (JSON; the file's other cells are kept) and are
+printed as a Markdown table: force MAE (meV/Å) and energy MAE (meV per molecule for molecules,
+meV/atom for crystals).
 """
 
 from __future__ import annotations
@@ -222,6 +223,26 @@ def write_json(path: Path, value: Any) -> None:
     partial.replace(path)
 
 
+def write_results(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    """Write `results` into `args.results`, replacing (in place) the file's entries of the same
+    cells at this budget and thread count, and its failed entries of those cells; the file's
+    other cells (models, datasets, budgets not run now) are kept: a fresh clone has no run
+    folders to gather them from."""
+    new: dict[tuple[str, str], dict[str, Any] | None] = {(r["model"], r["dataset"]): r for r in results}
+    merged: list[dict[str, Any]] = []
+    if args.results.exists():
+        for entry in json.loads(args.results.read_text()):
+            cell = (entry["model"], entry["dataset"])
+            if cell in new and ("error" in entry or same_budget(entry, args)):
+                if new[cell] is not None:
+                    merged.append(new[cell])
+                    new[cell] = None
+            else:
+                merged.append(entry)
+    merged += [r for r in new.values() if r is not None]
+    write_json(args.results, merged)
+
+
 def same_budget(result: dict[str, Any], args: argparse.Namespace) -> bool:
     return result.get("cpu_budget_s") == 60.0 * args.cpu_minutes and result.get("threads") == args.threads
 
@@ -364,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
           f"commit {git_commit()}\n\n{table}")
     (args.out / "table.md").write_text(table + "\n")
     if args.results is not None:
-        write_json(args.results, results)
+        write_results(args, results)
         print(f"wrote {args.results}")
 
 

@@ -96,3 +96,27 @@ def test_a_fresh_clone_resumes_the_table_from_the_committed_results_file(tmp_pat
     (tmp_path / "runs" / "3bpa" / "mixedT_heldout.xyz").write_text("")  # no shared data needed
     gathered = bench_accuracy.run_table(args)
     assert [(r["model"], r["dataset"]) for r in gathered] == [("nequip", "3bpa")]
+
+
+def test_writing_the_results_keeps_the_cells_of_the_file_that_were_not_run(tmp_path):
+    """A run of some models or datasets replaces only its own cells in the results file: the
+    file's other cells (other models, datasets or budgets) stay (a fresh clone has no runs/
+    folders to gather them from)."""
+    import argparse
+    import json
+
+    def cell(model, dataset, forces, budget=120.0):
+        return {"model": model, "dataset": dataset, "cpu_budget_s": budget, "threads": 1,
+                "molecule": True, "tests": {"test_01": {"forces_mae": forces}}}
+
+    results = tmp_path / "accuracy.json"
+    results.write_text(json.dumps([
+        cell("clofnet", "aspirin", 318.5), cell("nequip", "3bpa", 1.0),
+        {"model": "segnn", "dataset": "3bpa", "error": "killed"}, cell("nequip", "3bpa", 7.0, 600.0),
+    ]))
+    args = argparse.Namespace(cpu_minutes=2.0, threads=1, results=results)
+    bench_accuracy.write_results(args, [cell("nequip", "3bpa", 50.0), cell("segnn", "3bpa", 60.0)])
+    written = json.loads(results.read_text())
+    assert [(r["model"], r["dataset"], r.get("cpu_budget_s"), r["tests"]["test_01"]["forces_mae"])
+            for r in written] == [("clofnet", "aspirin", 120.0, 318.5), ("nequip", "3bpa", 120.0, 50.0),
+                                  ("segnn", "3bpa", 120.0, 60.0), ("nequip", "3bpa", 600.0, 7.0)]
