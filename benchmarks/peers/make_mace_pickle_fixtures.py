@@ -40,13 +40,13 @@ import ase
 import ase.build
 import numpy as np
 import torch
-from e3nn import o3
 from mace import data as mace_data
 from mace import modules
 from mace.__version__ import __version__ as mace_version
 from mace.tools import torch_geometric
 from mace.tools.checkpoint import CheckpointBuilder, CheckpointState
 from mace.tools.utils import AtomicNumberTable
+from mace_build import mace_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "tests" / "data"
@@ -179,23 +179,9 @@ def build_model(cfg: dict[str, Any]) -> torch.nn.Module:
     if heads:
         energies = np.stack([energies + 0.37 * k for k in range(len(heads))])
     kwargs = dict(
-        r_max=cfg["r_max"],
-        num_bessel=cfg["num_bessel"],
-        num_polynomial_cutoff=cfg["num_polynomial_cutoff"],
-        max_ell=cfg["max_ell"],
-        interaction_cls=modules.interaction_classes[cfg["interaction"]],
-        interaction_cls_first=modules.interaction_classes[cfg["interaction_first"]],
-        num_interactions=cfg["num_interactions"],
-        num_elements=len(Z_TABLE),
-        hidden_irreps=o3.Irreps(cfg["hidden_irreps"]),
-        MLP_irreps=o3.Irreps(cfg["MLP_irreps"]),
-        atomic_energies=energies,
-        avg_num_neighbors=cfg["avg_num_neighbors"],
-        atomic_numbers=Z_TABLE,
-        correlation=cfg["correlation"],
-        gate=torch.nn.functional.silu,
-        radial_MLP=cfg["radial_MLP"],
-        use_reduced_cg=False,
+        mace_kwargs(
+            cfg, Z_TABLE, energies, cfg["avg_num_neighbors"], gate=torch.nn.functional.silu
+        ),
         radial_type=cfg.get("radial_type", "bessel"),
         distance_transform=cfg.get("distance_transform", "None"),
         pair_repulsion=cfg.get("pair_repulsion", False),
