@@ -1,7 +1,7 @@
 """The benchmark suite (`make bench`): equimd against the peers, in one run on this machine.
 
-    python benchmarks/run_all.py [--no-setup] [--quick] [--only models mace neighbors md]
-                                 [--summary-only]
+    python benchmarks/run_all.py [--no-setup] [--quick]
+        [--only models mace neighbors md md_throughput] [--summary-only]
 
 1. Creates the peer virtual environments (`.peers/nequip`, `.peers/mace`, via
    `benchmarks/peers/setup_peers.sh`; skipped with --no-setup or when they exist).
@@ -12,7 +12,10 @@
      → `mace_speed.json`;
    - `bench_neighbors.py` (our cell list vs matscipy and vesin) → `neighbors.json`;
    - `bench_openmm.py` (MD steps through OpenMM and ASE vs the bare model call, water box)
-     → `md.json`.
+     → `md.json`;
+   - `bench_md_throughput.py` (MD steps/s and ns/day of MACE small and NequIP through OpenMM
+     and ASE next to mace-torch's and nequip's ASE calculators, water box and Cu 2048, float32)
+     → `md_throughput.json`.
 3. Prints the issue's acceptance figures from those reports (ratios peer / equimd from the
    same run, memory, neighbor-list share of a step, OpenMM overhead, the foreign CPU load seen)
    and writes them to `bench_out/summary.md`.
@@ -40,7 +43,7 @@ sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
 
-STEPS = ("models", "mace", "neighbors", "md")
+STEPS = ("models", "mace", "neighbors", "md", "md_throughput")
 SPEED_TARGET, NEIGHBOR_SHARE, OPENMM_OVERHEAD = 2.0, 0.05, 1.10
 
 
@@ -66,6 +69,12 @@ def commands(quick: bool) -> dict[str, list[str]]:
         "md": [py, str(HERE / "bench_openmm.py"), "--system", "water",
                *(["--steps", "2", "--repeats", "1", "--max-wait", "0"] if quick else []),
                "--json", str(OUT / "md.json")],
+        "md_throughput": [py, str(HERE / "bench_md_throughput.py"), "--models", "mace", "nequip",
+                          "--dtypes", "float32", "--out", str(OUT / "md_throughput"),
+                          *(["--systems", "3bpa", "--steps", "2", "--repeats", "1",
+                             "--max-wait", "0"] if quick else
+                            ["--systems", "water", "cu2048", "--steps", "4", "--repeats", "3"]),
+                          "--json", str(OUT / "md_throughput.json")],
     }  # fmt: skip
 
 
@@ -171,7 +180,27 @@ def summary() -> str:
             out.append(f"- {name}: {row['ms_per_step']:.1f} ms/step, {row['steps_per_s']:.2f} "
                        f"steps/s, step / model call {row['overhead']:.3f}{extra} "
                        f"(load {row['load_during']:.2f})")
+    throughput = _read("md_throughput.json")
+    if throughput:
+        out.append(f"\nMD throughput ({throughput['date']}, commit {throughput['commit']}, "
+                   f"{throughput['settings']['threads']} threads, 1 fs; ratio = peer ms/step / "
+                   "equimd ms/step, same run):")
+        out += _md_throughput_lines(throughput["results"])
     return "\n".join(out)
+
+
+def _md_throughput_lines(results: list[dict]) -> list[str]:
+    """'- model system dtype engine: ms/step, steps/s, ns/day, ratio (load)' per row."""
+    lines = []
+    for r in results:
+        name = f"- {r.get('model')} {r.get('system')} {r.get('dtype')} {r.get('engine')}"
+        if "error" in r:
+            lines.append(f"{name}: not measured ({r['error'][:80]})")
+            continue
+        ratio = f", peer / equimd **{r['ratio']:.2f}×**" if "ratio" in r else ""
+        lines.append(f"{name}: {r['ms_per_step']:.1f} ms/step, {r['steps_per_s']:.3f} steps/s, "
+                     f"{r['ns_per_day']:.4f} ns/day{ratio} (load {r.get('load_during', 0.0):.2f})")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,8 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     harness.use_data_argument(args)
     if not args.summary_only:
         if not args.no_setup:
-            ensure_peers([p for p, step in (("nequip", "models"), ("mace", "mace"))
-                          if step in args.only])
+            ensure_peers([p for p, steps in (("nequip", ("models", "md_throughput")),
+                                             ("mace", ("mace", "md_throughput")))
+                          if any(step in args.only for step in steps)])
         for step in args.only:
             command = commands(args.quick)[step]
             print(f"\n[run_all] {step}: {' '.join(command[1:])}", flush=True)
