@@ -392,12 +392,8 @@ def data_missing(args: argparse.Namespace) -> str | None:
 
 
 def worker(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--worker", choices=("equimd",))
-    parser.add_argument("--job-json", required=True)
-    bench.add_timing_arguments(parser)
-    args = parser.parse_args(argv)
-    bench.emit(run_equimd(json.loads(args.job_json), args))
+    args, job = bench.job_arguments("equimd's training-step worker", argv, worker="equimd")
+    bench.emit(run_equimd(job, args))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -200,12 +200,35 @@ def emit(result: dict[str, Any]) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
-def emit_measurement(result: dict[str, Any], evaluate: Callable[[], None], args: argparse.Namespace) -> None:
+def emit_measurement(
+    result: dict[str, Any],
+    evaluate: Callable[[], None],
+    args: argparse.Namespace,
+    frames_per_call: int | None = None,
+) -> None:
     """A peer worker's last step: time `evaluate` with `measure` under the worker's options,
-    add the process's peak RSS, and emit `result`."""
+    add frames/s when each call processes `frames_per_call` frames (training steps), the
+    process's peak RSS, and emit `result`."""
     result.update(measure(evaluate, args.repeats, args.warmup, args.quiet_load, args.max_wait))
+    if frames_per_call is not None:
+        result["frames_per_s"] = frames_per_call / result["median_s"]
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     emit(result)
+
+
+def job_arguments(
+    description: str, argv: list[str] | None = None, worker: str | None = None
+) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """The options of a worker driven by one JSON job (`--job-json`, plus the timing options of
+    `add_timing_arguments`, and `--worker NAME` for a worker that is a mode of its benchmark's
+    script): (the parsed options, the job)."""
+    parser = argparse.ArgumentParser(description=description)
+    if worker is not None:
+        parser.add_argument("--worker", choices=(worker,))
+    parser.add_argument("--job-json", required=True)
+    add_timing_arguments(parser)
+    args = parser.parse_args(argv)
+    return args, json.loads(args.job_json)
 
 
 def velocity_verlet(atoms, timestep_fs: float = 1.0):

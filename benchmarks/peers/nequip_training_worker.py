@@ -18,8 +18,6 @@ clipping, `optimizer_step` (optimizer step + EMA update). Prints one ``BENCH_RES
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -30,11 +28,7 @@ import harness as bench  # noqa: E402  (benchmarks/harness.py: timing, load, wor
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--job-json", required=True)
-    bench.add_timing_arguments(parser)
-    args = parser.parse_args(argv)
-    job = json.loads(args.job_json)
+    args, job = bench.job_arguments(__doc__.split("\n")[0], argv)
 
     import ase.io
     import nequip
@@ -108,10 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         "parameters": sum(p.numel() for p in module.model.parameters()),
         "edges": num_edges / len(dataset),
     }
-    result.update(bench.measure(step, args.repeats, args.warmup, args.quiet_load, args.max_wait))
-    result["frames_per_s"] = job["batch_size"] / result["median_s"]
-    result["peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
-    bench.emit(result)
+    bench.emit_measurement(result, step, args, frames_per_call=job["batch_size"])
 
 
 if __name__ == "__main__":
