@@ -54,6 +54,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import ROOT, add_data_argument, data_dir, use_data_argument  # noqa: E402
+from peer_cells import PEERS, is_peer, run_peer_cell  # noqa: E402
 
 ZUO_ELEMENTS = ("Cu", "Ge", "Li", "Mo", "Ni", "Si")
 MOLECULES = ("aspirin", "ethanol", "3bpa")
@@ -155,14 +156,20 @@ def example_config(model: str) -> Path:
     return ROOT / "examples" / f"train_{model}.yaml"
 
 
-def cell_config(model: str, data: Dataset, budget_s: float, run_dir: Path) -> dict[str, Any]:
+def cell_config(model: str, data: Dataset, budget_s: float, run_dir: Path, recipe: str = "example",
+                dtype: str | None = None) -> dict[str, Any]:
     """The config of one cell: the example's model and training sections, this dataset, the
-    CPU budget."""
+    CPU budget; recipe "time-budget" adds what `equimd train --time-budget` sets (the cosine
+    schedule planned to the budget); `dtype` replaces the example's."""
     import yaml
 
     example = yaml.safe_load(example_config(model).read_text())
     training = dict(example.get("training") or {})
     training.update(data.training)
+    if recipe == "time-budget":
+        training["schedule"] = "cosine"
+    if dtype is not None:
+        training["dtype"] = dtype
     training.update({"epochs": 1_000_000, "max_cpu_time": budget_s, "max_wall_time": None, "device": "cpu"})
     return {
         "data": dict(data.data),
@@ -186,7 +193,15 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     data = dataset(name, data_dir(), args.out, args.test_stride)
     folder = args.out / name / model
     budget_s = 60.0 * args.cpu_minutes
-    raw = cell_config(model, data, budget_s, folder / "run")
+    common = {"model": model, "dataset": name, "cpu_budget_s": budget_s, "threads": args.threads,
+              "recipe": "peer" if is_peer(model) else recipe_label(args),
+              "molecule": data.molecule, "machine": platform.processor() or platform.machine(),
+              "date": time.strftime("%Y-%m-%d"), "commit": git_commit()}
+    if is_peer(model):
+        summary = {**common, **run_peer_cell(model, data, budget_s, args.threads, folder)}
+        write_json(folder / "result.json", summary)
+        return summary
+    raw = cell_config(model, data, budget_s, folder / "run", args.recipe, args.dtype)
     wall, cpu = time.monotonic(), time.process_time()
     result = train(config_from_dict(raw), progress=False)
     wall, cpu = time.monotonic() - wall, time.process_time() - cpu
@@ -197,12 +212,9 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
         tests[test.label] = {"file": test.file.name, "index": test.index, "frames": evaluation["num_frames"],
                              **evaluation["metrics"]}
     summary = {
-        "model": model, "dataset": name, "cpu_budget_s": budget_s, "threads": args.threads,
-        "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "epochs": result.epochs_completed,
+        **common, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "epochs": result.epochs_completed,
         "best_epoch": result.best_epoch, "stop_reason": result.stop_reason,
-        "molecule": data.molecule, "validation": result.final_metrics, "tests": tests, "config": raw,
-        "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+        "validation": result.final_metrics, "tests": tests, "config": raw, "torch": torch.__version__,
     }
     write_json(folder / "result.json", summary)
     return summary
@@ -243,8 +255,17 @@ def write_results(args: argparse.Namespace, results: list[dict[str, Any]]) -> No
     write_json(args.results, merged)
 
 
+def recipe_label(args: argparse.Namespace) -> str:
+    """The equimd cells' recipe as recorded: "example", "time-budget", with "+float32" etc.
+    when `--dtype` replaces the example's."""
+    recipe, dtype = getattr(args, "recipe", "example"), getattr(args, "dtype", None)
+    return recipe + (f"+{dtype}" if dtype else "")
+
+
 def same_budget(result: dict[str, Any], args: argparse.Namespace) -> bool:
-    return result.get("cpu_budget_s") == 60.0 * args.cpu_minutes and result.get("threads") == args.threads
+    recipe = "peer" if is_peer(result.get("model", "")) else recipe_label(args)
+    return (result.get("cpu_budget_s") == 60.0 * args.cpu_minutes and result.get("threads") == args.threads
+            and result.get("recipe", "example") == recipe)
 
 
 def finished(folder: Path, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -290,6 +311,7 @@ def run_table(args: argparse.Namespace) -> list[dict[str, Any]]:
             folder.mkdir(parents=True, exist_ok=True)
             log = open(folder / "log.txt", "w")
             command = [sys.executable, __file__, "--cell", model, name, "--cpu-minutes", str(args.cpu_minutes),
+                       "--recipe", args.recipe, *(["--dtype", args.dtype] if args.dtype else []),
                        "--threads", str(args.threads), "--test-stride", str(args.test_stride),
                        "--out", str(args.out), "--data", str(data_dir())]
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -357,7 +379,14 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["all"], help="model types, or all (default)")
+    parser.add_argument("--models", nargs="+", default=["all"],
+                        help="model types, or all (default: every registered model), and the peers "
+                             + " ".join(PEERS))
+    parser.add_argument("--recipe", choices=("example", "time-budget"), default="example",
+                        help="equimd cells: the example's training section as is, or with what "
+                             "`equimd train --time-budget` sets (cosine schedule to the budget)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                        help="equimd cells: train in this dtype instead of the example's")
     parser.add_argument("--datasets", nargs="+", default=["default"],
                         help="aspirin ethanol 3bpa zuo_<El> ..., or default (see the docstring)")
     parser.add_argument("--cpu-minutes", type=float, default=2.0, help="CPU budget per cell (default 2)")

@@ -120,3 +120,111 @@ def test_writing_the_results_keeps_the_cells_of_the_file_that_were_not_run(tmp_p
     assert [(r["model"], r["dataset"], r.get("cpu_budget_s"), r["tests"]["test_01"]["forces_mae"])
             for r in written] == [("clofnet", "aspirin", 120.0, 318.5), ("nequip", "3bpa", 120.0, 50.0),
                                   ("segnn", "3bpa", 120.0, 60.0), ("nequip", "3bpa", 600.0, 7.0)]
+
+
+# ----------------------------------------------------------------------------- the peers' cells
+
+import peer_cells  # noqa: E402
+from peers import budget_loop  # noqa: E402
+
+
+def test_a_time_budget_cell_changes_only_the_schedule_and_the_requested_dtype(tmp_path):
+    import yaml
+
+    example = yaml.safe_load(bench_accuracy.example_config("nequip").read_text())
+    data = bench_accuracy.rmd17("ethanol", tmp_path, 10)
+    raw = bench_accuracy.cell_config("nequip", data, 600.0, tmp_path / "run", "time-budget", "float32")
+    changed = {k for k in raw["training"] if raw["training"][k] != example["training"].get(k)}
+    assert {"schedule", "dtype"} <= changed <= {"epochs", "max_cpu_time", "max_wall_time", "device", "schedule", "dtype"}
+    assert raw["training"]["schedule"] == "cosine" and raw["training"]["dtype"] == "float32"
+    assert config_from_dict(raw).training.schedule == "cosine"
+
+
+def test_each_peer_model_has_the_size_of_equimds_example_config_of_that_model():
+    """The equal-budget table compares models of the same size: the peers' hyperparameters
+    are those of examples/train_mace.yaml and examples/train_nequip.yaml."""
+    import yaml
+
+    mace = yaml.safe_load(bench_accuracy.example_config("mace").read_text())["model"]
+    for key, value in peer_cells.PEERS["mace-torch"]["kwargs"].items():
+        assert mace[key] == value, key
+    nequip = yaml.safe_load(bench_accuracy.example_config("nequip").read_text())["model"]
+    peer = peer_cells.PEERS["nequip-0.19"]["kwargs"]
+    assert (peer["l_max"], peer["num_features"], peer["num_layers"], peer["num_bessels"], peer["polynomial_cutoff_p"],
+            peer["parity"]) == (nequip["l_max"], nequip["num_features"], nequip["num_layers"],
+                                nequip["num_bessel"], nequip["polynomial_p"], nequip["parity"])
+    assert [peer["radial_mlp_width"]] * peer["radial_mlp_depth"] == nequip["radial_mlp_hidden"]
+    for name, spec in peer_cells.PEERS.items():
+        assert (bench_accuracy.ROOT / "benchmarks" / "peers" / spec["worker"]).exists(), name
+        assert spec["training"]["batch_size"] == 5  # as equimd's examples
+
+
+def test_a_peers_test_metrics_are_those_equimd_evaluate_computes_for_the_same_predictions(tmp_path):
+    """The peers' predictions are scored with equimd's metric definitions: for predictions of
+    an equimd model, `peer_cells.test_metrics` equals the metrics of `evaluate.predict`."""
+    import ase.io
+    import torch
+
+    from equimd.potentials.data.io import DatasetKeys, read_configurations
+    from equimd.potentials.forcefield import ForceField
+    from equimd.potentials.models import build_model
+    from equimd.potentials.train.evaluate import predict
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for n in (3, 5, 4):
+        atoms = Atoms(numbers=rng.choice([1, 8], n), positions=rng.uniform(0, 3, (n, 3)))
+        atoms.calc = SinglePointCalculator(atoms, energy=float(rng.normal()), forces=rng.normal(size=(n, 3)))
+        frames.append(atoms)
+    ase.io.write(tmp_path / "test.xyz", frames)
+    configs = read_configurations(tmp_path / "test.xyz", DatasetKeys(), ":")
+    torch.manual_seed(0)
+    model = build_model("toy_pair", species=[1, 8], r_max=3.0, num_bessel=4).double()
+    predictions, metrics = predict(ForceField(model), configs, 3.0, torch.float64, batch_size=2)
+    np.savez(tmp_path / "p.npz", energy=[p["energy"] for p in predictions],
+             forces=np.concatenate([p["forces"] for p in predictions]), n_atoms=[3, 5, 4])
+    scored = peer_cells.test_metrics(configs, tmp_path / "p.npz")
+    for name in ("energy_mae", "energy_rmse", "energy_total_mae", "energy_total_rmse", "forces_mae", "forces_rmse"):
+        assert scored[name] == pytest.approx(metrics[name], rel=1e-12), name
+    assert scored["forces_mae"] > 0 and scored["energy_total_mae"] > scored["energy_mae"]
+
+
+def _burn(seconds: float) -> None:
+    import time
+
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+
+
+def test_the_peers_budget_loop_stops_on_cpu_time_and_keeps_the_best_validated_weights():
+    """Stops after the step that passes the budget, validates every epoch, keeps the lowest
+    validation loss, and from stage two on only stage-two losses compete."""
+    losses = iter([5.0, 3.0, 4.0, 9.0, 8.0, 8.5, 7.0, 6.0, 6.5, 5.5, 6.1, 6.2])
+    calls = {"stage_two": 0, "validated": 0}
+
+    def validate():
+        calls["validated"] += 1
+        return next(losses)
+
+    def stage_two():
+        calls["stage_two"] += 1
+
+    result = budget_loop.train_for_budget(
+        lambda: range(4), lambda batch: _burn(0.01), validate, lambda: calls["validated"], 0.5,
+        stage_two=stage_two, stage_two_fraction=0.5, log=lambda line: None,
+    )  # the snapshot records which validation it followed
+    assert result.stop_reason == "max_cpu_time"
+    assert 0.5 - 0.06 < result.cpu_s < 0.75  # the next 0.04 s epoch would not have fitted, or the step that passed it
+    assert calls["stage_two"] == 1 and calls["validated"] == len(result.history) >= 2
+    first = next(i for i, h in enumerate(result.history) if h["stage_two"])
+    stage_two_losses = [h["loss"] for h in result.history[first:]]
+    assert result.best_loss == min(stage_two_losses)  # earlier, lower losses do not compete
+    assert result.best_state == first + stage_two_losses.index(result.best_loss) + 1
+
+
+def test_the_budget_loop_validates_the_weights_it_has_when_no_epoch_completed():
+    result = budget_loop.train_for_budget(lambda: range(10_000), lambda b: _burn(0.01), lambda: 1.5,
+                                          lambda: "weights", 0.1, log=lambda line: None)
+    assert result.epochs == 0 and result.stop_reason == "max_cpu_time"
+    assert result.best_state == "weights" and result.best_loss == 1.5
