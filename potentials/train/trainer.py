@@ -160,6 +160,11 @@ class _Clock:
     def cpu(self) -> float:
         return time.process_time() - self.cpu_started
 
+    def start_epochs(self) -> None:
+        """The epochs begin: the first epoch's duration is counted from here, not from the
+        set-up (data, statistics, model), which a next epoch does not repeat."""
+        self.epoch_wall_started, self.epoch_cpu_started = time.monotonic(), time.process_time()
+
     def end_epoch(self) -> None:
         now_wall, now_cpu = time.monotonic(), time.process_time()
         self.epoch_wall, self.epoch_cpu = now_wall - self.epoch_wall_started, now_cpu - self.epoch_cpu_started
@@ -348,6 +353,7 @@ def _train(
 
     try:
         with GracefulStop() as stop:
+            clock.start_epochs()
             while run.progress.epoch < training.epochs:
                 epoch_state = run.order_generator.get_state()
                 batches = batch_indices(len(train_graphs), training.batch_size, run.order_generator)
