@@ -159,24 +159,32 @@ def example_config(model: str) -> Path:
 def cell_config(model: str, data: Dataset, budget_s: float, run_dir: Path, recipe: str = "example",
                 dtype: str | None = None) -> dict[str, Any]:
     """The config of one cell: the example's model and training sections, this dataset, the
-    CPU budget; recipe "time-budget" adds what `equimd train --time-budget` sets (the cosine
-    schedule planned to the budget); `dtype` replaces the example's."""
+    CPU budget. Recipe "cosine" adds the cosine schedule planned to the budget; "time-budget"
+    what `equimd train --time-budget` sets (`schedule.plan_to_budget`: the cosine schedule and
+    the late energy stage); `dtype` replaces the example's."""
     import yaml
 
     example = yaml.safe_load(example_config(model).read_text())
     training = dict(example.get("training") or {})
     training.update(data.training)
-    if recipe == "time-budget":
+    if recipe == "cosine":
         training["schedule"] = "cosine"
     if dtype is not None:
         training["dtype"] = dtype
     training.update({"epochs": 1_000_000, "max_cpu_time": budget_s, "max_wall_time": None, "device": "cpu"})
-    return {
+    raw = {
         "data": dict(data.data),
         "model": dict(example["model"]),
         "training": training,
         "output": {"run_dir": str(run_dir), "overwrite": True},
     }
+    if recipe == "time-budget":
+        from equimd.potentials.train.config import config_from_dict
+        from equimd.potentials.train.schedule import plan_to_budget
+
+        planned = plan_to_budget(config_from_dict(raw).training, cpu_s=budget_s)
+        training.update({key: getattr(planned, key) for key in ("schedule", "late_energy_weight", "late_stage_start")})
+    return raw
 
 
 def run_cell(args: argparse.Namespace) -> dict[str, Any]:
@@ -382,9 +390,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=["all"],
                         help="model types, or all (default: every registered model), and the peers "
                              + " ".join(PEERS))
-    parser.add_argument("--recipe", choices=("example", "time-budget"), default="example",
-                        help="equimd cells: the example's training section as is, or with what "
-                             "`equimd train --time-budget` sets (cosine schedule to the budget)")
+    parser.add_argument("--recipe", choices=("example", "cosine", "time-budget"), default="example",
+                        help="equimd cells: the example's training section as is, with the cosine "
+                             "schedule planned to the budget, or with what `equimd train "
+                             "--time-budget` sets (cosine and the late energy stage)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
                         help="equimd cells: train in this dtype instead of the example's")
     parser.add_argument("--datasets", nargs="+", default=["default"],

@@ -117,8 +117,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     if args.time_budget is not None:  # plan the run to the budget (docs/training.md)
-        config.training.max_wall_time = args.time_budget
-        config.training.schedule = "cosine"
+        from equimd.potentials.train.schedule import plan_to_budget
+
+        plan_to_budget(config.training, wall_s=args.time_budget)
     if args.nproc > 1:  # data-parallel: torchrun starts the ranks, each runs this command
         from equimd.potentials.train.distributed import launch
 
@@ -261,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument(
         "--time-budget", type=_duration, default=None, metavar="DURATION",
-        help="wall-clock budget of this invocation (600, 10m, 1.5h): sets training.max_wall_time "
-        "and the cosine schedule planned to it (warm-up, decay to min_lr at the budget's end)",
+        help="wall-clock budget of this invocation (600, 10m, 1.5h): sets training.max_wall_time, "
+        "the cosine schedule planned to it (warm-up, decay to min_lr at the budget's end) and, "
+        "unless the config sets one, the late energy stage (docs/training.md)",
     )
     train.add_argument(
         "--nproc", type=_positive_int, default=1, metavar="N",

@@ -128,16 +128,23 @@ import peer_cells  # noqa: E402
 from peers import budget_loop  # noqa: E402
 
 
-def test_a_time_budget_cell_changes_only_the_schedule_and_the_requested_dtype(tmp_path):
+def test_a_budget_recipe_changes_only_the_schedule_the_late_energy_stage_and_the_requested_dtype(tmp_path):
     import yaml
 
     example = yaml.safe_load(bench_accuracy.example_config("nequip").read_text())
     data = bench_accuracy.rmd17("ethanol", tmp_path, 10)
-    raw = bench_accuracy.cell_config("nequip", data, 600.0, tmp_path / "run", "time-budget", "float32")
+    fixed = {"epochs", "max_cpu_time", "max_wall_time", "device"}
+    raw = bench_accuracy.cell_config("nequip", data, 600.0, tmp_path / "run", "cosine", "float32")
     changed = {k for k in raw["training"] if raw["training"][k] != example["training"].get(k)}
-    assert {"schedule", "dtype"} <= changed <= {"epochs", "max_cpu_time", "max_wall_time", "device", "schedule", "dtype"}
+    assert {"schedule", "dtype"} <= changed <= fixed | {"schedule", "dtype"}
     assert raw["training"]["schedule"] == "cosine" and raw["training"]["dtype"] == "float32"
     assert config_from_dict(raw).training.schedule == "cosine"
+    # "time-budget": what `equimd train --time-budget` plans (schedule.plan_to_budget)
+    raw = bench_accuracy.cell_config("nequip", data, 600.0, tmp_path / "run", "time-budget")
+    changed = {k for k in raw["training"] if raw["training"][k] != example["training"].get(k)}
+    assert changed - fixed == {"schedule", "late_energy_weight", "late_stage_start"}
+    assert raw["training"]["late_energy_weight"] == 10 * example["training"]["forces_weight"]
+    assert config_from_dict(raw).training.max_cpu_time == 600.0
 
 
 def test_each_peer_model_has_the_size_of_equimds_example_config_of_that_model():

@@ -71,3 +71,46 @@ def test_every_rank_of_a_parallel_run_gets_the_time_budget():
     args = argparse.Namespace(debug=False, config="c.yaml", resume=False, no_progress=True, threads=None,
                               time_budget=600.0)
     assert "--time-budget=600.0" in _train_rank_arguments(args)
+
+
+def test_a_time_budget_plans_the_cosine_schedule_and_a_late_energy_stage_unless_one_is_configured():
+    from equimd.potentials.train.config import TrainingConfig
+    from equimd.potentials.train.schedule import LATE_ENERGY_RATIO, plan_to_budget
+
+    planned = plan_to_budget(TrainingConfig(forces_weight=100.0), wall_s=600.0)
+    assert (planned.max_wall_time, planned.max_cpu_time, planned.schedule) == (600.0, None, "cosine")
+    assert planned.late_energy_weight == LATE_ENERGY_RATIO * 100.0 and planned.late_stage_start == 0.75
+    own = plan_to_budget(TrainingConfig(late_energy_weight=5.0, late_stage_start=0.9), cpu_s=60.0)
+    assert (own.late_energy_weight, own.late_stage_start, own.max_cpu_time) == (5.0, 0.9, 60.0)
+    plain = plan_to_budget(TrainingConfig(), wall_s=60.0, late_energy_stage=False)
+    assert plain.late_energy_weight is None and plain.schedule == "cosine"
+
+
+def test_a_time_budgeted_run_stops_within_5_percent_of_it_with_a_usable_best_checkpoint(copper, tmp_path):
+    """`equimd train CONFIG --time-budget 12`: the invocation's training ends within 5 % of the
+    budget (neither far before it nor after it), with a validated best.pt that loads and
+    predicts, the learning curves as CSV and PNG, and the late energy stage planned."""
+    import time
+
+    import yaml
+
+    from equimd.cli import main
+    from equimd.potentials.models.serialization import load_model
+
+    BUDGET = 12.0  # s; the first epoch of the tiny model takes ~4 s (set-up), later ones < 1 s
+    config = tiny_config(copper, tmp_path / "run", epochs=100_000)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
+    started = time.monotonic()
+    assert main(["train", str(tmp_path / "config.yaml"), "--time-budget", "12", "--no-progress", "--threads", "1"]) == 0
+    elapsed = time.monotonic() - started
+    rows = read_rows(tmp_path / "run" / "metrics.csv")
+    assert len(rows) >= 2 and float(rows[-1]["time_s"]) <= BUDGET * 1.05
+    last, epoch = float(rows[-1]["time_s"]), float(rows[-1]["time_s"]) - float(rows[-2]["time_s"])
+    assert last + 2 * epoch >= BUDGET * 0.95  # it stopped because another epoch would not fit
+    assert elapsed < BUDGET * 1.05 + 5.0  # + start-up and the final summary (imports, data, plot)
+    assert (tmp_path / "run" / "learning_curves.png").stat().st_size > 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["training"]
+    assert saved["schedule"] == "cosine" and saved["max_wall_time"] == BUDGET
+    assert saved["late_energy_weight"] == 10 * saved["forces_weight"]
+    model = load_model(tmp_path / "run" / "best.pt")
+    assert model.r_max == 3.5

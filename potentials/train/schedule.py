@@ -54,3 +54,33 @@ def stage_weights(training: TrainingConfig, weights: LossWeights, fraction: floa
     if training.late_energy_weight is None or fraction < training.late_stage_start:
         return weights
     return replace(weights, energy=training.late_energy_weight)
+
+
+# The late energy stage that a time budget adds (`plan_to_budget`): mace-torch's Stage Two
+# weights energies 10× its force weight (1000 against 100) from 3/4 of the run on.
+LATE_ENERGY_RATIO = 10.0
+LATE_STAGE_START = 0.75
+
+
+def plan_to_budget(
+    training: TrainingConfig,
+    wall_s: float | None = None,
+    cpu_s: float | None = None,
+    late_energy_stage: bool = True,
+) -> TrainingConfig:
+    """Plan a run to a time budget (what `equimd train --time-budget` does), in place:
+
+    - the limit: `max_wall_time = wall_s` and/or `max_cpu_time = cpu_s` [s];
+    - `schedule: cosine`, so the learning rate reaches `min_lr` when the budget is spent;
+    - `late_energy_stage` and no `late_energy_weight` configured: the late energy stage, energy
+      weight `LATE_ENERGY_RATIO` × `forces_weight` from `LATE_STAGE_START` of the budget on.
+    """
+    if wall_s is not None:
+        training.max_wall_time = wall_s
+    if cpu_s is not None:
+        training.max_cpu_time = cpu_s
+    training.schedule = "cosine"
+    if late_energy_stage and training.late_energy_weight is None:
+        training.late_energy_weight = LATE_ENERGY_RATIO * training.forces_weight
+        training.late_stage_start = LATE_STAGE_START
+    return training
