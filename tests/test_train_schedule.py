@@ -86,7 +86,7 @@ def test_a_time_budget_plans_the_cosine_schedule_and_a_late_energy_stage_unless_
     assert plain.late_energy_weight is None and plain.schedule == "cosine"
 
 
-def test_a_time_budgeted_run_stops_within_5_percent_of_it_with_a_usable_best_checkpoint(copper, tmp_path):
+def test_a_time_budgeted_run_stops_within_5_percent_of_it_with_a_usable_best_checkpoint(copper, tmp_path):  # noqa: F811
     """`equimd train CONFIG --time-budget 12`: the invocation's training ends within 5 % of the
     budget (neither far before it nor after it), with a validated best.pt that loads and
     predicts, the learning curves as CSV and PNG, and the late energy stage planned."""
