@@ -14,14 +14,17 @@ rules as equimd's trainer under `training.max_cpu_time`:
   stage); from then on only validation losses of stage two compete for the best state, as
   mace-torch keeps the stage-two checkpoint.
 
-Imports only the standard library; the workers pass their peer's own step, validation and
-weight snapshot as callables.
+Imports only the standard library at module level (NumPy inside `write_outcome`); the workers
+pass their peer's own step, validation and weight snapshot as callables.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 
@@ -104,3 +107,28 @@ def train_for_budget(
         consider(validate(), result.epochs)
     result.cpu_s, result.wall_s = spent(), time.monotonic() - wall0
     return result
+
+
+def read_job(description: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """The worker's job: the JSON of its `--job-json` option (written by benchmarks/peer_cells.py)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--job-json", required=True)
+    return json.loads(parser.parse_args(argv).job_json)
+
+
+def write_outcome(job: dict[str, Any], predictions: dict[str, tuple], result: BudgetResult, **report: Any) -> None:
+    """Write the job's `out` folder: `predictions_<test>.npz` (energy [frames] eV, forces
+    [atoms, 3] eV/Å, n_atoms [frames]) per test, and `peer_result.json` (`report`: implementation,
+    version, torch, parameters, ...; and the run's epochs, steps, best epoch and loss, stop
+    reason, CPU and wall seconds, validation history)."""
+    import numpy as np
+
+    out = Path(job["out"])
+    for label, (energy, forces, n_atoms) in predictions.items():
+        np.savez(out / f"predictions_{label}.npz", energy=energy, forces=forces, n_atoms=n_atoms)
+    report.update(
+        epochs=result.epochs, steps=result.steps, best_epoch=result.best_epoch, best_loss=result.best_loss,
+        stop_reason=result.stop_reason, cpu_s=round(result.cpu_s, 1), wall_s=round(result.wall_s, 1),
+        history=result.history,
+    )  # fmt: skip
+    (out / "peer_result.json").write_text(json.dumps(report, indent=1))

@@ -15,15 +15,14 @@ with the averaged weights after every epoch, ReduceLROnPlateau on that loss, and
 (energy weight 1000, lr 1e-3) from 3/4 of the budget. The stopping rules and the choice of
 the best weights are `budget_loop.train_for_budget`'s (the same as equimd's trainer).
 
-Writes to the job's `out` folder: `predictions_<test>.npz` (energy eV per frame, forces eV/Å,
-n_atoms) for every test file, with the best averaged weights, and `peer_result.json`.
+Predicts every test file with the best averaged weights; `budget_loop.write_outcome` writes
+the predictions and the report.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,14 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--job-json", required=True)
-    job = json.loads(parser.parse_args(argv).job_json)
+    from budget_loop import read_job, train_for_budget, write_outcome
 
+    job = read_job(__doc__.split("\n")[0], argv)
     import ase.io
     import numpy as np
     import torch
-    from budget_loop import train_for_budget
     from mace import data as mace_data
     from mace import modules
     from mace.__version__ import __version__ as mace_version
@@ -60,7 +57,6 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_default_dtype(dtype)
     torch.set_num_threads(job["threads"])
     torch.manual_seed(job["seed"])
-    out = Path(job["out"])
     keys = mace_data.KeySpecification(info_keys={"energy": "REF_energy"}, arrays_keys={"forces": "REF_forces"})
 
     def configs(path: str) -> list:
@@ -131,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     model.load_state_dict(result.best_state)
     model.eval()
+    predictions = {}
     for label, path in job["tests"].items():
         energies, forces, n_atoms = [], [], []
         for batch in loader(configs(path), training["valid_batch_size"], False):
@@ -138,16 +135,12 @@ def main(argv: list[str] | None = None) -> None:
             energies.append(output["energy"].detach().double().numpy())
             forces.append(output["forces"].detach().double().numpy())
             n_atoms.append(np.diff(batch.ptr.numpy()))
-        np.savez(out / f"predictions_{label}.npz", energy=np.concatenate(energies),
-                 forces=np.concatenate(forces), n_atoms=np.concatenate(n_atoms))
-    report = {
-        "implementation": "mace-torch", "version": mace_version, "torch": torch.__version__,
-        "parameters": sum(p.numel() for p in model.parameters()), "epochs": result.epochs,
-        "steps": result.steps, "best_epoch": result.best_epoch, "best_loss": result.best_loss,
-        "stop_reason": result.stop_reason, "cpu_s": round(result.cpu_s, 1), "wall_s": round(result.wall_s, 1),
-        "history": result.history, "e0s": {int(z): float(e) for z, e in e0_by_z.items()},
-    }
-    (out / "peer_result.json").write_text(json.dumps(report, indent=1))
+        predictions[label] = (np.concatenate(energies), np.concatenate(forces), np.concatenate(n_atoms))
+    write_outcome(
+        job, predictions, result, implementation="mace-torch", version=mace_version, torch=torch.__version__,
+        parameters=sum(p.numel() for p in model.parameters()),
+        e0s={int(z): float(e) for z, e in e0_by_z.items()},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -18,15 +18,13 @@ components of each type, per-type energy shifts = the mean energy per atom. No Z
 other codes have none). The stopping rules and the choice of the best weights are
 `budget_loop.train_for_budget`'s (the same as equimd's trainer).
 
-Writes to the job's `out` folder: `predictions_<test>.npz` (energy eV per frame, forces eV/Å,
-n_atoms) for every test file, with the best EMA weights, and `peer_result.json`.
+Predicts every test file with the best EMA weights; `budget_loop.write_outcome` writes the
+predictions and the report.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import sys
 import time
 import warnings
@@ -36,16 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--job-json", required=True)
-    job = json.loads(parser.parse_args(argv).job_json)
+    from budget_loop import read_job, train_for_budget, write_outcome
 
+    job = read_job(__doc__.split("\n")[0], argv)
     import ase.io
     import nequip
     import numpy as np
     import torch
     from ase.data import chemical_symbols
-    from budget_loop import train_for_budget
     from nequip.data import AtomicDataDict, from_ase
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
     from nequip.train import EMALightningModule
@@ -57,7 +53,6 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(job["seed"])
     warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer: nothing to log to
     training = job["training"]
-    out = Path(job["out"])
     r_max = float(job["r_max"])
     frames = {name: ase.io.read(job[name], index=":") for name in ("train", "valid")}
     numbers = sorted({int(z) for atoms in frames["train"] + frames["valid"] for z in atoms.numbers})
@@ -150,17 +145,9 @@ def main(argv: list[str] | None = None) -> None:
         end_of_epoch=end_of_epoch, log=lambda line: print(line, flush=True),
     )  # fmt: skip
     module.model.load_state_dict(result.best_state)
-    for label, path in job["tests"].items():
-        energy, forces_predicted, counts = predict(dataset(ase.io.read(path, index=":")))
-        np.savez(out / f"predictions_{label}.npz", energy=energy, forces=forces_predicted, n_atoms=counts)
-    report = {
-        "implementation": "nequip", "version": nequip.__version__, "torch": torch.__version__,
-        "parameters": sum(p.numel() for p in module.model.parameters()), "epochs": result.epochs,
-        "steps": result.steps, "best_epoch": result.best_epoch, "best_loss": result.best_loss,
-        "stop_reason": result.stop_reason, "cpu_s": round(result.cpu_s, 1), "wall_s": round(result.wall_s, 1),
-        "history": result.history,
-    }
-    (out / "peer_result.json").write_text(json.dumps(report, indent=1))
+    predictions = {label: predict(dataset(ase.io.read(path, index=":"))) for label, path in job["tests"].items()}
+    write_outcome(job, predictions, result, implementation="nequip", version=nequip.__version__,
+                  torch=torch.__version__, parameters=sum(p.numel() for p in module.model.parameters()))
 
 
 if __name__ == "__main__":
