@@ -38,6 +38,7 @@ NOT_RUN = {
 # text in a README command → what the slow test runs instead, and why
 SHORTENED = {
     "--steps 100000": ("--steps 20", "100000 steps of MD take hours; 20 show the command works"),
+    "--time-budget 2h": ("--time-budget 20s", "a 2-hour budget runs 2 hours; 20 s show the command works"),
 }
 # config keys the slow test sets in its copy of examples/ (training for hours otherwise)
 SHORT_TRAINING = {"epochs: 100": "epochs: 1", "num_features: 32": "num_features: 4",
