@@ -382,7 +382,28 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
                 energy = metrics["energy_total_mae"] if result["molecule"] else metrics["energy_mae"]
                 row.append(f"{metrics['forces_mae']:.1f} / {energy:.1f}")
         lines.append("| " + " | ".join(row) + " |")
+    ratios = [peer_ratio(results, name, label) for name, label in columns]
+    if any(ratios):
+        lines.append("| best equimd / best peer | " + " | ".join(ratios) + " |")
     return "\n".join(lines)
+
+
+def peer_ratio(results: list[dict[str, Any]], name: str, label: str) -> str:
+    """'F x / E y': the lowest force (energy) MAE of equimd's cells over the lowest of the peers'
+    cells on one test, from the same table ('' without cells of both)."""
+    def lowest(peers: bool, key: str) -> float | None:
+        values = [r["tests"][label][key if r["molecule"] or key == "forces_mae" else "energy_mae"]
+                  for r in results if r["dataset"] == name and "error" not in r and label in r.get("tests", {})
+                  and is_peer(r["model"]) == peers]
+        return min(values) if values else None
+
+    ratios = []
+    for key, short in (("forces_mae", "F"), ("energy_total_mae", "E")):
+        ours, theirs = lowest(False, key), lowest(True, key)
+        if ours is None or theirs is None:
+            return ""
+        ratios.append(f"{short} {ours / theirs:.2f}")
+    return " / ".join(ratios)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -235,3 +235,14 @@ def test_the_budget_loop_validates_the_weights_it_has_when_no_epoch_completed():
                                           lambda: "weights", 0.1, log=lambda line: None)
     assert result.epochs == 0 and result.stop_reason == "max_cpu_time"
     assert result.best_state == "weights" and result.best_loss == 1.5
+
+
+def test_with_peer_cells_the_table_ends_with_the_ratio_of_the_best_equimd_cell_to_the_best_peer():
+    def cell(model, forces, energy):
+        return {"model": model, "dataset": "ethanol", "molecule": True,
+                "tests": {"test_01": {"forces_mae": forces, "energy_total_mae": energy, "energy_mae": energy / 9}}}
+
+    table = bench_accuracy.markdown_table([cell("nequip", 20.0, 4.0), cell("mace", 19.0, 5.0),
+                                           cell("nequip-0.19", 30.0, 10.0), cell("mace-torch", 40.0, 8.0)])
+    assert table.splitlines()[-1] == "| best equimd / best peer | F 0.63 / E 0.50 |"
+    assert "best peer" not in bench_accuracy.markdown_table([cell("nequip", 20.0, 4.0)])
