@@ -82,6 +82,8 @@ def test_a_time_budget_plans_the_cosine_schedule_and_a_late_energy_stage_unless_
     assert planned.late_energy_weight == LATE_ENERGY_RATIO * 100.0 and planned.late_stage_start == 0.75
     own = plan_to_budget(TrainingConfig(late_energy_weight=5.0, late_stage_start=0.9), cpu_s=60.0)
     assert (own.late_energy_weight, own.late_stage_start, own.max_cpu_time) == (5.0, 0.9, 60.0)
+    energy_only = plan_to_budget(TrainingConfig(energy_weight=1.0, forces_weight=0.0), wall_s=60.0)
+    assert energy_only.late_energy_weight == 1.0  # the late stage never lowers the energy weight
     plain = plan_to_budget(TrainingConfig(), wall_s=60.0, late_energy_stage=False)
     assert plain.late_energy_weight is None and plain.schedule == "cosine"
 

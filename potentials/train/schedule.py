@@ -73,7 +73,8 @@ def plan_to_budget(
     - the limit: `max_wall_time = wall_s` and/or `max_cpu_time = cpu_s` [s];
     - `schedule: cosine`, so the learning rate reaches `min_lr` when the budget is spent;
     - `late_energy_stage` and no `late_energy_weight` configured: the late energy stage, energy
-      weight `LATE_ENERGY_RATIO` × `forces_weight` from `LATE_STAGE_START` of the budget on.
+      weight `LATE_ENERGY_RATIO` × `forces_weight` from `LATE_STAGE_START` of the budget on
+      (never below `energy_weight`: an energy-only run keeps its weight).
     """
     if wall_s is not None:
         training.max_wall_time = wall_s
@@ -81,6 +82,6 @@ def plan_to_budget(
         training.max_cpu_time = cpu_s
     training.schedule = "cosine"
     if late_energy_stage and training.late_energy_weight is None:
-        training.late_energy_weight = LATE_ENERGY_RATIO * training.forces_weight
+        training.late_energy_weight = max(training.energy_weight, LATE_ENERGY_RATIO * training.forces_weight)
         training.late_stage_start = LATE_STAGE_START
     return training
