@@ -50,7 +50,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import ROOT, add_data_argument, data_dir, use_data_argument  # noqa: E402
@@ -349,10 +349,16 @@ def run_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [results[cell] for cell in cells if cell in results]
 
 
+def energy_error(result: dict[str, Any], label: str) -> float:
+    """The table's energy MAE of one test: meV per molecule for molecules, meV/atom for crystals."""
+    metrics = result["tests"][label]
+    return metrics["energy_total_mae"] if result["molecule"] else metrics["energy_mae"]
+
+
 def cell_line(result: dict[str, Any]) -> str:
     parts = []
     for label, metrics in result["tests"].items():
-        energy = metrics["energy_total_mae"] if result["molecule"] else metrics["energy_mae"]
+        energy = energy_error(result, label)
         unit = "meV" if result["molecule"] else "meV/atom"
         parts.append(f"{label}: F {metrics['forces_mae']:.1f} meV/Å, E {energy:.1f} {unit}")
     return "; ".join(parts)
@@ -378,9 +384,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             elif "error" in result:
                 row.append("failed")
             else:
-                metrics = result["tests"][label]
-                energy = metrics["energy_total_mae"] if result["molecule"] else metrics["energy_mae"]
-                row.append(f"{metrics['forces_mae']:.1f} / {energy:.1f}")
+                row.append(f"{result['tests'][label]['forces_mae']:.1f} / {energy_error(result, label):.1f}")
         lines.append("| " + " | ".join(row) + " |")
     ratios = [peer_ratio(results, name, label) for name, label in columns]
     if any(ratios):
@@ -391,15 +395,14 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 def peer_ratio(results: list[dict[str, Any]], name: str, label: str) -> str:
     """'F x / E y': the lowest force (energy) MAE of equimd's cells over the lowest of the peers'
     cells on one test, from the same table ('' without cells of both)."""
-    def lowest(peers: bool, key: str) -> float | None:
-        values = [r["tests"][label][key if r["molecule"] or key == "forces_mae" else "energy_mae"]
-                  for r in results if r["dataset"] == name and "error" not in r and label in r.get("tests", {})
-                  and is_peer(r["model"]) == peers]
+    def lowest(peers: bool, error: Callable[[dict[str, Any]], float]) -> float | None:
+        values = [error(r) for r in results if r["dataset"] == name and "error" not in r
+                  and label in r.get("tests", {}) and is_peer(r["model"]) == peers]
         return min(values) if values else None
 
     ratios = []
-    for key, short in (("forces_mae", "F"), ("energy_total_mae", "E")):
-        ours, theirs = lowest(False, key), lowest(True, key)
+    for short, error in (("F", lambda r: r["tests"][label]["forces_mae"]), ("E", lambda r: energy_error(r, label))):
+        ours, theirs = lowest(False, error), lowest(True, error)
         if ours is None or theirs is None:
             return ""
         ratios.append(f"{short} {ours / theirs:.2f}")

@@ -123,8 +123,6 @@ def write_frames(dataset: str, frames: int, out_dir: Path) -> Path:
     path = out_dir / f"{dataset}_{frames}.xyz"
     if path.exists():
         return path
-    import ase.io
-
     from equimd.potentials.data.io import DatasetKeys, read_configurations
 
     keys = DatasetKeys(
@@ -132,18 +130,7 @@ def write_frames(dataset: str, frames: int, out_dir: Path) -> Path:
         energy_unit=spec["energy_unit"], require_energy=True, require_forces=True,
     )  # fmt: skip
     configs = read_configurations(bench.data_dir() / spec["file"], keys, f":{frames}")
-    plain = []
-    for config in configs:
-        atoms = config.to_atoms()
-        atoms.calc = None
-        atoms.info = {"REF_energy": float(config.energy)}
-        atoms.arrays["REF_forces"] = config.forces
-        plain.append(atoms)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp.xyz")
-    ase.io.write(temporary, plain, format="extxyz")
-    temporary.rename(path)
-    return path
+    return bench.write_labelled_extxyz(configs, path)
 
 
 # ----------------------------------------------------------------------------- equimd worker

@@ -45,6 +45,26 @@ def use_data_argument(args: argparse.Namespace) -> None:
         os.environ["EQUIMD_DATA"] = str(args.data.resolve())
 
 
+def write_labelled_extxyz(configs: list, path: Path) -> Path:
+    """equimd `Configuration`s as extxyz with their labels under `REF_energy` (eV) and
+    `REF_forces` (eV/Å), the keys every peer's reader is given (plain `energy`/`forces` would
+    become an ASE calculator), written atomically; returns `path`."""
+    import ase.io
+    import numpy as np
+
+    frames = []
+    for config in configs:
+        atoms = config.to_atoms()
+        atoms.info = {"REF_energy": float(config.energy)}
+        atoms.arrays["REF_forces"] = np.asarray(config.forces, dtype=float)
+        frames.append(atoms)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.xyz")
+    ase.io.write(partial, frames, format="extxyz")
+    partial.replace(path)
+    return path
+
+
 def peer_python(name: str) -> Path:
     return ROOT / ".peers" / name / "bin" / "python"
 
@@ -222,13 +242,20 @@ def job_arguments(
     """The options of a worker driven by one JSON job (`--job-json`, plus the timing options of
     `add_timing_arguments`, and `--worker NAME` for a worker that is a mode of its benchmark's
     script): (the parsed options, the job)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = job_parser(description)
     if worker is not None:
         parser.add_argument("--worker", choices=(worker,))
-    parser.add_argument("--job-json", required=True)
     add_timing_arguments(parser)
     args = parser.parse_args(argv)
     return args, json.loads(args.job_json)
+
+
+def job_parser(description: str) -> argparse.ArgumentParser:
+    """The parser of a worker driven by one JSON job (`--job-json`); `job_arguments` adds the
+    timing options to it, the peers' accuracy workers use it as it is."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--job-json", required=True)
+    return parser
 
 
 def velocity_verlet(atoms, timestep_fs: float = 1.0):

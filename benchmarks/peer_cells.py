@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import ROOT, peer_python
+from harness import ROOT, peer_python, write_labelled_extxyz
 
 # size of each peer's model = equimd's example config of the same model (examples/train_*.yaml)
 PEERS: dict[str, dict[str, Any]] = {
     "mace-torch": {
-        "venv": "mace", "equimd_model": "mace", "worker": "mace_accuracy_worker.py",
+        "venv": "mace", "worker": "mace_accuracy_worker.py",
         "kwargs": {"num_bessel": 8, "num_polynomial_cutoff": 5, "max_ell": 3, "correlation": 3,
                    "num_interactions": 2, "hidden_irreps": "128x0e+128x1o", "MLP_irreps": "16x0e",
                    "radial_MLP": [64, 64, 64],
@@ -53,7 +53,7 @@ PEERS: dict[str, dict[str, Any]] = {
                      "stage_two_forces_weight": 100.0, "stage_two_lr": 1e-3, "dtype": "float64"},
     },
     "nequip-0.19": {
-        "venv": "nequip", "equimd_model": "nequip", "worker": "nequip_accuracy_worker.py",
+        "venv": "nequip", "worker": "nequip_accuracy_worker.py",
         "kwargs": {"l_max": 2, "num_features": 32, "num_layers": 4, "parity": True, "num_bessels": 8,
                    "bessel_trainable": False, "polynomial_cutoff_p": 6, "radial_mlp_depth": 2,
                    "radial_mlp_width": 64},
@@ -77,26 +77,9 @@ def peer_missing(model: str) -> str | None:
     return None
 
 
-def write_extxyz(configs: list, path: Path) -> Path:
-    """Frames with their labels as `REF_energy` (eV) / `REF_forces` (eV/Å), written atomically."""
-    import ase.io
-
-    frames = []
-    for config in configs:
-        atoms = config.to_atoms()
-        atoms.info = {"REF_energy": float(config.energy)}
-        atoms.arrays["REF_forces"] = np.asarray(config.forces, dtype=float)
-        frames.append(atoms)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial.xyz")
-    ase.io.write(partial, frames, format="extxyz")
-    partial.replace(path)
-    return path
-
-
 def test_metrics(configs: list, predictions: Path) -> dict[str, float]:
     """equimd's test metrics (`equimd.potentials.train.metrics.UNITS`) of a peer's predictions."""
-    from equimd.potentials.train.evaluate import parity_data
+    from equimd.potentials.train.evaluate import mae_rmse, parity_data
 
     stored = np.load(predictions)
     offsets = np.concatenate([[0], np.cumsum(stored["n_atoms"])])
@@ -109,13 +92,8 @@ def test_metrics(configs: list, predictions: Path) -> dict[str, float]:
     n_atoms = np.array([c.n_atoms for c in configs], dtype=float)
     energy_total = energy_per_atom * n_atoms
     forces = predicted["forces"] - reference["forces"]
-
-    def mae_rmse(name: str, errors: np.ndarray) -> dict[str, float]:
-        return {f"{name}_mae": 1000.0 * float(np.abs(errors).mean()),
-                f"{name}_rmse": 1000.0 * float(np.sqrt((errors**2).mean()))}
-
-    return {**mae_rmse("energy", energy_per_atom), **mae_rmse("energy_total", energy_total),
-            **mae_rmse("forces", forces)}
+    return {**mae_rmse([energy_per_atom], "energy"), **mae_rmse([energy_total], "energy_total"),
+            **mae_rmse([forces], "forces")}
 
 
 def run_peer_cell(model: str, data, budget_s: float, threads: int, folder: Path) -> dict[str, Any]:
@@ -136,10 +114,10 @@ def run_peer_cell(model: str, data, budget_s: float, threads: int, folder: Path)
     for test in data.tests:
         configs = read_configurations(test.file, dataset_keys(config.data), test.index)
         test_configs[test.label] = configs
-        tests[test.label] = str(write_extxyz(configs, files / f"test_{test.label}.xyz"))
+        tests[test.label] = str(write_labelled_extxyz(configs, files / f"test_{test.label}.xyz"))
     job = {
-        "train": str(write_extxyz(split.train, files / "train.xyz")),
-        "valid": str(write_extxyz(split.valid, files / "valid.xyz")),
+        "train": str(write_labelled_extxyz(split.train, files / "train.xyz")),
+        "valid": str(write_labelled_extxyz(split.valid, files / "valid.xyz")),
         "tests": tests,
         "r_max": 5.0, "kwargs": peer["kwargs"],
         "training": {**peer["training"], **{k: v for k, v in data.training.items() if k == "batch_size"}},

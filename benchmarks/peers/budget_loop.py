@@ -20,7 +20,6 @@ pass their peer's own step, validation and weight snapshot as callables.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, field
@@ -107,13 +106,6 @@ def train_for_budget(
         consider(validate(), result.epochs)
     result.cpu_s, result.wall_s = spent(), time.monotonic() - wall0
     return result
-
-
-def read_job(description: str, argv: list[str] | None = None) -> dict[str, Any]:
-    """The worker's job: the JSON of its `--job-json` option (written by benchmarks/peer_cells.py)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--job-json", required=True)
-    return json.loads(parser.parse_args(argv).job_json)
 
 
 def write_outcome(job: dict[str, Any], predictions: dict[str, tuple], result: BudgetResult, **report: Any) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,13 +31,15 @@ from pathlib import Path
 # mace before e3nn (torch >= 2.6 with e3nn 0.4.4; see setup_peers.sh)
 import mace  # noqa: F401  isort: skip
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # budget_loop, mace_build
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # harness (standard library only)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from budget_loop import read_job, train_for_budget, write_outcome
+    from budget_loop import train_for_budget, write_outcome
+    from harness import job_parser
 
-    job = read_job(__doc__.split("\n")[0], argv)
+    job = json.loads(job_parser(__doc__.split("\n")[0]).parse_args(argv).job_json)
     import ase.io
     import numpy as np
     import torch

@@ -25,18 +25,21 @@ predictions and the report.
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # budget_loop
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # harness (standard library only)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from budget_loop import read_job, train_for_budget, write_outcome
+    from budget_loop import train_for_budget, write_outcome
+    from harness import job_parser
 
-    job = read_job(__doc__.split("\n")[0], argv)
+    job = json.loads(job_parser(__doc__.split("\n")[0]).parse_args(argv).job_json)
     import ase.io
     import nequip
     import numpy as np

@@ -112,7 +112,7 @@ def parity_data(
     return flat(reference), flat(predicted)
 
 
-def _mae_rmse(errors: list[np.ndarray], name: str) -> dict[str, float]:
+def mae_rmse(errors: list[np.ndarray], name: str) -> dict[str, float]:
     """{name_mae, name_rmse} in meV units of eV errors (NaN when there are none)."""
     flat = np.concatenate([np.ravel(e) for e in errors]) if errors else np.zeros(0)
     if flat.size == 0:
@@ -149,11 +149,11 @@ def error_breakdown(
         if config.stress is not None and "stress" in frame:
             group["stress"].append(frame["stress"] - config.stress)
     per_element = {
-        chemical_symbols[z]: {**_mae_rmse(errors, "forces"), "atoms": sum(len(e) for e in errors)}
+        chemical_symbols[z]: {**mae_rmse(errors, "forces"), "atoms": sum(len(e) for e in errors)}
         for z, errors in sorted(by_element.items())
     }
     per_type = {
-        name: {**{k: v for q in ("energy", "energy_total", "forces", "stress") for k, v in _mae_rmse(group[q], q).items()},
+        name: {**{k: v for q in ("energy", "energy_total", "forces", "stress") for k, v in mae_rmse(group[q], q).items()},
                "frames": len(group["frames"])}
         for name, group in sorted(by_type.items())
     }
