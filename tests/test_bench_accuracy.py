@@ -205,9 +205,9 @@ def _burn(seconds: float) -> None:
 
 
 def test_the_peers_budget_loop_stops_on_cpu_time_and_keeps_the_best_validated_weights():
-    """Stops after the step that passes the budget, validates every epoch, keeps the lowest
+    """Stops when one more step would pass the budget, validates every epoch, keeps the lowest
     validation loss, and from stage two on only stage-two losses compete."""
-    losses = iter([5.0, 3.0, 4.0, 9.0, 8.0, 8.5, 7.0, 6.0, 6.5, 5.5, 6.1, 6.2])
+    losses = iter([5.0, 3.0, 4.0, 9.0, 8.0, 8.5, 7.0, 6.0, 6.5, 5.5, 6.1, 6.2, 5.9, 6.3, 6.4])
     calls = {"stage_two": 0, "validated": 0}
 
     def validate():
@@ -222,12 +222,31 @@ def test_the_peers_budget_loop_stops_on_cpu_time_and_keeps_the_best_validated_we
         stage_two=stage_two, stage_two_fraction=0.5, log=lambda line: None,
     )  # the snapshot records which validation it followed
     assert result.stop_reason == "max_cpu_time"
-    assert 0.5 - 0.06 < result.cpu_s < 0.75  # the next 0.04 s epoch would not have fitted, or the step that passed it
+    assert 0.5 - 0.03 < result.cpu_s < 0.5 + 0.03  # within a step (0.01 s) of the budget
     assert calls["stage_two"] == 1 and calls["validated"] == len(result.history) >= 2
     first = next(i for i, h in enumerate(result.history) if h["stage_two"])
     stage_two_losses = [h["loss"] for h in result.history[first:]]
     assert result.best_loss == min(stage_two_losses)  # earlier, lower losses do not compete
     assert result.best_state == first + stage_two_losses.index(result.best_loss) + 1
+
+
+def test_the_budget_loop_goes_into_an_epoch_that_will_not_complete_and_validates_where_it_stops():
+    """Epochs of 0.2 CPU s against 0.5 s: the third epoch is started (it will not complete),
+    stopped when one more step would pass the budget, and its weights validated (as equimd's
+    trainer does, potentials/train/clock.py)."""
+    validated = []
+
+    def validate():
+        validated.append(len(validated) + 1)
+        return 10.0 - len(validated)  # every validation better than the last
+
+    result = budget_loop.train_for_budget(lambda: range(10), lambda b: _burn(0.02), validate,
+                                          lambda: validated[-1], 0.5, log=lambda line: None)
+    assert result.epochs == 2 and result.stop_reason == "max_cpu_time"
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.best_epoch == 3 and result.best_state == 3
+    assert 0.5 - 0.05 < result.cpu_s < 0.5 + 0.03
+    assert 24 <= result.steps <= 25  # 2 epochs and 4-5 steps of the third
 
 
 def test_the_budget_loop_validates_the_weights_it_has_when_no_epoch_completed():

@@ -5,11 +5,12 @@ rules as equimd's trainer under `training.max_cpu_time`:
 - the budget is CPU time of the process (`time.process_time`, all threads) from the start of
   `train_for_budget` (the worker's data preparation before it is counted by the worker itself
   through `started_cpu`);
-- it stops after the current step when the budget is passed inside an epoch, and after an epoch
-  when another epoch as long as the last one would not fit;
-- every completed epoch is validated (with the averaged weights, as each peer validates); the
-  state with the lowest validation loss is kept; if the run ends before any epoch completed,
-  the weights it has are validated once, so there is always a validated state;
+- after every step (but an epoch's last) and after every epoch it stops when one more step (the
+  current epoch's mean) and a close (the last validation, scheduler step and log) would pass
+  the budget: it goes into an epoch that will not complete rather than leave the budget unused;
+- every completed epoch is validated (with the averaged weights, as each peer validates), and
+  so are the weights where a stop inside an epoch left them; the state with the lowest
+  validation loss is kept, so there is always a validated state;
 - a `stage_two` hook is called once at `stage_two_fraction` of the budget (mace-torch's SWA
   stage); from then on only validation losses of stage two compete for the best state, as
   mace-torch keeps the stage-two checkpoint.
@@ -24,7 +25,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Sized
 
 
 @dataclass
@@ -44,7 +45,7 @@ class BudgetResult:
 
 
 def train_for_budget(
-    epoch_batches: Callable[[], Iterable[Any]],
+    epoch_batches: Callable[[], Sized],
     step: Callable[[Any], float],
     validate: Callable[[], float],
     snapshot: Callable[[], Any],
@@ -58,7 +59,8 @@ def train_for_budget(
 ) -> BudgetResult:
     """Train until `budget_s` CPU seconds are spent (counted from `started_cpu`, default now).
 
-    epoch_batches() → the batches of one epoch (shuffled by the caller); step(batch) → training
+    epoch_batches() → the batches of one epoch, iterable and with a len (shuffled by the
+    caller, e.g. a shuffling DataLoader); step(batch) → training
     loss; validate() → validation loss of the averaged weights; snapshot() → a copy of the
     weights to keep; end_of_epoch(validation loss) → the peer's scheduler step.
     """
@@ -66,43 +68,52 @@ def train_for_budget(
     wall0 = time.monotonic()
     result = BudgetResult()
     in_stage_two = False
-    epoch_cpu = 0.0
+    step_cost = closing_cost = 0.0  # CPU s: the current epoch's mean step, the last close
 
     def spent() -> float:
         return time.process_time() - cpu0
+
+    def no_room() -> bool:
+        return spent() + step_cost + closing_cost > budget_s
 
     def consider(loss: float, epoch: int) -> None:
         result.history.append({"epoch": epoch, "loss": loss, "cpu_s": round(spent(), 1), "stage_two": in_stage_two})
         if loss < result.best_loss:
             result.best_loss, result.best_epoch, result.best_state = loss, epoch, snapshot()
 
-    stopped = False
-    while result.epochs < max_epochs and not stopped:
-        epoch_start = spent()
-        for batch in epoch_batches():
+    while result.epochs < max_epochs:
+        batches = epoch_batches()
+        epoch_start, stopped_at = spent(), 0
+        for index, batch in enumerate(batches):
             if stage_two is not None and not in_stage_two and spent() >= stage_two_fraction * budget_s:
                 stage_two()
                 in_stage_two = True
                 result.best_loss, result.best_state = float("inf"), None  # stage two's own best
             step(batch)
             result.steps += 1
-            if spent() > budget_s:
-                result.stop_reason, stopped = "max_cpu_time", True
+            step_cost = (spent() - epoch_start) / (index + 1)
+            if index + 1 < len(batches) and no_room():
+                stopped_at = index + 1
                 break
-        if stopped:
+        if stopped_at:  # validate the weights the stop inside epoch `epochs + 1` left
+            result.stop_reason = "max_cpu_time"
+            consider(validate(), result.epochs + 1)
+            log(f"stopped at step {stopped_at}/{len(batches)} of epoch {result.epochs + 1}: validation loss "
+                f"{result.history[-1]['loss']:.6g}, {spent():.0f} of {budget_s:.0f} CPU s")
             break
+        closing_start = spent()
         result.epochs += 1
         loss = validate()
         consider(loss, result.epochs)
         if end_of_epoch is not None:
             end_of_epoch(loss)
-        epoch_cpu = spent() - epoch_start
         log(f"epoch {result.epochs}: validation loss {loss:.6g}, {spent():.0f} of {budget_s:.0f} CPU s"
             + (" (stage two)" if in_stage_two else ""))
-        if spent() + epoch_cpu > budget_s:
+        closing_cost = spent() - closing_start
+        if result.epochs < max_epochs and no_room():
             result.stop_reason = "max_cpu_time"
             break
-    if result.best_state is None:  # no validated state (of this stage) yet: validate these weights
+    if result.best_state is None:  # no validated state of stage two yet: validate these weights
         consider(validate(), result.epochs)
     result.cpu_s, result.wall_s = spent(), time.monotonic() - wall0
     return result

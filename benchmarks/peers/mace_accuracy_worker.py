@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
 
     result = train_for_budget(
-        lambda: iter(train_loader), step, validate, snapshot, job["cpu_budget_s"], started_cpu=started_cpu,
+        lambda: train_loader, step, validate, snapshot, job["cpu_budget_s"], started_cpu=started_cpu,
         end_of_epoch=end_of_epoch, stage_two=stage_two, stage_two_fraction=training["stage_two_fraction"],
         log=lambda line: print(line, flush=True),
     )  # fmt: skip

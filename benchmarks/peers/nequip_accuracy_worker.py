@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         module.loss.reset()  # the running loss of the epoch, as on_train_epoch_end
 
     result = train_for_budget(
-        lambda: iter(train_loader), step, validate, snapshot, job["cpu_budget_s"], started_cpu=started_cpu,
+        lambda: train_loader, step, validate, snapshot, job["cpu_budget_s"], started_cpu=started_cpu,
         end_of_epoch=end_of_epoch, log=lambda line: print(line, flush=True),
     )  # fmt: skip
     module.model.load_state_dict(result.best_state)

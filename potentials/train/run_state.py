@@ -133,27 +133,47 @@ class TrainingRun:
         progress = self.progress
         progress.epoch += 1
         progress.step_in_epoch = 0
-        is_best = valid_loss < progress.best_loss
-        if is_best:
-            progress.best_loss, progress.best_epoch, progress.stale_epochs = (
-                valid_loss,
-                progress.epoch,
-                0,
-            )
-            self.best_metrics = valid_metrics
-        else:
+        is_best = self._judge(valid_loss, valid_metrics, progress.epoch)
+        if not is_best:
             progress.stale_epochs += 1
-        row = {
-            "epoch": progress.epoch,
+        row = self._row(progress.epoch, valid_loss, valid_metrics, num_batches)
+        self.train_errors = ErrorAccumulator()
+        self.train_loss_sum = 0.0
+        return row, is_best
+
+    def close_stopped_epoch(
+        self, valid_metrics: dict[str, float], weights: LossWeights
+    ) -> tuple[dict[str, Any], bool]:
+        """Close a run that a time limit stopped inside epoch `progress.epoch + 1`, after
+        `progress.step_in_epoch` steps: the weights it reached compete for best.pt like an
+        epoch's. The epoch stays open (counters, accumulators and scheduler unchanged), so a
+        resumed run continues it and its metrics.csv row, labelled with that epoch, is replaced
+        when the epoch completes."""
+        valid_loss = loss_from_metrics(valid_metrics, weights)
+        epoch = self.progress.epoch + 1
+        is_best = self._judge(valid_loss, valid_metrics, epoch)
+        return self._row(epoch, valid_loss, valid_metrics, max(self.progress.step_in_epoch, 1)), is_best
+
+    def _judge(self, valid_loss: float, valid_metrics: dict[str, float], epoch: int) -> bool:
+        """Whether `valid_loss` is the best so far; if so, remember it as epoch `epoch`'s."""
+        progress = self.progress
+        if valid_loss >= progress.best_loss:
+            return False
+        progress.best_loss, progress.best_epoch, progress.stale_epochs = valid_loss, epoch, 0
+        self.best_metrics = valid_metrics
+        return True
+
+    def _row(
+        self, epoch: int, valid_loss: float, valid_metrics: dict[str, float], num_batches: int
+    ) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_loss": self.train_loss_sum / num_batches,
             **{f"train_{k}": v for k, v in self.train_errors.compute().items()},
             "valid_loss": valid_loss,
             **{f"valid_{k}": v for k, v in valid_metrics.items()},
         }
-        self.train_errors = ErrorAccumulator()
-        self.train_loss_sum = 0.0
-        return row, is_best
 
     def train_step(
         self,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from equimd.potentials.train.checkpoint import (
     load_training_checkpoint,
     save_checkpoint,
 )
+from equimd.potentials.train.clock import RunClock
 from equimd.potentials.train.config import (
     TrainConfig,
     TrainingConfig,
@@ -130,10 +130,11 @@ def seed_everything(seed: int) -> None:
 
 
 def _stop_after_epoch(
-    training: TrainingConfig, progress: TrainProgress, signal_name: str | None, clock: _Clock
+    training: TrainingConfig, progress: TrainProgress, signal_name: str | None, clock: RunClock
 ) -> str | None:
-    """Why to stop after an epoch: early stopping, a signal, or a next epoch that would not
-    fit into `max_wall_time` or `max_cpu_time` (None: go on)."""
+    """Why to stop after an epoch: early stopping, a signal, or not even one more step and the
+    closing validation fitting into `max_wall_time` or `max_cpu_time` (None: go on; a next
+    epoch that will not complete is started and stopped inside, `equimd.potentials.train.clock`)."""
     if (
         training.early_stopping_patience is not None
         and progress.stale_epochs >= training.early_stopping_patience
@@ -142,44 +143,8 @@ def _stop_after_epoch(
     if signal_name is not None:
         return "interrupted"
     if progress.epoch < training.epochs:
-        return clock.out_of_time(training, with_next_epoch=True)
+        return clock.out_of_time(training, ahead=True)
     return None
-
-
-class _Clock:
-    """Wall-clock and CPU time of this invocation, and of the last epoch (s)."""
-
-    def __init__(self) -> None:
-        self.wall_started, self.cpu_started = time.monotonic(), time.process_time()
-        self.epoch_wall_started, self.epoch_cpu_started = self.wall_started, self.cpu_started
-        self.epoch_wall = self.epoch_cpu = 0.0
-
-    def wall(self) -> float:
-        return time.monotonic() - self.wall_started
-
-    def cpu(self) -> float:
-        return time.process_time() - self.cpu_started
-
-    def start_epochs(self) -> None:
-        """The epochs begin: the first epoch's duration is counted from here, not from the
-        set-up (data, statistics, model), which a next epoch does not repeat."""
-        self.epoch_wall_started, self.epoch_cpu_started = time.monotonic(), time.process_time()
-
-    def end_epoch(self) -> None:
-        now_wall, now_cpu = time.monotonic(), time.process_time()
-        self.epoch_wall, self.epoch_cpu = now_wall - self.epoch_wall_started, now_cpu - self.epoch_cpu_started
-        self.epoch_wall_started, self.epoch_cpu_started = now_wall, now_cpu
-
-    def out_of_time(self, training: TrainingConfig, with_next_epoch: bool = False) -> str | None:
-        """"max_wall_time"/"max_cpu_time" when that limit is passed (or, `with_next_epoch`,
-        would be passed by another epoch as long as the last one); else None."""
-        wall = self.wall() + (self.epoch_wall if with_next_epoch else 0.0)
-        cpu = self.cpu() + (self.epoch_cpu if with_next_epoch else 0.0)
-        if training.max_wall_time is not None and wall > training.max_wall_time:
-            return "max_wall_time"
-        if training.max_cpu_time is not None and cpu > training.max_cpu_time:
-            return "max_cpu_time"
-        return None
 
 
 def validate(forcefield: ForceField, batches: list[LabelledBatch]) -> dict[str, float]:
@@ -247,7 +212,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
 def _train(
     config: TrainConfig, resume: bool, progress: bool, ranks: Ranks, device: torch.device
 ) -> TrainResult:
-    clock = _Clock()
+    clock = RunClock()
     training = config.training
     run_dir = Path(config.output.run_dir)
     ranks.on_main(lambda: prepare_run_dir(run_dir, resume, config.output.overwrite))
@@ -351,16 +316,34 @@ def _train(
             return run.train_step(batch, step_weights, training.clip_grad_norm)
         return run.train_step(batch, step_weights, training.clip_grad_norm, counts, factor)
 
+    def close_stopped_epoch(epoch_state: torch.Tensor) -> None:
+        """A time limit stopped the run inside an epoch: validate the weights it reached (they
+        may become best.pt), add the epoch's row, and write last.pt at this step."""
+        clock.steps_done()
+        row, is_best = run.close_stopped_epoch(_validate(run, valid_batches, ranks), weights)
+        row["time_s"] = elapsed_before + wall_time()
+        if is_best:
+            save(epoch_state, BEST)
+        save_last(epoch_state)
+        if csv_log is not None:
+            csv_log.append(row)
+            plot_quietly(plot_learning_curves, run_dir / CSV_NAME, "learning curves")
+        bar.write(epoch_line(row, has_stress, is_best)
+                  + f"  (stopped at step {run.progress.step_in_epoch}/{steps_per_epoch})")
+
     try:
         with GracefulStop() as stop:
-            clock.start_epochs()
             while run.progress.epoch < training.epochs:
+                clock.start_epoch()
                 epoch_state = run.order_generator.get_state()
                 batches = batch_indices(len(train_graphs), training.batch_size, run.order_generator)
                 for step in range(run.progress.step_in_epoch, len(batches)):
                     share = step_batch(batches[step], schedule_step(step))
+                    clock.step_done()
                     run.progress.step_in_epoch = step + 1
-                    time_limit = clock.out_of_time(training)
+                    # stop inside the epoch when one more step and the closing validation would
+                    # pass a time limit; the last step closes the epoch anyway
+                    time_limit = clock.out_of_time(training, ahead=True) if step + 1 < len(batches) else None
                     out_of_time = time_limit is not None
                     # the ranks agree on the loss and on stopping (a signal may reach one rank)
                     loss, stopping, timed_out = ranks.sum(
@@ -373,9 +356,13 @@ def _train(
                         break
                 if stop_reason is not None:
                     run.train_errors = ranks.reduce_errors(run.train_errors)  # saved by rank 0
-                    save_last(epoch_state)
+                    if stop_reason == "interrupted":
+                        save_last(epoch_state)
+                    else:
+                        close_stopped_epoch(epoch_state)
                     break
 
+                clock.steps_done()
                 valid_metrics = _validate(run, valid_batches, ranks)
                 run.train_errors = ranks.reduce_errors(run.train_errors)
                 row, is_best = run.finish_epoch(valid_metrics, weights, len(batches))
@@ -390,7 +377,7 @@ def _train(
                     plot_quietly(plot_learning_curves, run_dir / CSV_NAME, "learning curves")
                 bar.write(epoch_line(row, has_stress, is_best))
 
-                clock.end_epoch()
+                clock.epoch_closed()
                 stop_reason = ranks.broadcast(
                     _stop_after_epoch(training, run.progress, stop.requested, clock)
                 )
@@ -406,11 +393,7 @@ def _train(
         interrupted = TrainingInterrupted(run_dir / LAST)
         print(interrupted, flush=True)
         raise interrupted
-    if ranks.broadcast(not (run_dir / BEST).exists()):
-        # stopped (max_wall_time/max_cpu_time) inside the first epoch: validate these weights, so best.pt is
-        # a validated checkpoint like any other and the final table has numbers
-        run.best_metrics = _validate(run, valid_batches, ranks)
-        save(run.order_generator.get_state(), BEST)
+    if run.progress.epoch == 0 and run.progress.step_in_epoch > 0:
         print(
             f"equimd: warning: training stopped ({stop_reason}) after {run.progress.step_in_epoch} "
             f"of {steps_per_epoch} steps of the first epoch; best.pt holds these weights, "
