@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from equimd.potentials.nn.convolution import EdgeConvolution
 from equimd.potentials.nn.edge_softmax import edge_softmax
+from equimd.potentials.nn.gate import FastGate
 from equimd.potentials.nn.linear import linear
 from equimd.potentials.nn.radial_profile import RadialProfile
 from equimd.potentials.nn.scatter import scatter_sum
@@ -59,7 +60,7 @@ def swish_gate(irreps_out: o3.Irreps) -> nn.Module:
     if gated.num_irreps == 0:
         return e3nn_nn.Activation(scalars, [silu])
     gates = o3.Irreps([(mul, "0e") for mul, _ in gated]).simplify()
-    return e3nn_nn.Gate(scalars, [silu], gates, [torch.sigmoid], gated)
+    return FastGate(e3nn_nn.Gate(scalars, [silu], gates, [torch.sigmoid], gated))
 
 
 def sort_even_first(irreps: o3.Irreps) -> o3.Irreps:
