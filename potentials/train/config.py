@@ -118,6 +118,8 @@ class TrainingConfig:
     clip_grad_norm:          clip the gradient norm to this value (None: no clipping)
     zero_readout:            a fresh run starts from the constant E0 + shift (the model's last
                              readout layer zeroed, for models that support it)
+    refit_energy_reference:  when the run ends, refit the per-species E0s of best.pt by least
+                             squares on the training energies (`train.energy_reference`)
     """
 
     epochs: int = 100
@@ -146,6 +148,7 @@ class TrainingConfig:
     checkpoint_interval: int = 1
     clip_grad_norm: float | None = 10.0
     zero_readout: bool = True
+    refit_energy_reference: bool = True
 
 
 @dataclass

@@ -22,10 +22,11 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
 
 from equimd.devices import check_device
 from equimd.files import OutputWriteError
@@ -58,6 +59,10 @@ from equimd.potentials.train.data import (
     resolve_e0s,
 )
 from equimd.potentials.train.distributed import Ranks, ranks_from_environment
+from equimd.potentials.train.energy_reference import (
+    energy_reference_correction,
+    shift_energy_reference,
+)
 from equimd.potentials.train.loss import LabelCounts, LossWeights
 from equimd.potentials.train.metrics import format_metrics_table
 from equimd.potentials.train.report import MetricsCSV, ProgressBar, epoch_header, epoch_line
@@ -198,6 +203,43 @@ def _prepare_data(
         statistics = ranks.broadcast(statistics)
     print(f"statistics: {statistics.describe()}")
     return _PreparedData(split_indices, train_graphs, valid_graphs, statistics)
+
+
+def refit_energy_reference(
+    run: _Run,
+    train_graphs: list[LabelledBatch],
+    valid_batches: list[LabelledBatch],
+    training: TrainingConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    save: Callable[[torch.Tensor, str], None],
+) -> None:
+    """The run is over: load best.pt into `run`, refit its per-species E0s on the training
+    energies (`equimd.potentials.train.energy_reference`), validate and write it again. One
+    process (rank 0): the weights of the other ranks are no longer used."""
+    record = load_training_checkpoint(Path(run.config.output.run_dir) / BEST)
+    run.restore(record)
+    batch_size = training.valid_batch_size or training.batch_size
+    correction = energy_reference_correction(
+        run.eval_forcefield, train_graphs, run.model.species, batch_size, device, dtype
+    )
+    if correction is None:  # no training energies
+        return
+    before = run.best_metrics.get("energy_mae", float("nan"))
+    shift_energy_reference(run.model, correction)
+    if run.ema is not None:
+        shift_energy_reference(run.ema.averaged, correction)
+    run.best_metrics = validate(run.eval_forcefield, valid_batches)
+    save(record["order_generator"], BEST)
+    shifts = ", ".join(
+        f"{chemical_symbols[z]} {1000 * float(d):+.1f}" for z, d in zip(run.model.species, correction, strict=True)
+    )
+    print(
+        f"energy reference refitted on {len(train_graphs)} training frames: E0 += {shifts} meV; "
+        f"validation energy MAE {before:.2f} -> {run.best_metrics.get('energy_mae', float('nan')):.2f} "
+        "meV/atom (best.pt)",
+        flush=True,
+    )
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
@@ -393,7 +435,10 @@ def _train(
         interrupted = TrainingInterrupted(run_dir / LAST)
         print(interrupted, flush=True)
         raise interrupted
-    if run.progress.epoch == 0 and run.progress.step_in_epoch > 0:
+    epochs_completed, best_epoch = run.progress.epoch, run.progress.best_epoch
+    if training.refit_energy_reference and ranks.is_main and (run_dir / BEST).exists():
+        refit_energy_reference(run, train_graphs, valid_batches, training, device, dtype, save)
+    if epochs_completed == 0 and run.progress.step_in_epoch > 0:
         print(
             f"equimd: warning: training stopped ({stop_reason}) after {run.progress.step_in_epoch} "
             f"of {steps_per_epoch} steps of the first epoch; best.pt holds these weights, "
@@ -405,8 +450,8 @@ def _train(
         best_checkpoint=run_dir / BEST,
         last_checkpoint=run_dir / LAST,
         metrics_csv=run_dir / CSV_NAME,
-        epochs_completed=run.progress.epoch,
-        best_epoch=run.progress.best_epoch,
+        epochs_completed=epochs_completed,
+        best_epoch=best_epoch,
         stop_reason=stop_reason,
         final_metrics=dict(run.best_metrics),
     )
