@@ -33,7 +33,10 @@ run (config.yaml, metrics.csv, learning_curves.png, best.pt), the test predictio
 plots, `log.txt` and `result.json`. A cell whose result.json exists for the same budget and
 threads, or that the `--results` file already holds for them, is not run again (`--force`
 reruns): an interrupted table resumes, also in a fresh clone from the committed results file.
-`--collect` runs nothing and only gathers what is done. At the end the results of the planned
+`--collect` runs nothing and only gathers what is done. `--refit-energy-reference` runs no training: it
+gives finished equimd cells trained before the trainer refitted the energy reference at the
+end of a run (`potentials.train.energy_reference`) that refit now, as best_refit.pt, and
+tests them again (the earlier scores stay in the result as `tests_before_refit`). At the end the results of the planned
 cells replace their entries in `--results` (JSON; the file's other cells are kept) and are
 printed as a Markdown table: force MAE (meV/Å) and energy MAE (meV per molecule for molecules,
 meV/atom for crystals).
@@ -191,9 +194,7 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     """Train and test one (model, dataset) cell in this process; write its result.json."""
     import torch
 
-    from equimd.potentials.data.io import DatasetKeys
     from equimd.potentials.train.config import config_from_dict
-    from equimd.potentials.train.evaluate import evaluate
     from equimd.potentials.train.trainer import train
 
     torch.set_num_threads(args.threads)
@@ -211,21 +212,67 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
         return summary
     raw = cell_config(model, data, budget_s, folder / "run", args.recipe, args.dtype)
     wall, cpu = time.monotonic(), time.process_time()
-    result = train(config_from_dict(raw), progress=False)
+    config = config_from_dict(raw)
+    result = train(config, progress=False)
     wall, cpu = time.monotonic() - wall, time.process_time() - cpu
-    tests = {}
-    for test in data.tests:
-        evaluation = evaluate(result.best_checkpoint, test.file, keys=DatasetKeys(energy_unit=data.energy_unit),
-                              output_dir=folder / f"test_{test.label}", batch_size=8, index=test.index)
-        tests[test.label] = {"file": test.file.name, "index": test.index, "frames": evaluation["num_frames"],
-                             **evaluation["metrics"]}
+    tests = test_cell(result.best_checkpoint, data, folder)
     summary = {
         **common, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "epochs": result.epochs_completed,
         "best_epoch": result.best_epoch, "stop_reason": result.stop_reason,
         "validation": result.final_metrics, "tests": tests, "config": raw, "torch": torch.__version__,
+        "energy_reference_refit": {"after_the_run": False, "by_the_trainer": config.training.refit_energy_reference},
     }
     write_json(folder / "result.json", summary)
     return summary
+
+
+def test_cell(checkpoint: Path, data: Dataset, folder: Path) -> dict[str, Any]:
+    """Every test of `data` scored on `checkpoint`'s model (predictions under `folder`)."""
+    from equimd.potentials.data.io import DatasetKeys
+    from equimd.potentials.train.evaluate import evaluate
+
+    tests = {}
+    for test in data.tests:
+        evaluation = evaluate(checkpoint, test.file, keys=DatasetKeys(energy_unit=data.energy_unit),
+                              output_dir=folder / f"test_{test.label}", batch_size=8, index=test.index)
+        tests[test.label] = {"file": test.file.name, "index": test.index, "frames": evaluation["num_frames"],
+                             **evaluation["metrics"]}
+    return tests
+
+
+def refit_cell(folder: Path, data: Dataset) -> dict[str, Any]:
+    """A cell trained before the trainer refitted the energy reference when a run ends: apply
+    that refit (`potentials.train.energy_reference`, on the cell's training frames) to its
+    best.pt, written as best_refit.pt, and score the tests again. The result keeps the earlier
+    scores as `tests_before_refit`."""
+    import torch
+
+    from equimd.potentials.forcefield import ForceField
+    from equimd.potentials.models.serialization import load_model, read_checkpoint
+    from equimd.potentials.train.checkpoint import save_checkpoint
+    from equimd.potentials.train.config import config_from_dict
+    from equimd.potentials.train.distributed import Ranks
+    from equimd.potentials.train.energy_reference import energy_reference_correction
+    from equimd.potentials.train.trainer import _prepare_data
+
+    result = json.loads((folder / "result.json").read_text())
+    config = config_from_dict(result["config"])
+    record = read_checkpoint(folder / "run" / "best.pt")
+    dtype = getattr(torch, config.training.dtype)
+    graphs = _prepare_data(config, record, dtype, Ranks()).train_graphs
+    model = load_model(folder / "run" / "best.pt")
+    correction = energy_reference_correction(ForceField(model), graphs, model.species,
+                                             config.training.batch_size, torch.device("cpu"), dtype)
+    for key in ("state_dict", "raw_state_dict"):
+        e0 = next(name for name in record[key] if name.endswith("scale_shift.e0"))
+        record[key][e0] = record[key][e0] + correction.to(record[key][e0].dtype)
+    save_checkpoint(record, folder / "run" / "best_refit.pt")
+    result.update(tests_before_refit=result["tests"],
+                  tests=test_cell(folder / "run" / "best_refit.pt", data, folder / "refit"),
+                  energy_reference_refit={"after_the_run": True, "commit": git_commit(),
+                                          "e0_shift_eV": [float(d) for d in correction]})
+    write_json(folder / "result.json", result)
+    return result
 
 
 def git_commit() -> str:
@@ -430,6 +477,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=None, help="write all results here (JSON)")
     parser.add_argument("--force", action="store_true", help="rerun cells that have a result")
     parser.add_argument("--collect", action="store_true", help="run nothing; gather the finished cells")
+    parser.add_argument("--refit-energy-reference", action="store_true",
+                        help="run nothing; apply the end-of-run refit of the energy reference to "
+                             "finished equimd cells trained before the trainer did it, and test again")
     parser.add_argument("--cell", nargs=2, metavar=("MODEL", "DATASET"), help=argparse.SUPPRESS)
     add_data_argument(parser)
     args = parser.parse_args(argv)
@@ -440,6 +490,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.cell:
         run_cell(args)
         return
+    if args.refit_energy_reference:
+        args.collect = True
+        for model, name in plan(args.models, args.datasets):
+            folder = args.out / name / model
+            done = finished(folder, args)
+            if is_peer(model) or done is None or "energy_reference_refit" in done:
+                continue  # cells run since the trainer refits say so in their result
+            refitted = refit_cell(folder, dataset(name, data_dir(), args.out, args.test_stride))
+            print(f"{model} on {name}: refitted E0s; {cell_line(refitted)}", flush=True)
     results = run_table(args)
     table = markdown_table([r for r in results if r.get("dataset")])
     print(f"\nForce MAE (meV/Å) / energy MAE (meV per molecule; meV/atom for zuo_*), "

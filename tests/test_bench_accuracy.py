@@ -265,3 +265,30 @@ def test_with_peer_cells_the_table_ends_with_the_ratio_of_the_best_equimd_cell_t
                                            cell("nequip-0.19", 30.0, 10.0), cell("mace-torch", 40.0, 8.0)])
     assert table.splitlines()[-1] == "| best equimd / best peer | F 0.63 / E 0.50 |"
     assert "best peer" not in bench_accuracy.markdown_table([cell("nequip", 20.0, 4.0)])
+
+
+def test_a_cell_trained_before_the_energy_reference_refit_is_refitted_and_tested_again(tmp_path):
+    """`bench_accuracy --refit-energy-reference` on an old cell (trained without the refit):
+    best_refit.pt gets the trainer's E0 refit on the cell's training frames, the tests are
+    scored again and the earlier scores kept; forces do not change, the energy error does."""
+    import json
+
+    from equimd.potentials.train.trainer import train
+    from tests.test_train import tiny_config, write_emt_copper
+
+    frames = write_emt_copper(tmp_path / "cu.xyz")
+    folder = tmp_path / "cells" / "cu" / "nequip"
+    config = tiny_config(frames, folder / "run", epochs=2, energy_weight=0.01, refit_energy_reference=False)
+    raw = config.to_dict()
+    del raw["training"]["refit_energy_reference"]  # as written by the trainer of that day
+    train(config, progress=False)
+    data = bench_accuracy.Dataset("cu", raw["data"], [bench_accuracy.TestSet("all", frames)], molecule=False)
+    before = bench_accuracy.test_cell(folder / "run" / "best.pt", data, folder)
+    bench_accuracy.write_json(folder / "result.json", {"model": "nequip", "dataset": "cu", "config": raw,
+                                                       "tests": before})
+    result = bench_accuracy.refit_cell(folder, data)
+    assert result["tests_before_refit"] == before
+    assert json.loads((folder / "result.json").read_text())["energy_reference_refit"]["after_the_run"]
+    after = result["tests"]["all"]
+    assert after["forces_mae"] == pytest.approx(before["all"]["forces_mae"], rel=1e-12)
+    assert after["energy_mae"] < 0.5 * before["all"]["energy_mae"]
