@@ -435,12 +435,13 @@ def _train(
         interrupted = TrainingInterrupted(run_dir / LAST)
         print(interrupted, flush=True)
         raise interrupted
-    epochs_completed, best_epoch = run.progress.epoch, run.progress.best_epoch
+    # where the run ended (the refit below loads best.pt's state into `run`)
+    epochs_completed, best_epoch, steps_done = run.progress.epoch, run.progress.best_epoch, run.progress.step_in_epoch
     if training.refit_energy_reference and ranks.is_main and (run_dir / BEST).exists():
         refit_energy_reference(run, train_graphs, valid_batches, training, device, dtype, save)
-    if epochs_completed == 0 and run.progress.step_in_epoch > 0:
+    if epochs_completed == 0 and steps_done > 0:
         print(
-            f"equimd: warning: training stopped ({stop_reason}) after {run.progress.step_in_epoch} "
+            f"equimd: warning: training stopped ({stop_reason}) after {steps_done} "
             f"of {steps_per_epoch} steps of the first epoch; best.pt holds these weights, "
             f"validated below; raise training.{stop_reason}, or continue with --resume",
             flush=True,
