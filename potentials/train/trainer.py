@@ -8,8 +8,11 @@ line, a row of metrics.csv and the learning_curves.png redrawn from it, best.pt 
 improves, last.pt every
 `checkpoint_interval` epochs. Stops at `epochs`, on early stopping, at `max_wall_time` or
 `max_cpu_time`, or on
-SIGINT/SIGTERM (after writing last.pt). `resume=True` continues from last.pt; on CPU with a
-fixed seed the result is bit-identical to an uninterrupted run.
+SIGINT/SIGTERM (after writing last.pt); a time limit stops inside an epoch when one more step
+and the validation would not fit (`equimd.potentials.train.clock`) and validates the weights
+reached. When the run ends, best.pt's per-species E0s are refitted on the training energies
+(`equimd.potentials.train.energy_reference`). `resume=True` continues from last.pt; on CPU with
+a fixed seed the result is bit-identical to an uninterrupted run.
 
 Under torchrun (`equimd train --nproc N`) each process is one rank of a data-parallel run
 (DistributedDataParallel): the global batches are split over the ranks so that the weights
