@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cell_scoring import refit_cell, score_tests  # noqa: E402
 from harness import ROOT, add_data_argument, data_dir, use_data_argument  # noqa: E402
 from peer_cells import PEERS, is_peer, run_peer_cell  # noqa: E402
 
@@ -215,7 +216,7 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     config = config_from_dict(raw)
     result = train(config, progress=False)
     wall, cpu = time.monotonic() - wall, time.process_time() - cpu
-    tests = test_cell(result.best_checkpoint, data, folder)
+    tests = score_tests(result.best_checkpoint, data, folder)
     summary = {
         **common, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "epochs": result.epochs_completed,
         "best_epoch": result.best_epoch, "stop_reason": result.stop_reason,
@@ -224,55 +225,6 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     }
     write_json(folder / "result.json", summary)
     return summary
-
-
-def test_cell(checkpoint: Path, data: Dataset, folder: Path) -> dict[str, Any]:
-    """Every test of `data` scored on `checkpoint`'s model (predictions under `folder`)."""
-    from equimd.potentials.data.io import DatasetKeys
-    from equimd.potentials.train.evaluate import evaluate
-
-    tests = {}
-    for test in data.tests:
-        evaluation = evaluate(checkpoint, test.file, keys=DatasetKeys(energy_unit=data.energy_unit),
-                              output_dir=folder / f"test_{test.label}", batch_size=8, index=test.index)
-        tests[test.label] = {"file": test.file.name, "index": test.index, "frames": evaluation["num_frames"],
-                             **evaluation["metrics"]}
-    return tests
-
-
-def refit_cell(folder: Path, data: Dataset) -> dict[str, Any]:
-    """A cell trained before the trainer refitted the energy reference when a run ends: apply
-    that refit (`potentials.train.energy_reference`, on the cell's training frames) to its
-    best.pt, written as best_refit.pt, and score the tests again. The result keeps the earlier
-    scores as `tests_before_refit`."""
-    import torch
-
-    from equimd.potentials.forcefield import ForceField
-    from equimd.potentials.models.serialization import load_model, read_checkpoint
-    from equimd.potentials.train.checkpoint import save_checkpoint
-    from equimd.potentials.train.config import config_from_dict
-    from equimd.potentials.train.distributed import Ranks
-    from equimd.potentials.train.energy_reference import energy_reference_correction
-    from equimd.potentials.train.trainer import _prepare_data
-
-    result = json.loads((folder / "result.json").read_text())
-    config = config_from_dict(result["config"])
-    record = read_checkpoint(folder / "run" / "best.pt")
-    dtype = getattr(torch, config.training.dtype)
-    graphs = _prepare_data(config, record, dtype, Ranks()).train_graphs
-    model = load_model(folder / "run" / "best.pt")
-    correction = energy_reference_correction(ForceField(model), graphs, model.species,
-                                             config.training.batch_size, torch.device("cpu"), dtype)
-    for key in ("state_dict", "raw_state_dict"):
-        e0 = next(name for name in record[key] if name.endswith("scale_shift.e0"))
-        record[key][e0] = record[key][e0] + correction.to(record[key][e0].dtype)
-    save_checkpoint(record, folder / "run" / "best_refit.pt")
-    result.update(tests_before_refit=result["tests"],
-                  tests=test_cell(folder / "run" / "best_refit.pt", data, folder / "refit"),
-                  energy_reference_refit={"after_the_run": True, "commit": git_commit(),
-                                          "e0_shift_eV": [float(d) for d in correction]})
-    write_json(folder / "result.json", result)
-    return result
 
 
 def git_commit() -> str:
@@ -497,7 +449,8 @@ def main(argv: list[str] | None = None) -> None:
             done = finished(folder, args)
             if is_peer(model) or done is None or "energy_reference_refit" in done:
                 continue  # cells run since the trainer refits say so in their result
-            refitted = refit_cell(folder, dataset(name, data_dir(), args.out, args.test_stride))
+            refitted = refit_cell(folder, dataset(name, data_dir(), args.out, args.test_stride), git_commit())
+            write_json(folder / "result.json", refitted)
             print(f"{model} on {name}: refitted E0s; {cell_line(refitted)}", flush=True)
     results = run_table(args)
     table = markdown_table([r for r in results if r.get("dataset")])

@@ -283,12 +283,13 @@ def test_a_cell_trained_before_the_energy_reference_refit_is_refitted_and_tested
     del raw["training"]["refit_energy_reference"]  # as written by the trainer of that day
     train(config, progress=False)
     data = bench_accuracy.Dataset("cu", raw["data"], [bench_accuracy.TestSet("all", frames)], molecule=False)
-    before = bench_accuracy.test_cell(folder / "run" / "best.pt", data, folder)
+    before = bench_accuracy.score_tests(folder / "run" / "best.pt", data, folder)
     bench_accuracy.write_json(folder / "result.json", {"model": "nequip", "dataset": "cu", "config": raw,
                                                        "tests": before})
-    result = bench_accuracy.refit_cell(folder, data)
+    result = bench_accuracy.refit_cell(folder, data, "abc1234")
     assert result["tests_before_refit"] == before
-    assert json.loads((folder / "result.json").read_text())["energy_reference_refit"]["after_the_run"]
+    assert result["energy_reference_refit"]["after_the_run"]
+    assert json.loads((folder / "result.json").read_text())["tests"] == before  # the caller writes
     after = result["tests"]["all"]
     assert after["forces_mae"] == pytest.approx(before["all"]["forces_mae"], rel=1e-12)
     assert after["energy_mae"] < 0.5 * before["all"]["energy_mae"]
