@@ -6,7 +6,8 @@ s: scalars, g: one gate scalar per gated irrep copy v_j; φ normalised to unit s
 (e3nn's `normalize2mom`). `FastGate` is `e3nn.nn.Gate` (same irreps, same numbers) in a few
 whole-tensor operations: e3nn cuts the input into per-irrep slices and multiplies per path, and
 in force training every slice becomes a zero-filled full-width gradient in both backward passes
-(a fifth of a NequIP training step was `fill_` from them).
+(~100 autograd nodes per NequIP forward; timed, a NequIP aspirin training step is 4 % faster,
+docs/performance.md).
 """
 
 from __future__ import annotations
