@@ -32,7 +32,10 @@ from equimd.potentials.nn.triplets import (
     build_receiver_pairs,
     build_triplets,
     cos_angle,
+    no_receiver_slots,
+    receiver_slots,
     reverse_edges,
+    sum_over_receiver_pairs,
 )
 from tests.model_zoo import MODEL_FACTORIES
 
@@ -101,6 +104,54 @@ def test_reverse_edges_and_receiver_pairs_match_loops(name):
         if receiver[ba] == receiver[ca] and ba != ca
     }
     assert len(built) == int(kept.sum()) and built == expected
+
+
+def loop_sum_over_receiver_pairs(angular, features, pairs):
+    """S[ca, l] = Σ_b Y[(ba, ca), l] x[ba], one triplet at a time."""
+    summed = torch.zeros(features.shape[0], angular.shape[1], features.shape[1], dtype=torch.float64)
+    for t, (ba, ca) in enumerate(zip(pairs.edge_kj.tolist(), pairs.edge_ji.tolist(), strict=True)):
+        summed[ca] += angular[t].unsqueeze(-1) * features[ba]
+    return summed
+
+
+@pytest.mark.parametrize("name", sorted(structures()))
+def test_receiver_pair_sum_padded_and_scattered_equal_the_loop(name):
+    """GemNet's Σ_b Y(φ_cab) x_ba: the per-atom padded matmul (uneven in-degrees in the slab,
+    the molecule and the triclinic cell, periodic images in the small cell) and the scatter
+    path give the loop's sums, and the same gradients."""
+    graph = graph_of(structures()[name])
+    num_nodes = graph.positions.shape[0]
+    pairs = build_receiver_pairs(graph.edge_index, num_nodes, torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    angular = torch.randn(pairs.mask.shape[0], 4, generator=generator, dtype=torch.float64)
+    angular = (angular * pairs.mask.unsqueeze(-1)).requires_grad_()
+    features = torch.randn(graph.edge_index.shape[1], 5, generator=generator,
+                           dtype=torch.float64).requires_grad_()
+    slots = receiver_slots(graph.edge_index[1], num_nodes)
+    degrees = torch.bincount(graph.edge_index[1], minlength=num_nodes)
+    assert slots.width == int(degrees.max())
+    assert sorted(slots.table[slots.table < len(slots.row)].tolist()) == list(range(len(slots.row)))
+    expected = loop_sum_over_receiver_pairs(angular.detach(), features.detach(), pairs)
+    cotangent = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
+    gradients = []
+    for layout in (slots, no_receiver_slots(slots.row.device)):
+        summed = sum_over_receiver_pairs(angular, features, pairs, layout)
+        torch.testing.assert_close(summed, expected, rtol=1e-12, atol=1e-12)
+        gradients.append(torch.autograd.grad(summed, (angular, features), cotangent))
+    for padded, scattered in zip(*gradients, strict=True):
+        torch.testing.assert_close(padded, scattered, rtol=1e-12, atol=1e-12)
+
+
+def test_receiver_pair_sum_scripts():
+    graph = graph_of(structures()["triclinic"])
+    num_nodes = graph.positions.shape[0]
+    pairs = build_receiver_pairs(graph.edge_index, num_nodes, torch.float64)
+    angular = torch.rand(pairs.mask.shape[0], 3, dtype=torch.float64)
+    features = torch.rand(graph.edge_index.shape[1], 2, dtype=torch.float64)
+    slots = torch.jit.script(receiver_slots)(graph.edge_index[1], num_nodes)
+    scripted = torch.jit.script(sum_over_receiver_pairs)
+    torch.testing.assert_close(scripted(angular, features, pairs, slots),
+                               sum_over_receiver_pairs(angular, features, pairs, no_receiver_slots(angular.device)))
 
 
 def test_envelopes_equal_their_expanded_polynomials():

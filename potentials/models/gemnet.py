@@ -46,9 +46,18 @@ from equimd.potentials.nn.gemnet_blocks import (
     ScaleFactor,
 )
 from equimd.potentials.nn.orthogonal_init import he_orthogonal
-from equimd.potentials.nn.scatter import scatter_sum
+from equimd.potentials.nn.shapes import is_symbolic_size
 from equimd.potentials.nn.spherical_basis import legendre_harmonics
-from equimd.potentials.nn.triplets import build_receiver_pairs, cos_angle, reverse_edges
+from equimd.potentials.nn.triplets import (
+    ReceiverSlots,
+    TripletIndex,
+    build_receiver_pairs,
+    cos_angle,
+    no_receiver_slots,
+    receiver_slots,
+    reverse_edges,
+    sum_over_receiver_pairs,
+)
 
 
 class TripletInteraction(nn.Module):
@@ -80,24 +89,15 @@ class TripletInteraction(nn.Module):
         rbf3: Tensor,
         cbf_radial: Tensor,
         cbf_angular: Tensor,
-        edge_ba: Tensor,
-        edge_ca: Tensor,
+        triplets: TripletIndex,
+        slots: ReceiverSlots,
         swap: Tensor,
     ) -> Tensor:
         """m [E, M], rbf3 [E, R], cbf_radial B [E, C, L], cbf_angular Y·mask [T, L] → [E, M]."""
         x_ba = self.scale_rbf(self.dense_ba(m) * self.mlp_rbf(rbf3))  # [E, M]
-        x_ba = self.down_projection(x_ba)[edge_ba]  # [T, trip]
+        x_ba = self.down_projection(x_ba)  # [E, trip]
         num_edges = m.shape[0]
-        # Σ_b Y_l0(φ_cab) x_ba, one l at a time (T × trip memory, not T × L × trip)
-        summed = torch.stack(
-            [
-                scatter_sum(
-                    cbf_angular[:, order : order + 1] * x_ba, edge_ca, num_edges, keep_source=False
-                )
-                for order in range(cbf_angular.shape[1])
-            ],
-            dim=1,
-        )  # [E, L, trip]
+        summed = sum_over_receiver_pairs(cbf_angular, x_ba, triplets, slots)  # [E, L, trip]
         per_edge = torch.bmm(cbf_radial, summed)  # [E, C, trip]: Σ_l B_ca[i, l] (...)[l, j]
         weight = self.bilinear.permute(1, 0, 2).reshape(
             -1, self.bilinear.shape[-1]
@@ -148,14 +148,14 @@ class InteractionBlockTripletsOnly(nn.Module):
         rbf3: Tensor,
         cbf_radial: Tensor,
         cbf_angular: Tensor,
-        edge_ba: Tensor,
-        edge_ca: Tensor,
+        triplets: TripletIndex,
+        slots: ReceiverSlots,
         swap: Tensor,
         rbf_h: Tensor,
         sender: Tensor,
         receiver: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        x3 = self.trip_interaction(m, rbf3, cbf_radial, cbf_angular, edge_ba, edge_ca, swap)
+        x3 = self.trip_interaction(m, rbf3, cbf_radial, cbf_angular, triplets, slots, swap)
         x = (self.dense_ca(m) + x3) * math.sqrt(0.5)  # [E, M]
         for layer in self.layers_before_skip:
             x = layer(x)
@@ -304,6 +304,11 @@ class GemNetT(Potential):
         distances = torch.linalg.norm(vectors, dim=-1)  # [E]
         triplets = build_receiver_pairs(graph.edge_index, num_nodes, vectors.dtype)  # b→a←c
         swap = reverse_edges(graph.edge_index, graph.edge_shift)  # [E]
+        slots = no_receiver_slots(receiver.device)  # triplet sums by scatter, or padded:
+        if not is_symbolic_size(triplets.mask.shape[0]):
+            slots = receiver_slots(receiver, num_nodes)
+            if num_nodes * slots.width * slots.width > 4 * triplets.mask.shape[0]:
+                slots = no_receiver_slots(receiver.device)  # padding > 4× the triplets
         cos_cab = cos_angle(vectors[triplets.edge_kj], vectors[triplets.edge_ji])  # [T]
         cbf_angular = legendre_harmonics(cos_cab, self.num_spherical) * triplets.mask.unsqueeze(-1)
         cbf_radial = torch.einsum(
@@ -321,8 +326,8 @@ class GemNetT(Potential):
                 rbf3,
                 cbf_radial,
                 cbf_angular,
-                triplets.edge_kj,
-                triplets.edge_ji,
+                triplets,
+                slots,
                 swap,
                 rbf_h,
                 sender,

@@ -26,6 +26,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from equimd.potentials.nn.scatter import scatter_sum
+
 
 class TripletIndex(NamedTuple):
     """T triplets k→j→i as edge indices into the graph's E edges.
@@ -106,6 +108,76 @@ def build_receiver_pairs(edge_index: Tensor, num_nodes: int, dtype: torch.dtype)
     receiver = edge_index[1]
     edge_ba, edge_ca = _incoming_edges_at(receiver, receiver, num_nodes)
     return TripletIndex(edge_ba, edge_ca, (edge_ba != edge_ca).to(dtype))
+
+
+class ReceiverSlots(NamedTuple):
+    """The incoming edges of every atom as rows of a [N, K] table, K the largest in-degree.
+
+    row:   [E] int64, receiver(e) · K + the slot of edge e among its receiver's edges
+    table: [N·K] int64, the edge in each slot; E (one past the last edge) in empty slots
+    width: K; 0 for "no layout" (`no_receiver_slots`, and a graph without edges)
+    """
+
+    row: Tensor
+    table: Tensor
+    width: int
+
+
+def receiver_slots(receiver: Tensor, num_nodes: int) -> ReceiverSlots:
+    """`ReceiverSlots` of the edges with receivers `receiver` [E] (the slot order is the edge
+    order within each receiver, as in `build_receiver_pairs`)."""
+    num_edges = receiver.shape[0]
+    order, degree, start = incoming_edge_offsets(receiver, num_nodes)
+    width = int(degree.max()) if num_edges > 0 else 0
+    edges = torch.arange(num_edges, device=receiver.device)
+    slot = torch.empty_like(order).index_copy_(0, order, edges - start[receiver[order]])  # [E]
+    row = receiver * width + slot  # [E]
+    table = torch.full((num_nodes * width,), num_edges, dtype=torch.long, device=receiver.device)
+    return ReceiverSlots(row, table.index_copy_(0, row, edges), width)
+
+
+def no_receiver_slots(device: torch.device) -> ReceiverSlots:
+    """The empty layout: `sum_over_receiver_pairs` scatters instead."""
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    return ReceiverSlots(empty, empty, 0)
+
+
+def sum_over_receiver_pairs(
+    angular: Tensor, features: Tensor, pairs: TripletIndex, slots: ReceiverSlots
+) -> Tensor:
+    """S[ca, l, :] = Σ_b Y[b→a←c, l] · x[ba] over the receiver pairs of `build_receiver_pairs`.
+
+    angular Y: [T, L] (mask included), features x: [E, F] → [E, L, F].
+
+    With `slots` of width K > 0, as one batched matmul per atom a over its K incoming
+    edges: S[a, (c, l), :] = Y_a[(c, l), b] @ X_a[b, :] with Y_a [K·L, K], X_a [K, F] zero-padded,
+    which never forms a [T, F] tensor (GemNet's triplet cost: T ≈ E·K; as fairchem's
+    `EfficientInteractionBilinear`, with atoms instead of edges as the batch). With
+    `no_receiver_slots` (symbolic shapes, where K is data-dependent, or very uneven in-degrees),
+    one scatter of Y_l · x[ba] per l: same numbers.
+    """
+    num_edges, num_orders = features.shape[0], angular.shape[1]
+    if slots.width == 0:
+        x_ba = features[pairs.edge_kj]  # [T, F]
+        return torch.stack(
+            [
+                scatter_sum(angular[:, order : order + 1] * x_ba, pairs.edge_ji, num_edges,
+                            keep_source=False)
+                for order in range(num_orders)
+            ],
+            dim=1,
+        )  # [E, L, F]
+    width = slots.width
+    num_nodes = slots.table.shape[0] // width
+    # Y_a: row (c, l), column b; b's slot is its row modulo K (b and c share the receiver a)
+    position = slots.row[pairs.edge_ji] * width + slots.row[pairs.edge_kj] % width  # [T]
+    y = angular.new_zeros(num_nodes * width * width, num_orders).index_copy(0, position, angular)
+    y = y.view(num_nodes, width, width, num_orders).transpose(2, 3)  # [N, K(c), L, K(b)]
+    x = torch.cat([features, features.new_zeros(1, features.shape[1])])[slots.table]  # [N·K, F]
+    summed = torch.bmm(
+        y.reshape(num_nodes, width * num_orders, width), x.view(num_nodes, width, -1)
+    )  # [N, K·L, F]
+    return summed.view(num_nodes * width, num_orders, -1)[slots.row]  # [E, L, F]
 
 
 def _lexicographic_order(keys: list[Tensor]) -> Tensor:

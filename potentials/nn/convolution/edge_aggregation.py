@@ -30,6 +30,7 @@ from e3nn import o3
 from torch import Tensor, nn
 
 from equimd.potentials.nn.scatter import scatter_add_, scatter_sum
+from equimd.potentials.nn.shapes import is_symbolic_size
 
 # Edge-level tensors of one `aggregate` chunk stay below this many elements (4 MiB in float32):
 # far below glibc's 32 MiB mmap threshold, so their memory is reused, not faulted in again.
@@ -168,9 +169,8 @@ class EdgeChunkedConvolution(UVUConvolution):
         """Edges per chunk in `aggregate` (0: one chunk). Bounds every edge-level tensor to
         about `chunk_elements` elements, so large systems reuse memory instead of mapping fresh
         pages for every intermediate (see docs/performance.md)."""
-        if not torch.jit.is_scripting():
-            if not isinstance(num_edges, int):  # symbolic shapes (make_fx, export): one chunk
-                return 0
+        if is_symbolic_size(num_edges):  # make_fx, export: one chunk
+            return 0
         size = max(self.chunk_elements // self.elements_per_edge, 1)
         return 0 if num_edges <= size else size
 

@@ -58,6 +58,7 @@ from e3nn import o3
 from torch import Tensor
 
 from equimd.potentials.nn.convolution.edge_aggregation import EdgeChunkedConvolution
+from equimd.potentials.nn.shapes import is_symbolic_size
 
 
 class FusedUVUConvolution(EdgeChunkedConvolution):
@@ -247,10 +248,10 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         least one edge, concrete shapes (not symbolic tracing), and no recomputation needed."""
         if not self.scalar_inputs_only or edge_sh.shape[0] == 0:
             return False
+        num_edges = edge_sh.shape[0]
+        if is_symbolic_size(num_edges):  # make_fx, export: the in-degree is data-dependent
+            return False
         if not torch.jit.is_scripting():
-            num_edges = edge_sh.shape[0]
-            if not isinstance(num_edges, int):  # symbolic shapes (make_fx, export)
-                return False
             saved_bytes = num_edges * self.saved_per_edge * edge_sh.element_size()
             if torch.is_grad_enabled() and saved_bytes > self.recompute_above_bytes:
                 return False  # the message path recomputes in the backward pass
