@@ -32,10 +32,11 @@ from equimd.potentials.nn.triplets import (
     build_receiver_pairs,
     build_triplets,
     cos_angle,
-    no_receiver_slots,
-    receiver_slots,
+    no_edge_slots,
+    pad_triplets,
     reverse_edges,
-    sum_over_receiver_pairs,
+    sum_over_triplets,
+    triplet_slots,
 )
 from tests.model_zoo import MODEL_FACTORIES
 
@@ -106,52 +107,102 @@ def test_reverse_edges_and_receiver_pairs_match_loops(name):
     assert len(built) == int(kept.sum()) and built == expected
 
 
-def loop_sum_over_receiver_pairs(angular, features, pairs):
-    """S[ca, l] = Σ_b Y[(ba, ca), l] x[ba], one triplet at a time."""
-    summed = torch.zeros(features.shape[0], angular.shape[1], features.shape[1], dtype=torch.float64)
-    for t, (ba, ca) in enumerate(zip(pairs.edge_kj.tolist(), pairs.edge_ji.tolist(), strict=True)):
-        summed[ca] += angular[t].unsqueeze(-1) * features[ba]
+def loop_sum_over_triplets(basis, features, triplets):
+    """S[ji, l] = Σ_k Y[(kj, ji), l] x[kj], one triplet at a time."""
+    summed = torch.zeros(features.shape[0], basis.shape[1], features.shape[1], dtype=torch.float64)
+    for t, (kj, ji) in enumerate(zip(triplets.edge_kj.tolist(), triplets.edge_ji.tolist(), strict=True)):
+        summed[ji] += basis[t].unsqueeze(-1) * features[kj]
     return summed
 
 
+@pytest.mark.parametrize("kind", ["dimenet", "gemnet"])
 @pytest.mark.parametrize("name", sorted(structures()))
-def test_receiver_pair_sum_padded_and_scattered_equal_the_loop(name):
-    """GemNet's Σ_b Y(φ_cab) x_ba: the per-atom padded matmul (uneven in-degrees in the slab,
+def test_triplet_sums_padded_and_scattered_equal_the_loop(name, kind):
+    """Σ_k Y(k→j→i) x_kj per edge ji: the per-atom padded matmul (uneven degrees in the slab,
     the molecule and the triclinic cell, periodic images in the small cell) and the scatter
-    path give the loop's sums, and the same gradients."""
+    path give the loop's sums and the same gradients, for DimeNet's triplets (outgoing edges
+    grouped by sender) and GemNet's receiver pairs (by receiver)."""
     graph = graph_of(structures()[name])
     num_nodes = graph.positions.shape[0]
-    pairs = build_receiver_pairs(graph.edge_index, num_nodes, torch.float64)
+    sender, receiver = graph.edge_index
+    if kind == "gemnet":
+        triplets = build_receiver_pairs(graph.edge_index, num_nodes, torch.float64)
+    else:
+        triplets = build_triplets(graph.edge_index, graph.edge_shift, num_nodes)
+    incoming, outgoing = triplet_slots(triplets, sender, receiver, num_nodes, kind == "gemnet")
+    assert incoming.width == int(torch.bincount(receiver, minlength=num_nodes).max())
+    assert outgoing.width == int(torch.bincount(sender, minlength=num_nodes).max())
+    for slots in (incoming, outgoing):  # every edge in exactly one slot
+        filled = slots.table[slots.table < len(slots.row)]
+        assert sorted(filled.tolist()) == list(range(len(slots.row)))
     generator = torch.Generator().manual_seed(0)
-    angular = torch.randn(pairs.mask.shape[0], 4, generator=generator, dtype=torch.float64)
-    angular = (angular * pairs.mask.unsqueeze(-1)).requires_grad_()
+    basis = torch.randn(triplets.mask.shape[0], 4, generator=generator, dtype=torch.float64)
+    basis = (basis * triplets.mask.unsqueeze(-1)).requires_grad_()
     features = torch.randn(graph.edge_index.shape[1], 5, generator=generator,
                            dtype=torch.float64).requires_grad_()
-    slots = receiver_slots(graph.edge_index[1], num_nodes)
-    degrees = torch.bincount(graph.edge_index[1], minlength=num_nodes)
-    assert slots.width == int(degrees.max())
-    assert sorted(slots.table[slots.table < len(slots.row)].tolist()) == list(range(len(slots.row)))
-    expected = loop_sum_over_receiver_pairs(angular.detach(), features.detach(), pairs)
+    expected = loop_sum_over_triplets(basis.detach(), features.detach(), triplets)
     cotangent = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
     gradients = []
-    for layout in (slots, no_receiver_slots(slots.row.device)):
-        summed = sum_over_receiver_pairs(angular, features, pairs, layout)
+    none = no_edge_slots(receiver.device)
+    for layout in ((incoming, outgoing), (none, none)):
+        summed = sum_over_triplets(pad_triplets(basis, triplets, *layout), features, triplets,
+                                   *layout)
         torch.testing.assert_close(summed, expected, rtol=1e-12, atol=1e-12)
-        gradients.append(torch.autograd.grad(summed, (angular, features), cotangent))
+        gradients.append(torch.autograd.grad(summed, (basis, features), cotangent))
     for padded, scattered in zip(*gradients, strict=True):
         torch.testing.assert_close(padded, scattered, rtol=1e-12, atol=1e-12)
 
 
-def test_receiver_pair_sum_scripts():
+def test_triplet_sums_script_and_skip_padding_for_uneven_degrees():
     graph = graph_of(structures()["triclinic"])
     num_nodes = graph.positions.shape[0]
-    pairs = build_receiver_pairs(graph.edge_index, num_nodes, torch.float64)
-    angular = torch.rand(pairs.mask.shape[0], 3, dtype=torch.float64)
+    sender, receiver = graph.edge_index
+    triplets = build_triplets(graph.edge_index, graph.edge_shift, num_nodes)
+    basis = torch.rand(triplets.mask.shape[0], 3, dtype=torch.float64)
     features = torch.rand(graph.edge_index.shape[1], 2, dtype=torch.float64)
-    slots = torch.jit.script(receiver_slots)(graph.edge_index[1], num_nodes)
-    scripted = torch.jit.script(sum_over_receiver_pairs)
-    torch.testing.assert_close(scripted(angular, features, pairs, slots),
-                               sum_over_receiver_pairs(angular, features, pairs, no_receiver_slots(angular.device)))
+    layout = torch.jit.script(triplet_slots)(triplets, sender, receiver, num_nodes, False)
+    assert layout[0].width > 0
+    padded = torch.jit.script(pad_triplets)(basis, triplets, *layout)
+    none = no_edge_slots(basis.device)
+    torch.testing.assert_close(
+        torch.jit.script(sum_over_triplets)(padded, features, triplets, *layout),
+        sum_over_triplets(basis, features, triplets, none, none),
+    )
+    # one atom with 12 neighbours (an icosahedron of H, 2.1 Å out, 2.21 Å apart) that have
+    # one each: the padding (N·K² = 1872) would exceed 4× the 156 triplets, so no layout
+    golden = (1 + 5**0.5) / 2
+    vertices = np.array([[0, s1, s2 * golden] for s1 in (-1, 1) for s2 in (-1, 1)])
+    vertices = np.concatenate([np.roll(vertices, shift, axis=1) for shift in range(3)])
+    vertices = 2.1 * vertices / np.linalg.norm(vertices, axis=1, keepdims=True)
+    star = graph_of(Atoms("CH12", positions=np.concatenate([[[0.0, 0.0, 0.0]], vertices])), 2.15)
+    star_triplets = build_triplets(star.edge_index, star.edge_shift, 13)
+    assert star_triplets.mask.shape[0] == 156
+    incoming, _ = triplet_slots(star_triplets, star.edge_index[0], star.edge_index[1], 13, False)
+    assert incoming.width == 0
+
+
+@pytest.mark.parametrize("name", ["dimenetpp", "gemnet"])
+def test_triplet_models_give_the_same_numbers_without_the_padded_layout(name, monkeypatch):
+    """DimeNet++ and GemNet with and without the per-atom padded triplet matmuls (the scatter
+    path is what an AOTInductor export traces): same energies, forces and stress."""
+    import importlib
+
+    model = MODEL_FACTORIES[name]()
+    atoms = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)
+    atoms.numbers[0] = 6
+    atoms.rattle(0.05, seed=3)
+    graph = graph_of(atoms, model.r_max)
+    module = importlib.import_module(type(model).__module__)
+    layouts = []
+    real = module.triplet_slots
+    monkeypatch.setattr(module, "triplet_slots", lambda *a, **k: layouts.append(real(*a, **k)) or layouts[-1])
+    padded = ForceField(model)(graph, True, True)
+    assert layouts and all(slots.width > 0 for slots in layouts[0])  # the padded path ran
+    monkeypatch.setattr(module, "triplet_slots",
+                        lambda *args, **kwargs: (no_edge_slots(graph.positions.device),) * 2)
+    scattered = ForceField(model)(graph, True, True)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(padded[key], scattered[key], rtol=1e-10, atol=1e-10)
 
 
 def test_envelopes_equal_their_expanded_polynomials():

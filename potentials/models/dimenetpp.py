@@ -30,7 +30,15 @@ from equimd.potentials.models.base import Potential, register_model
 from equimd.potentials.nn.orthogonal_init import glorot_orthogonal
 from equimd.potentials.nn.scatter import scatter_sum
 from equimd.potentials.nn.spherical_basis import EnvelopedBesselBasis, SphericalBasis
-from equimd.potentials.nn.triplets import build_triplets, cos_angle
+from equimd.potentials.nn.triplets import (
+    EdgeSlots,
+    TripletIndex,
+    build_triplets,
+    cos_angle,
+    pad_triplets,
+    sum_over_triplets,
+    triplet_slots,
+)
 
 
 def dense(fan_in: int, fan_out: int, bias: bool = True) -> nn.Linear:
@@ -105,14 +113,28 @@ class InteractionPPBlock(nn.Module):
         self.act = nn.SiLU()
 
     def forward(
-        self, messages: Tensor, rbf: Tensor, sbf: Tensor, edge_kj: Tensor, edge_ji: Tensor
+        self,
+        messages: Tensor,
+        rbf: Tensor,
+        sbf: Tensor,
+        triplets: TripletIndex,
+        incoming: EdgeSlots,
+        outgoing: EdgeSlots,
     ) -> Tensor:
-        """messages [E, H], rbf [E, K], sbf [T, L·K] (masked), edge_kj/edge_ji [T] → [E, H]."""
+        """messages [E, H], rbf [E, K], sbf [T, L·K] (masked), the triplets and their slots
+        (`triplet_slots`) → [E, H]."""
         x_ji = self.act(self.lin_ji(messages))  # [E, H]
         x_kj = self.act(self.lin_kj(messages)) * self.lin_rbf2(self.lin_rbf1(rbf))  # [E, H]
         x_kj = self.act(self.lin_down(x_kj))  # [E, int_emb_size]
-        triplet = x_kj[edge_kj] * self.lin_sbf2(self.lin_sbf1(sbf))  # [T, int_emb_size]
-        summed = scatter_sum(triplet, edge_ji, messages.shape[0], keep_source=False)
+        basis = self.lin_sbf1(sbf)  # [T, basis_emb_size]
+        if incoming.width == 0:  # no padded layout: one [T, int_emb_size] product, scattered
+            triplet = x_kj[triplets.edge_kj] * self.lin_sbf2(basis)  # [T, int_emb_size]
+            summed = scatter_sum(triplet, triplets.edge_ji, messages.shape[0], keep_source=False)
+        else:  # Σ_k x_kj ⊙ W_sbf2 b_kji = Σ_β W_sbf2[:, β] ⊙ (Σ_k b_kji,β x_kj): matmuls per atom
+            per_basis = sum_over_triplets(
+                pad_triplets(basis, triplets, incoming, outgoing), x_kj, triplets, incoming, outgoing
+            )  # [E, basis_emb_size, int_emb_size]
+            summed = (per_basis * self.lin_sbf2.weight.t()).sum(dim=1)  # [E, int_emb_size]
         hidden = x_ji + self.act(self.lin_up(summed))  # [E, H]
         for layer in self.layers_before_skip:
             hidden = layer(hidden)
@@ -256,9 +278,10 @@ class DimeNetPlusPlus(Potential):
         cos_theta = cos_angle(vectors[triplets.edge_kj], vectors[triplets.edge_ji])  # [T]
         rbf = self.rbf(distances)  # [E, K]
         sbf = self.sbf(distances, cos_theta, triplets.edge_kj) * triplets.mask.unsqueeze(-1)
+        incoming, outgoing = triplet_slots(triplets, sender, receiver, num_nodes, by_receiver=False)
         messages = self.emb(species, rbf, sender, receiver)  # [E, H]
         energy = self.output_embedding(messages, rbf, receiver, num_nodes)  # [N]
         for interaction, output in zip(self.interaction_blocks, self.output_blocks):  # noqa: B905 - TorchScript
-            messages = interaction(messages, rbf, sbf, triplets.edge_kj, triplets.edge_ji)
+            messages = interaction(messages, rbf, sbf, triplets, incoming, outgoing)
             energy = energy + output(messages, rbf, receiver, num_nodes)
         return self.scale_shift(energy, species)

@@ -46,17 +46,16 @@ from equimd.potentials.nn.gemnet_blocks import (
     ScaleFactor,
 )
 from equimd.potentials.nn.orthogonal_init import he_orthogonal
-from equimd.potentials.nn.shapes import is_symbolic_size
 from equimd.potentials.nn.spherical_basis import legendre_harmonics
 from equimd.potentials.nn.triplets import (
-    ReceiverSlots,
+    EdgeSlots,
     TripletIndex,
     build_receiver_pairs,
     cos_angle,
-    no_receiver_slots,
-    receiver_slots,
+    pad_triplets,
     reverse_edges,
-    sum_over_receiver_pairs,
+    sum_over_triplets,
+    triplet_slots,
 )
 
 
@@ -90,14 +89,16 @@ class TripletInteraction(nn.Module):
         cbf_radial: Tensor,
         cbf_angular: Tensor,
         triplets: TripletIndex,
-        slots: ReceiverSlots,
+        incoming: EdgeSlots,
+        outgoing: EdgeSlots,
         swap: Tensor,
     ) -> Tensor:
-        """m [E, M], rbf3 [E, R], cbf_radial B [E, C, L], cbf_angular Y·mask [T, L] → [E, M]."""
+        """m [E, M], rbf3 [E, R], cbf_radial B [E, C, L], cbf_angular Y·mask as laid out by
+        `pad_triplets` → [E, M]."""
         x_ba = self.scale_rbf(self.dense_ba(m) * self.mlp_rbf(rbf3))  # [E, M]
         x_ba = self.down_projection(x_ba)  # [E, trip]
         num_edges = m.shape[0]
-        summed = sum_over_receiver_pairs(cbf_angular, x_ba, triplets, slots)  # [E, L, trip]
+        summed = sum_over_triplets(cbf_angular, x_ba, triplets, incoming, outgoing)  # [E, L, trip]
         per_edge = torch.bmm(cbf_radial, summed)  # [E, C, trip]: Σ_l B_ca[i, l] (...)[l, j]
         weight = self.bilinear.permute(1, 0, 2).reshape(
             -1, self.bilinear.shape[-1]
@@ -149,13 +150,16 @@ class InteractionBlockTripletsOnly(nn.Module):
         cbf_radial: Tensor,
         cbf_angular: Tensor,
         triplets: TripletIndex,
-        slots: ReceiverSlots,
+        incoming: EdgeSlots,
+        outgoing: EdgeSlots,
         swap: Tensor,
         rbf_h: Tensor,
         sender: Tensor,
         receiver: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        x3 = self.trip_interaction(m, rbf3, cbf_radial, cbf_angular, triplets, slots, swap)
+        x3 = self.trip_interaction(
+            m, rbf3, cbf_radial, cbf_angular, triplets, incoming, outgoing, swap
+        )
         x = (self.dense_ca(m) + x3) * math.sqrt(0.5)  # [E, M]
         for layer in self.layers_before_skip:
             x = layer(x)
@@ -304,13 +308,14 @@ class GemNetT(Potential):
         distances = torch.linalg.norm(vectors, dim=-1)  # [E]
         triplets = build_receiver_pairs(graph.edge_index, num_nodes, vectors.dtype)  # b→a←c
         swap = reverse_edges(graph.edge_index, graph.edge_shift)  # [E]
-        slots = no_receiver_slots(receiver.device)  # triplet sums by scatter, or padded:
-        if not is_symbolic_size(triplets.mask.shape[0]):
-            slots = receiver_slots(receiver, num_nodes)
-            if num_nodes * slots.width * slots.width > 4 * triplets.mask.shape[0]:
-                slots = no_receiver_slots(receiver.device)  # padding > 4× the triplets
         cos_cab = cos_angle(vectors[triplets.edge_kj], vectors[triplets.edge_ji])  # [T]
-        cbf_angular = legendre_harmonics(cos_cab, self.num_spherical) * triplets.mask.unsqueeze(-1)
+        incoming, outgoing = triplet_slots(triplets, sender, receiver, num_nodes, by_receiver=True)
+        cbf_angular = pad_triplets(
+            legendre_harmonics(cos_cab, self.num_spherical) * triplets.mask.unsqueeze(-1),
+            triplets,
+            incoming,
+            outgoing,
+        )  # Y_l0(φ_cab) [T, L], or per atom [N, K·L, K]
         cbf_radial = torch.einsum(
             "en,lni->eil", self.radial_basis_cbf3(distances), self.mlp_cbf3
         )  # [E, C, L]
@@ -327,7 +332,8 @@ class GemNetT(Potential):
                 cbf_radial,
                 cbf_angular,
                 triplets,
-                slots,
+                incoming,
+                outgoing,
                 swap,
                 rbf_h,
                 sender,

@@ -19,14 +19,13 @@ N×N matrix: sort the edges by receiver, count the incoming edges of every atom,
 each edge once per incoming edge of the atom it meets (`torch.repeat_interleave`).
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from equimd.potentials.nn.scatter import scatter_sum
+from equimd.potentials.nn.shapes import is_symbolic_size
 
 
 class TripletIndex(NamedTuple):
@@ -110,12 +109,13 @@ def build_receiver_pairs(edge_index: Tensor, num_nodes: int, dtype: torch.dtype)
     return TripletIndex(edge_ba, edge_ca, (edge_ba != edge_ca).to(dtype))
 
 
-class ReceiverSlots(NamedTuple):
-    """The incoming edges of every atom as rows of a [N, K] table, K the largest in-degree.
+class EdgeSlots(NamedTuple):
+    """The edges of every atom (by one end: their receiver, or their sender) as rows of a
+    [N, K] table, K the largest number of such edges of one atom.
 
-    row:   [E] int64, receiver(e) · K + the slot of edge e among its receiver's edges
+    row:   [E] int64, atom(e) · K + the slot of edge e among its atom's edges
     table: [N·K] int64, the edge in each slot; E (one past the last edge) in empty slots
-    width: K; 0 for "no layout" (`no_receiver_slots`, and a graph without edges)
+    width: K; 0 for "no layout" (`no_edge_slots`, and a graph without edges)
     """
 
     row: Tensor
@@ -123,61 +123,94 @@ class ReceiverSlots(NamedTuple):
     width: int
 
 
-def receiver_slots(receiver: Tensor, num_nodes: int) -> ReceiverSlots:
-    """`ReceiverSlots` of the edges with receivers `receiver` [E] (the slot order is the edge
-    order within each receiver, as in `build_receiver_pairs`)."""
-    num_edges = receiver.shape[0]
-    order, degree, start = incoming_edge_offsets(receiver, num_nodes)
+def edge_slots(atom_of_edge: Tensor, num_nodes: int) -> EdgeSlots:
+    """`EdgeSlots` of the edges grouped by `atom_of_edge` [E] (the receivers or the senders);
+    within an atom, slots follow the edge order."""
+    num_edges = atom_of_edge.shape[0]
+    order, degree, start = incoming_edge_offsets(atom_of_edge, num_nodes)
     width = int(degree.max()) if num_edges > 0 else 0
-    edges = torch.arange(num_edges, device=receiver.device)
-    slot = torch.empty_like(order).index_copy_(0, order, edges - start[receiver[order]])  # [E]
-    row = receiver * width + slot  # [E]
-    table = torch.full((num_nodes * width,), num_edges, dtype=torch.long, device=receiver.device)
-    return ReceiverSlots(row, table.index_copy_(0, row, edges), width)
+    edges = torch.arange(num_edges, device=atom_of_edge.device)
+    slot = torch.empty_like(order).index_copy_(0, order, edges - start[atom_of_edge[order]])
+    row = atom_of_edge * width + slot  # [E]
+    table = torch.full((num_nodes * width,), num_edges, dtype=torch.long, device=atom_of_edge.device)
+    return EdgeSlots(row, table.index_copy_(0, row, edges), width)
 
 
-def no_receiver_slots(device: torch.device) -> ReceiverSlots:
-    """The empty layout: `sum_over_receiver_pairs` scatters instead."""
+def no_edge_slots(device: torch.device) -> EdgeSlots:
+    """The empty layout: `sum_over_triplets` scatters instead."""
     empty = torch.zeros(0, dtype=torch.long, device=device)
-    return ReceiverSlots(empty, empty, 0)
+    return EdgeSlots(empty, empty, 0)
 
 
-def sum_over_receiver_pairs(
-    angular: Tensor, features: Tensor, pairs: TripletIndex, slots: ReceiverSlots
+def pad_triplets(
+    basis: Tensor, triplets: TripletIndex, incoming: EdgeSlots, outgoing: EdgeSlots
 ) -> Tensor:
-    """S[ca, l, :] = Σ_b Y[b→a←c, l] · x[ba] over the receiver pairs of `build_receiver_pairs`.
+    """A triplet basis Y [T, L] as one matrix per atom j for `sum_over_triplets`:
+    Y_j [K_out·L, K_in], row (edge ji, l), column edge kj, zero in empty slots →
+    [N, K_out·L, K_in]. `incoming` groups the edges kj by j (their receiver), `outgoing` the
+    edges ji by j (DimeNet: their sender; GemNet's ca←a pairs: their receiver, the same
+    slots). With `no_edge_slots`, Y itself."""
+    width_in, width_out = incoming.width, outgoing.width
+    if width_in == 0 or width_out == 0:
+        return basis
+    num_nodes, num_orders = incoming.table.shape[0] // width_in, basis.shape[1]
+    column = incoming.row[triplets.edge_kj] % width_in  # [T] slot of kj at j
+    position = outgoing.row[triplets.edge_ji] * width_in + column  # [T]
+    y = basis.new_zeros(num_nodes * width_out * width_in, num_orders).index_copy(0, position, basis)
+    y = y.view(num_nodes, width_out, width_in, num_orders).transpose(2, 3)  # [N, K_out, L, K_in]
+    return y.reshape(num_nodes, width_out * num_orders, width_in)
 
-    angular Y: [T, L] (mask included), features x: [E, F] → [E, L, F].
 
-    With `slots` of width K > 0, as one batched matmul per atom a over its K incoming
-    edges: S[a, (c, l), :] = Y_a[(c, l), b] @ X_a[b, :] with Y_a [K·L, K], X_a [K, F] zero-padded,
-    which never forms a [T, F] tensor (GemNet's triplet cost: T ≈ E·K; as fairchem's
-    `EfficientInteractionBilinear`, with atoms instead of edges as the batch). With
-    `no_receiver_slots` (symbolic shapes, where K is data-dependent, or very uneven in-degrees),
-    one scatter of Y_l · x[ba] per l: same numbers.
+def sum_over_triplets(
+    basis: Tensor, features: Tensor, triplets: TripletIndex, incoming: EdgeSlots,
+    outgoing: EdgeSlots,
+) -> Tensor:
+    """S[ji, l, :] = Σ_k Y[k→j→i, l] · x[kj]: per-edge sums of a triplet basis times the
+    features of the triplets' incoming edges.
+
+    basis: `pad_triplets(Y, triplets, incoming, outgoing)`; features x: [E, F] → [E, L, F].
+
+    With slots, one batched matmul per atom j: S_j [(ji, l), :] = Y_j [K_out·L, K_in] @ X_j
+    [K_in, F] (X_j the zero-padded x of the edges into j), which never forms a [T, F] tensor
+    (T ≈ E·K triplets; as fairchem's `EfficientInteractionBilinear`, with atoms instead of
+    edges as the batch). With `no_edge_slots` (symbolic shapes, where K is data-dependent, or
+    very uneven degrees), one scatter of Y_l · x[kj] per l: same numbers.
     """
-    num_edges, num_orders = features.shape[0], angular.shape[1]
-    if slots.width == 0:
-        x_ba = features[pairs.edge_kj]  # [T, F]
+    num_edges = features.shape[0]
+    width_in, width_out = incoming.width, outgoing.width
+    if width_in == 0 or width_out == 0:
+        x_kj = features[triplets.edge_kj]  # [T, F]
         return torch.stack(
             [
-                scatter_sum(angular[:, order : order + 1] * x_ba, pairs.edge_ji, num_edges,
+                scatter_sum(basis[:, order : order + 1] * x_kj, triplets.edge_ji, num_edges,
                             keep_source=False)
-                for order in range(num_orders)
+                for order in range(basis.shape[1])
             ],
             dim=1,
         )  # [E, L, F]
-    width = slots.width
-    num_nodes = slots.table.shape[0] // width
-    # Y_a: row (c, l), column b; b's slot is its row modulo K (b and c share the receiver a)
-    position = slots.row[pairs.edge_ji] * width + slots.row[pairs.edge_kj] % width  # [T]
-    y = angular.new_zeros(num_nodes * width * width, num_orders).index_copy(0, position, angular)
-    y = y.view(num_nodes, width, width, num_orders).transpose(2, 3)  # [N, K(c), L, K(b)]
-    x = torch.cat([features, features.new_zeros(1, features.shape[1])])[slots.table]  # [N·K, F]
-    summed = torch.bmm(
-        y.reshape(num_nodes, width * num_orders, width), x.view(num_nodes, width, -1)
-    )  # [N, K·L, F]
-    return summed.view(num_nodes * width, num_orders, -1)[slots.row]  # [E, L, F]
+    num_nodes = incoming.table.shape[0] // width_in
+    num_orders = basis.shape[1] // width_out
+    x = torch.cat([features, features.new_zeros(1, features.shape[1])])[incoming.table]
+    summed = torch.bmm(basis, x.view(num_nodes, width_in, -1))  # [N, K_out·L, F]
+    return summed.view(num_nodes * width_out, num_orders, -1)[outgoing.row]  # [E, L, F]
+
+
+def triplet_slots(
+    triplets: TripletIndex, sender: Tensor, receiver: Tensor, num_nodes: int, by_receiver: bool
+) -> tuple[EdgeSlots, EdgeSlots]:
+    """(incoming, outgoing) slots for `pad_triplets`/`sum_over_triplets`: incoming edges by
+    receiver; outgoing edges by receiver (`by_receiver`, GemNet's pairs) or by sender (DimeNet).
+    `no_edge_slots` while tracing with symbolic shapes (AOTInductor export) and where the
+    padded matrices would hold more than 4× the triplets (very uneven degrees)."""
+    none = no_edge_slots(receiver.device)
+    num_triplets = triplets.mask.shape[0]
+    if is_symbolic_size(num_triplets):
+        return none, none
+    incoming = edge_slots(receiver, num_nodes)
+    outgoing = incoming if by_receiver else edge_slots(sender, num_nodes)
+    if num_nodes * incoming.width * outgoing.width > 4 * num_triplets:
+        return none, none
+    return incoming, outgoing
 
 
 def _lexicographic_order(keys: list[Tensor]) -> Tensor:
