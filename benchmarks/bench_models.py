@@ -7,7 +7,10 @@
 
 What is measured, for every (row, system, dtype) and every implementation:
 
-- energy + forces wall time per evaluation of the model alone (neighbor list built beforehand):
+- energy + forces wall time per evaluation of the model alone (neighbor list built beforehand;
+  parameters frozen, as in a deployed file and in every peer's worker, so autograd keeps only
+  what the forces need — before 2026-12-05 equimd's and fairchem's/pyg's workers kept the inputs
+  of every weight's gradient too, which inflated their memory, e.g. eSCN ×1.6):
   median (and min) of `--repeats` evaluations after `--warmup` ones, `torch.set_num_threads`
   (`--time-budget` s per measurement: an evaluation that takes tens of seconds is timed fewer
   times, at least 5, the same rule for every implementation; the count is reported);
@@ -172,6 +175,9 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
         apply_convolution_backend(model, args.backend)
     model = model.to(dtype)
     forcefield = ForceField(model)
+    # as in a deployed file (deploy.rebuild) and mace-torch's calculator: autograd then keeps
+    # only what the forces need, not the inputs of every weight's gradient
+    model.requires_grad_(False)
 
     def evaluate() -> None:
         forcefield(graph)["forces"].sum().item()
@@ -214,6 +220,7 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
             )
 
     if args.train_steps > 0:
+        model.requires_grad_(True)
         reference = forcefield(graph)
         target_energy = reference["energy"].detach() + 0.1
         target_forces = reference["forces"].detach() * 0.9

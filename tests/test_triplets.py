@@ -28,11 +28,11 @@ from equimd.potentials.nn.spherical_basis import (
     spherical_bessel,
     spherical_bessel_roots,
 )
+from equimd.potentials.nn.edge_slots import no_edge_slots
 from equimd.potentials.nn.triplets import (
     build_receiver_pairs,
     build_triplets,
     cos_angle,
-    no_edge_slots,
     pad_triplets,
     reverse_edges,
     sum_over_triplets,

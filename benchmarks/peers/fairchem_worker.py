@@ -54,7 +54,7 @@ def escn_evaluation(kwargs: dict, atoms, r_max: float):
     torch.manual_seed(0)
     model = fixtures.eSCN(
         **dict(kwargs, cutoff=r_max, use_pbc=True, regress_forces=False, otf_graph=True)
-    ).eval()
+    ).eval().requires_grad_(False)  # inference: no weight gradients (as equimd's worker)
     sender, receiver, shift = peer_graphs.neighbor_graph(atoms, r_max)
     edge_index = torch.tensor(np.stack([sender, receiver]))
     shifts = torch.tensor(shift, dtype=torch.float64)
@@ -113,7 +113,7 @@ def gemnet_evaluation(kwargs: dict, atoms, r_max: float):
     torch.manual_seed(0)
     model = fixtures.GemNetT(
         **dict(kwargs, cutoff=r_max, otf_graph=True, regress_forces=False)
-    ).eval()
+    ).eval().requires_grad_(False)  # inference: no weight gradients (as equimd's worker)
 
     def evaluate() -> None:
         fixtures.evaluate(model, atoms)["forces"].sum().item()

@@ -61,7 +61,7 @@ def main() -> None:
     model = fixtures.load_graphormer3d_module().Graphormer3D(
         Namespace(**args.row["peer"]["kwargs"])
     )
-    model = model.double().eval()
+    model = model.double().eval().requires_grad_(False)  # inference, as equimd's worker
     atoms = bench.SYSTEMS[args.system]()
     numbers = torch.tensor([atoms.numbers.tolist()])
     positions = torch.tensor(atoms.positions, dtype=torch.float64)

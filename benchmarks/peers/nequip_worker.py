@@ -49,7 +49,7 @@ def main() -> None:
         avg_num_neighbors=num_edges / len(atoms),
         **row["peer"]["kwargs"],
     )
-    model.eval()
+    model.eval().requires_grad_(False)  # inference, as equimd's worker
 
     def evaluate() -> None:
         out = model(dict(data))

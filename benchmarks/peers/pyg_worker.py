@@ -56,7 +56,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = fixtures.DimeNetPlusPlus(out_channels=1, cutoff=r_max, **row["peer"]["kwargs"])
-    model = model.double().eval()
+    model = model.double().eval().requires_grad_(False)  # inference, as equimd's worker
 
     def evaluate() -> None:
         fixtures.evaluate(model, atoms)["forces"].sum().item()

@@ -47,8 +47,8 @@ from equimd.potentials.nn.gemnet_blocks import (
 )
 from equimd.potentials.nn.orthogonal_init import he_orthogonal
 from equimd.potentials.nn.spherical_basis import legendre_harmonics
+from equimd.potentials.nn.edge_slots import EdgeSlots
 from equimd.potentials.nn.triplets import (
-    EdgeSlots,
     TripletIndex,
     build_receiver_pairs,
     cos_angle,

@@ -19,7 +19,7 @@ N×N matrix: sort the edges by receiver, count the incoming edges of every atom,
 each edge once per incoming edge of the atom it meets (`torch.repeat_interleave`).
 
 Sums over triplets, Σ_k Y(k→j→i) x_kj per edge ji (`sum_over_triplets`), run as one batched
-matmul per atom j on zero-padded [K, ·] tables of j's edges (`edge_slots`, `pad_triplets`), K
+matmul per atom j on zero-padded [K, ·] tables of j's edges (`nn/edge_slots.py`, `pad_triplets`), K
 the largest degree, so that no [T, features] tensor is formed; a scatter over the triplets where
 K cannot be read (symbolic shapes) or padding would be wasteful.
 """
@@ -29,6 +29,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from equimd.potentials.nn.edge_slots import (
+    EdgeSlots,
+    edge_slots,
+    incoming_edge_offsets,
+    no_edge_slots,
+)
 from equimd.potentials.nn.scatter import scatter_sum
 from equimd.potentials.nn.shapes import is_symbolic_size
 
@@ -44,20 +50,6 @@ class TripletIndex(NamedTuple):
     edge_kj: Tensor
     edge_ji: Tensor
     mask: Tensor
-
-
-def incoming_edge_offsets(receiver: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Incoming edges grouped by receiver.
-
-    receiver: [E] int64. Returns (order [E], degree [N], start [N]): the edges sorted by
-    receiver (stable), the number of incoming edges of each atom, and where each atom's
-    group starts in `order`.
-    """
-    order = torch.sort(receiver, stable=True)[1]  # [E]
-    degree = torch.zeros(num_nodes, dtype=torch.long, device=receiver.device)
-    degree = degree.scatter_add(0, receiver, torch.ones_like(receiver))  # [N]
-    start = torch.cumsum(degree, dim=0) - degree  # [N]
-    return order, degree, start
 
 
 def _incoming_edges_at(
@@ -112,39 +104,6 @@ def build_receiver_pairs(edge_index: Tensor, num_nodes: int, dtype: torch.dtype)
     receiver = edge_index[1]
     edge_ba, edge_ca = _incoming_edges_at(receiver, receiver, num_nodes)
     return TripletIndex(edge_ba, edge_ca, (edge_ba != edge_ca).to(dtype))
-
-
-class EdgeSlots(NamedTuple):
-    """The edges of every atom (by one end: their receiver, or their sender) as rows of a
-    [N, K] table, K the largest number of such edges of one atom.
-
-    row:   [E] int64, atom(e) · K + the slot of edge e among its atom's edges
-    table: [N·K] int64, the edge in each slot; E (one past the last edge) in empty slots
-    width: K; 0 for "no layout" (`no_edge_slots`, and a graph without edges)
-    """
-
-    row: Tensor
-    table: Tensor
-    width: int
-
-
-def edge_slots(atom_of_edge: Tensor, num_nodes: int) -> EdgeSlots:
-    """`EdgeSlots` of the edges grouped by `atom_of_edge` [E] (the receivers or the senders);
-    within an atom, slots follow the edge order."""
-    num_edges = atom_of_edge.shape[0]
-    order, degree, start = incoming_edge_offsets(atom_of_edge, num_nodes)
-    width = int(degree.max()) if num_edges > 0 else 0
-    edges = torch.arange(num_edges, device=atom_of_edge.device)
-    slot = torch.empty_like(order).index_copy_(0, order, edges - start[atom_of_edge[order]])
-    row = atom_of_edge * width + slot  # [E]
-    table = torch.full((num_nodes * width,), num_edges, dtype=torch.long, device=atom_of_edge.device)
-    return EdgeSlots(row, table.index_copy_(0, row, edges), width)
-
-
-def no_edge_slots(device: torch.device) -> EdgeSlots:
-    """The empty layout: `sum_over_triplets` scatters instead."""
-    empty = torch.zeros(0, dtype=torch.long, device=device)
-    return EdgeSlots(empty, empty, 0)
 
 
 def pad_triplets(

@@ -58,6 +58,7 @@ from e3nn import o3
 from torch import Tensor
 
 from equimd.potentials.nn.convolution.edge_aggregation import EdgeChunkedConvolution
+from equimd.potentials.nn.edge_slots import edge_ranks, incoming_edge_offsets
 from equimd.potentials.nn.shapes import is_symbolic_size
 
 
@@ -268,21 +269,15 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
     ) -> Tensor:
         """`aggregate` for scalar inputs: A_t[n] = M_t[edges of n]^T · h_t[edges of n] per
         receiver n, edges padded to the largest in-degree (docstring, 7.)."""
-        num_edges = edge_sh.shape[0]
-        counts = torch.bincount(receiver, minlength=num_nodes)  # [N] in-degrees
-        width = int(counts.max())  # K
-        receiver_sorted, order = torch.sort(receiver, stable=True)
-        starts = torch.cumsum(counts, 0) - counts
-        # slot of each (receiver-sorted) edge in its receiver's padded rows
-        rank = torch.arange(num_edges, device=receiver.device) - starts.index_select(
-            0, receiver_sorted
-        )
+        order, counts, starts = incoming_edge_offsets(receiver, num_nodes)  # [E], [N], [N]
+        width = int(counts.max())  # K, the largest in-degree
+        # each edge's row in the [N·K] padded table: receiver · K + its rank at the receiver
+        slot = receiver * width + edge_ranks(receiver, order, starts)  # [E]
         features = node_features.index_select(1, self.input_permutation)
         padded_per_node = width * self.padded_per_edge
         if num_nodes * padded_per_node <= 16 * self.chunk_elements:
             # one chunk (up to 64 MiB in float32): the edges stay in their order, no reordering
             # of the [E, weight_numel] weights (a gather forward, fill + scatter backward)
-            slot = torch.empty_like(rank).index_copy_(0, order, receiver_sorted * width + rank)
             summed = self._contract_by_receiver(
                 features.index_select(0, sender), edge_sh, weights, slot, num_nodes, width
             )
@@ -306,7 +301,7 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         sh_chunks = torch.split(sorted_sh, node_edges)
         weight_chunks = torch.split(sorted_weights, node_edges)
         sender_chunks = torch.split(sorted_sender, node_edges)
-        slots = torch.split(receiver_sorted * width + rank, node_edges)
+        slots = torch.split(slot.index_select(0, order), node_edges)
         for c in range(len(node_edges)):
             first = chunk_starts[c]
             nodes = min(first + nodes_per_chunk, num_nodes) - first
