@@ -27,10 +27,10 @@ from torch import Tensor, nn
 
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
+from equimd.potentials.nn.edge_slots import EdgeSlots
 from equimd.potentials.nn.orthogonal_init import glorot_orthogonal
 from equimd.potentials.nn.scatter import scatter_sum
 from equimd.potentials.nn.spherical_basis import EnvelopedBesselBasis, SphericalBasis
-from equimd.potentials.nn.edge_slots import EdgeSlots
 from equimd.potentials.nn.triplets import (
     TripletIndex,
     build_triplets,

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
+from equimd.potentials.nn.edge_slots import EdgeSlots
 from equimd.potentials.nn.gemnet_blocks import (
     AtomUpdateBlock,
     Dense,
@@ -47,7 +48,6 @@ from equimd.potentials.nn.gemnet_blocks import (
 )
 from equimd.potentials.nn.orthogonal_init import he_orthogonal
 from equimd.potentials.nn.spherical_basis import legendre_harmonics
-from equimd.potentials.nn.edge_slots import EdgeSlots
 from equimd.potentials.nn.triplets import (
     TripletIndex,
     build_receiver_pairs,
