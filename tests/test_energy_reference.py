@@ -16,7 +16,10 @@ from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models.base import build_model
 from equimd.potentials.models.serialization import load_model
 from equimd.potentials.train.data import build_graphs
-from equimd.potentials.train.energy_reference import energy_reference_correction, shift_energy_reference
+from equimd.potentials.train.energy_reference import (
+    energy_reference_correction,
+    shift_energy_reference,
+)
 from equimd.potentials.train.evaluate import predict
 from equimd.potentials.train.trainer import train
 from tests.test_train import copper, tiny_config  # noqa: F401 (fixture)

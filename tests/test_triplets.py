@@ -20,6 +20,7 @@ from equimd.potentials.data.configuration import Configuration
 from equimd.potentials.data.graph import configuration_to_graph, edge_vectors
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.nn.dtype import default_dtype
+from equimd.potentials.nn.edge_slots import no_edge_slots
 from equimd.potentials.nn.spherical_basis import (
     DimeNetEnvelope,
     PolynomialEnvelope,
@@ -28,7 +29,6 @@ from equimd.potentials.nn.spherical_basis import (
     spherical_bessel,
     spherical_bessel_roots,
 )
-from equimd.potentials.nn.edge_slots import no_edge_slots
 from equimd.potentials.nn.triplets import (
     build_receiver_pairs,
     build_triplets,
