@@ -293,3 +293,54 @@ def test_a_cell_trained_before_the_energy_reference_refit_is_refitted_and_tested
     after = result["tests"]["all"]
     assert after["forces_mae"] == pytest.approx(before["all"]["forces_mae"], rel=1e-12)
     assert after["energy_mae"] < 0.5 * before["all"]["energy_mae"]
+
+
+def test_a_data_parallel_cell_runs_under_torchrun_and_counts_as_another_budget():
+    """`--nproc 2`: an equimd cell's command starts torchrun with two ranks of this script's
+    `--cell`; a peer's cell stays one process; results of another process count are not reused."""
+    import argparse
+
+    args = argparse.Namespace(cpu_minutes=60.0, threads=1, nproc=2, recipe="time-budget", dtype="float32",
+                              test_stride=10, out=Path("runs/x"))
+    command = bench_accuracy.cell_command(args, "nequip", "ethanol")
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert command[command.index("--cell") + 1:command.index("--cell") + 3] == ["nequip", "ethanol"]
+    assert "--nproc" not in command[command.index("--cell"):]  # the ranks read WORLD_SIZE
+    peer = bench_accuracy.cell_command(args, "nequip-0.19", "ethanol")
+    assert "torch.distributed.run" not in peer and "--nproc" not in peer
+    one = {"model": "nequip", "cpu_budget_s": 3600.0, "threads": 1, "recipe": "time-budget+float32"}
+    assert not bench_accuracy.same_budget(one, args)
+    assert bench_accuracy.same_budget(dict(one, nproc=2), args)
+    with pytest.raises(SystemExit):
+        bench_accuracy.main(["--models", "nequip-0.19", "--nproc", "2"])
+
+
+@pytest.mark.slow
+def test_a_data_parallel_cell_trains_in_two_processes_and_rank_0_writes_the_result(tmp_path):
+    """End to end on EMT copper posing as the Zuo Cu files: two ranks train, one result with
+    the process count, scored on the test file."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    from tests.test_train import write_emt_copper
+
+    data = tmp_path / "data" / "zuo2020_mlearn"
+    data.mkdir(parents=True)
+    write_emt_copper(data / "Cu_train.xyz", num_frames=20)
+    shutil.copy(write_emt_copper(tmp_path / "test.xyz", num_frames=4, seed=1), data / "Cu_test.xyz")
+    results = tmp_path / "results.json"
+    script = Path(bench_accuracy.__file__)
+    run = subprocess.run(
+        [sys.executable, str(script), "--models", "nequip", "--datasets", "zuo_Cu", "--nproc", "2",
+         "--cpu-minutes", "0.1", "--jobs", "1", "--data", str(tmp_path / "data"),
+         "--out", str(tmp_path / "runs"), "--results", str(results)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    log = (tmp_path / "runs" / "zuo_Cu" / "nequip" / "log.txt").read_text()
+    assert run.returncode == 0, run.stdout + run.stderr + log
+    (cell,) = json.loads(results.read_text())
+    assert cell["nproc"] == 2 and cell["threads"] == 1 and "error" not in cell
+    assert cell["stop_reason"] == "max_cpu_time" and np.isfinite(cell["tests"]["test"]["forces_mae"])
+    assert "x 2 processes" in run.stdout
