@@ -14,8 +14,10 @@ Protocol (one "cell" = one model on one dataset):
   `--nproc N` (equimd cells) trains data-parallel in N processes under torchrun, exactly the
   batches of a one-process run (docs/training.md, "Several processes"); the budget is then the
   CPU time of each process (rank 0's clock stops all), so N processes of 1 thread with
-  `--cpu-minutes 60` are 60 wall-minutes of N cores. On small molecules this uses two cores far
-  better than two threads in one process (ethanol: 1.2x the epochs of one thread).
+  `--cpu-minutes 60` are 60 wall-minutes of N cores. Measured on rMD17 ethanol (NequIP, batch 5,
+  2026-12-05): 2 processes × 1 thread took 36.5 s per epoch, one process with 2 threads 20.6 s
+  (the ranks wait for each other at every step's all-reduce, with 3 and 2 frames of 9 atoms),
+  so on small molecules prefer `--threads 2`; what pays on larger structures is not measured.
   CPU time, not wall-clock time, so that cells run side by side (`--jobs`) or next to other
   work on a shared machine get the same compute; the wall-clock time is recorded too.
 - Model selection: the best checkpoint by validation loss (EMA weights), evaluated once on the
