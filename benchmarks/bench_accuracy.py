@@ -368,8 +368,7 @@ def cell_command(args: argparse.Namespace, model: str, name: str) -> list[str]:
             "--out", str(args.out), "--data", str(data_dir())]
     nproc = getattr(args, "nproc", 1)
     if nproc > 1 and not is_peer(model):
-        # the ranks read the process count from torchrun's WORLD_SIZE (an option after the
-        # script could be taken by torchrun's own parser: --nproc is ambiguous there)
+        # the ranks read WORLD_SIZE: torchrun's parser would take a --nproc after the script
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={nproc}", *cell]
     return [sys.executable, *cell]
