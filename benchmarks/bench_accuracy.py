@@ -276,14 +276,13 @@ def write_results(args: argparse.Namespace, results: list[dict[str, Any]]) -> No
 def recipe_label(args: argparse.Namespace) -> str:
     """The equimd cells' recipe as recorded: "example", "time-budget", with "+float32" etc.
     when `--dtype` replaces the example's."""
-    recipe, dtype = getattr(args, "recipe", "example"), getattr(args, "dtype", None)
-    return recipe + (f"+{dtype}" if dtype else "")
+    return args.recipe + (f"+{args.dtype}" if args.dtype else "")
 
 
 def same_budget(result: dict[str, Any], args: argparse.Namespace) -> bool:
     recipe = "peer" if is_peer(result.get("model", "")) else recipe_label(args)
     return (result.get("cpu_budget_s") == 60.0 * args.cpu_minutes and result.get("threads") == args.threads
-            and result.get("nproc", 1) == getattr(args, "nproc", 1)
+            and result.get("nproc", 1) == args.nproc
             and result.get("recipe", "example") == recipe)
 
 
@@ -320,7 +319,7 @@ def run_table(args: argparse.Namespace) -> list[dict[str, Any]]:
             queue.append((model, name))
     print(f"bench_accuracy: {len(cells)} cells, {len(results)} already done, {len(queue)} to run "
           f"({args.cpu_minutes:g} CPU-min each, {args.threads} thread(s)"
-          + (f" x {nproc} processes" if (nproc := getattr(args, "nproc", 1)) > 1 else "")
+          + (f" x {args.nproc} processes" if args.nproc > 1 else "")
           + f", {args.jobs} at a time)", flush=True)
     running: list[tuple[tuple[str, str], subprocess.Popen, Any, float]] = []
     started = time.monotonic()
@@ -366,11 +365,10 @@ def cell_command(args: argparse.Namespace, model: str, name: str) -> list[str]:
             "--recipe", args.recipe, *(["--dtype", args.dtype] if args.dtype else []),
             "--threads", str(args.threads), "--test-stride", str(args.test_stride),
             "--out", str(args.out), "--data", str(data_dir())]
-    nproc = getattr(args, "nproc", 1)
-    if nproc > 1 and not is_peer(model):
+    if args.nproc > 1 and not is_peer(model):
         # the ranks read WORLD_SIZE: torchrun's parser would take a --nproc after the script
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={nproc}", *cell]
+                f"--nproc_per_node={args.nproc}", *cell]
     return [sys.executable, *cell]
 
 

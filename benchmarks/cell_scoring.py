@@ -38,7 +38,10 @@ def refit_cell(folder: Path, data: Any, commit: str) -> dict[str, Any]:
     from equimd.potentials.train.checkpoint import save_checkpoint
     from equimd.potentials.train.config import config_from_dict
     from equimd.potentials.train.distributed import Ranks
-    from equimd.potentials.train.energy_reference import energy_reference_correction
+    from equimd.potentials.train.energy_reference import (
+        energy_reference_correction,
+        shift_energy_reference,
+    )
     from equimd.potentials.train.trainer import _prepare_data
 
     result = json.loads((folder / "result.json").read_text())
@@ -49,9 +52,10 @@ def refit_cell(folder: Path, data: Any, commit: str) -> dict[str, Any]:
     model = load_model(folder / "run" / "best.pt")
     correction = energy_reference_correction(ForceField(model), graphs, model.species,
                                              config.training.batch_size, torch.device("cpu"), dtype)
-    for key in ("state_dict", "raw_state_dict"):
-        e0 = next(name for name in record[key] if name.endswith("scale_shift.e0"))
-        record[key][e0] = record[key][e0] + correction.to(record[key][e0].dtype)
+    for key in ("state_dict", "raw_state_dict"):  # the EMA weights and the raw ones
+        model.load_state_dict(record[key])
+        shift_energy_reference(model, correction)
+        record[key] = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     save_checkpoint(record, folder / "run" / "best_refit.pt")
     result.update(tests_before_refit=result["tests"],
                   tests=score_tests(folder / "run" / "best_refit.pt", data, folder / "refit"),

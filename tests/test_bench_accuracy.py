@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
@@ -89,7 +90,8 @@ def test_a_fresh_clone_resumes_the_table_from_the_committed_results_file(tmp_pat
     other_budget = dict(done, model="mace", cpu_budget_s=600.0)
     results = tmp_path / "accuracy.json"
     results.write_text(json.dumps([done, other_budget]))
-    args = argparse.Namespace(cpu_minutes=2.0, threads=1, results=results, force=False, collect=True,
+    args = argparse.Namespace(cpu_minutes=2.0, threads=1, nproc=1, recipe="example", dtype=None,
+                              results=results, force=False, collect=True,
                               models=["nequip", "mace"], datasets=["3bpa"], out=tmp_path / "runs",
                               test_stride=5, jobs=1)
     (tmp_path / "runs" / "3bpa").mkdir(parents=True)
@@ -114,7 +116,8 @@ def test_writing_the_results_keeps_the_cells_of_the_file_that_were_not_run(tmp_p
         cell("clofnet", "aspirin", 318.5), cell("nequip", "3bpa", 1.0),
         {"model": "segnn", "dataset": "3bpa", "error": "killed"}, cell("nequip", "3bpa", 7.0, 600.0),
     ]))
-    args = argparse.Namespace(cpu_minutes=2.0, threads=1, results=results)
+    args = argparse.Namespace(cpu_minutes=2.0, threads=1, nproc=1, recipe="example", dtype=None,
+                              results=results)
     bench_accuracy.write_results(args, [cell("nequip", "3bpa", 50.0), cell("segnn", "3bpa", 60.0)])
     written = json.loads(results.read_text())
     assert [(r["model"], r["dataset"], r.get("cpu_budget_s"), r["tests"]["test_01"]["forces_mae"])
@@ -293,6 +296,14 @@ def test_a_cell_trained_before_the_energy_reference_refit_is_refitted_and_tested
     after = result["tests"]["all"]
     assert after["forces_mae"] == pytest.approx(before["all"]["forces_mae"], rel=1e-12)
     assert after["energy_mae"] < 0.5 * before["all"]["energy_mae"]
+    from equimd.potentials.models.serialization import read_checkpoint
+
+    old, new = read_checkpoint(folder / "run" / "best.pt"), read_checkpoint(folder / "run" / "best_refit.pt")
+    shift = torch.tensor(result["energy_reference_refit"]["e0_shift_eV"], dtype=torch.float64)
+    for key in ("state_dict", "raw_state_dict"):  # the EMA and the raw weights, each shifted once
+        e0 = next(name for name in old[key] if name.endswith("scale_shift.e0"))
+        assert torch.allclose(new[key][e0].double(), old[key][e0].double() + shift, atol=1e-6)
+        assert all(torch.equal(new[key][n], old[key][n]) for n in old[key] if n != e0)
 
 
 def test_a_data_parallel_cell_runs_under_torchrun_and_counts_as_another_budget():
