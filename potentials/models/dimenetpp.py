@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
-from equimd.potentials.nn.edge_slots import EdgeSlots
+from equimd.potentials.nn.edge_slots import EdgeSlots, incoming_edge_offsets
 from equimd.potentials.nn.orthogonal_init import glorot_orthogonal
 from equimd.potentials.nn.scatter import scatter_sum
 from equimd.potentials.nn.spherical_basis import EnvelopedBesselBasis, SphericalBasis
@@ -37,6 +37,7 @@ from equimd.potentials.nn.triplets import (
     cos_angle,
     pad_triplets,
     sum_over_triplets,
+    triplet_positions,
     triplet_slots,
 )
 
@@ -120,9 +121,10 @@ class InteractionPPBlock(nn.Module):
         triplets: TripletIndex,
         incoming: EdgeSlots,
         outgoing: EdgeSlots,
+        position: Tensor,
     ) -> Tensor:
-        """messages [E, H], rbf [E, K], sbf [T, L·K] (masked), the triplets and their slots
-        (`triplet_slots`) → [E, H]."""
+        """messages [E, H], rbf [E, K], sbf [T, L·K] (masked), the triplets, their slots
+        (`triplet_slots`) and padded positions (`triplet_positions`) → [E, H]."""
         x_ji = self.act(self.lin_ji(messages))  # [E, H]
         x_kj = self.act(self.lin_kj(messages)) * self.lin_rbf2(self.lin_rbf1(rbf))  # [E, H]
         x_kj = self.act(self.lin_down(x_kj))  # [E, int_emb_size]
@@ -132,7 +134,8 @@ class InteractionPPBlock(nn.Module):
             summed = scatter_sum(triplet, triplets.edge_ji, messages.shape[0], keep_source=False)
         else:  # Σ_k x_kj ⊙ W_sbf2 b_kji = Σ_β W_sbf2[:, β] ⊙ (Σ_k b_kji,β x_kj): matmuls per atom
             per_basis = sum_over_triplets(
-                pad_triplets(basis, triplets, incoming, outgoing), x_kj, triplets, incoming, outgoing
+                pad_triplets(basis, triplets, incoming, outgoing, position), x_kj, triplets, incoming,
+                outgoing,
             )  # [E, basis_emb_size, int_emb_size]
             summed = (per_basis * self.lin_sbf2.weight.t()).sum(dim=1)  # [E, int_emb_size]
         hidden = x_ji + self.act(self.lin_up(summed))  # [E, H]
@@ -274,14 +277,16 @@ class DimeNetPlusPlus(Potential):
         sender, receiver = graph.edge_index[0], graph.edge_index[1]
         vectors = edge_vectors(graph)  # [E, 3] Å, r_ji = x_i - x_j (+ shift)
         distances = torch.linalg.norm(vectors, dim=-1)  # [E]
-        triplets = build_triplets(graph.edge_index, graph.edge_shift, num_nodes)  # T triplets
+        by_receiver = incoming_edge_offsets(receiver, num_nodes)  # the edges sorted once
+        triplets = build_triplets(graph.edge_index, graph.edge_shift, num_nodes, by_receiver)  # T
         cos_theta = cos_angle(vectors[triplets.edge_kj], vectors[triplets.edge_ji])  # [T]
         rbf = self.rbf(distances)  # [E, K]
         sbf = self.sbf(distances, cos_theta, triplets.edge_kj) * triplets.mask.unsqueeze(-1)
-        incoming, outgoing = triplet_slots(triplets, sender, receiver, num_nodes, by_receiver=False)
+        incoming, outgoing = triplet_slots(triplets, sender, receiver, num_nodes, False, by_receiver)
+        position = triplet_positions(triplets, incoming, outgoing)  # [T], for every block's basis
         messages = self.emb(species, rbf, sender, receiver)  # [E, H]
         energy = self.output_embedding(messages, rbf, receiver, num_nodes)  # [N]
         for interaction, output in zip(self.interaction_blocks, self.output_blocks):  # noqa: B905 - TorchScript
-            messages = interaction(messages, rbf, sbf, triplets, incoming, outgoing)
+            messages = interaction(messages, rbf, sbf, triplets, incoming, outgoing, position)
             energy = energy + output(messages, rbf, receiver, num_nodes)
         return self.scale_shift(energy, species)

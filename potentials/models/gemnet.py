@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
-from equimd.potentials.nn.edge_slots import EdgeSlots
+from equimd.potentials.nn.edge_slots import EdgeSlots, incoming_edge_offsets
 from equimd.potentials.nn.gemnet_blocks import (
     AtomUpdateBlock,
     Dense,
@@ -306,10 +306,11 @@ class GemNetT(Potential):
         sender, receiver = graph.edge_index[0], graph.edge_index[1]
         vectors = edge_vectors(graph)  # [E, 3] Å, r_st = x_t - x_s (+ shift)
         distances = torch.linalg.norm(vectors, dim=-1)  # [E]
-        triplets = build_receiver_pairs(graph.edge_index, num_nodes, vectors.dtype)  # b→a←c
+        by_receiver = incoming_edge_offsets(receiver, num_nodes)  # the edges sorted once
+        triplets = build_receiver_pairs(graph.edge_index, num_nodes, vectors.dtype, by_receiver)  # b→a←c
         swap = reverse_edges(graph.edge_index, graph.edge_shift)  # [E]
         cos_cab = cos_angle(vectors[triplets.edge_kj], vectors[triplets.edge_ji])  # [T]
-        incoming, outgoing = triplet_slots(triplets, sender, receiver, num_nodes, by_receiver=True)
+        incoming, outgoing = triplet_slots(triplets, sender, receiver, num_nodes, True, by_receiver)
         cbf_angular = pad_triplets(
             legendre_harmonics(cos_cab, self.num_spherical) * triplets.mask.unsqueeze(-1),
             triplets,

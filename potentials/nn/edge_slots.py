@@ -12,7 +12,7 @@ triplet sums of DimeNet++ and GemNet, `triplets.py`).
 O(E log E) (one stable sort); within an atom, slots follow the edge order.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -52,10 +52,16 @@ def edge_ranks(atom_of_edge: Tensor, order: Tensor, start: Tensor) -> Tensor:
     return torch.empty_like(order).index_copy_(0, order, edges - start[atom_of_edge[order]])
 
 
-def edge_slots(atom_of_edge: Tensor, num_nodes: int) -> EdgeSlots:
-    """`EdgeSlots` of the edges grouped by `atom_of_edge` [E] (the receivers or the senders)."""
+def edge_slots(
+    atom_of_edge: Tensor, num_nodes: int, groups: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+) -> EdgeSlots:
+    """`EdgeSlots` of the edges grouped by `atom_of_edge` [E] (the receivers or the senders).
+    `groups`: `incoming_edge_offsets(atom_of_edge, num_nodes)` where the caller has it already
+    (the triplet builders sort by receiver too), so that the edges are sorted once."""
     num_edges = atom_of_edge.shape[0]
-    order, degree, start = incoming_edge_offsets(atom_of_edge, num_nodes)
+    if groups is None:
+        groups = incoming_edge_offsets(atom_of_edge, num_nodes)
+    order, degree, start = groups
     width = int(degree.max()) if num_edges > 0 else 0
     row = atom_of_edge * width + edge_ranks(atom_of_edge, order, start)  # [E]
     edges = torch.arange(num_edges, device=atom_of_edge.device)

@@ -24,7 +24,7 @@ the largest degree, so that no [T, features] tensor is formed; a scatter over th
 K cannot be read (symbolic shapes) or padding would be wasteful.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -52,30 +52,37 @@ class TripletIndex(NamedTuple):
     mask: Tensor
 
 
-def _incoming_edges_at(
-    atom_of_edge: Tensor, receiver: Tensor, num_nodes: int
-) -> tuple[Tensor, Tensor]:
-    """Pair every edge e with every edge whose receiver is atom_of_edge[e].
+EdgeGroups = Tuple[Tensor, Tensor, Tensor]  # `incoming_edge_offsets`: (order, degree, start)
+
+
+def _incoming_edges_at(atom_of_edge: Tensor, by_receiver: EdgeGroups) -> tuple[Tensor, Tensor]:
+    """Pair every edge e with every edge whose receiver is atom_of_edge[e]; `by_receiver`:
+    `incoming_edge_offsets(receiver, N)`.
 
     Returns (incoming [T], edge [T]): edge e repeated once per incoming edge of its atom.
     """
-    order, degree, start = incoming_edge_offsets(receiver, num_nodes)
+    order, degree, start = by_receiver
     per_edge = degree[atom_of_edge]  # [E] pairs of each edge
     edge = torch.repeat_interleave(
-        torch.arange(atom_of_edge.shape[0], device=receiver.device), per_edge
+        torch.arange(atom_of_edge.shape[0], device=order.device), per_edge
     )
     first = torch.cumsum(per_edge, dim=0) - per_edge  # [E] first pair of each edge
-    local = torch.arange(edge.shape[0], device=receiver.device) - first[edge]  # [T]
+    local = torch.arange(edge.shape[0], device=order.device) - first[edge]  # [T]
     return order[start[atom_of_edge[edge]] + local], edge
 
 
-def build_triplets(edge_index: Tensor, edge_shift: Tensor, num_nodes: int) -> TripletIndex:
+def build_triplets(
+    edge_index: Tensor, edge_shift: Tensor, num_nodes: int, by_receiver: Optional[EdgeGroups] = None
+) -> TripletIndex:
     """All triplets (k→j, j→i) of a neighbor list, the reverse edge masked out.
 
-    edge_index: [2, E] int64 (sender, receiver); edge_shift: [E, 3] lattice shifts (float).
+    edge_index: [2, E] int64 (sender, receiver); edge_shift: [E, 3] lattice shifts (float);
+    by_receiver: `incoming_edge_offsets(receiver, num_nodes)` if the caller has it.
     """
     sender, receiver = edge_index[0], edge_index[1]
-    edge_kj, edge_ji = _incoming_edges_at(sender, receiver, num_nodes)  # [T], [T]
+    if by_receiver is None:
+        by_receiver = incoming_edge_offsets(receiver, num_nodes)
+    edge_kj, edge_ji = _incoming_edges_at(sender, by_receiver)  # [T], [T]
     # exact reverse edge: k = i and r_kj = -r_ji (same atom, opposite lattice shift)
     same_atom = sender[edge_kj] == receiver[edge_ji]
     opposite_shift = (edge_shift[edge_kj] + edge_shift[edge_ji]).abs().sum(dim=-1) < 0.5
@@ -95,31 +102,48 @@ def cos_angle(vector_kj: Tensor, vector_ji: Tensor) -> Tensor:
     return dot / norms
 
 
-def build_receiver_pairs(edge_index: Tensor, num_nodes: int, dtype: torch.dtype) -> TripletIndex:
+def build_receiver_pairs(
+    edge_index: Tensor, num_nodes: int, dtype: torch.dtype, by_receiver: Optional[EdgeGroups] = None
+) -> TripletIndex:
     """GemNet's triplets b→a←c: every pair of distinct edges with the same receiver a.
 
     Returned as TripletIndex(edge_kj = ba, edge_ji = ca, mask): mask is 0 where ba is ca
-    itself (b = c through another periodic image is a triplet).
+    itself (b = c through another periodic image is a triplet). by_receiver:
+    `incoming_edge_offsets(receiver, num_nodes)` if the caller has it.
     """
     receiver = edge_index[1]
-    edge_ba, edge_ca = _incoming_edges_at(receiver, receiver, num_nodes)
+    if by_receiver is None:
+        by_receiver = incoming_edge_offsets(receiver, num_nodes)
+    edge_ba, edge_ca = _incoming_edges_at(receiver, by_receiver)
     return TripletIndex(edge_ba, edge_ca, (edge_ba != edge_ca).to(dtype))
 
 
+def triplet_positions(triplets: TripletIndex, incoming: EdgeSlots, outgoing: EdgeSlots) -> Tensor:
+    """[T] where `pad_triplets` puts each triplet k→j→i: (slot of ji at j) · K_in + (slot of kj
+    at j) in atom j's [K_out, K_in] block, flattened over the atoms. Empty without slots."""
+    width_in = incoming.width
+    if width_in == 0 or outgoing.width == 0:
+        return triplets.edge_kj.new_zeros(0)
+    column = incoming.row[triplets.edge_kj] % width_in  # [T] slot of kj at j
+    return outgoing.row[triplets.edge_ji] * width_in + column  # [T]
+
+
 def pad_triplets(
-    basis: Tensor, triplets: TripletIndex, incoming: EdgeSlots, outgoing: EdgeSlots
+    basis: Tensor, triplets: TripletIndex, incoming: EdgeSlots, outgoing: EdgeSlots,
+    position: Optional[Tensor] = None,
 ) -> Tensor:
     """A triplet basis Y [T, L] as one matrix per atom j for `sum_over_triplets`:
     Y_j [K_out·L, K_in], row (edge ji, l), column edge kj, zero in empty slots →
     [N, K_out·L, K_in]. `incoming` groups the edges kj by j (their receiver), `outgoing` the
     edges ji by j (DimeNet: their sender; GemNet's ca←a pairs: their receiver, the same
-    slots). With `no_edge_slots`, Y itself."""
+    slots); `position`: `triplet_positions` where the caller pads several bases on the same
+    triplets. With `no_edge_slots`, Y itself."""
     width_in, width_out = incoming.width, outgoing.width
     if width_in == 0 or width_out == 0:
         return basis
     num_nodes, num_orders = incoming.table.shape[0] // width_in, basis.shape[1]
-    column = incoming.row[triplets.edge_kj] % width_in  # [T] slot of kj at j
-    position = outgoing.row[triplets.edge_ji] * width_in + column  # [T]
+    if position is None:
+        position = triplet_positions(triplets, incoming, outgoing)
     y = basis.new_zeros(num_nodes * width_out * width_in, num_orders).index_copy(0, position, basis)
     y = y.view(num_nodes, width_out, width_in, num_orders).transpose(2, 3)  # [N, K_out, L, K_in]
     return y.reshape(num_nodes, width_out * num_orders, width_in)
@@ -160,17 +184,19 @@ def sum_over_triplets(
 
 
 def triplet_slots(
-    triplets: TripletIndex, sender: Tensor, receiver: Tensor, num_nodes: int, by_receiver: bool
+    triplets: TripletIndex, sender: Tensor, receiver: Tensor, num_nodes: int, by_receiver: bool,
+    groups: Optional[EdgeGroups] = None,
 ) -> tuple[EdgeSlots, EdgeSlots]:
     """(incoming, outgoing) slots for `pad_triplets`/`sum_over_triplets`: incoming edges by
     receiver; outgoing edges by receiver (`by_receiver`, GemNet's pairs) or by sender (DimeNet).
     `no_edge_slots` while tracing with symbolic shapes (AOTInductor export) and where the
-    padded matrices would hold more than 4× the triplets (very uneven degrees)."""
+    padded matrices would hold more than 4× the triplets (very uneven degrees). `groups`:
+    `incoming_edge_offsets(receiver, num_nodes)`, as given to the triplet builder."""
     none = no_edge_slots(receiver.device)
     num_triplets = triplets.mask.shape[0]
     if is_symbolic_size(num_triplets):
         return none, none
-    incoming = edge_slots(receiver, num_nodes)
+    incoming = edge_slots(receiver, num_nodes, groups)
     outgoing = incoming if by_receiver else edge_slots(sender, num_nodes)
     if num_nodes * incoming.width * outgoing.width > 4 * num_triplets:
         return none, none
