@@ -17,6 +17,8 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
+EdgeGroups = Tuple[Tensor, Tensor, Tensor]  # `incoming_edge_offsets`: (order, degree, start)
+
 
 class EdgeSlots(NamedTuple):
     """The edges of every atom (by one end: their receiver, or their sender) as rows of a
@@ -32,7 +34,7 @@ class EdgeSlots(NamedTuple):
     width: int
 
 
-def incoming_edge_offsets(receiver: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
+def incoming_edge_offsets(receiver: Tensor, num_nodes: int) -> EdgeGroups:
     """Edges grouped by the atom `receiver` [E] int64 names (their receiver, or their sender).
 
     Returns (order [E], degree [N], start [N]): the edges sorted by that atom (stable), the
@@ -53,7 +55,7 @@ def edge_ranks(atom_of_edge: Tensor, order: Tensor, start: Tensor) -> Tensor:
 
 
 def edge_slots(
-    atom_of_edge: Tensor, num_nodes: int, groups: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+    atom_of_edge: Tensor, num_nodes: int, groups: Optional[EdgeGroups] = None
 ) -> EdgeSlots:
     """`EdgeSlots` of the edges grouped by `atom_of_edge` [E] (the receivers or the senders).
     `groups`: `incoming_edge_offsets(atom_of_edge, num_nodes)` where the caller has it already

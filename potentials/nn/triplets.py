@@ -24,12 +24,13 @@ the largest degree, so that no [T, features] tensor is formed; a scatter over th
 K cannot be read (symbolic shapes) or padding would be wasteful.
 """
 
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from equimd.potentials.nn.edge_slots import (
+    EdgeGroups,
     EdgeSlots,
     edge_slots,
     incoming_edge_offsets,
@@ -50,9 +51,6 @@ class TripletIndex(NamedTuple):
     edge_kj: Tensor
     edge_ji: Tensor
     mask: Tensor
-
-
-EdgeGroups = Tuple[Tensor, Tensor, Tensor]  # `incoming_edge_offsets`: (order, degree, start)
 
 
 def _incoming_edges_at(atom_of_edge: Tensor, by_receiver: EdgeGroups) -> tuple[Tensor, Tensor]:
