@@ -28,7 +28,8 @@ def test_the_default_plan_trains_every_registered_model_on_the_three_molecule_da
         assert bench_accuracy.example_config(model).exists(), f"{model} has no examples/train_{model}.yaml"
         for name in ("aspirin", "ethanol", "3bpa"):
             assert (model, name) in cells
-    assert {("matformer", f"zuo_{e}") for e in bench_accuracy.ZUO_ELEMENTS} <= set(cells)
+    assert {("matformer_mlearn", f"zuo_{e}") for e in bench_accuracy.ZUO_ELEMENTS} <= set(cells)
+    assert bench_accuracy.example_config("matformer_mlearn").exists()
     assert len(cells) == len(set(cells))
 
 

@@ -33,6 +33,7 @@ Cost per layer: O(E · H · C²) for the edge MLPs, O(N · H · C²) for the nod
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn
@@ -40,8 +41,15 @@ from torch import Tensor, nn
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
 from equimd.potentials.nn.gaussian_basis import GaussianBasis
+from equimd.potentials.nn.knn_graph import (
+    kth_neighbor_distance,
+    lattice_self_connections,
+    nearest_neighbor_edges,
+)
 from equimd.potentials.nn.radial import PolynomialCutoff
 from equimd.potentials.nn.scatter import scatter_sum
+
+TIE_TOLERANCE = 1e-5  # Å: equal distances of the k-NN graph (nn/knn_graph.py)
 
 
 class EdgeEmbedding(nn.Module):
@@ -81,7 +89,8 @@ class MatformerConv(nn.Module):
     def forward(
         self, h: Tensor, edge_features: Tensor, envelope: Tensor, sender: Tensor, receiver: Tensor
     ) -> Tensor:
-        """h [N, C], edge_features ε [E, C], envelope f_cut [E] → h' [N, C]."""
+        """h [N, C], edge_features ε [E, C], envelope [E] (f_cut, or the edge multiplicity of
+        the reference graph) → h' [N, C]."""
         num_atoms = h.shape[0]
         shape = (num_atoms, self.heads, self.channels)
         query = self.lin_query(h).view(shape)  # [N, H, C]
@@ -126,7 +135,16 @@ class Matformer(Potential):
         fc_features: int = 128,
         node_layer_head: int = 4,
         polynomial_p: int = 6,
+        neighbor_strategy: str = "radius",
+        max_neighbors: int = 12,
     ) -> None:
+        if neighbor_strategy not in ("radius", "k-nearest"):
+            raise ValueError(
+                f"matformer: neighbor_strategy must be 'radius' (smooth, for MD) or 'k-nearest' "
+                f"(the reference's graph), got {neighbor_strategy!r}"
+            )
+        if max_neighbors < 1:
+            raise ValueError(f"matformer: max_neighbors must be at least 1, got {max_neighbors}")
         super().__init__(
             species,
             r_max,
@@ -137,8 +155,13 @@ class Matformer(Potential):
                 fc_features=fc_features,
                 node_layer_head=node_layer_head,
                 polynomial_p=polynomial_p,
+                neighbor_strategy=neighbor_strategy,
+                max_neighbors=max_neighbors,
             ),
         )
+        self.k_nearest = neighbor_strategy == "k-nearest"
+        self.max_neighbors = max_neighbors
+        self.tie_tolerance = TIE_TOLERANCE
         self.atom_embedding = nn.Embedding(self.num_species, node_features)
         self.edge_embedding = EdgeEmbedding(r_max, edge_features, node_features)
         self.cutoff = PolynomialCutoff(r_max, polynomial_p)
@@ -152,10 +175,31 @@ class Matformer(Potential):
         species = self.species_index(graph.numbers)  # [N]
         sender, receiver = graph.edge_index[0], graph.edge_index[1]
         lengths = torch.linalg.norm(edge_vectors(graph), dim=-1)  # [E] Å
+        if self.k_nearest:
+            sender, receiver, lengths, envelope = self.reference_graph(graph, sender, receiver, lengths)
+        else:
+            envelope = self.cutoff(lengths)  # [E]
         edge_features = self.edge_embedding(lengths)  # [E, C]
-        envelope = self.cutoff(lengths)  # [E]
         h = self.atom_embedding(species)  # [N, C]
         for layer in self.att_layers:
             h = layer(h, edge_features, envelope, sender, receiver)  # [N, C]
         energy = self.fc_out(nn.functional.silu(self.fc(h))).squeeze(-1)  # [N]
         return self.scale_shift(energy, species)
+
+    def reference_graph(
+        self, graph: AtomicGraph, sender: Tensor, receiver: Tensor, lengths: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The reference's crystal graph (`neighbor_strategy: k-nearest`, nn/knn_graph.py): the
+        undirected k-NN graph within r_max plus the lattice self-connections; returns (sender,
+        receiver, lengths, multiplicity) of its edges, the multiplicity in place of f_cut."""
+        num_atoms = graph.positions.shape[0]
+        kth = kth_neighbor_distance(lengths, receiver, num_atoms, self.max_neighbors)  # [N]
+        kept, multiplicity = nearest_neighbor_edges(lengths, sender, receiver, kth, self.tie_tolerance)
+        atom, vectors = lattice_self_connections(
+            graph.cell, graph.pbc, graph.batch, kth, self.r_max, self.tie_tolerance
+        )  # [L], [L, 3]
+        sender = torch.cat([sender[kept], atom])  # [E' + L]
+        receiver = torch.cat([receiver[kept], atom])  # [E' + L]
+        lengths = torch.cat([lengths[kept], torch.linalg.norm(vectors, dim=-1)])  # [E' + L] Å
+        multiplicity = torch.cat([multiplicity, torch.ones_like(atom, dtype=lengths.dtype)])
+        return sender, receiver, lengths, multiplicity
