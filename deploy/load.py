@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from equimd.allocator import keep_freed_memory
 from equimd.checks import check_cell, check_species, symbol
 from equimd.deploy.errors import CellError, ModelFileError, StructureError
 from equimd.deploy.metadata import METADATA_FILE, parse_metadata
@@ -298,6 +299,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> DeployedModel:
     """
     path = Path(path)
     device = check_device(device)
+    keep_freed_memory()  # MD evaluates again and again: reuse the large temporaries' memory
     metadata, extra = read_model_file(path)
     if metadata["kind"] == "torchscript":
         runner: _Runner = _TorchScriptRunner(path, device)

@@ -29,6 +29,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from equimd.allocator import keep_freed_memory
+
 
 class _OneLineParser(argparse.ArgumentParser):
     """A usage mistake as one line `equimd: error: COMMAND: PROBLEM; see COMMAND --help` (exit
@@ -402,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = getattr(args, "output", getattr(args, "out", None))  # evaluate, md, demo: a folder
     new_directories = _missing_directories(output if args.command in ("evaluate", "md", "demo")
                                            else None)
+    keep_freed_memory()  # equimd.allocator: large temporaries reuse freed memory
     try:
         with _torch_threads(getattr(args, "threads", None)):
             return int(args.handler(args) or 0)

@@ -1,12 +1,13 @@
 """The polynomial cutoff envelope: the factored form equals the paper's polynomial and keeps
-its derivative accurate in float32 near the cutoff (where forces come from)."""
+its derivative accurate in float32 near the cutoff (where forces come from). The radial MLP:
+e3nn's FullyConnectedNet with its normalisation folded into the weights, same function."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from equimd.potentials.nn.radial import PolynomialCutoff, polynomial_envelope
+from equimd.potentials.nn.radial import PolynomialCutoff, polynomial_envelope, radial_mlp
 
 
 def expanded(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -41,3 +42,29 @@ def test_cutoff_module_scripts():
     cutoff = torch.jit.script(PolynomialCutoff(5.0, 6))
     r = torch.tensor([0.0, 2.5, 4.99, 5.0, 6.0], dtype=torch.float64)
     torch.testing.assert_close(cutoff(r), expanded(r / 5.0, 6), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("hs", [[8, 64, 64, 64, 512], [8, 16, 4], [6, 1]])
+def test_radial_mlp_is_e3nn_fully_connected_net(hs):
+    """Same state-dict keys and shapes as e3nn's FullyConnectedNet (checkpoints and mace-torch
+    weights load unchanged), same values and gradients (input and weights) from its weights,
+    also scripted."""
+    from e3nn import nn as e3nn_nn
+
+    torch.manual_seed(0)
+    reference = e3nn_nn.FullyConnectedNet(hs, torch.nn.functional.silu).double()
+    ours = radial_mlp(hs[0], hs[1:-1], hs[-1]).double()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }
+    ours.load_state_dict(reference.state_dict())
+    assert ours.hs == reference.hs
+    x = torch.randn(50, hs[0], dtype=torch.float64, requires_grad=True)
+    for module in (ours, torch.jit.script(ours)):
+        out, out_ref = module(x), reference(x)
+        torch.testing.assert_close(out, out_ref, rtol=0, atol=1e-12)
+        probe = torch.randn_like(out)
+        grads = torch.autograd.grad((out * probe).sum(), [x, *module.parameters()])
+        grads_ref = torch.autograd.grad((out_ref * probe).sum(), [x, *reference.parameters()])
+        for g, g_ref in zip(grads, grads_ref, strict=True):
+            torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-11)

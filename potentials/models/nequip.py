@@ -151,7 +151,7 @@ class NequIPInteraction(nn.Module):
         self.pruned_convolution = partial
         self.pruned_weight_columns = torch.tensor(weight_columns, dtype=torch.long, device=like.device)
         self.pruned_output_columns = torch.tensor(output_columns, dtype=torch.long, device=like.device)
-        self.radial_last_scale = float((last.h_in * last.var_in / last.var_out) ** 0.5)
+        self.radial_last_scale = last.scale  # c / √fan_in (RadialMLP)
         return irreps_inputs
 
     @torch.jit.unused
@@ -185,7 +185,7 @@ class NequIPInteraction(nn.Module):
                 weights = layer(weights)
             else:
                 last_weight = layer.weight.index_select(1, self.pruned_weight_columns)
-                weights = torch.mm(weights, last_weight / self.radial_last_scale)
+                weights = torch.mm(weights, last_weight * self.radial_last_scale)
         partial = self.pruned_convolution.aggregate(
             features, edge_sh, weights, sender, receiver, num_nodes
         )

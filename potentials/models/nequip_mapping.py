@@ -286,7 +286,7 @@ def nequip_model_from_record(record: dict[str, Any], dtype: torch.dtype | None =
         radial = list(layer.radial_weights)
         if len(mlp) != len(radial):
             raise NequipImportError(f"radial MLP of layer {index} has {len(mlp)} layers")
-        c = float(getattr(radial[0].act, "cst", 1.0)) if hasattr(radial[0], "act") else 1.0
+        c = layer.radial_weights.activation_cst  # SiLU normalisation of the hidden layers
         for depth, key in enumerate(mlp):
             weight = take(key)
             h_in = weight.shape[0]

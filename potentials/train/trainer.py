@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
+from equimd.allocator import keep_freed_memory
 from equimd.devices import check_device
 from equimd.files import OutputWriteError
 from equimd.plots import plot_learning_curves, plot_quietly
@@ -250,6 +251,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     written and the validation metrics of the best checkpoint. Started by torchrun (WORLD_SIZE
     > 1 in the environment), this process is one rank of a data-parallel run
     (`equimd.potentials.train.distributed`)."""
+    keep_freed_memory()  # every step allocates the same large temporaries: reuse their memory
     with ranks_from_environment(resolve_device(config.training.device)) as (ranks, device):
         return _train(config, resume, progress, ranks, device)
 
