@@ -89,6 +89,10 @@ def run_equimd_speed(args: argparse.Namespace) -> dict[str, Any]:
     """Worker: time equimd's MACE imported from the peer's export file."""
     import torch
 
+    from equimd.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as equimd's loaders and commands do (docs/performance.md)
+
     from equimd.potentials.data.configuration import Configuration
     from equimd.potentials.data.graph import configuration_to_graph
     from equimd.potentials.forcefield import ForceField

@@ -148,6 +148,10 @@ def _time(fn: Callable[[], Any], repeats: int) -> float:
 def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from equimd.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as equimd's loaders and commands do (docs/performance.md)
+
     from equimd.potentials.data.configuration import Configuration
     from equimd.potentials.data.graph import configuration_to_graph, edge_vectors
     from equimd.potentials.forcefield import ForceField

@@ -248,6 +248,9 @@ def breakdown(training: EquimdTraining, steps: int) -> dict[str, float]:
 
 def run_equimd(job: dict[str, Any], timing: argparse.Namespace) -> dict[str, Any]:
     """Worker: frames/s of equimd's training step (and, with `job["breakdown"]`, its phases)."""
+    from equimd.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the trainer does (docs/performance.md)
     training = EquimdTraining(job)
     result: dict[str, Any] = {
         "implementation": "equimd",
