@@ -122,10 +122,12 @@ class InteractionBlock(nn.Module):
         if self.residual:
             self_connection = self.skip_tp(node_features, node_attrs)
         features = self.linear_up(node_features)
-        weights = self.radial_weights(edge_radial)  # [E, weight_numel]
-        if edge_cutoff is not None:
-            weights = weights * edge_cutoff
-        message = self.convolution.aggregate(
+        # radial weights as the convolution's column blocks, [E, size] each, times the
+        # envelope (applied to the MLP's last hidden layer: the same numbers, fewer products)
+        weights = self.radial_weights.grouped(
+            edge_radial, self.convolution.weight_group_sizes, edge_cutoff
+        )
+        message = self.convolution.aggregate_groups(
             features, edge_sh, weights, edge_index[0], edge_index[1], node_features.shape[0]
         )
         density_fn = self.density_fn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import List, Optional
 
 import torch
 from e3nn import math as e3nn_math
@@ -104,9 +105,27 @@ class RadialMLP(nn.Sequential):
         cst = e3nn_math.normalize2mom(torch.nn.functional.silu).cst
         self.activation_cst = float(cst)  # c: e3nn's SiLU normalisation
         last = len(self.hs) - 2
+        self.depth = last + 1  # number of layers
         for k, (h_in, h_out) in enumerate(zip(self.hs, self.hs[1:], strict=False)):
             scale = (cst if k > 0 else 1.0) / math.sqrt(h_in)
             setattr(self, f"layer{k}", _RadialLayer(h_in, h_out, scale, act=k < last))
+
+    @torch.jit.export
+    def grouped(self, x: Tensor, sizes: List[int], factor: Optional[Tensor] = None) -> List[Tensor]:
+        """The output's column blocks of `sizes` (Σ sizes = output width), each [E, size] from
+        its own matmul with the matching block of the last weight matrix, times `factor` [E, 1]
+        (e.g. a cutoff envelope) if given — applied to the last hidden activations [E, h], the
+        same numbers (the last layer is linear) for a smaller product. No [E, width] output,
+        and so no [E, width] gradient, is formed."""
+        last_weight = x.new_zeros(0)
+        for k, layer in enumerate(self):
+            if k + 1 < self.depth:
+                x = layer(x)  # [E, h]
+            else:
+                last_weight = layer.weight * layer.scale  # [h, width]
+        if factor is not None:
+            x = x * factor  # [E, h]
+        return [torch.mm(x, block) for block in torch.split(last_weight, sizes, dim=1)]
 
 
 def radial_mlp(num_basis: int, hidden: list[int], num_weights: int) -> nn.Module:

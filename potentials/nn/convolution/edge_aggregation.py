@@ -85,6 +85,35 @@ class UVUConvolution(nn.Module):
             self.weight_starts.append(start)
             start += mul_in
         self.weight_numel = start
+        # column blocks of the weights `aggregate_groups` takes as separate tensors (e3nn order)
+        self.weight_group_sizes: List[int] = [start]
+
+    @torch.jit.export
+    def aggregate_groups(
+        self,
+        node_features: Tensor,
+        edge_sh: Tensor,
+        weight_groups: List[Tensor],
+        sender: Tensor,
+        receiver: Tensor,
+        num_nodes: int,
+    ) -> Tensor:
+        """`aggregate` with the weights given as their column blocks `weight_group_sizes`
+        ([E, size] each, e3nn's order): a backend that consumes the blocks separately takes them
+        as they are (no [E, weight_numel] tensor is formed, nor its gradient); here, joined."""
+        weights = weight_groups[0] if len(weight_groups) == 1 else torch.cat(weight_groups, dim=1)
+        return self.aggregate(node_features, edge_sh, weights, sender, receiver, num_nodes)
+
+    def aggregate(
+        self,
+        node_features: Tensor,
+        edge_sh: Tensor,
+        weights: Tensor,
+        sender: Tensor,
+        receiver: Tensor,
+        num_nodes: int,
+    ) -> Tensor:
+        raise NotImplementedError
 
 
 class EdgeChunkedConvolution(UVUConvolution):

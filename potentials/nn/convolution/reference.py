@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import List
+
 import torch
 from e3nn import o3
 from torch import Tensor, nn
@@ -35,8 +37,24 @@ class E3nnConvolution(nn.Module):
             internal_weights=False,
         )
 
+        self.weight_group_sizes: List[int] = [self.tp.weight_numel]
+
     def forward(self, node_features: Tensor, edge_sh: Tensor, weights: Tensor) -> Tensor:
         return self.tp(node_features, edge_sh, weights)
+
+    @torch.jit.export
+    def aggregate_groups(
+        self,
+        node_features: Tensor,
+        edge_sh: Tensor,
+        weight_groups: List[Tensor],
+        sender: Tensor,
+        receiver: Tensor,
+        num_nodes: int,
+    ) -> Tensor:
+        """`aggregate` with the weights as column blocks (e3nn's order), joined."""
+        weights = weight_groups[0] if len(weight_groups) == 1 else torch.cat(weight_groups, dim=1)
+        return self.aggregate(node_features, edge_sh, weights, sender, receiver, num_nodes)
 
     @torch.jit.export
     def aggregate(
