@@ -367,10 +367,11 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             h = blocks[self.group_block[g]].view(num_edges, 1, mul) * grouped_weights[g].view(
                 num_edges, paths, mul
             )  # [E_c, P, U]
-            h_padded = h.new_zeros(nodes * width, paths * mul).index_copy(
+            # into fresh zeros in place: the out-of-place index_copy would first copy the zeros
+            h_padded = h.new_zeros(nodes * width, paths * mul).index_copy_(
                 0, slot, h.view(num_edges, paths * mul)
             )  # [n·K, P·U]
-            m_padded = coupling.new_zeros(nodes * width, paths * dim_out).index_copy(
+            m_padded = coupling.new_zeros(nodes * width, paths * dim_out).index_copy_(
                 0, slot, coupling
             )  # [n·K, P·d3]
             if paths == 1:
