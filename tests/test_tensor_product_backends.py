@@ -203,45 +203,49 @@ def test_receiver_contraction_equals_message_path(irreps, paths, nodes_per_chunk
         torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("nodes_per_chunk", [None, 1])
-@pytest.mark.parametrize("backend", ["e3nn", *FAST_BACKENDS])
+@pytest.mark.parametrize("edges_per_chunk", [None, 7])
+@pytest.mark.parametrize("backend", ["e3nn", *FAST_BACKENDS, *GEOMETRIC_BACKENDS])
 @pytest.mark.parametrize("name", ["mace_first_layer", "mace_vector", "nequip_hidden"])
-def test_weights_in_column_blocks_equal_one_weight_tensor(name, backend, nodes_per_chunk):
-    """`aggregate_groups` (the weights as the backend's column blocks, each its own tensor, as
-    MACE's radial MLP gives them) = `aggregate` on the joined weights: values, gradients of
-    every input and block, second derivatives; fused contracts the blocks per receiver apart
-    (also with receivers in chunks), the others join them."""
+def test_weights_from_the_radial_last_layer_equal_the_weight_tensor(name, backend, edges_per_chunk):
+    """`aggregate_radial(hidden, last_weight)` (the backend forms weights = hidden @ last_weight
+    per edge chunk and per group, from the matching columns) = `aggregate` on the product:
+    values, gradients of every input, hidden and weight matrix, second derivatives; in one
+    piece and in edge chunks (for fused scalar inputs: receivers in chunks)."""
     _, conv = convolution_pair(name, backend)
     conv = conv.double()
-    features, edge_sh, weights, sender, receiver = random_inputs(conv, 60, 9, torch.float64, seed=4)
-    sizes = conv.weight_group_sizes
-    assert sum(sizes) == conv.weight_numel
-    if backend == "fused" and name == "mace_first_layer":
-        assert len(sizes) == 4  # scalar inputs, weights in group order: one block per l3
-    if nodes_per_chunk is not None and backend == "fused" and conv.tp.contracts_by_receiver(edge_sh):
-        counts = torch.bincount(receiver)
-        conv.tp.chunk_elements = nodes_per_chunk * int(counts.max()) * conv.tp.padded_per_edge // 4
-        assert 9 * int(counts.max()) * conv.tp.padded_per_edge > 16 * conv.tp.chunk_elements
-
-    def run(grouped: bool) -> list[torch.Tensor]:
-        blocks = [b.clone().requires_grad_(True) for b in torch.split(weights, sizes, dim=1)]
-        inputs = [features.clone().requires_grad_(True), edge_sh.clone().requires_grad_(True)]
-        if grouped:
-            out = conv.aggregate_groups(*inputs, blocks, sender, receiver, 9)
+    features, edge_sh, _, sender, receiver = random_inputs(conv, 60, 9, torch.float64, seed=4)
+    generator = torch.Generator().manual_seed(6)
+    hidden0 = torch.randn(60, 12, generator=generator, dtype=torch.float64)
+    last0 = torch.randn(12, conv.weight_numel, generator=generator, dtype=torch.float64)
+    tp = conv.tp
+    if edges_per_chunk is not None and isinstance(tp, EdgeChunkedConvolution):
+        if tp.contracts_by_receiver(edge_sh):
+            counts = torch.bincount(receiver)
+            tp.chunk_elements = int(counts.max()) * tp.padded_per_edge // 4
+            assert 9 * int(counts.max()) * tp.padded_per_edge > 16 * tp.chunk_elements
         else:
-            out = conv.aggregate(*inputs, torch.cat(blocks, dim=1), sender, receiver, 9)
+            tp.chunk_elements = edges_per_chunk * tp.elements_per_edge
+            assert tp.edge_chunk_size(60) == edges_per_chunk
+
+    def run(radial: bool) -> list[torch.Tensor]:
+        leaves = [t.clone().requires_grad_(True) for t in (features, edge_sh, hidden0, last0)]
+        x, sh, hidden, last = leaves
+        if radial:
+            out = conv.aggregate_radial(x, sh, hidden, last, sender, receiver, 9)
+        else:
+            out = conv.aggregate(x, sh, hidden @ last, sender, receiver, 9)
         cotangent = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).reshape(out.shape)
-        grads = torch.autograd.grad((out * cotangent).sum(), [*inputs, *blocks], create_graph=True)
-        second = torch.autograd.grad(sum(g.square().sum() for g in grads), inputs[1])
+        grads = torch.autograd.grad((out * cotangent).sum(), leaves, create_graph=True)
+        second = torch.autograd.grad(sum(g.square().sum() for g in grads), sh)
         return [out.detach(), *(g.detach() for g in grads), *second]
 
     for actual, expected in zip(run(True), run(False), strict=True):
-        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(actual, expected, rtol=1e-11, atol=1e-11)
 
 
-def test_radial_mlp_blocks_equal_its_output_times_the_factor():
-    """`RadialMLP.grouped(x, sizes, factor)` = split(forward(x) · factor): values and the
-    gradients of x, the factor and every weight (the factor goes on the last hidden layer)."""
+def test_radial_mlp_last_layer_reproduces_its_output_times_the_factor():
+    """`RadialMLP.last_layer(x, factor)` = (hidden, W) with hidden @ W = forward(x) · factor:
+    values and the gradients of x, the factor and every weight (also scripted)."""
     from equimd.potentials.nn.radial import radial_mlp
 
     with default_dtype(torch.float64):
@@ -249,19 +253,18 @@ def test_radial_mlp_blocks_equal_its_output_times_the_factor():
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(30, 8, generator=generator, dtype=torch.float64, requires_grad=True)
     factor = torch.rand(30, 1, generator=generator, dtype=torch.float64, requires_grad=True)
-    sizes = [8, 24, 8]
+    probe = torch.randn(30, 40, generator=generator, dtype=torch.float64)
+    expected = mlp(x) * factor
+    grads_ref = torch.autograd.grad((expected * probe).sum(), [x, factor, *mlp.parameters()])
     for module in (mlp, torch.jit.script(mlp)):
-        blocks = module.grouped(x, sizes, factor)
-        expected = torch.split(mlp(x) * factor, sizes, dim=1)
-        probe = [torch.randn(b.shape, generator=generator, dtype=torch.float64) for b in blocks]
-        grads = torch.autograd.grad(sum((b * q).sum() for b, q in zip(blocks, probe, strict=True)),
-                                    [x, factor, *mlp.parameters()])
-        grads_ref = torch.autograd.grad(
-            sum((b * q).sum() for b, q in zip(expected, probe, strict=True)), [x, factor, *mlp.parameters()]
-        )
-        for actual, reference in zip([*blocks, *grads], [*expected, *grads_ref], strict=True):
+        hidden, weight = module.last_layer(x, factor)
+        assert hidden.shape == (30, 16) and weight.shape == (16, 40)
+        product = hidden @ weight
+        grads = torch.autograd.grad((product * probe).sum(), [x, factor, *mlp.parameters()])
+        for actual, reference in zip([product, *grads], [expected, *grads_ref], strict=True):
             torch.testing.assert_close(actual, reference, rtol=1e-12, atol=1e-12)
-    assert [b.shape[1] for b in mlp.grouped(x, sizes)] == sizes
+    hidden, weight = mlp.last_layer(x)
+    torch.testing.assert_close(hidden @ weight, mlp(x), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("edges_per_chunk", [0, 1])

@@ -89,8 +89,6 @@ class NequIPInteraction(nn.Module):
         self.irreps_read: o3.Irreps | None = None
         self.register_buffer("pruned_weight_columns", torch.zeros(0, dtype=torch.long), False)
         self.register_buffer("pruned_output_columns", torch.zeros(0, dtype=torch.long), False)
-        self.radial_last_scale = 1.0
-        self.radial_depth = len(self.radial_weights)
         self.convolution_dim = self.convolution.irreps_out.dim
 
     def restrict_to(self, irreps_read: o3.Irreps) -> o3.Irreps:
@@ -147,11 +145,9 @@ class NequIPInteraction(nn.Module):
         for block in range(len(partial_out)):
             columns = full_slices[output_of_block[block]]
             output_columns += range(columns.start, columns.stop)
-        last = list(self.radial_weights)[-1]
         self.pruned_convolution = partial
         self.pruned_weight_columns = torch.tensor(weight_columns, dtype=torch.long, device=like.device)
         self.pruned_output_columns = torch.tensor(output_columns, dtype=torch.long, device=like.device)
-        self.radial_last_scale = last.scale  # c / √fan_in (RadialMLP)
         return irreps_inputs
 
     @torch.jit.unused
@@ -163,7 +159,6 @@ class NequIPInteraction(nn.Module):
             del self.pruned_convolution
             self.pruned_weight_columns = self.pruned_weight_columns.new_zeros(0)
             self.pruned_output_columns = self.pruned_output_columns.new_zeros(0)
-            self.radial_last_scale = 1.0
         elif not restricted and backend != "e3nn" and self.irreps_read is not None:
             self.restrict_to(self.irreps_read)
 
@@ -173,21 +168,16 @@ class NequIPInteraction(nn.Module):
         """Σ over incoming edges of the convolution, [N, convolution.irreps_out.dim]."""
         sender, receiver = edge_index[0], edge_index[1]
         num_nodes = features.shape[0]
+        # the radial weights = hidden @ last_weight, formed by the convolution per edge chunk
+        hidden, last_weight = self.radial_weights.last_layer(edge_radial)
         if not hasattr(self, "pruned_convolution"):  # resolved when scripting
-            weights = self.radial_weights(edge_radial)
-            return self.convolution.aggregate(
-                features, edge_sh, weights, sender, receiver, num_nodes
+            return self.convolution.aggregate_radial(
+                features, edge_sh, hidden, last_weight, sender, receiver, num_nodes
             )
-        # radial MLP with only the needed output columns of its last (linear) layer
-        weights = edge_radial
-        for depth, layer in enumerate(self.radial_weights):
-            if depth + 1 < self.radial_depth:
-                weights = layer(weights)
-            else:
-                last_weight = layer.weight.index_select(1, self.pruned_weight_columns)
-                weights = torch.mm(weights, last_weight * self.radial_last_scale)
-        partial = self.pruned_convolution.aggregate(
-            features, edge_sh, weights, sender, receiver, num_nodes
+        # only the needed output columns of the radial MLP's last (linear) layer
+        last_weight = last_weight.index_select(1, self.pruned_weight_columns)
+        partial = self.pruned_convolution.aggregate_radial(
+            features, edge_sh, hidden, last_weight, sender, receiver, num_nodes
         )
         full = features.new_zeros(num_nodes, self.convolution_dim)
         return full.index_copy(1, self.pruned_output_columns, partial)

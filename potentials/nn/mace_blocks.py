@@ -122,13 +122,12 @@ class InteractionBlock(nn.Module):
         if self.residual:
             self_connection = self.skip_tp(node_features, node_attrs)
         features = self.linear_up(node_features)
-        # radial weights as the convolution's column blocks, [E, size] each, times the
-        # envelope (applied to the MLP's last hidden layer: the same numbers, fewer products)
-        weights = self.radial_weights.grouped(
-            edge_radial, self.convolution.weight_group_sizes, edge_cutoff
-        )
-        message = self.convolution.aggregate_groups(
-            features, edge_sh, weights, edge_index[0], edge_index[1], node_features.shape[0]
+        # the radial weights [E, weight_numel] = hidden @ last_weight, times the envelope (on
+        # the MLP's last hidden layer: the same numbers); the convolution forms them per chunk
+        hidden, last_weight = self.radial_weights.last_layer(edge_radial, edge_cutoff)
+        message = self.convolution.aggregate_radial(
+            features, edge_sh, hidden, last_weight, edge_index[0], edge_index[1],
+            node_features.shape[0],
         )
         density_fn = self.density_fn
         if density_fn is not None:

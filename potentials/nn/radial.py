@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import Optional, Tuple
 
 import torch
 from e3nn import math as e3nn_math
@@ -111,21 +111,21 @@ class RadialMLP(nn.Sequential):
             setattr(self, f"layer{k}", _RadialLayer(h_in, h_out, scale, act=k < last))
 
     @torch.jit.export
-    def grouped(self, x: Tensor, sizes: List[int], factor: Optional[Tensor] = None) -> List[Tensor]:
-        """The output's column blocks of `sizes` (Σ sizes = output width), each [E, size] from
-        its own matmul with the matching block of the last weight matrix, times `factor` [E, 1]
-        (e.g. a cutoff envelope) if given — applied to the last hidden activations [E, h], the
-        same numbers (the last layer is linear) for a smaller product. No [E, width] output,
-        and so no [E, width] gradient, is formed."""
-        last_weight = x.new_zeros(0)
+    def last_layer(self, x: Tensor, factor: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """(hidden [E, h], weight [h, width]) with forward(x) · factor = hidden @ weight: the
+        last hidden activations times `factor` [E, 1] if given (e.g. a cutoff envelope: the
+        same numbers, the last layer being linear, for a smaller product) and the last layer's
+        scaled weight matrix. For `EdgeConvolution.aggregate_radial`, which forms the [E, width]
+        product per edge chunk and per group instead of at once."""
+        weight = x.new_zeros(0)
         for k, layer in enumerate(self):
             if k + 1 < self.depth:
                 x = layer(x)  # [E, h]
             else:
-                last_weight = layer.weight * layer.scale  # [h, width]
+                weight = layer.weight * layer.scale  # [h, width]
         if factor is not None:
             x = x * factor  # [E, h]
-        return [torch.mm(x, block) for block in torch.split(last_weight, sizes, dim=1)]
+        return x, weight
 
 
 def radial_mlp(num_basis: int, hidden: list[int], num_weights: int) -> nn.Module:

@@ -85,23 +85,23 @@ class UVUConvolution(nn.Module):
             self.weight_starts.append(start)
             start += mul_in
         self.weight_numel = start
-        # column blocks of the weights `aggregate_groups` takes as separate tensors (e3nn order)
-        self.weight_group_sizes: List[int] = [start]
 
     @torch.jit.export
-    def aggregate_groups(
+    def aggregate_radial(
         self,
         node_features: Tensor,
         edge_sh: Tensor,
-        weight_groups: List[Tensor],
+        hidden: Tensor,
+        last_weight: Tensor,
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
     ) -> Tensor:
-        """`aggregate` with the weights given as their column blocks `weight_group_sizes`
-        ([E, size] each, e3nn's order): a backend that consumes the blocks separately takes them
-        as they are (no [E, weight_numel] tensor is formed, nor its gradient); here, joined."""
-        weights = weight_groups[0] if len(weight_groups) == 1 else torch.cat(weight_groups, dim=1)
+        """`aggregate` with the weights given as the radial MLP's last (linear) layer:
+        weights = hidden [E, h] @ last_weight [h, weight_numel] (e3nn's column order). A backend
+        may compute them per edge chunk and per group instead (`EdgeChunkedConvolution`); here,
+        at once."""
+        weights = torch.mm(hidden, last_weight)  # [E, weight_numel]
         return self.aggregate(node_features, edge_sh, weights, sender, receiver, num_nodes)
 
     def aggregate(
@@ -148,6 +148,10 @@ class EdgeChunkedConvolution(UVUConvolution):
     ) -> None:
         super().__init__(irreps_node, irreps_sh, irreps_out, instructions)
         self._exact_constants: Dict[str, Tensor] = {}
+        # how `_grouped_weights` / `_last_layer_blocks` cut the weights for `_messages`: column
+        # blocks of these sizes, taken in this order of e3nn's columns (empty: as they are)
+        self.weight_group_sizes: List[int] = [self.weight_numel]
+        self.register_buffer("weight_group_columns", torch.zeros(0, dtype=torch.long), False)
         self.chunk_elements = DEFAULT_CHUNK_ELEMENTS
         self.recompute_above_bytes = RECOMPUTE_ABOVE_BYTES
         self.keep_messages_below_bytes = KEEP_MESSAGES_BELOW_BYTES
@@ -165,8 +169,28 @@ class EdgeChunkedConvolution(UVUConvolution):
             setattr(self, name, exact.to(device=current.device, dtype=current.dtype))
         return module
 
-    def _messages(self, inputs: Tensor, edge_sh: Tensor, weights: Tensor) -> List[Tensor]:
+    def _messages(self, inputs: Tensor, edge_sh: Tensor, weight_groups: List[Tensor]) -> List[Tensor]:
         raise NotImplementedError
+
+    def _grouped_weights(self, weights: Tensor) -> List[Tensor]:
+        """[E, weight_numel] (e3nn's order) → the blocks `_messages` takes (`weight_group_sizes`
+        columns in `weight_group_columns` order); here one block, the weights as they are."""
+        return [weights]
+
+    def _weight_groups(self, source: Tensor, blocks: List[Tensor]) -> List[Tensor]:
+        """One edge chunk's weights as `_messages` takes them: from the weights themselves
+        (`blocks` empty; source [E_c, weight_numel]) or from the radial MLP's last hidden layer
+        (source [E_c, h]) times each block of its last weight matrix ([h, size_g] each)."""
+        if len(blocks) == 0:
+            return self._grouped_weights(source)
+        return [torch.mm(source, block) for block in blocks]  # [E_c, size_g] each
+
+    def _last_layer_blocks(self, last_weight: Tensor) -> List[Tensor]:
+        """[h, weight_numel] (e3nn's column order) → [h, size_g] per group (the backend's order)."""
+        if self.weight_group_columns.shape[0] == 0:  # already in group order
+            return list(torch.split(last_weight, self.weight_group_sizes, dim=1))
+        ordered = last_weight.index_select(1, self.weight_group_columns)
+        return list(torch.split(ordered, self.weight_group_sizes, dim=1))
 
     def contracts_by_receiver(self, edge_sh: Tensor) -> bool:
         """Whether `aggregate` sums per receiver with `_aggregate_by_receiver` instead of
@@ -177,7 +201,8 @@ class EdgeChunkedConvolution(UVUConvolution):
         self,
         node_features: Tensor,
         edge_sh: Tensor,
-        weights: Tensor,
+        source: Tensor,
+        blocks: List[Tensor],
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
@@ -186,7 +211,7 @@ class EdgeChunkedConvolution(UVUConvolution):
 
     def forward(self, node_features: Tensor, edge_sh: Tensor, weights: Tensor) -> Tensor:
         inputs = node_features.index_select(1, self.input_permutation)
-        return self._to_e3nn_layout(self._messages(inputs, edge_sh, weights))
+        return self._to_e3nn_layout(self._messages(inputs, edge_sh, self._grouped_weights(weights)))
 
     def keeps_messages(self, edge_sh: Tensor) -> bool:
         """Whether the scatter-sum may keep this call's messages for the backward pass
@@ -213,14 +238,47 @@ class EdgeChunkedConvolution(UVUConvolution):
         receiver: Tensor,
         num_nodes: int,
     ) -> Tensor:
+        return self._aggregate(node_features, edge_sh, weights, [], sender, receiver, num_nodes)
+
+    @torch.jit.export
+    def aggregate_radial(
+        self,
+        node_features: Tensor,
+        edge_sh: Tensor,
+        hidden: Tensor,
+        last_weight: Tensor,
+        sender: Tensor,
+        receiver: Tensor,
+        num_nodes: int,
+    ) -> Tensor:
+        """`aggregate` with weights = hidden [E, h] @ last_weight [h, weight_numel] (the radial
+        MLP's last layer, e3nn's column order), computed per edge chunk and per group from the
+        matching column blocks: no [E, weight_numel] weights, regrouping copy or their
+        gradients are formed, only [E_c, size_g] pieces."""
+        blocks = self._last_layer_blocks(last_weight)
+        return self._aggregate(node_features, edge_sh, hidden, blocks, sender, receiver, num_nodes)
+
+    def _aggregate(
+        self,
+        node_features: Tensor,
+        edge_sh: Tensor,
+        source: Tensor,
+        blocks: List[Tensor],
+        sender: Tensor,
+        receiver: Tensor,
+        num_nodes: int,
+    ) -> Tensor:
+        """`aggregate` with the weights as (source, blocks), see `_weight_groups`."""
         if self.contracts_by_receiver(edge_sh):
             return self._aggregate_by_receiver(
-                node_features, edge_sh, weights, sender, receiver, num_nodes
+                node_features, edge_sh, source, blocks, sender, receiver, num_nodes
             )
         features = node_features.index_select(1, self.input_permutation)
         chunk = self.edge_chunk_size(edge_sh.shape[0])
         if chunk == 0:
-            messages = self._messages(features.index_select(0, sender), edge_sh, weights)
+            messages = self._messages(
+                features.index_select(0, sender), edge_sh, self._weight_groups(source, blocks)
+            )
             keep = self.keeps_messages(edge_sh)
             summed = [scatter_sum(message, receiver, num_nodes, keep) for message in messages]
             return self._to_e3nn_layout(summed)
@@ -229,18 +287,21 @@ class EdgeChunkedConvolution(UVUConvolution):
             saved_bytes = edge_sh.shape[0] * self.saved_per_edge * edge_sh.element_size()
             if torch.is_grad_enabled() and saved_bytes > self.recompute_above_bytes:
                 return self._aggregate_recomputed(
-                    features, edge_sh, weights, sender, receiver, num_nodes, chunk, keep,
+                    features, edge_sh, source, blocks, sender, receiver, num_nodes, chunk, keep,
                     saved_bytes,
                 )  # fmt: skip
         return self._to_e3nn_layout(
-            self._chunk_sums(features, edge_sh, weights, sender, receiver, num_nodes, chunk, keep)
+            self._chunk_sums(
+                features, edge_sh, source, blocks, sender, receiver, num_nodes, chunk, keep
+            )
         )
 
     def _chunk_sums(
         self,
         features: Tensor,
         edge_sh: Tensor,
-        weights: Tensor,
+        source: Tensor,
+        blocks: List[Tensor],
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
@@ -249,13 +310,15 @@ class EdgeChunkedConvolution(UVUConvolution):
     ) -> List[Tensor]:
         """Per-group message sums [N, size_g] over edge chunks of `chunk` edges: each chunk's
         messages accumulate in place on the node tensors (kept for the backward pass if
-        `keep`, decided once per `aggregate` call). features: m-major [N, ·]."""
+        `keep`, decided once per `aggregate` call). features: m-major [N, ·]; the weights
+        (source, blocks) as in `_weight_groups`."""
         summed = [features.new_zeros(num_nodes, size) for size in self.group_message_sizes]
-        sh_chunks, weight_chunks = torch.split(edge_sh, chunk), torch.split(weights, chunk)
+        sh_chunks, source_chunks = torch.split(edge_sh, chunk), torch.split(source, chunk)
         sender_chunks, receiver_chunks = torch.split(sender, chunk), torch.split(receiver, chunk)
         for c in range(len(sh_chunks)):
             inputs = features.index_select(0, sender_chunks[c])
-            messages = self._messages(inputs, sh_chunks[c], weight_chunks[c])
+            weights = self._weight_groups(source_chunks[c], blocks)
+            messages = self._messages(inputs, sh_chunks[c], weights)
             for g, message in enumerate(messages):
                 scatter_add_(summed[g], receiver_chunks[c], message, keep)
         return summed
@@ -265,7 +328,8 @@ class EdgeChunkedConvolution(UVUConvolution):
         self,
         features: Tensor,
         edge_sh: Tensor,
-        weights: Tensor,
+        source: Tensor,
+        blocks: List[Tensor],
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
@@ -280,8 +344,10 @@ class EdgeChunkedConvolution(UVUConvolution):
         from torch.utils.checkpoint import checkpoint
 
         def piece_sums(features: Tensor, sh: Tensor, weight: Tensor, sender: Tensor,
-                       receiver: Tensor) -> Tensor:
-            sums = self._chunk_sums(features, sh, weight, sender, receiver, num_nodes, chunk, keep)
+                       receiver: Tensor, *blocks: Tensor) -> Tensor:
+            sums = self._chunk_sums(
+                features, sh, weight, list(blocks), sender, receiver, num_nodes, chunk, keep
+            )
             return torch.cat(sums, dim=1)
 
         num_edges = edge_sh.shape[0]
@@ -289,12 +355,12 @@ class EdgeChunkedConvolution(UVUConvolution):
         piece = max(-(-num_edges // max(num_pieces, 2)), 1)
         summed = features.new_zeros(num_nodes, sum(self.group_message_sizes))
         pieces = zip(
-            torch.split(edge_sh, piece), torch.split(weights, piece),
+            torch.split(edge_sh, piece), torch.split(source, piece),
             torch.split(sender, piece), torch.split(receiver, piece), strict=True,
         )  # fmt: skip
         for sh, weight, send, receive in pieces:
             summed = summed + checkpoint(
-                piece_sums, features, sh, weight, send, receive, use_reentrant=False
+                piece_sums, features, sh, weight, send, receive, *blocks, use_reentrant=False
             )
         return self._to_e3nn_layout([summed])
 

@@ -9,8 +9,6 @@ and a state dict loads into the module whatever backend wrote it.
 
 from __future__ import annotations
 
-from typing import List
-
 import torch
 from e3nn import o3
 from torch import Tensor, nn
@@ -73,8 +71,9 @@ class EdgeConvolution(nn.Module):
     aggregate(node_features [N, irreps_node.dim], edge_sh, weights, sender [E], receiver [E],
               num_nodes) -> [N, irreps_out.dim]:  Σ_{e: receiver[e] = n} forward(x[sender])[e],
         the message-passing step of NequIP and MACE (fused in the fast backends).
-    aggregate_groups(..., weight_groups [E, size] per block of `weight_group_sizes`, ...): the
-        same with the weights in column blocks (MACE; see the method).
+    aggregate_radial(node_features, edge_sh, hidden [E, h], last_weight [h, weight_numel],
+                     sender, receiver, num_nodes): the same with weights = hidden @ last_weight
+        (the radial MLP's last layer), computed per edge chunk and group by the fast backends.
 
     `backend` is a name of `BACKENDS`; the choice never changes the numbers beyond rounding.
     """
@@ -100,8 +99,6 @@ class EdgeConvolution(nn.Module):
         self.tp: nn.Module = BACKENDS[backend](
             self.irreps_node, self.irreps_sh, self.irreps_out, self.paths
         )
-        # the weights' column blocks `aggregate_groups` takes as separate tensors (the backend's)
-        self.weight_group_sizes: List[int] = list(self.tp.weight_group_sizes)
         # Backend constants (e3nn's `output_mask`, Wigner-3j buffers) are not model weights:
         # incoming ones are replaced by this backend's own, so any backend loads any checkpoint.
         self.register_load_state_dict_pre_hook(_use_own_backend_constants)
@@ -119,7 +116,6 @@ class EdgeConvolution(nn.Module):
             tp = tp.to(device=like.device, dtype=like.dtype)
         self.tp = tp.train(self.training)
         self.backend = backend
-        self.weight_group_sizes = list(tp.weight_group_sizes)
 
     def forward(self, node_features: Tensor, edge_sh: Tensor, weights: Tensor) -> Tensor:
         return self.tp(node_features, edge_sh, weights)
@@ -137,21 +133,22 @@ class EdgeConvolution(nn.Module):
         return self.tp.aggregate(node_features, edge_sh, weights, sender, receiver, num_nodes)
 
     @torch.jit.export
-    def aggregate_groups(
+    def aggregate_radial(
         self,
         node_features: Tensor,
         edge_sh: Tensor,
-        weight_groups: List[Tensor],
+        hidden: Tensor,
+        last_weight: Tensor,
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
     ) -> Tensor:
-        """`aggregate` with the weights as the column blocks `weight_group_sizes` ([E, size]
-        each, in order): the radial MLP computes each block with its own matmul
-        (`RadialMLP.grouped`), so no [E, weight_numel] tensor or gradient is formed where the
-        backend consumes the blocks apart (fused, scalar inputs)."""
-        return self.tp.aggregate_groups(
-            node_features, edge_sh, weight_groups, sender, receiver, num_nodes
+        """`aggregate` with weights = hidden [E, h] @ last_weight [h, weight_numel]: the radial
+        MLP's last layer (`RadialMLP.last_layer`) left to the backend, which may compute the
+        weights per edge chunk and per group from the matching columns (fused, so2), so no
+        [E, weight_numel] tensor or gradient is formed."""
+        return self.tp.aggregate_radial(
+            node_features, edge_sh, hidden, last_weight, sender, receiver, num_nodes
         )
 
 

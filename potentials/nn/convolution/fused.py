@@ -172,9 +172,14 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         self.group_weight_sizes = [p * u for p, u in zip(group_paths, group_mul, strict=True)]
         self.weight_order = weight_order  # instruction index of each path, in group order
         self.weights_in_group_order = weight_order == list(range(len(instructions)))
-        if self.weights_in_group_order:  # `aggregate_groups` takes each group's weights apart
-            self.weight_group_sizes = list(self.group_weight_sizes)
         self.path_weight_sizes = [irreps_node[i_in1].mul for i_in1, _, _, _ in instructions]
+        # `aggregate_radial` computes each group's weights from its own columns of the radial
+        # MLP's last layer: e3nn's columns in group order (none when they already are)
+        self.weight_group_sizes = list(self.group_weight_sizes)
+        if not self.weights_in_group_order:
+            columns = [self.weight_starts[t] + u for t in weight_order
+                       for u in range(self.path_weight_sizes[t])]
+            self.weight_group_columns = torch.tensor(columns, dtype=torch.long)
 
         # largest per-edge tensor of a chunk (elements): a group's messages, or the weights
         self.elements_per_edge = max(
@@ -216,15 +221,16 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             dim=1,
         )
 
-    def _messages(self, inputs: Tensor, edge_sh: Tensor, weights: Tensor) -> List[Tensor]:
+    def _messages(
+        self, inputs: Tensor, edge_sh: Tensor, grouped_weights: List[Tensor]
+    ) -> List[Tensor]:
         """Messages per group, [E, P·d3·U] each ((p, k, u) order).
 
         inputs: [E, Σ_b d1·U] sender features, m-major per block; edge_sh: [E, D_sh];
-        weights: [E, weight_numel] in e3nn's order.
+        grouped_weights: [E, P·U] per group ((p, b, u) order, `_grouped_weights`).
         """
         num_edges = inputs.shape[0]
         blocks = torch.split(inputs, self.block_sizes, dim=1)
-        grouped_weights = self._grouped_weights(weights)
         couplings = torch.split(torch.mm(edge_sh, self.coupling), self.group_coupling_sizes, dim=1)
         messages: List[Tensor] = []
         for g, coupling in enumerate(couplings):
@@ -260,52 +266,19 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
                 return False  # the message path recomputes in the backward pass
         return True
 
-    @torch.jit.export
-    def aggregate_groups(
-        self,
-        node_features: Tensor,
-        edge_sh: Tensor,
-        weight_groups: List[Tensor],
-        sender: Tensor,
-        receiver: Tensor,
-        num_nodes: int,
-    ) -> Tensor:
-        """`aggregate` with each group's weights a tensor of its own ([E, P·U], group order =
-        e3nn's order here): contracted per receiver without joining them, so the backward pass
-        forms no [E, weight_numel] gradient either (the model's radial MLP computes each
-        group's block with its own matmul). Other cases join them and call `aggregate`."""
-        if len(weight_groups) > 1 and self.contracts_by_receiver(edge_sh):
-            return self._aggregate_groups_by_receiver(
-                node_features, edge_sh, weight_groups, sender, receiver, num_nodes
-            )
-        weights = weight_groups[0] if len(weight_groups) == 1 else torch.cat(weight_groups, dim=1)
-        return self.aggregate(node_features, edge_sh, weights, sender, receiver, num_nodes)
-
     def _aggregate_by_receiver(
         self,
         node_features: Tensor,
         edge_sh: Tensor,
-        weights: Tensor,
-        sender: Tensor,
-        receiver: Tensor,
-        num_nodes: int,
-    ) -> Tensor:
-        return self._aggregate_groups_by_receiver(
-            node_features, edge_sh, self._grouped_weights(weights), sender, receiver, num_nodes
-        )
-
-    def _aggregate_groups_by_receiver(
-        self,
-        node_features: Tensor,
-        edge_sh: Tensor,
-        weight_groups: List[Tensor],
+        source: Tensor,
+        blocks: List[Tensor],
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
     ) -> Tensor:
         """`aggregate` for scalar inputs: A_t[n] = M_t[edges of n]^T · h_t[edges of n] per
-        receiver n, edges padded to the largest in-degree (docstring, 7.). weight_groups: per
-        group [E, P·U], group order."""
+        receiver n, edges padded to the largest in-degree (docstring, 7.). The weights as
+        (source, blocks), `_weight_groups`."""
         order, counts, starts = incoming_edge_offsets(receiver, num_nodes)  # [E], [N], [N]
         width = int(counts.max())  # K, the largest in-degree
         # each edge's row in the [N·K] padded table: receiver · K + its rank at the receiver
@@ -316,7 +289,8 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             # one chunk (up to 64 MiB in float32): the edges stay in their order, no reordering
             # of the [E, weight_numel] weights (a gather forward, fill + scatter backward)
             summed = self._contract_by_receiver(
-                features.index_select(0, sender), edge_sh, weight_groups, slot, num_nodes, width
+                features.index_select(0, sender), edge_sh, self._weight_groups(source, blocks),
+                slot, num_nodes, width,
             )
             return self._to_e3nn_layout([summed])
         sorted_sh = edge_sh.index_select(0, order)
@@ -335,7 +309,7 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             previous = end
         pieces: List[Tensor] = []
         sh_chunks = torch.split(sorted_sh, node_edges)
-        group_chunks = [torch.split(w.index_select(0, order), node_edges) for w in weight_groups]
+        source_chunks = torch.split(source.index_select(0, order), node_edges)
         sender_chunks = torch.split(sorted_sender, node_edges)
         slots = torch.split(slot.index_select(0, order), node_edges)
         for c in range(len(node_edges)):
@@ -344,7 +318,8 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             pieces.append(
                 self._contract_by_receiver(
                     features.index_select(0, sender_chunks[c]), sh_chunks[c],
-                    [chunks[c] for chunks in group_chunks], slots[c] - first * width, nodes, width,
+                    self._weight_groups(source_chunks[c], blocks), slots[c] - first * width,
+                    nodes, width,
                 )
             )
         return self._to_e3nn_layout([torch.cat(pieces, dim=0)])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List
-
 import torch
 from e3nn import o3
 from torch import Tensor, nn
@@ -37,23 +35,23 @@ class E3nnConvolution(nn.Module):
             internal_weights=False,
         )
 
-        self.weight_group_sizes: List[int] = [self.tp.weight_numel]
 
     def forward(self, node_features: Tensor, edge_sh: Tensor, weights: Tensor) -> Tensor:
         return self.tp(node_features, edge_sh, weights)
 
     @torch.jit.export
-    def aggregate_groups(
+    def aggregate_radial(
         self,
         node_features: Tensor,
         edge_sh: Tensor,
-        weight_groups: List[Tensor],
+        hidden: Tensor,
+        last_weight: Tensor,
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
     ) -> Tensor:
-        """`aggregate` with the weights as column blocks (e3nn's order), joined."""
-        weights = weight_groups[0] if len(weight_groups) == 1 else torch.cat(weight_groups, dim=1)
+        """`aggregate` with weights = hidden [E, h] @ last_weight [h, weight_numel]."""
+        weights = torch.mm(hidden, last_weight)  # [E, weight_numel]
         return self.aggregate(node_features, edge_sh, weights, sender, receiver, num_nodes)
 
     @torch.jit.export

@@ -249,12 +249,13 @@ class SO2UVUConvolution(EdgeChunkedConvolution):
                 scales.append((middle_row * edge_sh.narrow(1, start, 2 * degree + 1)).sum(dim=1))
         return wigner, torch.stack(scales, dim=1)
 
-    def _messages(self, inputs: Tensor, edge_sh: Tensor, weights: Tensor) -> List[Tensor]:
+    def _messages(self, inputs: Tensor, edge_sh: Tensor, weight_groups: List[Tensor]) -> List[Tensor]:
         """Messages per path group in the lab frame, [E, d3·C_g] each ((k, c) order).
 
         inputs: [E, Σ_units d1·C] sender features, m-major per unit; edge_sh: [E, D_sh];
-        weights: [E, weight_numel] in e3nn's order.
+        weight_groups: one block, the weights [E, weight_numel] in e3nn's order.
         """
+        weights = weight_groups[0]
         num_edges = inputs.shape[0]
         wigner, scales = self.edge_frames(edge_sh)
         rotated: List[Tensor] = []
