@@ -6,7 +6,14 @@ to e3nn's layout.
 
 A backend (`FusedUVUConvolution`, `SO2UVUConvolution`) subclasses `EdgeChunkedConvolution` and
 supplies `_messages` (per-group messages, [E, size_g] each, in its own order) plus the
-attributes listed in the class docstring; `forward` and `aggregate` come from here.
+attributes listed in the class docstring; `forward`, `aggregate` and `aggregate_radial` come
+from here.
+
+Radial weights: `aggregate_radial(hidden [E, h], last_weight [h, weight_numel])` takes the
+model's radial MLP before its last (linear) layer and forms each edge chunk's weights per
+group, hidden_chunk @ W_g (W_g: the group's columns of last_weight, `weight_group_columns`,
+`weight_group_sizes`), so the [E, weight_numel] weight tensor, its regrouping copy and its
+gradient never exist; the gradients flow to [E, h] and to the small W_g.
 
 Memory of large systems: `aggregate` processes edges in chunks whose edge-level tensors hold
 about `chunk_elements` elements (memory is reused instead of faulted in again), and sums
@@ -126,7 +133,10 @@ class EdgeChunkedConvolution(UVUConvolution):
       group_message_sizes: per-edge size of each group's messages;
       elements_per_edge: largest per-edge tensor of one chunk (elements);
       saved_per_edge: values autograd keeps per edge (for the recompute decision);
-    and implements `_messages(inputs [E, ·], edge_sh [E, D_sh], weights [E, weight_numel])`.
+      weight_group_sizes, weight_group_columns (optional): how the weights are cut into the
+        blocks `_messages` takes (default: one block, as they are; `_grouped_weights` cuts a
+        weight tensor the same way);
+    and implements `_messages(inputs [E, ·], edge_sh [E, D_sh], weight_groups)`.
     Constants derived in float64 are registered with `_register_exact(name, tensor)`: the buffer
     is re-derived from the float64 value on every dtype/device change (no float32 rounding
     survives `.double()`).

@@ -22,9 +22,12 @@ How it is computed (see docs/performance.md for the measurements behind each cho
 4. Internally features are "m-major", [E, 2l+1, U] (channels innermost), so the weight multiply
    broadcasts over leading axes and vectorises over U. The layout change to and from e3nn's
    [U, 2l+1] happens once per call, on nodes (N rows) rather than edges in `aggregate`.
-5. Weights are brought into group order with one split + cat (backward: one cat), and inputs and
-   outputs are permuted with one index_select each: no slicing, hence none of the zero-filled
-   full-size gradients that slicing produces in autograd.
+5. Weights: models pass the radial MLP's last layer (`aggregate_radial`), and each edge
+   chunk's group weights are one matmul with that group's columns, in group order: no
+   [E, weight_numel] tensor, no regrouping. A weight tensor (`aggregate`, `forward`) is brought
+   into group order with one split + cat (backward: one cat). Inputs and outputs are permuted
+   with one index_select each: no slicing, hence none of the zero-filled full-size gradients
+   that slicing produces in autograd.
 6. `aggregate` fuses gather (sender) → convolution → scatter-sum (receiver): the edge-level
    tensors are per group, and no [E, irreps_out.dim] tensor is formed.
 7. Scalar inputs only (every path has l1 = 0, e.g. MACE's first layer, all of MACE-small and
