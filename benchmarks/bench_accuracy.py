@@ -33,10 +33,8 @@ Protocol (one "cell" = one model on one dataset):
                       `<El>_train.xyz` (10 % held out for validation), test `<El>_test.xyz`;
                       batch size 2 (cells of up to 108 atoms), else the example's recipe.
 - `--datasets default` = aspirin, ethanol and 3bpa for every model, plus matformer_mlearn on the
-  six Zuo crystals (the Matformer paper's materials setting).
-- Models: registered model types, or a variant named by its example config
-  `examples/train_<name>.yaml` (matformer_mlearn: Matformer on its published 12-nearest-neighbour
-  graph with lattice self-connections, docs/architectures/matformer.md), or a peer.
+  six Zuo crystals. Models: registered types, a variant named by its `examples/train_<name>.yaml`
+  (matformer_mlearn: Matformer on its published graph, docs/architectures/matformer.md), a peer.
 
 Every cell runs in its own process (`--cell`); its folder `<out>/<dataset>/<model>/` holds the
 run (config.yaml, metrics.csv, learning_curves.png, best.pt), the test predictions and parity

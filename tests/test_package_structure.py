@@ -30,7 +30,7 @@ PACKAGES = {
 MAX_LINES = 500
 # Dependency-free modules every layer may import (standard library, NumPy, torch, ASE only).
 SHARED = {"equimd.errors", "equimd.checks", "equimd.units", "equimd.files", "equimd.devices",
-          "equimd.plots"}
+          "equimd.plots", "equimd.allocator"}
 
 
 def _modules() -> dict[str, Path]:
