@@ -164,25 +164,46 @@ def aggregate_with_grads(tp, features, edge_sh, weights, sender, receiver, num_n
     return [out.detach(), *(g.detach() for g in grads), *second]
 
 
+def every_uvu_path(
+    node: str, sh: str, targets: str | None = None
+) -> tuple[tuple[str, str, str], list[tuple[int, int, int]]]:
+    """(irreps_node, irreps_sh, irreps_out) and paths (i1, i2, i_out): every allowed output
+    irrep (among `targets` if given, as MACE's interactions) of every input block ⊗ every
+    spherical harmonic, one output block each."""
+    node_irreps, sh_irreps = o3.Irreps(node), o3.Irreps(sh)
+    allowed = None if targets is None else {ir for _, ir in o3.Irreps(targets)}
+    out, paths = [], []
+    for i1, (mul, ir1) in enumerate(node_irreps):
+        for i2, (_, ir2) in enumerate(sh_irreps):
+            for ir3 in ir1 * ir2:
+                if allowed is not None and ir3 not in allowed:
+                    continue
+                paths.append((i1, i2, len(out)))
+                out.append(f"{mul}x{ir3}")
+    return (node, sh, "+".join(out)), paths
+
+
 @pytest.mark.parametrize("nodes_per_chunk", [None, 1, 2])
-@pytest.mark.parametrize("irreps, paths", [
+@pytest.mark.parametrize("irreps, paths, most_paths", [
     # MACE's first layer: one path per group
-    (("16x0e", "0e+1o+2e+3o", "16x0e+16x1o+16x2e+16x3o"), [(0, ell, ell) for ell in range(4)]),
+    (("16x0e", "0e+1o+2e+3o", "16x0e+16x1o+16x2e+16x3o"), [(0, ell, ell) for ell in range(4)], 1),
     # two paths to 1o (and to 1e) from each input block: groups of two paths
     (("4x0e+3x0o", "0e+1o", "4x0e+3x0o+4x1o+3x1e+4x1o+3x1e"),
-     [(0, 0, 0), (1, 0, 1), (0, 1, 2), (1, 1, 3), (0, 1, 4), (1, 1, 5)]),
+     [(0, 0, 0), (1, 0, 1), (0, 1, 2), (1, 1, 3), (0, 1, 4), (1, 1, 5)], 2),
+    # vector and l = 2 inputs (MACE's and NequIP's later layers): d1 > 1, groups of 3 paths
+    (*every_uvu_path("4x0e+3x1o+2x1e+2x2e", "0e+1o+2e"), 3),
 ])
-def test_receiver_contraction_equals_message_path(irreps, paths, nodes_per_chunk):
-    """Scalar-input layers sum per receiver with padded GEMMs (fused.py, 7.): the same values,
-    gradients and second derivatives as scattering the messages, also with receivers in chunks,
-    isolated nodes and a receiver whose edges come in any order."""
+def test_receiver_contraction_equals_message_path(irreps, paths, most_paths, nodes_per_chunk):
+    """Layers sum per receiver with padded GEMMs (fused.py, 7.): the same values, gradients
+    and second derivatives as scattering the messages, for scalar and higher-degree inputs,
+    also with receivers in chunks, isolated nodes and a receiver whose edges come in any order."""
     from equimd.potentials.nn.convolution.fused import FusedUVUConvolution
 
     node, sh, out = (o3.Irreps(x) for x in irreps)
     instructions = [(i1, i2, i_out, 1.0 + 0.1 * i_out) for i1, i2, i_out in paths]
     with default_dtype(torch.float64):
         tp = FusedUVUConvolution(node, sh, out, instructions)
-    assert max(tp.group_paths) == (2 if len(paths) == 6 else 1)
+    assert max(tp.group_paths) == most_paths
     generator = torch.Generator().manual_seed(3)
     num_nodes, num_edges = 11, 70
     features = torch.randn(num_nodes, node.dim, generator=generator, dtype=torch.float64)
@@ -194,13 +215,35 @@ def test_receiver_contraction_equals_message_path(irreps, paths, nodes_per_chunk
         counts = torch.bincount(receiver)
         tp.chunk_elements = nodes_per_chunk * int(counts.max()) * tp.padded_per_edge // 4
         assert num_nodes * int(counts.max()) * tp.padded_per_edge > 16 * tp.chunk_elements
+    tp.sums_by_receiver = True  # whether or not the layer would choose it by its sizes
     assert tp.contracts_by_receiver(edge_sh)
     by_receiver = aggregate_with_grads(tp, features, edge_sh, weights, sender, receiver, num_nodes)
-    tp.scalar_inputs_only = False
+    tp.sums_by_receiver = False
     assert not tp.contracts_by_receiver(edge_sh)
     messages = aggregate_with_grads(tp, features, edge_sh, weights, sender, receiver, num_nodes)
     for actual, expected in zip(by_receiver, messages, strict=True):
         torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("node, sh, targets, by_receiver", [
+    ("128x0e", "0e+1o+2e+3o", None, True),  # MACE's first layer: scalar inputs
+    ("128x0e+128x1o", "0e+1o+2e+3o", "0e+1o+2e+3o", True),  # MACE-medium's second layer
+    ("64x0e+64x0o+64x1o+64x1e+64x2e+64x2o", "0e+1o+2e", None, False),  # NequIP's hidden layers
+])
+def test_layers_sum_per_receiver_when_the_padded_tables_are_smaller(node, sh, targets, by_receiver):
+    """The fused backend contracts per receiver when its padded tables (with the padding
+    allowance) hold fewer values per edge than the messages (fused.py, 7.)."""
+    from equimd.potentials.nn.convolution.fused import (
+        RECEIVER_PADDING_ALLOWANCE,
+        FusedUVUConvolution,
+    )
+
+    irreps, paths = every_uvu_path(node, sh, targets)
+    instructions = [(i1, i2, i_out, 1.0) for i1, i2, i_out in paths]
+    tp = FusedUVUConvolution(*(o3.Irreps(x) for x in irreps), instructions)
+    ratio = RECEIVER_PADDING_ALLOWANCE * tp.padded_per_edge / sum(tp.group_message_sizes)
+    assert tp.sums_by_receiver is by_receiver, ratio
+    assert tp.contracts_by_receiver(torch.zeros(5, o3.Irreps(sh).dim)) is by_receiver
 
 
 @pytest.mark.parametrize("edges_per_chunk", [None, 7])

@@ -30,18 +30,23 @@ How it is computed (see docs/performance.md for the measurements behind each cho
    that slicing produces in autograd.
 6. `aggregate` fuses gather (sender) → convolution → scatter-sum (receiver): the edge-level
    tensors are per group, and no [E, irreps_out.dim] tensor is formed.
-7. Scalar inputs only (every path has l1 = 0, e.g. MACE's first layer, all of MACE-small and
-   NequIP's first layer): `aggregate` contracts over each receiver's edges instead of forming
-   messages and scattering them. With h_t[e, u] = w_t[e, u] x[sender(e), u],
+7. `aggregate` contracts over each receiver's edges instead of forming messages and
+   scattering them (scatter-then-contract, exact). With h_t[e, i, u] = w_t[e, u] x[sender(e), i, u],
 
-       A_t[n, k, u] = Σ_{e: receiver(e) = n} M_t[e, k] h_t[e, u]  =  (M_n^T H_n)[k, u],
+       A_t[n, k, u] = Σ_{e: receiver(e) = n} Σ_i M_t[e, k, i] h_t[e, i, u]
+                    = (M_n^T H_n)[k, u],   M_n: [K·d1, d3], H_n: [K·d1, U],
 
-   one batched matmul over receivers, the edges of each receiver padded with zero rows to the
-   largest in-degree K (`_aggregate_by_receiver`). No [E, d3·U] message tensor and no
-   scatter; the flops are those of the messages (times K / mean in-degree) but run as GEMMs.
-   Up to 16 · `chunk_elements` padded values the edges are used in their order; above, receivers
-   are processed in chunks of about 4 · `chunk_elements` padded values (edges sorted by receiver). Traced with symbolic shapes (AOTInductor) the in-degree is data-dependent, so the
-   message path below is used there.
+   one batched matmul per path over receivers with inner dimension K·d1, the edges of each
+   receiver padded with zero rows to the largest in-degree K (`_aggregate_by_receiver`). No
+   [E, d3·U] message tensor, no per-edge [d3, d1] @ [d1, U] products and no scatter; the flops
+   are those of the messages (times K / mean in-degree) but run as GEMMs with long inner
+   dimensions. Up to 16 · `chunk_elements` padded values the edges are used in their order;
+   above, receivers are processed in chunks of about 4 · `chunk_elements` padded values (edges
+   sorted by receiver). Used when the padded tables are smaller than the messages
+   (`sums_by_receiver`, `RECEIVER_PADDING_ALLOWANCE`): MACE's and NequIP's scalar-input
+   layers and MACE-medium's second layer, not NequIP's higher-degree layers (padded ≈ messages). Traced
+   with symbolic shapes (AOTInductor) the in-degree is data-dependent, so the message path
+   below is used there.
 8. Memory of large systems: edge chunks, and messages recomputed in the backward pass when
    autograd would keep more than `RECOMPUTE_ABOVE_BYTES` for one layer (e.g. MACE-medium on
    2048 Cu atoms in float64: ~9 GB), come from `edge_aggregation`, shared with the SO(2)
@@ -63,6 +68,13 @@ from torch import Tensor
 from equimd.potentials.nn.convolution.edge_aggregation import EdgeChunkedConvolution
 from equimd.potentials.nn.edge_slots import edge_ranks, incoming_edge_offsets
 from equimd.potentials.nn.shapes import is_symbolic_size
+
+# Padded rows per edge of `_aggregate_by_receiver`: largest / mean in-degree, 1.0-1.4 on liquid
+# water, fcc Cu and 3BPA at 5-6 Å. A layer sums per receiver when its padded values per edge,
+# times this, are at most its messages per edge: measured on the water box (2026-12-05),
+# MACE-medium's second layer (2,904 padded vs 5,120 message values per edge) is faster per
+# receiver, NequIP's higher-degree layers (padded ≈ messages) are faster with messages.
+RECEIVER_PADDING_ALLOWANCE = 1.5
 
 
 class FusedUVUConvolution(EdgeChunkedConvolution):
@@ -198,13 +210,25 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         self.saved_per_edge = (
             sum(products) + sum(self.group_coupling_sizes) + irreps_node.dim + self.weight_numel
         )
-        # every path has a scalar input: `aggregate` contracts per receiver (docstring, 7.)
-        self.scalar_inputs_only = all(d1 == 1 for d1 in group_dim_in)
-        # padded values per edge slot of `_aggregate_by_receiver`: h (P·U) and M (P·d3) per group
+        # padded values per edge slot of `_aggregate_by_receiver`: h (P·d1·U) and M (P·d1·d3)
         self.padded_per_edge = sum(
-            p * (u + d3) for p, d3, u in zip(group_paths, group_dim_out, group_mul, strict=True)
+            p * d1 * (u + d3)
+            for p, d1, d3, u in zip(group_paths, group_dim_in, group_dim_out, group_mul, strict=True)
+        )
+        # `aggregate` contracts per receiver (docstring, 7.) when its padded tables are smaller
+        # than the messages it replaces, allowing for the padding; else messages and a scatter
+        self.sums_by_receiver = (
+            RECEIVER_PADDING_ALLOWANCE * self.padded_per_edge <= sum(self.group_message_sizes)
         )
         self._register_exact("coupling", torch.cat(coupling_columns, dim=1))
+        # the same coupling with each path's block transposed, [(p, i, k)]: M_t^T rows per edge
+        transposed = [
+            column.view(irreps_sh.dim, p, d3, d1).transpose(2, 3).reshape(irreps_sh.dim, -1)
+            for column, p, d1, d3 in zip(
+                coupling_columns, group_paths, group_dim_in, group_dim_out, strict=True
+            )
+        ]
+        self._register_exact("receiver_coupling", torch.cat(transposed, dim=1))
         self.register_buffer(
             "input_permutation", torch.tensor(input_permutation, dtype=torch.long), persistent=False
         )
@@ -256,9 +280,9 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         return messages
 
     def contracts_by_receiver(self, edge_sh: Tensor) -> bool:
-        """Whether `aggregate` contracts per receiver (docstring, 7.): scalar inputs only, at
+        """Whether `aggregate` contracts per receiver (docstring, 7.): `sums_by_receiver`, at
         least one edge, concrete shapes (not symbolic tracing), and no recomputation needed."""
-        if not self.scalar_inputs_only or edge_sh.shape[0] == 0:
+        if not self.sums_by_receiver or edge_sh.shape[0] == 0:
             return False
         num_edges = edge_sh.shape[0]
         if is_symbolic_size(num_edges):  # make_fx, export: the in-degree is data-dependent
@@ -279,9 +303,9 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         receiver: Tensor,
         num_nodes: int,
     ) -> Tensor:
-        """`aggregate` for scalar inputs: A_t[n] = M_t[edges of n]^T · h_t[edges of n] per
-        receiver n, edges padded to the largest in-degree (docstring, 7.). The weights as
-        (source, blocks), `_weight_groups`."""
+        """`aggregate` as A_t[n] = M_t[edges of n]^T · h_t[edges of n] per receiver n, edges
+        padded to the largest in-degree (docstring, 7.). The weights as (source, blocks),
+        `_weight_groups`."""
         order, counts, starts = incoming_edge_offsets(receiver, num_nodes)  # [E], [N], [N]
         width = int(counts.max())  # K, the largest in-degree
         # each edge's row in the [N·K] padded table: receiver · K + its rank at the receiver
@@ -333,36 +357,41 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
     ) -> Tensor:
         """[nodes, Σ_g P·d3·U] sums of one receiver chunk ((p, k, u) order per group).
 
-        inputs [E_c, U_total] sender scalars (m-major units); edge_sh [E_c, D_sh];
+        inputs [E_c, ·] sender features (m-major units); edge_sh [E_c, D_sh];
         grouped_weights [E_c, P·U] per group; slot [E_c]: receiver-in-chunk · width + rank.
+        A group's padded tables have rows (receiver, p, rank): each (receiver, path) pair is one
+        [K·d1, ·] matrix of the batched matmul, and its output is already in (p, k, u) order.
         """
         num_edges = inputs.shape[0]
         blocks = torch.split(inputs, self.block_sizes, dim=1)
-        couplings = torch.split(torch.mm(edge_sh, self.coupling), self.group_coupling_sizes, dim=1)
+        couplings = torch.split(
+            torch.mm(edge_sh, self.receiver_coupling), self.group_coupling_sizes, dim=1
+        )  # [E_c, P·d1·d3] per group, (p, i, k)
+        receiver_base = torch.div(slot, width, rounding_mode="floor")  # receiver in the chunk
+        rank = slot - receiver_base * width
         sums: List[Tensor] = []
         for g, coupling in enumerate(couplings):
-            paths, dim_out, mul = self.group_paths[g], self.group_dim_out[g], self.group_mul[g]
-            h = blocks[self.group_block[g]].view(num_edges, 1, mul) * grouped_weights[g].view(
-                num_edges, paths, mul
-            )  # [E_c, P, U]
-            # into fresh zeros in place: the out-of-place index_copy would first copy the zeros
-            h_padded = h.new_zeros(nodes * width, paths * mul).index_copy_(
-                0, slot, h.view(num_edges, paths * mul)
-            )  # [n·K, P·U]
-            m_padded = coupling.new_zeros(nodes * width, paths * dim_out).index_copy_(
-                0, slot, coupling
-            )  # [n·K, P·d3]
+            paths, dim_in, dim_out, mul = (
+                self.group_paths[g], self.group_dim_in[g], self.group_dim_out[g], self.group_mul[g]
+            )
             if paths == 1:
-                summed = torch.bmm(
-                    m_padded.view(nodes, width, dim_out).transpose(1, 2),
-                    h_padded.view(nodes, width, mul),
-                )  # [n, d3, U]
-            else:
-                summed = torch.bmm(
-                    m_padded.view(nodes, width, paths, dim_out).permute(0, 2, 3, 1)
-                    .reshape(nodes * paths, dim_out, width),
-                    h_padded.view(nodes, width, paths, mul).transpose(1, 2)
-                    .reshape(nodes * paths, width, mul),
-                )  # [n·P, d3, U]
-            sums.append(summed.reshape(nodes, paths * dim_out * mul))
+                rows = slot
+            else:  # row of (edge, p): (receiver · P + p) · K + rank
+                offsets = torch.arange(paths, device=slot.device, dtype=slot.dtype) * width
+                rows = ((receiver_base * (paths * width) + rank).unsqueeze(1) + offsets).view(-1)
+            h = blocks[self.group_block[g]].view(num_edges, 1, dim_in, mul) * grouped_weights[
+                g
+            ].view(num_edges, paths, 1, mul)  # [E_c, P, d1, U]
+            # into fresh zeros in place: the out-of-place index_copy would first copy the zeros
+            h_padded = h.new_zeros(nodes * paths * width, dim_in * mul).index_copy_(
+                0, rows, h.view(num_edges * paths, dim_in * mul)
+            )  # [n·P·K, d1·U]
+            m_padded = coupling.new_zeros(nodes * paths * width, dim_in * dim_out).index_copy_(
+                0, rows, coupling.reshape(num_edges * paths, dim_in * dim_out)
+            )  # [n·P·K, d1·d3]
+            summed = torch.bmm(
+                m_padded.view(nodes * paths, width * dim_in, dim_out).transpose(1, 2),
+                h_padded.view(nodes * paths, width * dim_in, mul),
+            )  # [n·P, d3, U]
+            sums.append(summed.view(nodes, paths * dim_out * mul))
         return torch.cat(sums, dim=1)
