@@ -196,7 +196,8 @@ def every_uvu_path(
 def test_receiver_contraction_equals_message_path(irreps, paths, most_paths, nodes_per_chunk):
     """Layers sum per receiver with padded GEMMs (fused.py, 7.): the same values, gradients
     and second derivatives as scattering the messages, for scalar and higher-degree inputs,
-    also with receivers in chunks, isolated nodes and a receiver whose edges come in any order."""
+    also with receivers in chunks, isolated nodes and a receiver whose edges come in any order;
+    scripted (as deployed) the same values."""
     from equimd.potentials.nn.convolution.fused import FusedUVUConvolution
 
     node, sh, out = (o3.Irreps(x) for x in irreps)
@@ -218,6 +219,12 @@ def test_receiver_contraction_equals_message_path(irreps, paths, most_paths, nod
     tp.sums_by_receiver = True  # whether or not the layer would choose it by its sizes
     assert tp.contracts_by_receiver(edge_sh)
     by_receiver = aggregate_with_grads(tp, features, edge_sh, weights, sender, receiver, num_nodes)
+    if nodes_per_chunk is None:  # the deployed (TorchScript) form takes the same path
+        scripted = torch.jit.script(e3nn.util.jit.compile(tp))
+        torch.testing.assert_close(
+            scripted.aggregate(features, edge_sh, weights, sender, receiver, num_nodes),
+            by_receiver[0], rtol=0, atol=0,
+        )
     tp.sums_by_receiver = False
     assert not tp.contracts_by_receiver(edge_sh)
     messages = aggregate_with_grads(tp, features, edge_sh, weights, sender, receiver, num_nodes)
