@@ -36,17 +36,18 @@ How it is computed (see docs/performance.md for the measurements behind each cho
        A_t[n, k, u] = Σ_{e: receiver(e) = n} Σ_i M_t[e, k, i] h_t[e, i, u]
                     = (M_n^T H_n)[k, u],   M_n: [K·d1, d3], H_n: [K·d1, U],
 
-   one batched matmul per path over receivers with inner dimension K·d1, the edges of each
-   receiver padded with zero rows to the largest in-degree K (`_aggregate_by_receiver`). No
+   one batched matmul per group over (receiver, path) pairs with inner dimension K·d1, the
+   edges of each receiver padded with zero rows to the largest in-degree K
+   (`_aggregate_by_receiver`). No
    [E, d3·U] message tensor, no per-edge [d3, d1] @ [d1, U] products and no scatter; the flops
    are those of the messages (times K / mean in-degree) but run as GEMMs with long inner
    dimensions. Up to 16 · `chunk_elements` padded values the edges are used in their order;
    above, receivers are processed in chunks of about 4 · `chunk_elements` padded values (edges
    sorted by receiver). Used when the padded tables are smaller than the messages
    (`sums_by_receiver`, `RECEIVER_PADDING_ALLOWANCE`): MACE's and NequIP's scalar-input
-   layers and MACE-medium's second layer, not NequIP's higher-degree layers (padded ≈ messages). Traced
-   with symbolic shapes (AOTInductor) the in-degree is data-dependent, so the message path
-   below is used there.
+   layers and MACE-medium's second layer, not NequIP's higher-degree layers (padded ≈
+   messages). Traced with symbolic shapes (AOTInductor) the in-degree is data-dependent, so
+   the message path below is used there.
 8. Memory of large systems: edge chunks, and messages recomputed in the backward pass when
    autograd would keep more than `RECOMPUTE_ABOVE_BYTES` for one layer (e.g. MACE-medium on
    2048 Cu atoms in float64: ~9 GB), come from `edge_aggregation`, shared with the SO(2)
