@@ -37,6 +37,7 @@ from equimd.potentials.nn.convolution import (
     convolution_backend,
 )
 from equimd.potentials.nn.convolution.edge_aggregation import EdgeChunkedConvolution
+from equimd.potentials.nn.convolution.edge_convolution import convolution_irreps
 from equimd.potentials.nn.dtype import default_dtype
 from equimd.potentials.nn.linear import (
     FastLinear,
@@ -164,23 +165,14 @@ def aggregate_with_grads(tp, features, edge_sh, weights, sender, receiver, num_n
     return [out.detach(), *(g.detach() for g in grads), *second]
 
 
-def every_uvu_path(
-    node: str, sh: str, targets: str | None = None
+def convolution_layer(
+    node: str, sh: str, targets: str
 ) -> tuple[tuple[str, str, str], list[tuple[int, int, int]]]:
-    """(irreps_node, irreps_sh, irreps_out) and paths (i1, i2, i_out): every allowed output
-    irrep (among `targets` if given, as MACE's interactions) of every input block ⊗ every
-    spherical harmonic, one output block each."""
-    node_irreps, sh_irreps = o3.Irreps(node), o3.Irreps(sh)
-    allowed = None if targets is None else {ir for _, ir in o3.Irreps(targets)}
-    out, paths = [], []
-    for i1, (mul, ir1) in enumerate(node_irreps):
-        for i2, (_, ir2) in enumerate(sh_irreps):
-            for ir3 in ir1 * ir2:
-                if allowed is not None and ir3 not in allowed:
-                    continue
-                paths.append((i1, i2, len(out)))
-                out.append(f"{mul}x{ir3}")
-    return (node, sh, "+".join(out)), paths
+    """(irreps_node, irreps_sh, irreps_out) and paths (i1, i2, i_out) of the models'
+    convolution (`convolution_irreps`): every input block ⊗ spherical harmonic → each irrep
+    of `targets` it reaches."""
+    irreps_out, instructions = convolution_irreps(o3.Irreps(node), o3.Irreps(sh), o3.Irreps(targets))
+    return (node, sh, str(irreps_out)), [(i1, i2, i_out) for i1, i2, i_out, _, _ in instructions]
 
 
 @pytest.mark.parametrize("nodes_per_chunk", [None, 1, 2])
@@ -191,7 +183,7 @@ def every_uvu_path(
     (("4x0e+3x0o", "0e+1o", "4x0e+3x0o+4x1o+3x1e+4x1o+3x1e"),
      [(0, 0, 0), (1, 0, 1), (0, 1, 2), (1, 1, 3), (0, 1, 4), (1, 1, 5)], 2),
     # vector and l = 2 inputs (MACE's and NequIP's later layers): d1 > 1, groups of 3 paths
-    (*every_uvu_path("4x0e+3x1o+2x1e+2x2e", "0e+1o+2e"), 3),
+    (*convolution_layer("4x0e+3x1o+2x1e+2x2e", "0e+1o+2e", "0e+0o+1e+1o+2e+2o+3e+3o+4e+4o"), 3),
 ])
 def test_receiver_contraction_equals_message_path(irreps, paths, most_paths, nodes_per_chunk):
     """Layers sum per receiver with padded GEMMs (fused.py, 7.): the same values, gradients
@@ -233,9 +225,9 @@ def test_receiver_contraction_equals_message_path(irreps, paths, most_paths, nod
 
 
 @pytest.mark.parametrize("node, sh, targets, by_receiver", [
-    ("128x0e", "0e+1o+2e+3o", None, True),  # MACE's first layer: scalar inputs
+    ("128x0e", "0e+1o+2e+3o", "0e+1o+2e+3o", True),  # MACE's first layer: scalar inputs
     ("128x0e+128x1o", "0e+1o+2e+3o", "0e+1o+2e+3o", True),  # MACE-medium's second layer
-    ("64x0e+64x0o+64x1o+64x1e+64x2e+64x2o", "0e+1o+2e", None, False),  # NequIP's hidden layers
+    ("64x0e+64x0o+64x1o+64x1e+64x2e+64x2o", "0e+1o+2e", "0e+0o+1o+1e+2e+2o", False),  # NequIP
 ])
 def test_layers_sum_per_receiver_when_the_padded_tables_are_smaller(node, sh, targets, by_receiver):
     """The fused backend contracts per receiver when its padded tables (with the padding
@@ -245,7 +237,7 @@ def test_layers_sum_per_receiver_when_the_padded_tables_are_smaller(node, sh, ta
         FusedUVUConvolution,
     )
 
-    irreps, paths = every_uvu_path(node, sh, targets)
+    irreps, paths = convolution_layer(node, sh, targets)
     instructions = [(i1, i2, i_out, 1.0) for i1, i2, i_out in paths]
     tp = FusedUVUConvolution(*(o3.Irreps(x) for x in irreps), instructions)
     ratio = RECEIVER_PADDING_ALLOWANCE * tp.padded_per_edge / sum(tp.group_message_sizes)

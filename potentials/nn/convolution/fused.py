@@ -368,8 +368,6 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         couplings = torch.split(
             torch.mm(edge_sh, self.receiver_coupling), self.group_coupling_sizes, dim=1
         )  # [E_c, P·d1·d3] per group, (p, i, k)
-        receiver_base = torch.div(slot, width, rounding_mode="floor")  # receiver in the chunk
-        rank = slot - receiver_base * width
         sums: List[Tensor] = []
         for g, coupling in enumerate(couplings):
             paths, dim_in, dim_out, mul = (
@@ -377,9 +375,10 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             )
             if paths == 1:
                 rows = slot
-            else:  # row of (edge, p): (receiver · P + p) · K + rank
+            else:  # row of (edge, p): (receiver · P + p) · K + rank = slot + receiver · (P − 1) · K + p · K
+                receiver_in_chunk = torch.div(slot, width, rounding_mode="floor")
                 offsets = torch.arange(paths, device=slot.device, dtype=slot.dtype) * width
-                rows = ((receiver_base * (paths * width) + rank).unsqueeze(1) + offsets).view(-1)
+                rows = ((slot + receiver_in_chunk * ((paths - 1) * width)).unsqueeze(1) + offsets).view(-1)
             h = blocks[self.group_block[g]].view(num_edges, 1, dim_in, mul) * grouped_weights[
                 g
             ].view(num_edges, paths, 1, mul)  # [E_c, P, d1, U]
