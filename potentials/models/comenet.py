@@ -39,7 +39,9 @@ Changes from the paper and DIG, all for MD (a smooth, local, extensive energy):
 * **Local normalisation.** DIG's GraphNorm normalises over all atoms of a molecule (energies
   would be neither local nor extensive): replaced by a per-atom LayerNorm.
 * **Radial basis.** equimd's Bessel basis with a polynomial envelope (DIG's spherical Bessel
-  functions have no envelope: forces jump at the cutoff); one radial basis for all l.
+  functions have no envelope: forces jump at the cutoff); one radial basis for all l, so the
+  default `num_radial` is 16 where DIG's 3 are per l (3 radial functions alone leave the
+  energy too smooth in the bond lengths to fit forces: docs/architectures/comenet.md).
 
 Equivariance: φ and τ are signed (e_y = e_z × s is axial), so mirror images have different
 energies: SE(3). Cost: O(N + E) geometry (soft references are sums over each atom's edges),
@@ -247,11 +249,11 @@ class ComENet(Potential):
         r_max: float = 5.0,
         hidden_channels: int = 256,
         middle_channels: int = 64,
-        num_radial: int = 3,
+        num_radial: int = 16,
         num_spherical: int = 2,
         num_layers: int = 4,
         num_output_layers: int = 3,
-        reference_width: float = 0.1,
+        reference_width: float = 0.5,
         frame_eps: float = 0.1,
         polynomial_p: int = 6,
         avg_num_neighbors: float = 1.0,
