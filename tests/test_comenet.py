@@ -173,7 +173,7 @@ def test_comenet_matches_the_paper_equations_in_the_hard_limit(seed):
 
 def test_comenet_reference_neighbours_interpolate_through_a_swap():
     """Where two neighbours swap order, the hard limit of the references (the paper's argmin)
-    makes the energy jump; the default width (0.1 Å) changes it by a small, step-sized amount."""
+    makes the energy jump; the default width (0.5 Å) changes it by a small, step-sized amount."""
     with default_dtype(torch.float64):
         torch.manual_seed(5)
         kwargs = dict(
@@ -200,7 +200,7 @@ def test_comenet_reference_neighbours_interpolate_through_a_swap():
     def step(model, h):
         return abs(energy(model, h) - energy(model, -h))
 
-    # refining the step across the swap 4× (both steps ≫ the hard width 0.002 Å, ≲ 0.1 Å): the
+    # refining the step across the swap 4× (both steps ≫ the hard width 0.002 Å, ≪ the default 0.5 Å): the
     # smooth step shrinks about 4×, the hard one keeps its jump
     assert step(smooth, 0.005) < 0.5 * step(smooth, 0.02)
     assert step(hard, 0.005) > 0.7 * step(hard, 0.02) > 0

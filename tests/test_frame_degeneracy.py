@@ -23,7 +23,7 @@ FRAME_MODELS = ["comenet", "clofnet", "gnnlf"]
 
 
 def _comenet_paper_width() -> torch.nn.Module:
-    """ComENet with its default reference width and frame ε (0.1 Å): the swap scan resolves it."""
+    """ComENet with its default reference width (0.5 Å) and frame ε (0.1): the swap scan resolves it."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         model = build_model(
