@@ -208,3 +208,38 @@ def test_wigner_3j_convention_is_a_sign_table() -> None:
     assert torch.allclose(-symbol, o3.wigner_3j(1, 2, 2, dtype=torch.float64))
     gram = torch.einsum("abc,abd->cd", symbol, symbol) * 5
     torch.testing.assert_close(gram, torch.eye(5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("irreps_in", "irreps_out", "species"),
+    [
+        ("3x0e+3x1o+3x2e+3x3o", "3x0e+3x1o", [2, 0, 2, 2, 0, 2]),  # element 1 absent
+        ("3x0e+3x1o+3x2e+3x3o", "3x0e+3x1o", [1, 1, 1, 1]),  # one element only
+        ("2x0e+2x1o+2x2e", "2x0e+2x1o+2x2e", [0, 1, 2, 1, 0]),
+    ],
+)
+def test_folded_and_column_evaluations_agree(irreps_in: str, irreps_out: str, species: list[int]) -> None:
+    """The two evaluations of the product basis (`fold_weights`: W folded into the bases per
+    element, or one matmul per order over all columns) are the same function: values, input
+    and weight gradients, second derivatives (forces in training), also when scripted."""
+    generator = torch.Generator().manual_seed(3)
+    with default_dtype(torch.float64):
+        module = SymmetricContraction(irreps_in, irreps_out, correlation=3, num_elements=3)
+    module.weights.data.normal_(generator=generator)
+    x = torch.randn(len(species), o3.Irreps(irreps_in).dim, generator=generator, dtype=torch.float64)
+    species_t = torch.tensor(species)
+    results = []
+    for fold in (True, False):
+        module.fold_weights = fold
+        for evaluate in (module, torch.jit.script(copy.deepcopy(module))):
+            inputs = x.clone().requires_grad_(True)
+            out = evaluate(inputs, species_t)
+            probe = torch.linspace(-1.0, 1.0, out.numel(), dtype=torch.float64).view_as(out)
+            (grad,) = torch.autograd.grad((out * probe).sum(), inputs, create_graph=True)
+            weights = evaluate.weights if isinstance(evaluate, torch.jit.ScriptModule) else module.weights
+            second = torch.autograd.grad(grad.square().sum(), [inputs, weights])
+            results.append((out.detach(), grad.detach(), *second))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+    assert results[0][0].abs().max() > 0 and results[0][3].abs().max() > 0
