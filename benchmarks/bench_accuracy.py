@@ -65,7 +65,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cell_scoring import refit_cell, score_tests  # noqa: E402
-from harness import ROOT, add_data_argument, data_dir, use_data_argument  # noqa: E402
+from harness import ROOT, add_data_argument, data_dir, git_commit, use_data_argument  # noqa: E402
 from peer_cells import PEERS, is_peer, run_peer_cell  # noqa: E402
 
 ZUO_ELEMENTS = ("Cu", "Ge", "Li", "Mo", "Ni", "Si")
@@ -238,14 +238,6 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     }
     write_json(folder / "result.json", summary)
     return summary
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -4,6 +4,7 @@ training budget.
     python benchmarks/bench_mace.py speed [--configs small medium] [--systems water cu256]
         [--dtypes float32 float64] [--threads 2] [--repeats 20] [--warmup 3]
         [--quiet-load 0.15] [--max-wait 120] [--json bench_out/mace_speed.json] [--quick]
+        [--no-flops]
     python benchmarks/bench_mace.py train [--minutes 20] [--config small] [--dtype float64]
         [--train-frames 450] [--valid-frames 50] [--threads 2] [--json ...] [--quick]
 
@@ -19,7 +20,9 @@ own) is timed in one fresh subprocess per implementation with the same measureme
 (`harness.measure`: median of `--repeats` after `--warmup`, waiting up to `--max-wait` s for
 the foreign CPU load to fall below `--quiet-load` cores, and reporting that load). Reported:
 median/min ms, peak RSS, foreign load before/during, the float64 energy of both (same weights
-→ equal to ~1e-10), and ratio = mace time / equimd time (> 1: equimd is faster).
+→ equal to ~1e-10), and ratio = mace time / equimd time (> 1: equimd is faster). equimd's
+worker also times the tensor-product core of the last interaction against a plain matmul in
+the same process (`benchmarks/tp_core.py`; `--no-flops` skips it).
 
 (b) training. 3BPA (`3bpa/train_300K.xyz` of the shared datasets, `--data DIR`): the first `--train-frames`
 frames train, the last `--valid-frames` validate, written once to `<out>/data/{train,valid}.xyz`
@@ -53,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import harness as bench  # noqa: E402  (benchmarks/harness.py: systems, timing, workers)
+from tp_core import measure_tp_core  # noqa: E402  (benchmarks/tp_core.py)
 
 PROCESS_START = time.monotonic()
 PEER_PYTHON = ROOT / ".peers" / "mace" / "bin" / "python"
@@ -124,6 +128,8 @@ def run_equimd_speed(args: argparse.Namespace) -> dict[str, Any]:
         bench.measure(evaluate, args.repeats, args.warmup, args.quiet_load, args.max_wait)
     )
     result["peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
+    if args.flops:
+        result["tp_core"] = measure_tp_core(model, graph, args.dtype)
     return result
 
 
@@ -138,6 +144,10 @@ def _format(result: dict[str, Any]) -> str:
     )
     if "ratio" in result:
         text += f"  ratio {result['ratio']:.2f}"
+    if "tp_core" in result:
+        core = result["tp_core"]
+        text += (f"  TP core {core['gflops']:.2f} GFLOP/s ({100 * core['fraction_of_matmul']:.1f}% "
+                 f"of matmul {core['matmul_gflops']:.0f})")
     return text
 
 
@@ -183,7 +193,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
                 base = ["--system", system, "--dtype", dtype, *common]
                 runs = [
                     [sys.executable, str(Path(__file__).resolve()), "--worker", "equimd",
-                     "--export", made["model"], *base],
+                     "--export", made["model"], *base, *([] if args.no_flops else ["--flops"])],
                     [str(PEER_PYTHON), str(PEER_WORKER), "time", "--model", made["model"], *base],
                 ]  # fmt: skip
                 names = ["equimd", "mace"]
@@ -424,6 +434,7 @@ def worker(argv: list[str]) -> None:
     parser.add_argument("--system", choices=sorted(bench.SYSTEMS))
     bench.add_timing_arguments(parser)
     parser.add_argument("--backend", default=None)
+    parser.add_argument("--flops", action="store_true", help="also the TP core's FLOP/s")
     args = parser.parse_args(argv)
     if args.worker == "equimd":
         bench.emit(run_equimd_speed(args))
@@ -457,6 +468,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="s per measurement: slow evaluations are timed fewer times, at least 5",
     )
     p.add_argument("--thp", action="store_true", help="THP_MEM_ALLOC_ENABLE=1 for every worker")
+    p.add_argument("--no-flops", action="store_true", help="skip the TP core's FLOP/s (tp_core.py)")
     p.add_argument("--out", default=str(ROOT / "bench_out" / "mace_models"))
     p.add_argument("--json", default=str(ROOT / "bench_out" / "mace_speed.json"))
     p.add_argument("--quick", action="store_true", help="smoke run: 2 repeats, 1 warm-up, no wait")

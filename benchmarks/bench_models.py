@@ -19,7 +19,7 @@ What is measured, for every (row, system, dtype) and every implementation:
 - for equimd: training throughput (frames/s: energy + forces loss, backward with
   `create_graph`, Adam step, one frame per step) and the achieved FLOP/s of the tensor-product
   core (`EdgeConvolution.aggregate` of the last interaction, forward, useful FLOPs counted by
-  `convolution_flops`) next to the FLOP/s of a plain matmul measured in the same process;
+  `tp_core.convolution_flops`) next to the FLOP/s of a plain matmul measured in the same process;
 - with `--thp`, every worker (equimd's and the peers') runs with torch's transparent-huge-page
   allocation (`THP_MEM_ALLOC_ENABLE=1`), which removes most page faults of large allocations;
 - the foreign CPU load (cores busy with other processes, from /proc/stat, minus this process's
@@ -52,20 +52,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
     ROOT,
     SYSTEMS,
-    LoadWindow,
     add_data_argument,
     emit,
-    matmul_flops,
     measure,
     peak_rss_mb,
     peer_python,
@@ -74,6 +70,7 @@ from harness import (
     worker_arguments,
     write_report,  # noqa: E402  (benchmarks/harness.py: systems, timing, workers)
 )
+from tp_core import measure_tp_core  # noqa: E402  (benchmarks/tp_core.py)
 
 # ----------------------------------------------------------------------------- what is compared
 
@@ -106,45 +103,6 @@ MODEL_ROWS: dict[str, dict[str, Any]] = load_rows()
 # ----------------------------------------------------------------------------- equimd worker
 
 
-def convolution_flops(convolution, num_edges: int) -> float:
-    """Useful FLOPs of one forward of a "uvu" `EdgeConvolution` over `num_edges` edges.
-
-    Per path (l1 ⊗ l2 → l3, U channels): 2·U·d1·d3 for the contraction with the per-edge
-    coupling matrix, U·d3 for the weight, 2·D_sh·d1·d3 for the coupling matrix itself.
-    The same count is used for every backend (e3nn's outer-product algorithm does more).
-    """
-    from e3nn import o3
-
-    irreps_node, irreps_sh = convolution.irreps_node, convolution.irreps_sh
-    _, instructions = _instructions(convolution)
-    total = 0.0
-    for i_in1, _i_in2, i_out, *_ in instructions:
-        mul, ir_in = irreps_node[i_in1]
-        d1, d3 = ir_in.dim, o3.Irreps(convolution.irreps_out)[i_out].ir.dim
-        total += 2 * mul * d1 * d3 + mul * d3 + 2 * irreps_sh.dim * d1 * d3
-    return total * num_edges
-
-
-def _instructions(convolution):
-    from e3nn import o3
-
-    from equimd.potentials.nn.convolution import convolution_irreps
-
-    return convolution_irreps(
-        convolution.irreps_node, convolution.irreps_sh, o3.Irreps(convolution.irreps_out)
-    )
-
-
-def _time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -153,7 +111,7 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
     keep_freed_memory()  # as equimd's loaders and commands do (docs/performance.md)
 
     from equimd.potentials.data.configuration import Configuration
-    from equimd.potentials.data.graph import configuration_to_graph, edge_vectors
+    from equimd.potentials.data.graph import configuration_to_graph
     from equimd.potentials.forcefield import ForceField
     from equimd.potentials.models import build_model
     from equimd.potentials.nn.convolution import apply_convolution_backend
@@ -195,33 +153,7 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
 
     if args.flops and hasattr(model, "interactions"):
-        convolution = model.interactions[-1].convolution
-        generator = torch.Generator().manual_seed(0)
-        features = torch.randn(num_atoms, convolution.irreps_node.dim, generator=generator)
-        weights = torch.randn(num_edges, convolution.weight_numel, generator=generator)
-        features, weights = features.to(dtype), weights.to(dtype)
-        with torch.no_grad():
-            edge_sh = model.spherical_harmonics(edge_vectors(graph))
-            sender, receiver = graph.edge_index[0], graph.edge_index[1]
-            window = LoadWindow()
-            seconds = _time(
-                lambda: convolution.aggregate(
-                    features, edge_sh, weights, sender, receiver, num_atoms
-                ),
-                repeats=5,
-            )
-            flops = convolution_flops(convolution, num_edges)
-            result["tp_core"] = {
-                "backend": convolution.backend,
-                "irreps_in": str(convolution.irreps_node),
-                "forward_s": seconds,
-                "gflops": flops / seconds / 1e9,
-                "matmul_gflops": matmul_flops(args.dtype) / 1e9,
-                "load_during": round(window.foreign_cores(), 3),
-            }
-            result["tp_core"]["fraction_of_matmul"] = (
-                result["tp_core"]["gflops"] / result["tp_core"]["matmul_gflops"]
-            )
+        result["tp_core"] = measure_tp_core(model, graph, args.dtype)
 
     if args.train_steps > 0:
         model.requires_grad_(True)

@@ -207,8 +207,27 @@ def matmul_flops(dtype_name: str, n: int = 1024, repeats: int = 5) -> float:
     return 2.0 * n**3 / statistics.median(samples)
 
 
+def git_commit() -> str:
+    """Short hash of the checkout's HEAD ("?" outside a git checkout)."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True, capture_output=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def run_stamp() -> dict[str, str]:
+    """{"date": "YYYY-MM-DD HH:MM UTC", "commit": short hash}: when and on which code a report
+    was measured."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit()}
+
+
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
-    """Write a benchmark's report as JSON (creating its folder) and say where."""
+    """Write a benchmark's report as JSON (creating its folder), stamped with the date and
+    commit unless it carries them (`run_stamp`), and say where."""
+    report = {**run_stamp(), **report}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, default=str))

@@ -1,0 +1,87 @@
+"""The tensor-product core's achieved FLOP/s next to a plain matmul's, in the same process.
+
+The core is `EdgeConvolution.aggregate` of a model's last interaction (gather of the sender
+features, the "uvu" tensor product with per-edge weights, scatter-sum to the receivers),
+forward only, on the benchmark system's real graph, with random features and weights.
+Useful FLOPs are counted per path (l1 ⊗ l2 → l3, U channels, d = 2l + 1) and edge as
+
+    2·U·d1·d3   the contraction of the sender features with the per-edge coupling matrix,
+    U·d3        the weight multiply,
+    2·D_sh·d1·d3  the coupling matrix itself (D_sh: dimension of the spherical harmonics),
+
+the same count for every backend (e3nn's outer-product algorithm does more work for it).
+The matmul is [1024, 1024] @ [1024, 1024] in the same dtype and thread count
+(`harness.matmul_flops`). Issue 20's bar: the core at ≥ 15 % of the matmul's FLOP/s for
+MACE medium.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from harness import LoadWindow, matmul_flops
+
+TP_CORE_TARGET = 0.15  # fraction of the matmul's FLOP/s (issue 20, MACE medium)
+
+
+def convolution_flops(convolution, num_edges: int) -> float:
+    """Useful FLOPs of one forward of a "uvu" `EdgeConvolution` over `num_edges` edges
+    (module docstring)."""
+    from e3nn import o3
+
+    from equimd.potentials.nn.convolution import convolution_irreps
+
+    irreps_node, irreps_sh = convolution.irreps_node, convolution.irreps_sh
+    irreps_out = o3.Irreps(convolution.irreps_out)
+    _, instructions = convolution_irreps(irreps_node, irreps_sh, irreps_out)
+    total = 0.0
+    for i_in1, _i_in2, i_out, *_ in instructions:
+        mul, ir_in = irreps_node[i_in1]
+        d1, d3 = ir_in.dim, irreps_out[i_out].ir.dim
+        total += 2 * mul * d1 * d3 + mul * d3 + 2 * irreps_sh.dim * d1 * d3
+    return total * num_edges
+
+
+def measure_tp_core(model, graph, dtype_name: str, repeats: int = 5) -> dict[str, Any]:
+    """{"backend", "irreps_in", "forward_s", "gflops", "matmul_gflops", "fraction_of_matmul",
+    "load_during"} for the last interaction of `model` (its `interactions[-1].convolution`)
+    on `graph` (median of `repeats` forwards after one warm-up)."""
+    import torch
+
+    from equimd.potentials.data.graph import edge_vectors
+
+    dtype = getattr(torch, dtype_name)
+    convolution = model.interactions[-1].convolution
+    num_nodes, num_edges = int(graph.positions.shape[0]), int(graph.edge_index.shape[1])
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(num_nodes, convolution.irreps_node.dim, generator=generator).to(dtype)
+    weights = torch.randn(num_edges, convolution.weight_numel, generator=generator).to(dtype)
+    with torch.no_grad():
+        edge_sh = model.spherical_harmonics(edge_vectors(graph))
+        sender, receiver = graph.edge_index[0], graph.edge_index[1]
+
+        def forward() -> None:
+            convolution.aggregate(features, edge_sh, weights, sender, receiver, num_nodes)
+
+        window = LoadWindow()
+        forward()
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            forward()
+            samples.append(time.perf_counter() - start)
+        seconds = statistics.median(samples)
+        load = window.foreign_cores()
+    flops = convolution_flops(convolution, num_edges)
+    reference = matmul_flops(dtype_name)
+    return {
+        "backend": convolution.backend,
+        "irreps_in": str(convolution.irreps_node),
+        "forward_s": seconds,
+        "gflops": flops / seconds / 1e9,
+        "matmul_gflops": reference / 1e9,
+        "fraction_of_matmul": flops / seconds / reference,
+        "load_during": round(load, 3),
+    }
