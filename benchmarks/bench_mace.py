@@ -3,8 +3,7 @@ training budget.
 
     python benchmarks/bench_mace.py speed [--configs small medium] [--systems water cu256]
         [--dtypes float32 float64] [--threads 2] [--repeats 20] [--warmup 3]
-        [--quiet-load 0.15] [--max-wait 120] [--json bench_out/mace_speed.json] [--quick]
-        [--no-flops]
+        [--quiet-load 0.15] [--max-wait 120] [--json bench_out/mace_speed.json] [--quick] [--no-flops]
     python benchmarks/bench_mace.py train [--minutes 20] [--config small] [--dtype float64]
         [--train-frames 450] [--valid-frames 50] [--threads 2] [--json ...] [--quick]
 
@@ -20,9 +19,8 @@ own) is timed in one fresh subprocess per implementation with the same measureme
 (`harness.measure`: median of `--repeats` after `--warmup`, waiting up to `--max-wait` s for
 the foreign CPU load to fall below `--quiet-load` cores, and reporting that load). Reported:
 median/min ms, peak RSS, foreign load before/during, the float64 energy of both (same weights
-→ equal to ~1e-10), and ratio = mace time / equimd time (> 1: equimd is faster). equimd's
-worker also times the tensor-product core of the last interaction against a plain matmul in
-the same process (`benchmarks/tp_core.py`; `--no-flops` skips it).
+→ equal to ~1e-10), and ratio = mace time / equimd time (> 1: equimd is faster); and the
+tensor-product core's FLOP/s against a matmul in the same process (`tp_core.py`).
 
 (b) training. 3BPA (`3bpa/train_300K.xyz` of the shared datasets, `--data DIR`): the first `--train-frames`
 frames train, the last `--valid-frames` validate, written once to `<out>/data/{train,valid}.xyz`
@@ -56,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import harness as bench  # noqa: E402  (benchmarks/harness.py: systems, timing, workers)
-from tp_core import measure_tp_core  # noqa: E402  (benchmarks/tp_core.py)
+import tp_core  # noqa: E402  (benchmarks/tp_core.py: the tensor-product core's FLOP/s)
 
 PROCESS_START = time.monotonic()
 PEER_PYTHON = ROOT / ".peers" / "mace" / "bin" / "python"
@@ -120,16 +118,13 @@ def run_equimd_speed(args: argparse.Namespace) -> dict[str, Any]:
 
     result: dict[str, Any] = {
         "implementation": "equimd" + (f"[{args.backend}]" if args.backend else ""),
-        "atoms": len(atoms),
-        "edges": int(graph.edge_index.shape[1]),
+        "atoms": len(atoms), "edges": int(graph.edge_index.shape[1]),
         "energy": float(forcefield(graph)["energy"][0]),
     }
-    result.update(
-        bench.measure(evaluate, args.repeats, args.warmup, args.quiet_load, args.max_wait)
-    )
+    result.update(bench.measure(evaluate, args.repeats, args.warmup, args.quiet_load, args.max_wait))
     result["peak_rss_mb"] = round(bench.peak_rss_mb(), 1)
     if args.flops:
-        result["tp_core"] = measure_tp_core(model, graph, args.dtype)
+        result["tp_core"] = tp_core.measure_tp_core(model, graph, args.dtype)
     return result
 
 
@@ -144,11 +139,7 @@ def _format(result: dict[str, Any]) -> str:
     )
     if "ratio" in result:
         text += f"  ratio {result['ratio']:.2f}"
-    if "tp_core" in result:
-        core = result["tp_core"]
-        text += (f"  TP core {core['gflops']:.2f} GFLOP/s ({100 * core['fraction_of_matmul']:.1f}% "
-                 f"of matmul {core['matmul_gflops']:.0f})")
-    return text
+    return text + (f"  {tp_core.describe(result['tp_core'])}" if "tp_core" in result else "")
 
 
 def speed(args: argparse.Namespace) -> dict[str, Any]:

@@ -70,7 +70,8 @@ from harness import (
     worker_arguments,
     write_report,  # noqa: E402  (benchmarks/harness.py: systems, timing, workers)
 )
-from tp_core import measure_tp_core  # noqa: E402  (benchmarks/tp_core.py)
+from tp_core import describe as describe_tp_core  # noqa: E402  (benchmarks/tp_core.py)
+from tp_core import measure_tp_core  # noqa: E402
 
 # ----------------------------------------------------------------------------- what is compared
 
@@ -213,11 +214,7 @@ def _format_row(r: dict[str, Any]) -> str:
     if "train" in r:
         text += f"  train {r['train']['frames_per_s']:.2f} frames/s"
     if "tp_core" in r:
-        core = r["tp_core"]
-        text += (
-            f"  TP core {core['gflops']:.2f} GFLOP/s "
-            f"({100 * core['fraction_of_matmul']:.1f}% of matmul {core['matmul_gflops']:.0f})"
-        )
+        text += f"  {describe_tp_core(r['tp_core'])}"
     return text + note
 
 

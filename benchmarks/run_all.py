@@ -1,12 +1,13 @@
 """The benchmark suite (`make bench`): equimd against the peers, in one run on this machine.
 
     python benchmarks/run_all.py [--no-setup] [--quick]
-        [--only models mace neighbors md md_throughput] [--summary-only] [--no-readme]
+        [--only models mace neighbors md md_throughput] [--systems water ...] [--summary-only]
+        [--no-readme]
 
 1. Creates the peer virtual environments (`.peers/nequip`, `.peers/mace`, via
    `benchmarks/peers/setup_peers.sh`; skipped with --no-setup or when they exist).
 2. Runs, each writing a JSON report under `bench_out/`:
-   - `bench_models.py` (NequIP vs nequip: speed, peak memory, training frames/s,
+   - `bench_models.py --rows nequip` (NequIP vs nequip: speed, peak memory, training frames/s,
      tensor-product FLOP/s against a plain matmul) → `models.json`;
    - `bench_mace.py speed` (MACE small and medium vs mace-torch on the same weights, and the
      tensor-product core's FLOP/s) → `mace_speed.json`;
@@ -65,13 +66,23 @@ def ensure_peers(names: list[str]) -> None:
             print(f"[run_all] could not set up {name}; its rows are skipped", flush=True)
 
 
-def commands(quick: bool) -> dict[str, list[str]]:
+def commands(quick: bool, systems: list[str] | None = None) -> dict[str, list[str]]:
+    """Each step's command line; `systems` (e.g. ["water"]) restricts the model, MACE and MD
+    throughput steps to those of their systems (None: all of each step's systems)."""
     py = sys.executable
     q = ["--quick"] if quick else []
+
+    def only(defaults: list[str]) -> list[str]:
+        chosen = [name for name in defaults if systems is None or name in systems]
+        return ["--systems", *(chosen or defaults[:1])]
+
     return {
-        "models": [py, str(HERE / "bench_models.py"), "--systems", "3bpa", "water", "cu256",
-                   "cu2048", "--json", str(OUT / "models.json"), *q],
-        "mace": [py, str(HERE / "bench_mace.py"), "speed", "--systems", "water", "cu2048",
+        # the NequIP row of issue 20 (every other model's rows: `bench_models.py --rows ...`,
+        # docs/models.md)
+        "models": [py, str(HERE / "bench_models.py"), "--rows", "nequip",
+                   *only(["3bpa", "water", "cu256", "cu2048"]),
+                   "--json", str(OUT / "models.json"), *q],
+        "mace": [py, str(HERE / "bench_mace.py"), "speed", *only(["water", "cu2048"]),
                  "--json", str(OUT / "mace_speed.json"), *q],
         "neighbors": [py, str(HERE / "bench_neighbors.py"), "--repeats", "3" if quick else "20",
                       "--json", str(OUT / "neighbors.json")],
@@ -82,7 +93,7 @@ def commands(quick: bool) -> dict[str, list[str]]:
                           "--dtypes", "float32", "--out", str(OUT / "md_throughput"),
                           *(["--systems", "3bpa", "--steps", "2", "--repeats", "1",
                              "--max-wait", "0"] if quick else
-                            ["--systems", "water", "cu2048", "--steps", "4", "--repeats", "3"]),
+                            [*only(["water", "cu2048"]), "--steps", "4", "--repeats", "3"]),
                           "--json", str(OUT / "md_throughput.json")],
     }  # fmt: skip
 
@@ -251,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS))
     parser.add_argument("--summary-only", action="store_true",
                         help="print the summary of the reports already in bench_out/")
+    parser.add_argument("--systems", nargs="+", metavar="NAME",
+                        help="only these systems in the model, MACE and MD throughput steps "
+                             "(e.g. water; default: each step's own list)")
     parser.add_argument("--no-readme", action="store_true",
                         help="do not write the summary into README.md (--quick never does)")
     harness.add_data_argument(parser)
@@ -262,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
                                              ("mace", ("mace", "md_throughput")))
                           if any(step in args.only for step in steps)])
         for step in args.only:
-            command = commands(args.quick)[step]
+            command = commands(args.quick, args.systems)[step]
             print(f"\n[run_all] {step}: {' '.join(command[1:])}", flush=True)
             start = time.perf_counter()
             code = subprocess.run(command, cwd=ROOT).returncode

@@ -85,3 +85,9 @@ def measure_tp_core(model, graph, dtype_name: str, repeats: int = 5) -> dict[str
         "fraction_of_matmul": flops / seconds / reference,
         "load_during": round(load, 3),
     }
+
+
+def describe(core: dict[str, Any]) -> str:
+    """'TP core G GFLOP/s (P% of matmul M)' for a `measure_tp_core` record."""
+    return (f"TP core {core['gflops']:.2f} GFLOP/s ({100 * core['fraction_of_matmul']:.1f}% of "
+            f"matmul {core['matmul_gflops']:.0f})")

@@ -90,3 +90,11 @@ def test_tp_core_flops_count_each_path_once_per_edge():
         o3.Irreps("2x0e+2x1o"), o3.Irreps.spherical_harmonics(1), o3.Irreps("0e+1o")
     )
     assert convolution_flops(convolution, 10) == 10 * (14 + 42 + 114 + 38)
+
+
+def test_make_bench_runs_issue_20s_nequip_row_and_systems_can_be_restricted():
+    full, water = run_all.commands(False), run_all.commands(False, ["water"])
+    models = full["models"]
+    assert models[models.index("--rows") + 1 : models.index("--systems")] == ["nequip"]
+    assert "cu2048" in full["mace"] and "cu2048" not in water["mace"] and "water" in water["mace"]
+    assert "cu2048" not in water["md_throughput"] and "3bpa" not in water["models"]
