@@ -48,6 +48,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import run_stamp  # noqa: E402  (benchmarks/harness.py)
+
 from equimd.potentials.data.cell_grid import BIN_SUBDIVISION  # noqa: E402
 from equimd.potentials.data.cell_list import neighbor_list_torch  # noqa: E402
 
@@ -295,6 +298,8 @@ def main() -> None:
 
     if args.json is not None:
         result = {
+            **run_stamp(),
+            "settings": {"threads": args.threads},
             "torch": torch.__version__,
             "threads": args.threads,
             "device": str(device),

@@ -218,10 +218,22 @@ def git_commit() -> str:
         return "?"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; "?" where unreadable): ratios against the peers
+    differ between CPUs (vector width, caches), so every report names it."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+    except OSError:
+        return "?"
+    return f"{names[0]} ({len(names)} logical CPUs)" if names else "?"
+
+
 def run_stamp() -> dict[str, str]:
-    """{"date": "YYYY-MM-DD HH:MM UTC", "commit": short hash}: when and on which code a report
-    was measured."""
-    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit()}
+    """{"date": "YYYY-MM-DD HH:MM UTC", "commit": short hash, "cpu": model}: when, on which
+    code and on which CPU a report was measured."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
+            "cpu": cpu_model()}
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> Path:

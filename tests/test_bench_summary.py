@@ -37,6 +37,11 @@ def reports(tmp_path, monkeypatch) -> Path:
                   {**_timing("equimd", 0.50), "row": "nequip", "system": "water", "dtype": "float32"},
                   {**_timing("nequip", 4.10), "row": "nequip", "system": "water", "dtype": "float32"},
               ]}  # fmt: skip
+    neighbors = {"date": "2026-12-06 07:01 UTC", "commit": "abc1234", "cpu": "Test CPU (2 logical CPUs)",
+                 "settings": {"threads": 2}, "systems": [
+                     {"system": "fcc Cu 2048", "r_max": 6.0, "edges": 159748, "ours_ms": 30.0,
+                      "matscipy_over_ours": 1.4}]}  # fmt: skip
+    (tmp_path / "neighbors.json").write_text(json.dumps(neighbors))
     (tmp_path / "mace_speed.json").write_text(json.dumps(mace))
     (tmp_path / "models.json").write_text(json.dumps(models))
     monkeypatch.setattr(run_all, "OUT", tmp_path)
@@ -46,6 +51,8 @@ def reports(tmp_path, monkeypatch) -> Path:
 def test_the_summary_states_ratios_against_issue_20s_bars_with_dates_and_commits(reports):
     text = run_all.summary()
     assert "2026-12-06 07:00 UTC, commit abc1234" in text and "commit def5678" in text
+    assert "Test CPU (2 logical CPUs)" in text  # the CPU the figures were measured on
+    assert "- fcc Cu 2048, r_max 6.0: 159748 edges, ours 30.0 ms; matscipy/ours 1.40" in text
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if " | " in line}
     assert "**5.50×** ≥ 5× PASS" in rows["MACE medium"]  # 2.20 / 0.40
     assert "**4.50×** below 5×" in rows["MACE small"]  # 0.90 / 0.20
@@ -82,9 +89,9 @@ def test_tp_core_flops_count_each_path_once_per_edge():
     """2x0e+2x1o ⊗ Y^{l≤1} → 0e+1o has the paths 0e⊗0e→0e, 0e⊗1o→1o, 1o⊗0e→1o, 1o⊗1o→0e;
     per path 2·U·d1·d3 + U·d3 + 2·D_sh·d1·d3 with U = 2, D_sh = 4: 14 + 42 + 114 + 38."""
     from e3nn import o3
+    from tp_core import convolution_flops
 
     from equimd.potentials.nn.convolution import EdgeConvolution
-    from tp_core import convolution_flops
 
     convolution = EdgeConvolution(
         o3.Irreps("2x0e+2x1o"), o3.Irreps.spherical_harmonics(1), o3.Irreps("0e+1o")
