@@ -172,7 +172,7 @@ def _provenance(reports: dict[str, dict | None]) -> str:
     """'Measured DATE on commit C (report), ...; T threads': where each figure comes from."""
     stamps = [f"{name}: {report.get('date', 'date not recorded')}, commit "
               f"{report.get('commit', '?')}" for name, report in reports.items() if report]
-    threads = sorted({str(report.get("settings", {}).get("threads", "?"))
+    threads = sorted({str(report.get("settings", {}).get("threads", report.get("threads", "?")))
                       for report in reports.values() if report})
     cpus = sorted({report.get("cpu", "CPU not recorded") for report in reports.values() if report})
     return (f"Measured ({'; '.join(stamps)}) on {' / '.join(cpus)}, {'/'.join(threads)} torch "
@@ -236,6 +236,8 @@ def summary() -> str:
         out.append(f"\nMD throughput ({throughput['date']}, commit {throughput['commit']}, "
                    f"{throughput['settings']['threads']} threads, 1 fs; ratio = peer ms/step / "
                    "equimd ms/step, same run):")
+        out += [f"- model {name}: {description}"
+                for name, description in throughput.get("models", {}).items()]
         out += _md_throughput_lines(throughput["results"])
     return "\n".join(out)
 

@@ -200,8 +200,11 @@ class SymmetricContraction(nn.Module):
         )
         # the columns grouped by output component (stable): the per-element folding below
         column_output_tensor = torch.tensor(column_output, dtype=torch.long)
+        columns_by_output = torch.sort(column_output_tensor, stable=True)[1]
+        self.register_buffer("columns_by_output", columns_by_output, persistent=False)
+        # the weight coefficient of each column in that order (one gather of W per fold)
         self.register_buffer(
-            "columns_by_output", torch.sort(column_output_tensor, stable=True)[1], persistent=False
+            "coefficient_by_output", self.column_coefficient[columns_by_output], persistent=False
         )
         self.output_column_counts: list[int] = torch.bincount(
             column_output_tensor, minlength=self.num_outputs_total
@@ -233,8 +236,8 @@ class SymmetricContraction(nn.Module):
             blocks.append(nn.functional.pad(order.basis, (start, self.num_columns - start - width)))
             start += width
         basis = torch.cat(blocks, dim=0).index_select(1, self.columns_by_output)  # [J, columns]
-        weights = self.weights.index_select(0, elements).index_select(1, self.column_coefficient)
-        weights = weights.index_select(1, self.columns_by_output)  # [Z', columns, C]
+        weights = self.weights.index_select(0, elements).index_select(1, self.coefficient_by_output)
+        # [Z', columns, C], columns grouped by output component
         pieces = [
             torch.matmul(b, w)  # [Z', J, C]
             for b, w in zip(
