@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
+from equimd.potentials.nn.edge_pairs import edge_pairs
 from equimd.potentials.nn.mace_blocks import (
     GATES,
     INTERACTION_CLASSES,
@@ -146,6 +147,9 @@ class MACE(Potential):
         pseudoscalars = irreps_hidden.count(o3.Irrep("0o")) > 0
         irreps_scalars = o3.Irreps([irreps_hidden[0]])
         self.apply_cutoff = bool(apply_cutoff)
+        # R(r) and the radial MLPs once per pair of reverse edges where the neighbour list is
+        # made of such pairs (`edge_pairs`); False: per edge. The same function either way.
+        self.share_pair_radial = True
 
         # Embeddings: elements, edge directions Y(r̂) and lengths R(r).
         self.node_embedding = o3.Linear(irreps_attrs, irreps_scalars)
@@ -216,7 +220,22 @@ class MACE(Potential):
         edge_sh = self.spherical_harmonics(vectors)  # [E, (max_ell+1)²]
         z_sender = graph.numbers[graph.edge_index[0]]  # [E] atomic numbers
         z_receiver = graph.numbers[graph.edge_index[1]]
-        edge_radial, envelope = self.radial_embedding(lengths, z_sender, z_receiver)
+        # R(r) depends on the length and symmetrically on the two elements: once per pair of
+        # reverse edges where the list is made of such pairs (edge_pairs.py; same function)
+        pairs = (
+            edge_pairs(graph.edge_index, graph.edge_shift, species.shape[0])
+            if self.share_pair_radial
+            else None
+        )
+        pair_of_edge: Optional[Tensor] = None
+        if pairs is not None:
+            first, pair_of_edge = pairs  # [P], [E]
+            edge_radial, envelope = self.radial_embedding(
+                lengths.index_select(0, first), z_sender.index_select(0, first),
+                z_receiver.index_select(0, first),
+            )  # [P, num_radial], [P, 1]
+        else:
+            edge_radial, envelope = self.radial_embedding(lengths, z_sender, z_receiver)
         edge_cutoff: Optional[Tensor] = None if self.apply_cutoff else envelope
 
         node_features = self.node_embedding(node_attrs)
@@ -229,7 +248,8 @@ class MACE(Potential):
         layers = zip(self.interactions, self.products, self.readouts)  # noqa: B905 - TorchScript
         for interaction, product, readout in layers:
             message, self_connection = interaction(
-                node_features, node_attrs, edge_sh, edge_radial, graph.edge_index, edge_cutoff
+                node_features, node_attrs, edge_sh, edge_radial, graph.edge_index, edge_cutoff,
+                pair_of_edge,
             )
             node_features = product(message, species, self_connection)
             energy = energy + readout(node_features)

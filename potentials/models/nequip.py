@@ -10,6 +10,7 @@ e_j = W_out · h_j|scalars ;  E_j = E0[Z_j] + scale · e_j + shift
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from e3nn import o3
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
 from equimd.potentials.nn.convolution import EdgeConvolution, convolution_irreps
+from equimd.potentials.nn.edge_pairs import edge_pairs
 from equimd.potentials.nn.gate import equivariant_gate, gated_irreps
 from equimd.potentials.nn.linear import linear, scalar_tensor_product
 from equimd.potentials.nn.radial import RadialEmbedding, radial_mlp
@@ -163,21 +165,23 @@ class NequIPInteraction(nn.Module):
             self.restrict_to(self.irreps_read)
 
     def _aggregate(
-        self, features: Tensor, edge_sh: Tensor, edge_radial: Tensor, edge_index: Tensor
+        self, features: Tensor, edge_sh: Tensor, edge_radial: Tensor, edge_index: Tensor,
+        pair_of_edge: Optional[Tensor] = None,
     ) -> Tensor:
-        """Σ over incoming edges of the convolution, [N, convolution.irreps_out.dim]."""
+        """Σ over incoming edges of the convolution, [N, convolution.irreps_out.dim];
+        edge_radial per edge, or with `pair_of_edge` per pair of reverse edges."""
         sender, receiver = edge_index[0], edge_index[1]
         num_nodes = features.shape[0]
         # the radial weights = hidden @ last_weight, formed by the convolution per edge chunk
         hidden, last_weight = self.radial_weights.last_layer(edge_radial)
         if not hasattr(self, "pruned_convolution"):  # resolved when scripting
             return self.convolution.aggregate_radial(
-                features, edge_sh, hidden, last_weight, sender, receiver, num_nodes
+                features, edge_sh, hidden, last_weight, sender, receiver, num_nodes, pair_of_edge
             )
         # only the needed output columns of the radial MLP's last (linear) layer
         last_weight = last_weight.index_select(1, self.pruned_weight_columns)
         partial = self.pruned_convolution.aggregate_radial(
-            features, edge_sh, hidden, last_weight, sender, receiver, num_nodes
+            features, edge_sh, hidden, last_weight, sender, receiver, num_nodes, pair_of_edge
         )
         full = features.new_zeros(num_nodes, self.convolution_dim)
         return full.index_copy(1, self.pruned_output_columns, partial)
@@ -189,9 +193,10 @@ class NequIPInteraction(nn.Module):
         edge_sh: Tensor,
         edge_radial: Tensor,
         edge_index: Tensor,
+        pair_of_edge: Optional[Tensor] = None,
     ) -> Tensor:
         features = self.sender_normalization(self.linear_in(node_features), node_attrs)
-        aggregated = self._aggregate(features, edge_sh, edge_radial, edge_index)
+        aggregated = self._aggregate(features, edge_sh, edge_radial, edge_index, pair_of_edge)
         updated = self.linear_out(aggregated * self.message_normalization)
         if self.self_connection is not None:
             updated = updated + self.self_connection(node_features, node_attrs)
@@ -273,6 +278,9 @@ class NequIP(Potential):
         self.radial_embedding = RadialEmbedding(
             r_max, num_bessel, polynomial_p, trainable=trainable_bessel
         )
+        # R(r) and the radial MLPs once per pair of reverse edges where the neighbour list is
+        # made of such pairs (`edge_pairs`); False: per edge. The same function either way.
+        self.share_pair_radial = True
         irreps = o3.Irreps(f"{type_embed_features or scalars}x0e")  # species embedding
         self.embedding = linear(irreps_attrs, irreps)
         layers = []
@@ -328,11 +336,21 @@ class NequIP(Potential):
         vectors = edge_vectors(graph)
         lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)
         edge_sh = self.spherical_harmonics(vectors)
-        edge_radial = self.radial_embedding(lengths)
+        # R(r) once per pair of reverse edges where the list is made of such pairs (same function)
+        pairs = (
+            edge_pairs(graph.edge_index, graph.edge_shift, species.shape[0])
+            if self.share_pair_radial
+            else None
+        )
+        pair_of_edge: Optional[Tensor] = None
+        if pairs is not None:
+            first, pair_of_edge = pairs  # [P], [E]
+            lengths = lengths.index_select(0, first)
+        edge_radial = self.radial_embedding(lengths)  # [E or P, num_radial]
         node_features = self.embedding(node_attrs)
         for interaction in self.interactions:
             node_features = interaction(
-                node_features, node_attrs, edge_sh, edge_radial, graph.edge_index
+                node_features, node_attrs, edge_sh, edge_radial, graph.edge_index, pair_of_edge
             )
         hidden = self.readout_activation(self.readout_hidden(node_features))
         energy = self.readout(hidden).squeeze(-1)

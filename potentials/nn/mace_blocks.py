@@ -117,7 +117,10 @@ class InteractionBlock(nn.Module):
         edge_radial: Tensor,
         edge_index: Tensor,
         edge_cutoff: Optional[Tensor] = None,
+        pair_of_edge: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Optional[Tensor]]:
+        """edge_radial, edge_cutoff: per edge, or with `pair_of_edge` [E] per pair of reverse
+        edges (`equimd.potentials.nn.edge_pairs`; edge e takes row pair_of_edge[e])."""
         self_connection: Optional[Tensor] = None
         if self.residual:
             self_connection = self.skip_tp(node_features, node_attrs)
@@ -127,13 +130,15 @@ class InteractionBlock(nn.Module):
         hidden, last_weight = self.radial_weights.last_layer(edge_radial, edge_cutoff)
         message = self.convolution.aggregate_radial(
             features, edge_sh, hidden, last_weight, edge_index[0], edge_index[1],
-            node_features.shape[0],
+            node_features.shape[0], pair_of_edge,
         )
         density_fn = self.density_fn
         if density_fn is not None:
-            edge_density = torch.tanh(density_fn(edge_radial) ** 2)  # [E, 1]
+            edge_density = torch.tanh(density_fn(edge_radial) ** 2)  # [E or P, 1]
             if edge_cutoff is not None:
                 edge_density = edge_density * edge_cutoff
+            if pair_of_edge is not None:
+                edge_density = edge_density.index_select(0, pair_of_edge)  # [E, 1]
             density = torch.zeros(
                 node_features.shape[0], 1, dtype=edge_density.dtype, device=edge_density.device
             ).index_add(0, edge_index[1], edge_density)

@@ -30,7 +30,7 @@ Same numbers, one more forward of the messages. TorchScript files always keep th
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from e3nn import o3
@@ -103,12 +103,16 @@ class UVUConvolution(nn.Module):
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
+        pair_of_edge: Optional[Tensor] = None,
     ) -> Tensor:
         """`aggregate` with the weights given as the radial MLP's last (linear) layer:
         weights = hidden [E, h] @ last_weight [h, weight_numel] (e3nn's column order). A backend
         may compute them per edge chunk and per group instead (`EdgeChunkedConvolution`); here,
-        at once."""
-        weights = torch.mm(hidden, last_weight)  # [E, weight_numel]
+        at once. With `pair_of_edge` [E], hidden has one row per pair of reverse edges and edge
+        e takes row pair_of_edge[e] (`equimd.potentials.nn.edge_pairs`)."""
+        weights = torch.mm(hidden, last_weight)  # [E or P, weight_numel]
+        if pair_of_edge is not None:
+            weights = weights.index_select(0, pair_of_edge)  # [E, weight_numel]
         return self.aggregate(node_features, edge_sh, weights, sender, receiver, num_nodes)
 
     def aggregate(
@@ -187,13 +191,20 @@ class EdgeChunkedConvolution(UVUConvolution):
         columns in `weight_group_columns` order); here one block, the weights as they are."""
         return [weights]
 
-    def _weight_groups(self, source: Tensor, blocks: List[Tensor]) -> List[Tensor]:
+    def _weight_groups(
+        self, source: Tensor, blocks: List[Tensor], pairs: Optional[Tensor] = None
+    ) -> List[Tensor]:
         """One edge chunk's weights as `_messages` takes them: from the weights themselves
         (`blocks` empty; source [E_c, weight_numel]) or from the radial MLP's last hidden layer
-        (source [E_c, h]) times each block of its last weight matrix ([h, size_g] each)."""
+        (source [E_c, h]) times each block of its last weight matrix ([h, size_g] each). With
+        `pairs` [E_c] (and blocks), source has one row per pair: each pair's weights are formed
+        once and edge e takes those of pair pairs[e]."""
         if len(blocks) == 0:
             return self._grouped_weights(source)
-        return [torch.mm(source, block) for block in blocks]  # [E_c, size_g] each
+        weights = [torch.mm(source, block) for block in blocks]  # [E_c or P, size_g] each
+        if pairs is None:
+            return weights
+        return [weight.index_select(0, pairs) for weight in weights]  # [E_c, size_g] each
 
     def _last_layer_blocks(self, last_weight: Tensor) -> List[Tensor]:
         """[h, weight_numel] (e3nn's column order) → [h, size_g] per group (the backend's order)."""
@@ -216,6 +227,7 @@ class EdgeChunkedConvolution(UVUConvolution):
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
+        pairs: Optional[Tensor] = None,
     ) -> Tensor:
         raise NotImplementedError
 
@@ -260,13 +272,19 @@ class EdgeChunkedConvolution(UVUConvolution):
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
+        pair_of_edge: Optional[Tensor] = None,
     ) -> Tensor:
         """`aggregate` with weights = hidden [E, h] @ last_weight [h, weight_numel] (the radial
         MLP's last layer, e3nn's column order), computed per edge chunk and per group from the
         matching column blocks: no [E, weight_numel] weights, regrouping copy or their
-        gradients are formed, only [E_c, size_g] pieces."""
+        gradients are formed, only [E_c, size_g] pieces. With `pair_of_edge` [E], hidden has one
+        row per pair of reverse edges (`equimd.potentials.nn.edge_pairs`): where the edges go
+        in one piece each pair's weights are formed once, else its hidden row is copied to
+        both edges."""
         blocks = self._last_layer_blocks(last_weight)
-        return self._aggregate(node_features, edge_sh, hidden, blocks, sender, receiver, num_nodes)
+        return self._aggregate(
+            node_features, edge_sh, hidden, blocks, sender, receiver, num_nodes, pair_of_edge
+        )
 
     def _aggregate(
         self,
@@ -277,17 +295,18 @@ class EdgeChunkedConvolution(UVUConvolution):
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
+        pairs: Optional[Tensor] = None,
     ) -> Tensor:
-        """`aggregate` with the weights as (source, blocks), see `_weight_groups`."""
+        """`aggregate` with the weights as (source, blocks, pairs), see `_weight_groups`."""
         if self.contracts_by_receiver(edge_sh):
             return self._aggregate_by_receiver(
-                node_features, edge_sh, source, blocks, sender, receiver, num_nodes
+                node_features, edge_sh, source, blocks, sender, receiver, num_nodes, pairs
             )
         features = node_features.index_select(1, self.input_permutation)
         chunk = self.edge_chunk_size(edge_sh.shape[0])
         if chunk == 0:
             messages = self._messages(
-                features.index_select(0, sender), edge_sh, self._weight_groups(source, blocks)
+                features.index_select(0, sender), edge_sh, self._weight_groups(source, blocks, pairs)
             )
             keep = self.keeps_messages(edge_sh)
             summed = [scatter_sum(message, receiver, num_nodes, keep) for message in messages]
@@ -296,10 +315,14 @@ class EdgeChunkedConvolution(UVUConvolution):
         if not torch.jit.is_scripting():
             saved_bytes = edge_sh.shape[0] * self.saved_per_edge * edge_sh.element_size()
             if torch.is_grad_enabled() and saved_bytes > self.recompute_above_bytes:
+                if pairs is not None:  # each edge its own hidden row
+                    source = source.index_select(0, pairs)
                 return self._aggregate_recomputed(
                     features, edge_sh, source, blocks, sender, receiver, num_nodes, chunk, keep,
                     saved_bytes,
                 )  # fmt: skip
+        if pairs is not None:  # edge chunks: each edge its hidden row (the hidden layers were shared)
+            source = source.index_select(0, pairs)
         return self._to_e3nn_layout(
             self._chunk_sums(
                 features, edge_sh, source, blocks, sender, receiver, num_nodes, chunk, keep

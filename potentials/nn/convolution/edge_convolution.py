@@ -9,6 +9,8 @@ and a state dict loads into the module whatever backend wrote it.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from e3nn import o3
 from torch import Tensor, nn
@@ -142,13 +144,15 @@ class EdgeConvolution(nn.Module):
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
+        pair_of_edge: Optional[Tensor] = None,
     ) -> Tensor:
         """`aggregate` with weights = hidden [E, h] @ last_weight [h, weight_numel]: the radial
         MLP's last layer (`RadialMLP.last_layer`) left to the backend, which may compute the
         weights per edge chunk and per group from the matching columns (fused, so2), so no
-        [E, weight_numel] tensor or gradient is formed."""
+        [E, weight_numel] tensor or gradient is formed. With `pair_of_edge` [E] (from
+        `equimd.potentials.nn.edge_pairs`), hidden has one row per pair of reverse edges."""
         return self.tp.aggregate_radial(
-            node_features, edge_sh, hidden, last_weight, sender, receiver, num_nodes
+            node_features, edge_sh, hidden, last_weight, sender, receiver, num_nodes, pair_of_edge
         )
 
 

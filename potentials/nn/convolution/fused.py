@@ -60,7 +60,7 @@ dtype or device, so a model built in float32 and cast to float64 has float64-exa
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from e3nn import o3
@@ -303,9 +303,10 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
+        pairs: Optional[Tensor] = None,
     ) -> Tensor:
         """`aggregate` as A_t[n] = M_t[edges of n]^T · h_t[edges of n] per receiver n, edges
-        padded to the largest in-degree (docstring, 7.). The weights as (source, blocks),
+        padded to the largest in-degree (docstring, 7.). The weights as (source, blocks, pairs),
         `_weight_groups`."""
         order, counts, starts = incoming_edge_offsets(receiver, num_nodes)  # [E], [N], [N]
         width = int(counts.max())  # K, the largest in-degree
@@ -317,8 +318,8 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             # one chunk (up to 64 MiB in float32): the edges stay in their order, no reordering
             # of the [E, weight_numel] weights (a gather forward, fill + scatter backward)
             summed = self._contract_by_receiver(
-                features.index_select(0, sender), edge_sh, self._weight_groups(source, blocks),
-                slot, num_nodes, width,
+                features.index_select(0, sender), edge_sh,
+                self._weight_groups(source, blocks, pairs), slot, num_nodes, width,
             )
             return self._to_e3nn_layout([summed])
         sorted_sh = edge_sh.index_select(0, order)
@@ -337,7 +338,9 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             previous = end
         pieces: List[Tensor] = []
         sh_chunks = torch.split(sorted_sh, node_edges)
-        source_chunks = torch.split(source.index_select(0, order), node_edges)
+        # each edge's row of source in receiver order (with pairs: its pair's hidden row)
+        rows = order if pairs is None else pairs.index_select(0, order)
+        source_chunks = torch.split(source.index_select(0, rows), node_edges)
         sender_chunks = torch.split(sorted_sender, node_edges)
         slots = torch.split(slot.index_select(0, order), node_edges)
         for c in range(len(node_edges)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from e3nn import o3
 from torch import Tensor, nn
@@ -49,9 +51,13 @@ class E3nnConvolution(nn.Module):
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
+        pair_of_edge: Optional[Tensor] = None,
     ) -> Tensor:
-        """`aggregate` with weights = hidden [E, h] @ last_weight [h, weight_numel]."""
-        weights = torch.mm(hidden, last_weight)  # [E, weight_numel]
+        """`aggregate` with weights = hidden [E, h] @ last_weight [h, weight_numel]; with
+        `pair_of_edge` [E], hidden has one row per pair of reverse edges (edge_pairs.py)."""
+        weights = torch.mm(hidden, last_weight)  # [E or P, weight_numel]
+        if pair_of_edge is not None:
+            weights = weights.index_select(0, pair_of_edge)
         return self.aggregate(node_features, edge_sh, weights, sender, receiver, num_nodes)
 
     @torch.jit.export
