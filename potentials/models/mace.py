@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
-from equimd.potentials.nn.edge_pairs import edge_pairs
+from equimd.potentials.nn.edge_pairs import pair_rows, rows_of
 from equimd.potentials.nn.mace_blocks import (
     GATES,
     INTERACTION_CLASSES,
@@ -222,20 +222,12 @@ class MACE(Potential):
         z_receiver = graph.numbers[graph.edge_index[1]]
         # R(r) depends on the length and symmetrically on the two elements: once per pair of
         # reverse edges where the list is made of such pairs (edge_pairs.py; same function)
-        pairs = (
-            edge_pairs(graph.edge_index, graph.edge_shift, species.shape[0])
-            if self.share_pair_radial
-            else None
-        )
-        pair_of_edge: Optional[Tensor] = None
-        if pairs is not None:
-            first, pair_of_edge = pairs  # [P], [E]
-            edge_radial, envelope = self.radial_embedding(
-                lengths.index_select(0, first), z_sender.index_select(0, first),
-                z_receiver.index_select(0, first),
-            )  # [P, num_radial], [P, 1]
-        else:
-            edge_radial, envelope = self.radial_embedding(lengths, z_sender, z_receiver)
+        first, pair_of_edge = pair_rows(
+            graph.edge_index, graph.edge_shift, species.shape[0], self.share_pair_radial
+        )  # [P], [E] or None, None
+        edge_radial, envelope = self.radial_embedding(
+            rows_of(lengths, first), rows_of(z_sender, first), rows_of(z_receiver, first)
+        )  # [E or P, num_radial], [E or P, 1]
         edge_cutoff: Optional[Tensor] = None if self.apply_cutoff else envelope
 
         node_features = self.node_embedding(node_attrs)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
 from equimd.potentials.nn.convolution import EdgeConvolution, convolution_irreps
-from equimd.potentials.nn.edge_pairs import edge_pairs
+from equimd.potentials.nn.edge_pairs import pair_rows, rows_of
 from equimd.potentials.nn.gate import equivariant_gate, gated_irreps
 from equimd.potentials.nn.linear import linear, scalar_tensor_product
 from equimd.potentials.nn.radial import RadialEmbedding, radial_mlp
@@ -337,16 +337,10 @@ class NequIP(Potential):
         lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)
         edge_sh = self.spherical_harmonics(vectors)
         # R(r) once per pair of reverse edges where the list is made of such pairs (same function)
-        pairs = (
-            edge_pairs(graph.edge_index, graph.edge_shift, species.shape[0])
-            if self.share_pair_radial
-            else None
-        )
-        pair_of_edge: Optional[Tensor] = None
-        if pairs is not None:
-            first, pair_of_edge = pairs  # [P], [E]
-            lengths = lengths.index_select(0, first)
-        edge_radial = self.radial_embedding(lengths)  # [E or P, num_radial]
+        first, pair_of_edge = pair_rows(
+            graph.edge_index, graph.edge_shift, species.shape[0], self.share_pair_radial
+        )  # [P], [E] or None, None
+        edge_radial = self.radial_embedding(rows_of(lengths, first))  # [E or P, num_radial]
         node_features = self.embedding(node_attrs)
         for interaction in self.interactions:
             node_features = interaction(

@@ -7,6 +7,8 @@ basis, the radial MLP, the per-edge weights it makes) is the same function of th
 and cell for both directions, so computing it once per pair and using it for both edges gives
 the same energy, forces, stress and parameter gradients, for half the work.
 
+    pair_rows(edge_index, edge_shift, num_nodes, share) -> (first, pair_of_edge) or (None, None)
+    rows_of(values [E, ...], first) -> values [P, ...] (or as they are without pairs)
     edge_pairs(edge_index [2, E], edge_shift [E, 3], num_nodes) -> (first [P], pair_of_edge [E])
         or None when the list is not made of such pairs (LAMMPS' per-rank lists with ghost
         atoms, a half list, a duplicated edge, a tracer with symbolic sizes)
@@ -68,3 +70,22 @@ def edge_pairs(
     pair_of_edge = torch.empty_like(edges).index_copy_(0, first, pairs)
     pair_of_edge = pair_of_edge.index_copy_(0, reverse.index_select(0, first), pairs)
     return first, pair_of_edge
+
+
+def pair_rows(
+    edge_index: Tensor, edge_shift: Tensor, num_nodes: int, share: bool
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """(first [P], pair_of_edge [E]) when `share` and the list is made of reverse pairs: the
+    edges per-pair quantities are computed for, and each edge's row among them; else
+    (None, None): per edge."""
+    if not share:
+        return None, None
+    pairs = edge_pairs(edge_index, edge_shift, num_nodes)
+    if pairs is None:
+        return None, None
+    return pairs[0], pairs[1]
+
+
+def rows_of(values: Tensor, first: Optional[Tensor]) -> Tensor:
+    """`values` [E, ...] at the pairs' first edges ([P, ...]), or as they are without pairs."""
+    return values if first is None else values.index_select(0, first)
