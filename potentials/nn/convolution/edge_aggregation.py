@@ -13,7 +13,10 @@ Radial weights: `aggregate_radial(hidden [E, h], last_weight [h, weight_numel])`
 model's radial MLP before its last (linear) layer and forms each edge chunk's weights per
 group, hidden_chunk @ W_g (W_g: the group's columns of last_weight, `weight_group_columns`,
 `weight_group_sizes`), so the [E, weight_numel] weight tensor, its regrouping copy and its
-gradient never exist; the gradients flow to [E, h] and to the small W_g.
+gradient never exist; the gradients flow to [E, h] and to the small W_g. With `pair_of_edge`
+[E] (`equimd.potentials.nn.edge_pairs`), hidden has one row per pair of reverse edges: a call
+that goes in one piece forms each pair's weights once and gives them to both edges; a chunked
+call gives each edge its pair's hidden row and forms weights per edge as above.
 
 Memory of large systems: `aggregate` processes edges in chunks whose edge-level tensors hold
 about `chunk_elements` elements (memory is reused instead of faulted in again), and sums
