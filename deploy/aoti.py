@@ -142,14 +142,8 @@ def aoti_package_bytes(
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from equimd.deploy.module import NeighborList
-    from equimd.potentials.nn.contraction import SymmetricContraction
 
     function = EnergyForcesStress(rebuild_model(model, dtype, jit_script_fx=False)).to(device)
-    for module in function.modules():
-        if isinstance(module, SymmetricContraction):
-            # the folded route groups atoms by element (sizes that depend on the data), which
-            # symbolic tracing cannot follow: the column route is the same function
-            module.fold_weights = False
     inputs = example_inputs(model, dtype, device)
     with stage(say, "tracing energy, forces and stress (make_fx)"):
         traced = make_fx(function, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*inputs)

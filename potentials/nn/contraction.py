@@ -41,6 +41,7 @@ from equimd.potentials.nn.coupling_basis import (
     prune_monomials,
     wigner_3j,
 )
+from equimd.potentials.nn.shapes import is_symbolic_size
 
 __all__ = [
     "E3NN_044_FLIPPED_TRIPLES",
@@ -259,7 +260,9 @@ class SymmetricContraction(nn.Module):
             ],
             dim=2,
         )
-        if self.fold_weights:
+        # the folded route groups atoms by element (sizes that depend on the data), which
+        # symbolic tracing (AOTInductor export) cannot follow: the column route is the same function
+        if self.fold_weights and not is_symbolic_size(num_nodes):
             out = self._contract_folded(features, species)
         else:
             out = self._contract_by_columns(features, species)  # [N, C, Σ M]
