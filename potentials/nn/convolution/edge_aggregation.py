@@ -315,17 +315,15 @@ class EdgeChunkedConvolution(UVUConvolution):
             summed = [scatter_sum(message, receiver, num_nodes, keep) for message in messages]
             return self._to_e3nn_layout(summed)
         keep = self.keeps_messages(edge_sh)
+        if pairs is not None:  # edge chunks: each edge its hidden row (the hidden layers were shared)
+            source = source.index_select(0, pairs)
         if not torch.jit.is_scripting():
             saved_bytes = edge_sh.shape[0] * self.saved_per_edge * edge_sh.element_size()
             if torch.is_grad_enabled() and saved_bytes > self.recompute_above_bytes:
-                if pairs is not None:  # each edge its own hidden row
-                    source = source.index_select(0, pairs)
                 return self._aggregate_recomputed(
                     features, edge_sh, source, blocks, sender, receiver, num_nodes, chunk, keep,
                     saved_bytes,
                 )  # fmt: skip
-        if pairs is not None:  # edge chunks: each edge its hidden row (the hidden layers were shared)
-            source = source.index_select(0, pairs)
         return self._to_e3nn_layout(
             self._chunk_sums(
                 features, edge_sh, source, blocks, sender, receiver, num_nodes, chunk, keep
