@@ -169,7 +169,8 @@ def _throughput_lines(results: list[dict], key: str = "row") -> list[str]:
 
 
 def _provenance(reports: dict[str, dict | None]) -> str:
-    """'Measured DATE on commit C (report), ...; T threads': where each figure comes from."""
+    """'Measured (report: DATE, commit C; ...) on CPU, T torch threads.': where each figure
+    comes from."""
     stamps = [f"{name}: {report.get('date', 'date not recorded')}, commit "
               f"{report.get('commit', '?')}" for name, report in reports.items() if report]
     threads = sorted({str(report.get("settings", {}).get("threads", report.get("threads", "?")))
