@@ -1,8 +1,8 @@
 """The radial part computed once per pair of reverse edges (`equimd.potentials.nn.edge_pairs`):
-the pairing itself (periodic cells with several images of an atom, molecules, any edge order,
-and lists that are not made of pairs), the convolution with per-pair hidden rows (every
-backend, in one piece and in chunks), and whole models: the same energy, forces and stress as
-per edge, scripted too."""
+the pair order itself (periodic cells with several images of an atom, molecules, any edge
+order, and lists that are not made of pairs), the convolution with per-pair hidden rows (every
+backend, in one piece and in chunks, including chunk sizes that would split a pair), and whole
+models: the same energy, forces and stress as per edge, scripted too."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from equimd.potentials.data.graph import AtomicGraph, configuration_to_graph
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
 from equimd.potentials.nn.convolution import available_backends
-from equimd.potentials.nn.edge_pairs import edge_pairs
+from equimd.potentials.nn.edge_pairs import first_of_pairs, pair_order, per_edge
 from tests.test_tensor_product_backends import convolution_pair, random_inputs
 
 
@@ -48,57 +48,59 @@ def test_every_edge_is_paired_with_its_reverse(name, shuffled):
     if shuffled:  # any edge order (e.g. a list not sorted by sender)
         order = torch.randperm(edge_index.shape[1], generator=torch.Generator().manual_seed(0))
         edge_index, shift = edge_index[:, order], shift[order]
-    pairs = edge_pairs(edge_index, shift, graph.positions.shape[0])
-    assert pairs is not None
-    first, pair_of_edge = pairs
-    assert 2 * first.shape[0] == edge_index.shape[1]
-    assert torch.equal(pair_of_edge[first], torch.arange(first.shape[0]))
-    assert torch.equal(torch.bincount(pair_of_edge), torch.full((first.shape[0],), 2))
-    # each edge is its pair's first edge or that edge's reverse: (j, i, -S) of (i, j, S)
-    lead = first[pair_of_edge]
-    same = (edge_index == edge_index[:, lead]).all(0) & (shift == shift[lead]).all(1)
-    reverse = (edge_index.flip(0) == edge_index[:, lead]).all(0) & (shift == -shift[lead]).all(1)
-    assert bool((same | reverse).all()) and int(same.sum()) == first.shape[0]
-    scripted = torch.jit.script(edge_pairs)
-    for a, b in zip(scripted(edge_index, shift, graph.positions.shape[0]), pairs, strict=True):
-        assert torch.equal(a, b)
+    order = pair_order(edge_index, shift, graph.positions.shape[0])
+    assert order is not None
+    assert torch.equal(torch.sort(order).values, torch.arange(edge_index.shape[1]))  # a permutation
+    # edge 2p + 1 is the reverse of edge 2p: (j, i, -S) of (i, j, S), and not the edge itself
+    first, second = order[0::2], order[1::2]
+    assert torch.equal(edge_index[:, second], edge_index[:, first].flip(0))
+    assert torch.equal(shift[second], -shift[first])
+    assert bool((first < second).all())
+    # per-pair rows and back: every other edge's row, then each row for both edges
+    values = torch.arange(edge_index.shape[1], dtype=torch.float64)[order].unsqueeze(1)
+    assert torch.equal(per_edge(first_of_pairs(values, True), values.shape[0])[0::2], values[0::2])
+    assert torch.equal(per_edge(first_of_pairs(values, True), values.shape[0])[1::2], values[0::2])
+    scripted = torch.jit.script(pair_order)
+    assert torch.equal(scripted(edge_index, shift, graph.positions.shape[0]), order)
 
 
 def test_lists_that_are_not_made_of_pairs_are_not_paired():
     graph = graph_of(structures()["triclinic"])
     edge_index, shift, n = graph.edge_index, graph.edge_shift, graph.positions.shape[0]
     half = edge_index[0] < edge_index[1]
-    assert edge_pairs(edge_index[:, half], shift[half], n) is None  # a half list
-    assert edge_pairs(edge_index[:, 1:], shift[1:], n) is None  # one edge without its reverse
+    assert pair_order(edge_index[:, half], shift[half], n) is None  # a half list
+    assert pair_order(edge_index[:, 1:], shift[1:], n) is None  # one edge without its reverse
     keep = torch.cat([torch.arange(edge_index.shape[1]), torch.tensor([0, 0])])
-    assert edge_pairs(edge_index[:, keep], shift[keep], n) is None  # a duplicated edge
+    assert pair_order(edge_index[:, keep], shift[keep], n) is None  # a duplicated edge
     loops = torch.tensor([[0, 1], [0, 1]])
-    assert edge_pairs(loops, torch.zeros(2, 3, dtype=shift.dtype), n) is None  # (i, i, 0)
+    assert pair_order(loops, torch.zeros(2, 3, dtype=shift.dtype), n) is None  # (i, i, 0)
     swapped = edge_index.clone()
     e = int((edge_index[0] != edge_index[1]).nonzero()[0])  # an edge between two atoms
     swapped[0, e], swapped[1, e] = edge_index[1, e], edge_index[0, e]
-    assert edge_pairs(swapped, shift, n) is None  # (j, i, S) where (j, i, -S) was
-    assert edge_pairs(edge_index[:, :0], shift[:0], n) is None  # no edges
+    assert pair_order(swapped, shift, n) is None  # (j, i, S) where (j, i, -S) was
+    assert pair_order(edge_index[:, :0], shift[:0], n) is None  # no edges
 
 
-@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("chunked", [0, 1, 3])  # edges per chunk (0: one piece)
 @pytest.mark.parametrize("backend", available_backends())
 @pytest.mark.parametrize("name", ["mace_first_layer", "mace_vector", "nequip_hidden"])
 def test_per_pair_hidden_rows_equal_the_same_rows_per_edge(name, backend, chunked):
-    """aggregate_radial(hidden [P, h], pair_of_edge) = aggregate_radial(hidden[pair_of_edge]):
-    values and gradients (features, harmonics, hidden, last layer), in one piece and in edge
-    or receiver chunks."""
+    """aggregate_radial(hidden [P, h], paired=True) = aggregate_radial(each row twice), edges in
+    pair order: values and gradients (features, harmonics, hidden, last layer), in one piece
+    and in edge or receiver chunks."""
     if backend == "cueq":
         pytest.skip("cueq needs an NVIDIA GPU (tests/test_cueq_convolution.py)")
     _, convolution = convolution_pair(name, backend)
     convolution = convolution.double()
     if chunked and hasattr(convolution.tp, "chunk_elements"):
-        convolution.tp.chunk_elements = 64  # a few edges or receivers per chunk
+        # edge chunks of 1 or 3 edges (taken up to whole pairs), receiver chunks of one receiver
+        convolution.tp.chunk_elements = chunked * convolution.tp.elements_per_edge
     num_edges, num_nodes = 60, 9
     features, edge_sh, _, sender, receiver = random_inputs(convolution, num_edges, num_nodes,
                                                            torch.float64, seed=5)  # fmt: skip
-    sender, receiver = torch.cat([sender[:30], receiver[:30]]), torch.cat([receiver[:30], sender[:30]])
-    pair_of_edge = torch.cat([torch.arange(30), torch.arange(30)])
+    # pair order: edge 2p + 1 is the reverse of edge 2p
+    sender, receiver = (torch.stack([sender[:30], receiver[:30]], dim=1).view(-1),
+                        torch.stack([receiver[:30], sender[:30]], dim=1).view(-1))  # fmt: skip
     generator = torch.Generator().manual_seed(7)
     hidden = torch.randn(30, 12, generator=generator, dtype=torch.float64)
     last = torch.randn(12, convolution.weight_numel, generator=generator, dtype=torch.float64)
@@ -107,9 +109,10 @@ def test_per_pair_hidden_rows_equal_the_same_rows_per_edge(name, backend, chunke
         inputs = [t.clone().requires_grad_(True) for t in (features, edge_sh, hidden, last)]
         x, sh, h, w = inputs
         if per_pair:
-            out = convolution.aggregate_radial(x, sh, h, w, sender, receiver, num_nodes, pair_of_edge)
+            out = convolution.aggregate_radial(x, sh, h, w, sender, receiver, num_nodes, True)
         else:
-            out = convolution.aggregate_radial(x, sh, h[pair_of_edge], w, sender, receiver, num_nodes)
+            rows = h.repeat_interleave(2, dim=0)  # [E, h]
+            out = convolution.aggregate_radial(x, sh, rows, w, sender, receiver, num_nodes)
         cotangent = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
         return [out.detach(), *torch.autograd.grad((out * cotangent).sum(), inputs)]
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
-from equimd.potentials.nn.edge_pairs import pair_rows, rows_of
+from equimd.potentials.nn.edge_pairs import first_of_pairs, in_pair_order
 from equimd.potentials.nn.mace_blocks import (
     GATES,
     INTERACTION_CLASSES,
@@ -215,18 +215,20 @@ class MACE(Potential):
     def forward(self, graph: AtomicGraph) -> Tensor:
         species = self.species_index(graph.numbers)  # [N]
         node_attrs = one_hot(species, self.num_species, graph.positions.dtype)  # [N, S]
-        vectors = edge_vectors(graph)  # [E, 3] Å, receiver - sender
+        # R(r) depends on the length and symmetrically on the two elements: once per pair of
+        # reverse edges where the list is made of such pairs, the edges in pair order
+        # (edge_pairs.py; the same function)
+        edge_index, vectors, paired = in_pair_order(
+            graph.edge_index, edge_vectors(graph), graph.edge_shift, species.shape[0],
+            self.share_pair_radial,
+        )  # [2, E], [E, 3] Å (receiver - sender), bool
         lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)  # [E, 1] Å
         edge_sh = self.spherical_harmonics(vectors)  # [E, (max_ell+1)²]
-        z_sender = graph.numbers[graph.edge_index[0]]  # [E] atomic numbers
-        z_receiver = graph.numbers[graph.edge_index[1]]
-        # R(r) depends on the length and symmetrically on the two elements: once per pair of
-        # reverse edges where the list is made of such pairs (edge_pairs.py; same function)
-        first, pair_of_edge = pair_rows(
-            graph.edge_index, graph.edge_shift, species.shape[0], self.share_pair_radial
-        )  # [P], [E] or None, None
+        z_sender = graph.numbers[edge_index[0]]  # [E] atomic numbers
+        z_receiver = graph.numbers[edge_index[1]]
         edge_radial, envelope = self.radial_embedding(
-            rows_of(lengths, first), rows_of(z_sender, first), rows_of(z_receiver, first)
+            first_of_pairs(lengths, paired), first_of_pairs(z_sender, paired),
+            first_of_pairs(z_receiver, paired),
         )  # [E or P, num_radial], [E or P, 1]
         edge_cutoff: Optional[Tensor] = None if self.apply_cutoff else envelope
 
@@ -235,13 +237,12 @@ class MACE(Potential):
         pair_repulsion = self.pair_repulsion
         if pair_repulsion is not None:  # ZBL, inside the scale like mace's ScaleShiftMACE
             energy = energy + pair_repulsion(
-                lengths, z_sender, z_receiver, graph.edge_index[1], species.shape[0]
+                lengths, z_sender, z_receiver, edge_index[1], species.shape[0]
             )
         layers = zip(self.interactions, self.products, self.readouts)  # noqa: B905 - TorchScript
         for interaction, product, readout in layers:
             message, self_connection = interaction(
-                node_features, node_attrs, edge_sh, edge_radial, graph.edge_index, edge_cutoff,
-                pair_of_edge,
+                node_features, node_attrs, edge_sh, edge_radial, edge_index, edge_cutoff, paired,
             )
             node_features = product(message, species, self_connection)
             energy = energy + readout(node_features)

@@ -10,7 +10,6 @@ e_j = W_out · h_j|scalars ;  E_j = E0[Z_j] + scale · e_j + shift
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from e3nn import o3
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
 from equimd.potentials.nn.convolution import EdgeConvolution, convolution_irreps
-from equimd.potentials.nn.edge_pairs import pair_rows, rows_of
+from equimd.potentials.nn.edge_pairs import first_of_pairs, in_pair_order
 from equimd.potentials.nn.gate import equivariant_gate, gated_irreps
 from equimd.potentials.nn.linear import linear, scalar_tensor_product
 from equimd.potentials.nn.radial import RadialEmbedding, radial_mlp
@@ -166,22 +165,22 @@ class NequIPInteraction(nn.Module):
 
     def _aggregate(
         self, features: Tensor, edge_sh: Tensor, edge_radial: Tensor, edge_index: Tensor,
-        pair_of_edge: Optional[Tensor] = None,
+        paired: bool = False,
     ) -> Tensor:
         """Σ over incoming edges of the convolution, [N, convolution.irreps_out.dim];
-        edge_radial per edge, or with `pair_of_edge` per pair of reverse edges."""
+        edge_radial per edge, or with `paired` per pair of the edges in pair order."""
         sender, receiver = edge_index[0], edge_index[1]
         num_nodes = features.shape[0]
         # the radial weights = hidden @ last_weight, formed by the convolution per edge chunk
         hidden, last_weight = self.radial_weights.last_layer(edge_radial)
         if not hasattr(self, "pruned_convolution"):  # resolved when scripting
             return self.convolution.aggregate_radial(
-                features, edge_sh, hidden, last_weight, sender, receiver, num_nodes, pair_of_edge
+                features, edge_sh, hidden, last_weight, sender, receiver, num_nodes, paired
             )
         # only the needed output columns of the radial MLP's last (linear) layer
         last_weight = last_weight.index_select(1, self.pruned_weight_columns)
         partial = self.pruned_convolution.aggregate_radial(
-            features, edge_sh, hidden, last_weight, sender, receiver, num_nodes, pair_of_edge
+            features, edge_sh, hidden, last_weight, sender, receiver, num_nodes, paired
         )
         full = features.new_zeros(num_nodes, self.convolution_dim)
         return full.index_copy(1, self.pruned_output_columns, partial)
@@ -193,10 +192,10 @@ class NequIPInteraction(nn.Module):
         edge_sh: Tensor,
         edge_radial: Tensor,
         edge_index: Tensor,
-        pair_of_edge: Optional[Tensor] = None,
+        paired: bool = False,
     ) -> Tensor:
         features = self.sender_normalization(self.linear_in(node_features), node_attrs)
-        aggregated = self._aggregate(features, edge_sh, edge_radial, edge_index, pair_of_edge)
+        aggregated = self._aggregate(features, edge_sh, edge_radial, edge_index, paired)
         updated = self.linear_out(aggregated * self.message_normalization)
         if self.self_connection is not None:
             updated = updated + self.self_connection(node_features, node_attrs)
@@ -333,18 +332,19 @@ class NequIP(Potential):
     def forward(self, graph: AtomicGraph) -> Tensor:
         species = self.species_index(graph.numbers)
         node_attrs = one_hot(species, self.num_species, graph.positions.dtype)
-        vectors = edge_vectors(graph)
+        # R(r) once per pair of reverse edges where the list is made of such pairs: the edges in
+        # pair order (edge_pairs.py; the same function)
+        edge_index, vectors, paired = in_pair_order(
+            graph.edge_index, edge_vectors(graph), graph.edge_shift, species.shape[0],
+            self.share_pair_radial,
+        )  # [2, E], [E, 3] Å, bool
         lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)
         edge_sh = self.spherical_harmonics(vectors)
-        # R(r) once per pair of reverse edges where the list is made of such pairs (same function)
-        first, pair_of_edge = pair_rows(
-            graph.edge_index, graph.edge_shift, species.shape[0], self.share_pair_radial
-        )  # [P], [E] or None, None
-        edge_radial = self.radial_embedding(rows_of(lengths, first))  # [E or P, num_radial]
+        edge_radial = self.radial_embedding(first_of_pairs(lengths, paired))  # [E or P, num_radial]
         node_features = self.embedding(node_attrs)
         for interaction in self.interactions:
             node_features = interaction(
-                node_features, node_attrs, edge_sh, edge_radial, graph.edge_index, pair_of_edge
+                node_features, node_attrs, edge_sh, edge_radial, edge_index, paired
             )
         hidden = self.readout_activation(self.readout_hidden(node_features))
         energy = self.readout(hidden).squeeze(-1)

@@ -7,14 +7,21 @@ basis, the radial MLP, the per-edge weights it makes) is the same function of th
 and cell for both directions, so computing it once per pair and using it for both edges gives
 the same energy, forces, stress and parameter gradients, for half the work.
 
-    pair_rows(edge_index, edge_shift, num_nodes, share) -> (first, pair_of_edge) or (None, None)
-    rows_of(values [E, ...], first) -> values [P, ...] (or as they are without pairs)
-    edge_pairs(edge_index [2, E], edge_shift [E, 3], num_nodes) -> (first [P], pair_of_edge [E])
-        or None when the list is not made of such pairs (LAMMPS' per-rank lists with ghost
-        atoms, a half list, a duplicated edge, a tracer with symbolic sizes)
+Models put the edges in pair order, each edge followed by its reverse (edges 2p and 2p + 1 are
+pair p), so per-pair rows are every other edge's (`first_of_pairs`) and an edge's pair row is
+its index // 2: consumers broadcast [P, ...] over the two directions instead of gathering.
 
-first[p] is the lower-numbered edge of pair p; pair_of_edge[e] the pair of edge e (so
-pair_of_edge[first] = arange(P)). One sort of E keys (two for an unsorted list); O(E log E).
+    pair_order(edge_index [2, E], edge_shift [E, 3], num_nodes) -> order [E] or None
+    in_pair_order(edge_index, edge_vectors [E, 3], edge_shift, num_nodes, share)
+        -> (edge_index, edge_vectors, paired): the edges in pair order when `share` and the
+           list is made of pairs, else as they are (paired False)
+    first_of_pairs(values [E, ...], paired) -> values [P, ...] (or as they are without pairs)
+    per_edge(values [P, ...], num_edges) -> values [E, ...] (each row twice; as they are when
+        they already have a row per edge)
+
+`pair_order` is None when the list is not made of reverse pairs (LAMMPS' per-rank lists with
+ghost atoms, a half list, a duplicated edge, an edge (i, i, 0)) or under a tracer with symbolic
+sizes; one sort of E keys (two for an unsorted list), O(E log E).
 """
 
 from typing import Optional, Tuple
@@ -24,19 +31,18 @@ from torch import Tensor
 
 from equimd.potentials.nn.shapes import is_symbolic_size
 
-EdgePairs = Tuple[Tensor, Tensor]  # (first [P], pair_of_edge [E])
-
 # Keys (sender, receiver, shift) are packed into one int64; beyond this the list is not paired
 # (a cell needing shifts of hundreds of images with millions of atoms), and callers compute
 # per edge as before.
 _KEY_LIMIT = 4.0e18
 
 
-def edge_pairs(
+def pair_order(
     edge_index: Tensor, edge_shift: Tensor, num_nodes: int, key_limit: float = _KEY_LIMIT
-) -> Optional[EdgePairs]:
-    """(first, pair_of_edge) of a list whose edges come in reverse pairs; None otherwise
-    (see the module docstring). `key_limit`: TorchScript reads the module constant this way."""
+) -> Optional[Tensor]:
+    """The edges in pair order, [E]: order[2p] is the lower-numbered edge of pair p and
+    order[2p + 1] its reverse; None when the list is not made of reverse pairs (module
+    docstring). `key_limit`: TorchScript reads the module constant this way."""
     num_edges = edge_index.shape[1]
     if is_symbolic_size(num_edges) or num_edges == 0 or num_edges % 2 == 1:
         return None
@@ -62,30 +68,38 @@ def edge_pairs(
         return None  # some edge has no reverse
     # edge by_key[m] has key sorted_keys[m] = the reverse key of edge by_reverse[m]
     reverse = torch.empty_like(by_key).index_copy_(0, by_reverse, by_key)  # [E]
-    edges = torch.arange(num_edges, device=key.device)
-    first = (edges < reverse).nonzero().view(-1)  # [P]
+    first = (torch.arange(num_edges, device=key.device) < reverse).nonzero().view(-1)  # [P]
     if 2 * first.shape[0] != num_edges:
         return None  # an edge (i, i, 0), its own reverse: not a neighbour list's
-    pairs = torch.arange(first.shape[0], device=key.device)
-    pair_of_edge = torch.empty_like(edges).index_copy_(0, first, pairs)
-    pair_of_edge = pair_of_edge.index_copy_(0, reverse.index_select(0, first), pairs)
-    return first, pair_of_edge
+    return torch.stack([first, reverse.index_select(0, first)], dim=1).view(-1)
 
 
-def pair_rows(
-    edge_index: Tensor, edge_shift: Tensor, num_nodes: int, share: bool
-) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """(first [P], pair_of_edge [E]) when `share` and the list is made of reverse pairs: the
-    edges per-pair quantities are computed for, and each edge's row among them; else
-    (None, None): per edge."""
+def in_pair_order(
+    edge_index: Tensor, edge_vectors: Tensor, edge_shift: Tensor, num_nodes: int, share: bool
+) -> Tuple[Tensor, Tensor, bool]:
+    """(edge_index [2, E], edge_vectors [E, 3], paired): in pair order (`pair_order`) when
+    `share` and the list is made of reverse pairs, else as given with paired False. A model
+    that computes its edge quantities from the returned vectors and index gives the same energy
+    (a sum over edges does not depend on their order)."""
     if not share:
-        return None, None
-    pairs = edge_pairs(edge_index, edge_shift, num_nodes)
-    if pairs is None:
-        return None, None
-    return pairs[0], pairs[1]
+        return edge_index, edge_vectors, False
+    order = pair_order(edge_index, edge_shift, num_nodes)
+    if order is None:
+        return edge_index, edge_vectors, False
+    return edge_index.index_select(1, order), edge_vectors.index_select(0, order), True
 
 
-def rows_of(values: Tensor, first: Optional[Tensor]) -> Tensor:
-    """`values` [E, ...] at the pairs' first edges ([P, ...]), or as they are without pairs."""
-    return values if first is None else values.index_select(0, first)
+def first_of_pairs(values: Tensor, paired: bool) -> Tensor:
+    """`values` [E, ...] (edges in pair order) at each pair's first edge, [P, ...]; as they
+    are when not paired."""
+    return values[::2] if paired else values
+
+
+def per_edge(values: Tensor, num_edges: int) -> Tensor:
+    """Per-pair rows [P, ...] → [E, ...] with row p at edges 2p and 2p + 1 (pair order); rows
+    that are already per edge are returned as they are."""
+    if values.shape[0] == num_edges:
+        return values
+    return values.unsqueeze(1).expand([values.shape[0], 2] + list(values.shape[1:])).reshape(
+        [num_edges] + list(values.shape[1:])
+    )

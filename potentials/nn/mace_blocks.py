@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from equimd.potentials.nn.contraction import SymmetricContraction
 from equimd.potentials.nn.convolution import EdgeConvolution
+from equimd.potentials.nn.edge_pairs import per_edge
 from equimd.potentials.nn.radial import radial_mlp
 
 # mace-torch's names, indexed by residual + 2 · density
@@ -117,10 +118,10 @@ class InteractionBlock(nn.Module):
         edge_radial: Tensor,
         edge_index: Tensor,
         edge_cutoff: Optional[Tensor] = None,
-        pair_of_edge: Optional[Tensor] = None,
+        paired: bool = False,
     ) -> Tuple[Tensor, Optional[Tensor]]:
-        """edge_radial, edge_cutoff: per edge, or with `pair_of_edge` [E] per pair of reverse
-        edges (`equimd.potentials.nn.edge_pairs`; edge e takes row pair_of_edge[e])."""
+        """edge_radial, edge_cutoff: per edge, or with `paired` per pair of the edges in pair
+        order (`equimd.potentials.nn.edge_pairs`; edges 2p and 2p + 1 take row p)."""
         self_connection: Optional[Tensor] = None
         if self.residual:
             self_connection = self.skip_tp(node_features, node_attrs)
@@ -130,15 +131,14 @@ class InteractionBlock(nn.Module):
         hidden, last_weight = self.radial_weights.last_layer(edge_radial, edge_cutoff)
         message = self.convolution.aggregate_radial(
             features, edge_sh, hidden, last_weight, edge_index[0], edge_index[1],
-            node_features.shape[0], pair_of_edge,
+            node_features.shape[0], paired,
         )
         density_fn = self.density_fn
         if density_fn is not None:
             edge_density = torch.tanh(density_fn(edge_radial) ** 2)  # [E or P, 1]
             if edge_cutoff is not None:
                 edge_density = edge_density * edge_cutoff
-            if pair_of_edge is not None:
-                edge_density = edge_density.index_select(0, pair_of_edge)  # [E, 1]
+            edge_density = per_edge(edge_density, edge_index.shape[1])  # [E, 1]
             density = torch.zeros(
                 node_features.shape[0], 1, dtype=edge_density.dtype, device=edge_density.device
             ).index_add(0, edge_index[1], edge_density)

@@ -13,10 +13,11 @@ Radial weights: `aggregate_radial(hidden [E, h], last_weight [h, weight_numel])`
 model's radial MLP before its last (linear) layer and forms each edge chunk's weights per
 group, hidden_chunk @ W_g (W_g: the group's columns of last_weight, `weight_group_columns`,
 `weight_group_sizes`), so the [E, weight_numel] weight tensor, its regrouping copy and its
-gradient never exist; the gradients flow to [E, h] and to the small W_g. With `pair_of_edge`
-[E] (`equimd.potentials.nn.edge_pairs`), hidden has one row per pair of reverse edges: a call
-that goes in one piece forms each pair's weights once and gives them to both edges; a chunked
-call gives each edge its pair's hidden row and forms weights per edge as above.
+gradient never exist; the gradients flow to [E, h] and to the small W_g. With `paired` (edges
+in pair order, `equimd.potentials.nn.edge_pairs`: edges 2p and 2p + 1 are reverse), hidden has
+one row per pair [P, h] and each pair's weights are formed once, [P, size_g] (edge chunks hold
+whole pairs); `_messages` broadcasts them over the pair's two edges, or gives each edge its
+copy (`per_edge`) where a backend does not.
 
 Memory of large systems: `aggregate` processes edges in chunks whose edge-level tensors hold
 about `chunk_elements` elements (memory is reused instead of faulted in again), and sums
@@ -33,12 +34,13 @@ Same numbers, one more forward of the messages. TorchScript files always keep th
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 from e3nn import o3
 from torch import Tensor, nn
 
+from equimd.potentials.nn.edge_pairs import per_edge
 from equimd.potentials.nn.scatter import scatter_add_, scatter_sum
 from equimd.potentials.nn.shapes import is_symbolic_size
 
@@ -106,16 +108,15 @@ class UVUConvolution(nn.Module):
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
-        pair_of_edge: Optional[Tensor] = None,
+        paired: bool = False,
     ) -> Tensor:
         """`aggregate` with the weights given as the radial MLP's last (linear) layer:
         weights = hidden [E, h] @ last_weight [h, weight_numel] (e3nn's column order). A backend
         may compute them per edge chunk and per group instead (`EdgeChunkedConvolution`); here,
-        at once. With `pair_of_edge` [E], hidden has one row per pair of reverse edges and edge
-        e takes row pair_of_edge[e] (`equimd.potentials.nn.edge_pairs`)."""
+        at once. With `paired`, the edges are in pair order and hidden has one row per pair
+        (edges 2p and 2p + 1 take row p; `equimd.potentials.nn.edge_pairs`)."""
         weights = torch.mm(hidden, last_weight)  # [E or P, weight_numel]
-        if pair_of_edge is not None:
-            weights = weights.index_select(0, pair_of_edge)  # [E, weight_numel]
+        weights = per_edge(weights, sender.shape[0])  # [E, weight_numel]
         return self.aggregate(node_features, edge_sh, weights, sender, receiver, num_nodes)
 
     def aggregate(
@@ -143,7 +144,9 @@ class EdgeChunkedConvolution(UVUConvolution):
       weight_group_sizes, weight_group_columns (optional): how the weights are cut into the
         blocks `_messages` takes (default: one block, as they are; `_grouped_weights` cuts a
         weight tensor the same way);
-    and implements `_messages(inputs [E, ·], edge_sh [E, D_sh], weight_groups)`.
+    and implements `_messages(inputs [E, ·], edge_sh [E, D_sh], weight_groups)`, whose weight
+    blocks have a row per edge or, for edges in pair order, per pair ([E/2, ·]: edges 2p and
+    2p + 1 share row p; `per_edge` expands them).
     Constants derived in float64 are registered with `_register_exact(name, tensor)`: the buffer
     is re-derived from the float64 value on every dtype/device change (no float32 rounding
     survives `.double()`).
@@ -194,20 +197,14 @@ class EdgeChunkedConvolution(UVUConvolution):
         columns in `weight_group_columns` order); here one block, the weights as they are."""
         return [weights]
 
-    def _weight_groups(
-        self, source: Tensor, blocks: List[Tensor], pairs: Optional[Tensor] = None
-    ) -> List[Tensor]:
-        """One edge chunk's weights as `_messages` takes them: from the weights themselves
-        (`blocks` empty; source [E_c, weight_numel]) or from the radial MLP's last hidden layer
-        (source [E_c, h]) times each block of its last weight matrix ([h, size_g] each). With
-        `pairs` [E_c] (and blocks), source has one row per pair: each pair's weights are formed
-        once and edge e takes those of pair pairs[e]."""
+    def _weight_groups(self, source: Tensor, blocks: List[Tensor]) -> List[Tensor]:
+        """One edge chunk's weights as `_messages` takes them, a row per row of `source`: from
+        the weights themselves (`blocks` empty; source [E_c, weight_numel]) or from the radial
+        MLP's last hidden layer (source [E_c or P_c, h], per edge or per pair) times each block
+        of its last weight matrix ([h, size_g] each)."""
         if len(blocks) == 0:
             return self._grouped_weights(source)
-        weights = [torch.mm(source, block) for block in blocks]  # [E_c or P, size_g] each
-        if pairs is None:
-            return weights
-        return [weight.index_select(0, pairs) for weight in weights]  # [E_c, size_g] each
+        return [torch.mm(source, block) for block in blocks]  # [E_c or P_c, size_g] each
 
     def _last_layer_blocks(self, last_weight: Tensor) -> List[Tensor]:
         """[h, weight_numel] (e3nn's column order) → [h, size_g] per group (the backend's order)."""
@@ -230,7 +227,7 @@ class EdgeChunkedConvolution(UVUConvolution):
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
-        pairs: Optional[Tensor] = None,
+        paired: bool = False,
     ) -> Tensor:
         raise NotImplementedError
 
@@ -275,18 +272,17 @@ class EdgeChunkedConvolution(UVUConvolution):
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
-        pair_of_edge: Optional[Tensor] = None,
+        paired: bool = False,
     ) -> Tensor:
         """`aggregate` with weights = hidden [E, h] @ last_weight [h, weight_numel] (the radial
         MLP's last layer, e3nn's column order), computed per edge chunk and per group from the
         matching column blocks: no [E, weight_numel] weights, regrouping copy or their
-        gradients are formed, only [E_c, size_g] pieces. With `pair_of_edge` [E], hidden has one
-        row per pair of reverse edges (`equimd.potentials.nn.edge_pairs`): where the edges go
-        in one piece each pair's weights are formed once, else its hidden row is copied to
-        both edges."""
+        gradients are formed, only [E_c, size_g] pieces. With `paired` (edges in pair order,
+        `equimd.potentials.nn.edge_pairs`), hidden has one row per pair [P, h], and each pair's
+        weights are formed once for its two edges."""
         blocks = self._last_layer_blocks(last_weight)
         return self._aggregate(
-            node_features, edge_sh, hidden, blocks, sender, receiver, num_nodes, pair_of_edge
+            node_features, edge_sh, hidden, blocks, sender, receiver, num_nodes, paired
         )
 
     def _aggregate(
@@ -298,25 +294,26 @@ class EdgeChunkedConvolution(UVUConvolution):
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
-        pairs: Optional[Tensor] = None,
+        paired: bool = False,
     ) -> Tensor:
-        """`aggregate` with the weights as (source, blocks, pairs), see `_weight_groups`."""
+        """`aggregate` with the weights as (source, blocks), see `_weight_groups`; with
+        `paired`, source has one row per pair of the edges in pair order."""
         if self.contracts_by_receiver(edge_sh):
             return self._aggregate_by_receiver(
-                node_features, edge_sh, source, blocks, sender, receiver, num_nodes, pairs
+                node_features, edge_sh, source, blocks, sender, receiver, num_nodes, paired
             )
         features = node_features.index_select(1, self.input_permutation)
         chunk = self.edge_chunk_size(edge_sh.shape[0])
         if chunk == 0:
             messages = self._messages(
-                features.index_select(0, sender), edge_sh, self._weight_groups(source, blocks, pairs)
+                features.index_select(0, sender), edge_sh, self._weight_groups(source, blocks)
             )
             keep = self.keeps_messages(edge_sh)
             summed = [scatter_sum(message, receiver, num_nodes, keep) for message in messages]
             return self._to_e3nn_layout(summed)
         keep = self.keeps_messages(edge_sh)
-        if pairs is not None:  # edge chunks: each edge its hidden row (the hidden layers were shared)
-            source = source.index_select(0, pairs)
+        if paired:  # chunks of whole pairs: a chunk's rows of source are those of its pairs
+            chunk = chunk + chunk % 2
         if not torch.jit.is_scripting():
             saved_bytes = edge_sh.shape[0] * self.saved_per_edge * edge_sh.element_size()
             if torch.is_grad_enabled() and saved_bytes > self.recompute_above_bytes:
@@ -345,9 +342,11 @@ class EdgeChunkedConvolution(UVUConvolution):
         """Per-group message sums [N, size_g] over edge chunks of `chunk` edges: each chunk's
         messages accumulate in place on the node tensors (kept for the backward pass if
         `keep`, decided once per `aggregate` call). features: m-major [N, ·]; the weights
-        (source, blocks) as in `_weight_groups`."""
+        (source, blocks) as in `_weight_groups`, source with a row per edge or per pair (then
+        `chunk` is even: a chunk holds whole pairs)."""
         summed = [features.new_zeros(num_nodes, size) for size in self.group_message_sizes]
-        sh_chunks, source_chunks = torch.split(edge_sh, chunk), torch.split(source, chunk)
+        rows = chunk if source.shape[0] == edge_sh.shape[0] else chunk // 2
+        sh_chunks, source_chunks = torch.split(edge_sh, chunk), torch.split(source, rows)
         sender_chunks, receiver_chunks = torch.split(sender, chunk), torch.split(receiver, chunk)
         for c in range(len(sh_chunks)):
             inputs = features.index_select(0, sender_chunks[c])
@@ -387,9 +386,11 @@ class EdgeChunkedConvolution(UVUConvolution):
         num_edges = edge_sh.shape[0]
         num_pieces = min(-(-saved_bytes // max(self.recompute_above_bytes, 1)), -(-num_edges // chunk))
         piece = max(-(-num_edges // max(num_pieces, 2)), 1)
+        paired = source.shape[0] != num_edges  # a row per pair: pieces of whole pairs
+        piece = piece + piece % 2 if paired else piece
         summed = features.new_zeros(num_nodes, sum(self.group_message_sizes))
         pieces = zip(
-            torch.split(edge_sh, piece), torch.split(source, piece),
+            torch.split(edge_sh, piece), torch.split(source, piece // 2 if paired else piece),
             torch.split(sender, piece), torch.split(receiver, piece), strict=True,
         )  # fmt: skip
         for sh, weight, send, receive in pieces:

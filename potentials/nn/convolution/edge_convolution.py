@@ -9,8 +9,6 @@ and a state dict loads into the module whatever backend wrote it.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from e3nn import o3
 from torch import Tensor, nn
@@ -144,15 +142,15 @@ class EdgeConvolution(nn.Module):
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
-        pair_of_edge: Optional[Tensor] = None,
+        paired: bool = False,
     ) -> Tensor:
         """`aggregate` with weights = hidden [E, h] @ last_weight [h, weight_numel]: the radial
         MLP's last layer (`RadialMLP.last_layer`) left to the backend, which may compute the
         weights per edge chunk and per group from the matching columns (fused, so2), so no
-        [E, weight_numel] tensor or gradient is formed. With `pair_of_edge` [E] (from
-        `equimd.potentials.nn.edge_pairs`), hidden has one row per pair of reverse edges."""
+        [E, weight_numel] tensor or gradient is formed. With `paired`, the edges are in pair
+        order (`equimd.potentials.nn.edge_pairs`) and hidden has one row per pair [P, h]."""
         return self.tp.aggregate_radial(
-            node_features, edge_sh, hidden, last_weight, sender, receiver, num_nodes, pair_of_edge
+            node_features, edge_sh, hidden, last_weight, sender, receiver, num_nodes, paired
         )
 
 

@@ -60,13 +60,14 @@ dtype or device, so a model built in float32 and cast to float64 has float64-exa
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import torch
 from e3nn import o3
 from torch import Tensor
 
 from equimd.potentials.nn.convolution.edge_aggregation import EdgeChunkedConvolution
+from equimd.potentials.nn.edge_pairs import per_edge
 from equimd.potentials.nn.edge_slots import edge_ranks, incoming_edge_offsets
 from equimd.potentials.nn.shapes import is_symbolic_size
 
@@ -255,7 +256,8 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         """Messages per group, [E, P·d3·U] each ((p, k, u) order).
 
         inputs: [E, Σ_b d1·U] sender features, m-major per block; edge_sh: [E, D_sh];
-        grouped_weights: [E, P·U] per group ((p, b, u) order, `_grouped_weights`).
+        grouped_weights: [E, P·U] per group ((p, b, u) order, `_grouped_weights`), or one row
+        per pair of edges in pair order ([E/2, P·U], broadcast over the pair's two edges).
         """
         num_edges = inputs.shape[0]
         blocks = torch.split(inputs, self.block_sizes, dim=1)
@@ -265,18 +267,18 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             paths, dim_in, dim_out, mul = (
                 self.group_paths[g], self.group_dim_in[g], self.group_dim_out[g], self.group_mul[g]
             )
-            weight = grouped_weights[g].view(num_edges, paths, 1, mul)
+            weight = grouped_weights[g]
             x = blocks[self.group_block[g]].view(num_edges, dim_in, mul)
             if dim_in == 1:  # scalar inputs: an outer product per edge, weights on the small side
-                message = coupling.view(num_edges, paths, dim_out, 1) * (
-                    x.view(num_edges, 1, 1, mul) * weight
+                message = coupling.view(num_edges, paths, dim_out, 1) * _weighted(
+                    x.view(num_edges, 1, 1, mul), weight, paths
                 )
             elif paths * dim_out == 1:  # one scalar output row: a dot product, cheaper than bmm
                 product = (coupling.view(num_edges, dim_in, 1) * x).sum(dim=1, keepdim=True)
-                message = product.view(num_edges, 1, 1, mul) * weight
+                message = _weighted(product.view(num_edges, 1, 1, mul), weight, paths)
             else:
                 product = torch.bmm(coupling.view(num_edges, paths * dim_out, dim_in), x)
-                message = product.view(num_edges, paths, dim_out, mul) * weight
+                message = _weighted(product.view(num_edges, paths, dim_out, mul), weight, paths)
             messages.append(message.view(num_edges, paths * dim_out * mul))
         return messages
 
@@ -303,11 +305,12 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
-        pairs: Optional[Tensor] = None,
+        paired: bool = False,
     ) -> Tensor:
         """`aggregate` as A_t[n] = M_t[edges of n]^T · h_t[edges of n] per receiver n, edges
-        padded to the largest in-degree (docstring, 7.). The weights as (source, blocks, pairs),
-        `_weight_groups`."""
+        padded to the largest in-degree (docstring, 7.). The weights as (source, blocks),
+        `_weight_groups`; with `paired`, source has one row per pair of the edges in pair
+        order."""
         order, counts, starts = incoming_edge_offsets(receiver, num_nodes)  # [E], [N], [N]
         width = int(counts.max())  # K, the largest in-degree
         # each edge's row in the [N·K] padded table: receiver · K + its rank at the receiver
@@ -319,7 +322,7 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             # of the [E, weight_numel] weights (a gather forward, fill + scatter backward)
             summed = self._contract_by_receiver(
                 features.index_select(0, sender), edge_sh,
-                self._weight_groups(source, blocks, pairs), slot, num_nodes, width,
+                self._weight_groups(source, blocks), slot, num_nodes, width,
             )
             return self._to_e3nn_layout([summed])
         sorted_sh = edge_sh.index_select(0, order)
@@ -338,8 +341,8 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             previous = end
         pieces: List[Tensor] = []
         sh_chunks = torch.split(sorted_sh, node_edges)
-        # each edge's row of source in receiver order (with pairs: its pair's hidden row)
-        rows = order if pairs is None else pairs.index_select(0, order)
+        # each edge's row of source in receiver order (paired: its pair's hidden row)
+        rows = torch.div(order, 2, rounding_mode="floor") if paired else order
         source_chunks = torch.split(source.index_select(0, rows), node_edges)
         sender_chunks = torch.split(sorted_sender, node_edges)
         slots = torch.split(slot.index_select(0, order), node_edges)
@@ -362,7 +365,8 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         """[nodes, Σ_g P·d3·U] sums of one receiver chunk ((p, k, u) order per group).
 
         inputs [E_c, ·] sender features (m-major units); edge_sh [E_c, D_sh];
-        grouped_weights [E_c, P·U] per group; slot [E_c]: receiver-in-chunk · width + rank.
+        grouped_weights [E_c, P·U] per group, or [E_c/2, P·U] per pair of edges in pair order;
+        slot [E_c]: receiver-in-chunk · width + rank.
         A group's padded tables have rows (receiver, p, rank): each (receiver, path) pair is one
         [K·d1, ·] matrix of the batched matmul, and its output is already in (p, k, u) order.
         """
@@ -382,9 +386,9 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
                 receiver_in_chunk = torch.div(slot, width, rounding_mode="floor")
                 offsets = torch.arange(paths, device=slot.device, dtype=slot.dtype) * width
                 rows = ((slot + receiver_in_chunk * ((paths - 1) * width)).unsqueeze(1) + offsets).view(-1)
-            h = blocks[self.group_block[g]].view(num_edges, 1, dim_in, mul) * grouped_weights[
-                g
-            ].view(num_edges, paths, 1, mul)  # [E_c, P, d1, U]
+            h = _weighted(
+                blocks[self.group_block[g]].view(num_edges, 1, dim_in, mul), grouped_weights[g], paths
+            )  # [E_c, P, d1, U]
             # into fresh zeros in place: the out-of-place index_copy would first copy the zeros
             h_padded = h.new_zeros(nodes * paths * width, dim_in * mul).index_copy_(
                 0, rows, h.view(num_edges * paths, dim_in * mul)
@@ -398,3 +402,21 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             )  # [n·P, d3, U]
             sums.append(summed.view(nodes, paths * dim_out * mul))
         return torch.cat(sums, dim=1)
+
+
+def _weighted(values: Tensor, weight: Tensor, paths: int) -> Tensor:
+    """values [E, P or 1, d, U] times the weights [E, P·U] (one row per edge), or [E/2, P·U]
+    (one row per pair of edges in pair order: edges 2p and 2p + 1 take row p) → [E, P, d, U].
+
+    Pair rows are broadcast over the two edges where d = 1; for d > 1 they are first copied to
+    both edges, because the broadcast's backward (a sum over the pair and d axes at once) runs
+    ~5× slower in torch than the copy's (a sum over the pair axis) plus the per-edge product's.
+    """
+    num_edges, dim, mul = values.shape[0], values.shape[2], values.shape[3]
+    if weight.shape[0] != num_edges and dim > 1:
+        weight = per_edge(weight, num_edges)
+    if weight.shape[0] == num_edges:
+        return values * weight.view(num_edges, paths, 1, mul)
+    pairs = weight.shape[0]
+    product = values.view(pairs, 2, values.shape[1], dim, mul) * weight.view(pairs, 1, paths, 1, mul)
+    return product.view(num_edges, paths, dim, mul)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from e3nn import o3
 from torch import Tensor, nn
 
+from equimd.potentials.nn.edge_pairs import per_edge
 from equimd.potentials.nn.scatter import scatter_sum
 
 
@@ -51,13 +50,11 @@ class E3nnConvolution(nn.Module):
         sender: Tensor,
         receiver: Tensor,
         num_nodes: int,
-        pair_of_edge: Optional[Tensor] = None,
+        paired: bool = False,
     ) -> Tensor:
         """`aggregate` with weights = hidden [E, h] @ last_weight [h, weight_numel]; with
-        `pair_of_edge` [E], hidden has one row per pair of reverse edges (edge_pairs.py)."""
-        weights = torch.mm(hidden, last_weight)  # [E or P, weight_numel]
-        if pair_of_edge is not None:
-            weights = weights.index_select(0, pair_of_edge)
+        `paired`, the edges are in pair order and hidden has one row per pair (edge_pairs.py)."""
+        weights = per_edge(torch.mm(hidden, last_weight), sender.shape[0])  # [E, weight_numel]
         return self.aggregate(node_features, edge_sh, weights, sender, receiver, num_nodes)
 
     @torch.jit.export

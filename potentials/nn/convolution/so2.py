@@ -55,6 +55,7 @@ from e3nn import o3
 from torch import Tensor
 
 from equimd.potentials.nn.convolution.edge_aggregation import EdgeChunkedConvolution
+from equimd.potentials.nn.edge_pairs import per_edge
 from equimd.potentials.nn.wigner import edge_frame_rotation, wigner_sampling
 
 
@@ -253,10 +254,11 @@ class SO2UVUConvolution(EdgeChunkedConvolution):
         """Messages per path group in the lab frame, [E, d3·C_g] each ((k, c) order).
 
         inputs: [E, Σ_units d1·C] sender features, m-major per unit; edge_sh: [E, D_sh];
-        weight_groups: one block, the weights [E, weight_numel] in e3nn's order.
+        weight_groups: one block, the weights [E, weight_numel] in e3nn's order (or one row per
+        pair of edges in pair order, [E/2, weight_numel]: each edge takes its pair's row).
         """
-        weights = weight_groups[0]
         num_edges = inputs.shape[0]
+        weights = per_edge(weight_groups[0], num_edges)
         wigner, scales = self.edge_frames(edge_sh)
         rotated: List[Tensor] = []
         units = torch.split(inputs, self.unit_sizes, dim=1)
