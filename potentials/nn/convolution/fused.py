@@ -41,8 +41,8 @@ How it is computed (see docs/performance.md for the measurements behind each cho
    (`_aggregate_by_receiver`). No
    [E, d3·U] message tensor, no per-edge [d3, d1] @ [d1, U] products and no scatter; the flops
    are those of the messages (times K / mean in-degree) but run as GEMMs with long inner
-   dimensions. Up to 16 · `chunk_elements` padded values the edges are used in their order;
-   above, receivers are processed in chunks of about 4 · `chunk_elements` padded values (edges
+   dimensions. Up to 4 · `chunk_elements` padded values the edges are used in their order;
+   above, receivers are processed in chunks of about `chunk_elements` padded values (edges
    sorted by receiver). Used when the padded tables are smaller than the messages
    (`sums_by_receiver`, `RECEIVER_PADDING_ALLOWANCE`): MACE's and NequIP's scalar-input
    layers and MACE-medium's second layer, not NequIP's higher-degree layers (padded ≈
@@ -77,6 +77,9 @@ from equimd.potentials.nn.shapes import is_symbolic_size
 # MACE-medium's second layer (2,904 padded vs 5,120 message values per edge) is faster per
 # receiver, NequIP's higher-degree layers (padded ≈ messages) are faster with messages.
 RECEIVER_PADDING_ALLOWANCE = 1.5
+# `_aggregate_by_receiver` pads all receivers at once up to this many times `chunk_elements`
+# padded values (64 MiB in float32 by default), else receivers in chunks of `chunk_elements`
+RECEIVER_ONE_PIECE = 4
 
 
 class FusedUVUConvolution(EdgeChunkedConvolution):
@@ -222,6 +225,7 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         self.sums_by_receiver = (
             RECEIVER_PADDING_ALLOWANCE * self.padded_per_edge <= sum(self.group_message_sizes)
         )
+        self.receiver_one_piece = RECEIVER_ONE_PIECE
         self._register_exact("coupling", torch.cat(coupling_columns, dim=1))
         # the same coupling with each path's block transposed, [(p, i, k)]: M_t^T rows per edge
         transposed = [
@@ -317,7 +321,7 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         slot = receiver * width + edge_ranks(receiver, order, starts)  # [E]
         features = node_features.index_select(1, self.input_permutation)
         padded_per_node = width * self.padded_per_edge
-        if num_nodes * padded_per_node <= 16 * self.chunk_elements:
+        if num_nodes * padded_per_node <= self.receiver_one_piece * self.chunk_elements:
             # one chunk (up to 64 MiB in float32): the edges stay in their order, no reordering
             # of the [E, weight_numel] weights (a gather forward, fill + scatter backward)
             summed = self._contract_by_receiver(
@@ -327,8 +331,8 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             return self._to_e3nn_layout([summed])
         sorted_sh = edge_sh.index_select(0, order)
         sorted_sender = sender.index_select(0, order)
-        # receivers in chunks whose padded tensors hold about 4 · chunk_elements values
-        nodes_per_chunk = max(4 * self.chunk_elements // padded_per_node, 1)
+        # receivers in chunks whose padded tensors hold about chunk_elements values
+        nodes_per_chunk = max(self.chunk_elements // padded_per_node, 1)
         node_edges: List[int] = []  # edges of each node chunk, in receiver order
         chunk_starts: List[int] = []
         ends = torch.cumsum(counts, 0)
