@@ -324,11 +324,11 @@ class EdgeChunkedConvolution(UVUConvolution):
             if torch.is_grad_enabled() and saved_bytes > self.recompute_above_bytes:
                 return self._aggregate_recomputed(
                     features, edge_sh, source, blocks, sender, receiver, num_nodes, chunk, keep,
-                    saved_bytes,
+                    paired, saved_bytes,
                 )  # fmt: skip
         return self._to_e3nn_layout(
             self._chunk_sums(
-                features, edge_sh, source, blocks, sender, receiver, num_nodes, chunk, keep
+                features, edge_sh, source, blocks, sender, receiver, num_nodes, chunk, keep, paired
             )
         )
 
@@ -343,14 +343,15 @@ class EdgeChunkedConvolution(UVUConvolution):
         num_nodes: int,
         chunk: int,
         keep: bool,
+        paired: bool,
     ) -> List[Tensor]:
         """Per-group message sums [N, size_g] over edge chunks of `chunk` edges: each chunk's
         messages accumulate in place on the node tensors (kept for the backward pass if
         `keep`, decided once per `aggregate` call). features: m-major [N, ·]; the weights
-        (source, blocks) as in `_weight_groups`, source with a row per edge or per pair (then
-        `chunk` is even: a chunk holds whole pairs)."""
+        (source, blocks) as in `_weight_groups`, source with a row per edge, or per pair when
+        `paired` (then `chunk` is even: a chunk holds whole pairs)."""
         summed = [features.new_zeros(num_nodes, size) for size in self.group_message_sizes]
-        rows = chunk if source.shape[0] == edge_sh.shape[0] else chunk // 2
+        rows = chunk // 2 if paired else chunk
         sh_chunks, source_chunks = torch.split(edge_sh, chunk), torch.split(source, rows)
         sender_chunks, receiver_chunks = torch.split(sender, chunk), torch.split(receiver, chunk)
         for c in range(len(sh_chunks)):
@@ -373,6 +374,7 @@ class EdgeChunkedConvolution(UVUConvolution):
         num_nodes: int,
         chunk: int,
         keep: bool,
+        paired: bool,
         saved_bytes: int,
     ) -> Tensor:
         """`aggregate` over as few edge pieces as keep each piece's saved tensors below
@@ -384,15 +386,14 @@ class EdgeChunkedConvolution(UVUConvolution):
         def piece_sums(features: Tensor, sh: Tensor, weight: Tensor, sender: Tensor,
                        receiver: Tensor, *blocks: Tensor) -> Tensor:
             sums = self._chunk_sums(
-                features, sh, weight, list(blocks), sender, receiver, num_nodes, chunk, keep
+                features, sh, weight, list(blocks), sender, receiver, num_nodes, chunk, keep, paired
             )
             return torch.cat(sums, dim=1)
 
         num_edges = edge_sh.shape[0]
         num_pieces = min(-(-saved_bytes // max(self.recompute_above_bytes, 1)), -(-num_edges // chunk))
         piece = max(-(-num_edges // max(num_pieces, 2)), 1)
-        paired = source.shape[0] != num_edges  # a row per pair: pieces of whole pairs
-        piece = piece + piece % 2 if paired else piece
+        piece = piece + piece % 2 if paired else piece  # pieces of whole pairs
         summed = features.new_zeros(num_nodes, sum(self.group_message_sizes))
         pieces = zip(
             torch.split(edge_sh, piece), torch.split(source, piece // 2 if paired else piece),
