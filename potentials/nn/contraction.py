@@ -14,11 +14,12 @@ of indices (a "monomial": C(d+ν-1, ν) of them, 816 instead of 4096 for d=16, �
 folded onto the monomials once, at construction. The forward pass then takes one of two exact
 routes (`SymmetricContraction.fold_weights`, chosen by size): one matmul per ν of the folded
 basis with the monomials of all (node, channel) pairs, a per-element weighting of the columns
-and a sum over paths; or, when there are many paths per output component (MACE medium's first
-product: 202 columns for 4 components), W folded into the basis per element present and per
-channel (F_{zcjm}, cheap: no node axis), then one batched product over channels per element,
-monomials [N_z, J] × F [J, Σ M]: 2·(Σ M)·J instead of 2·columns·J multiply-adds per (node,
-channel). No per-node basis tensors and nothing mace-specific at run time.
+and a sum over paths; or, when there are many paths per output component (MACE small's
+products: 28 columns for 1 component; medium's first: 202 for 4), W folded into the basis per
+element present and per channel (F_{zcjm}, cheap: no node axis), then one batched product over
+channels per element, F^T [Σ M, J] × monomials [J, N_z]: 2·(Σ M)·J instead of 2·columns·J
+multiply-adds per (node, channel). Both build the monomials component-major ([n_ν, C·N]: row
+gathers). No per-node basis tensors and nothing mace-specific at run time.
 
 The coupling bases equal mace-torch's `U_matrix_ν` buffers exactly (same paths, order, signs,
 `tests/test_contraction.py`): mace-torch pins e3nn 0.4.4, whose real Wigner 3j symbols differ in
@@ -53,9 +54,9 @@ __all__ = [
     "wigner_3j",
 ]
 
-# The folded evaluation pays for its monomial layout about as much as this many columns of the
+# The folded evaluation pays for its per-element products about as much as this many columns of the
 # column-wise one (see `SymmetricContraction.fold_weights`).
-FOLDING_OVERHEAD = 50
+FOLDING_OVERHEAD = 20
 
 
 class _ProductOrder(nn.Module):
@@ -73,12 +74,12 @@ class _ProductOrder(nn.Module):
         self.register_buffer("basis", basis)
         self.order = order
 
-    def forward(self, features: Tensor, monomials_below: Tensor, dim: int) -> Tensor:
-        """features [d, P], monomials of order ν-1 [n_(ν-1), P] → order ν [n_ν, P] (dim 0), or
-        the same transposed ([P, d] → [P, n_ν], dim 1)."""
+    def forward(self, features: Tensor, monomials_below: Tensor) -> Tensor:
+        """features [d, P], monomials of order ν-1 [n_(ν-1), P] → order ν [n_ν, P] (row gathers:
+        whole rows copied, 2-3x faster than gathering columns of the transposed layout)."""
         if self.order == 1:
             return features
-        return monomials_below.index_select(dim, self.parent) * features.index_select(dim, self.last)
+        return monomials_below.index_select(0, self.parent) * features.index_select(0, self.last)
 
 
 class SymmetricContraction(nn.Module):
@@ -192,9 +193,10 @@ class SymmetricContraction(nn.Module):
         self.register_buffer("column_to_output", selection, persistent=False)
         # Two exact evaluations of the same sum; which is faster depends on the columns per
         # output component. By columns: 2·columns·J multiply-adds per (node, channel) in large
-        # GEMMs. Folded: 2·(Σ M)·J in small batched products, plus the slower layout of the
-        # monomials (gathers along rows: about as much as 50·J multiply-adds, measured on
-        # MACE small/medium, water, float32, one thread, 2026-12-06).
+        # GEMMs. Folded: 2·(Σ M)·J in small batched products per element, which cost about as
+        # much as 20 more columns (products of 1 to 28 columns and 1 to 9 outputs, 192 nodes,
+        # 2 elements, float32, 2 threads, 2026-12-06: MACE small's 28 columns for 1 output
+        # 17 against 20 ms, 15 columns for 1 output and 26 for 4 even, 12 for 4 slower).
         num_monomials = sum(int(order.basis.shape[0]) for order in self.orders)
         self.fold_weights = bool(
             num_monomials > 0 and self.num_columns > self.num_outputs_total + FOLDING_OVERHEAD
@@ -286,7 +288,7 @@ class SymmetricContraction(nn.Module):
         products = []  # Σ_a U^{Lν}_{m a k} A_{a_1}..A_{a_ν}: [columns_ν, N·C] per order ν
         monomial = features
         for order in self.orders:
-            monomial = order(features, monomial, 0)  # [n_ν, N·C]
+            monomial = order(features, monomial)  # [n_ν, N·C]
             products.append(torch.matmul(order.basis.t(), monomial))
         product = torch.cat(products, dim=0).reshape(self.num_columns, num_nodes, self.num_channels)
         # W_{z_i k c} per column: [columns, N, C]
@@ -299,36 +301,41 @@ class SymmetricContraction(nn.Module):
     def _contract_folded(self, features: Tensor, species: Tensor) -> Tensor:
         """A [N, C, d] → B [N, C, Σ M] with W folded into the bases per element present
         (`folded_weights`): the nodes grouped by element, one batched product over channels
-        per group and order, monomials [N_z, n_ν] × folded [n_ν, Σ M] per channel."""
+        per group and order, folded^T [Σ M, n_ν] × monomials [n_ν, N_z] per channel."""
         num_nodes = features.shape[0]
-        features = features.reshape(num_nodes * self.num_channels, self.coupling_dim)  # [N·C, d]
         counts = torch.bincount(species, minlength=self.num_elements)  # [Z]
         elements = torch.nonzero(counts).squeeze(1)  # [Z'] present
         sizes: list[int] = counts.index_select(0, elements).tolist()
         grouped = len(sizes) > 1
         by_element = torch.sort(species, stable=True)[1] if grouped else species  # [N]
-        folded = self.folded_weights(elements)  # [Z', C, J, Σ M]
-        parts: list[Tensor] = []  # per element: [C, N_z, Σ M]
+        if grouped:  # the nodes by element: the monomials come out grouped
+            features = features.index_select(0, by_element)
+        # component-major [d, C·N] (a small copy), so that monomials are row gathers; each
+        # channel's monomials are then an [n_ν, N] block BLAS reads in place
+        features = features.permute(2, 1, 0).reshape(
+            self.coupling_dim, self.num_channels * num_nodes
+        )
+        # transposed, [Z', C, Σ M, J]: folded^T × monomials, Σ M (1 to 4) rows per channel
+        folded = self.folded_weights(elements).transpose(2, 3).contiguous()
+        parts: list[Tensor] = []  # per element: [C, Σ M, N_z]
         monomial = features
         row = 0
         for order in self.orders:
-            monomial = order(features, monomial, 1)  # [N·C, n_ν]
-            rows = monomial.shape[1]
-            per_node = monomial.view(num_nodes, self.num_channels, rows)  # [N, C, n_ν]
-            if grouped:
-                per_node = per_node.index_select(0, by_element)
-            for z, group in enumerate(torch.split(per_node, sizes, dim=0)):
-                # [C, N_z, n_ν] (a strided view BLAS reads directly) × [C, n_ν, Σ M]
-                term = torch.bmm(group.transpose(0, 1), folded[z, :, row : row + rows])  # [C, N_z, Σ M]
+            monomial = order(features, monomial)  # [n_ν, C·N], nodes by element
+            rows = monomial.shape[0]
+            per_channel = monomial.view(rows, self.num_channels, num_nodes).transpose(0, 1)
+            for z, group in enumerate(torch.split(per_channel, sizes, dim=2)):
+                # [C, Σ M, n_ν] × [C, n_ν, N_z]
+                term = torch.bmm(folded[z, :, :, row : row + rows], group)  # [C, Σ M, N_z]
                 if len(parts) <= z:
                     parts.append(term)
                 else:
                     parts[z] = parts[z] + term
             row += rows
-        out = torch.cat(parts, dim=1)  # [C, N, Σ M], nodes by element
+        out = torch.cat(parts, dim=2)  # [C, Σ M, N], nodes by element
         if grouped:
-            out = torch.zeros_like(out).index_copy(1, by_element, out)  # node order
-        return out.permute(1, 0, 2)  # [N, C, Σ M]
+            out = torch.zeros_like(out).index_copy(2, by_element, out)  # node order
+        return out.permute(2, 0, 1)  # [N, C, Σ M]
 
     def load_mace_weights(self, state_dict: dict[str, Tensor], prefix: str = "") -> None:
         """Copy weights from a mace-torch SymmetricContraction state dict.
