@@ -38,7 +38,6 @@ from equimd.potentials.nn.convolution import (
 )
 from equimd.potentials.nn.convolution.edge_aggregation import EdgeChunkedConvolution
 from equimd.potentials.nn.convolution.edge_convolution import convolution_irreps
-from equimd.potentials.nn.convolution.fused import RECEIVER_ONE_PIECE
 from equimd.potentials.nn.dtype import default_dtype
 from equimd.potentials.nn.linear import (
     FastLinear,
@@ -208,7 +207,8 @@ def test_receiver_contraction_equals_message_path(irreps, paths, most_paths, nod
     if nodes_per_chunk is not None:  # receivers in chunks of this many nodes (not one chunk)
         counts = torch.bincount(receiver)
         tp.chunk_elements = nodes_per_chunk * int(counts.max()) * tp.padded_per_edge
-        assert num_nodes * int(counts.max()) * tp.padded_per_edge > RECEIVER_ONE_PIECE * tp.chunk_elements
+        tp.receiver_one_piece = 1  # (default RECEIVER_ONE_PIECE chunks: one piece up to that many)
+        assert num_nodes * int(counts.max()) * tp.padded_per_edge > tp.receiver_one_piece * tp.chunk_elements
     tp.sums_by_receiver = True  # whether or not the layer would choose it by its sizes
     assert tp.contracts_by_receiver(edge_sh)
     by_receiver = aggregate_with_grads(tp, features, edge_sh, weights, sender, receiver, num_nodes)
@@ -265,7 +265,8 @@ def test_weights_from_the_radial_last_layer_equal_the_weight_tensor(name, backen
         if tp.contracts_by_receiver(edge_sh):
             counts = torch.bincount(receiver)
             tp.chunk_elements = int(counts.max()) * tp.padded_per_edge
-            assert 9 * int(counts.max()) * tp.padded_per_edge > RECEIVER_ONE_PIECE * tp.chunk_elements
+            tp.receiver_one_piece = 1
+            assert 9 * int(counts.max()) * tp.padded_per_edge > tp.receiver_one_piece * tp.chunk_elements
         else:
             tp.chunk_elements = edges_per_chunk * tp.elements_per_edge
             assert tp.edge_chunk_size(60) == edges_per_chunk
