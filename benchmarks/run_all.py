@@ -46,7 +46,7 @@ OUT = ROOT / "bench_out"
 sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
-from tp_core import TP_CORE_TARGET  # noqa: E402
+from tp_core import TP_CORE_TARGET, describe_model_path  # noqa: E402
 
 STEPS = ("models", "mace", "neighbors", "md", "md_throughput")
 NEIGHBOR_SHARE, OPENMM_OVERHEAD = 0.05, 1.10
@@ -163,6 +163,8 @@ def _throughput_lines(results: list[dict], key: str = "row") -> list[str]:
                          f"GFLOP/s = {100 * core['fraction_of_matmul']:.1f} % of matmul "
                          f"{core['matmul_gflops']:.0f} GFLOP/s{verdict} "
                          f"(load {core.get('load_during', 0.0):.2f})")
+            if "model_path" in core:
+                parts.append(describe_model_path(core["model_path"]))
         if parts:
             lines.append(f"- {model} {r['system']} {r['dtype']}: " + "; ".join(parts))
     return lines
@@ -197,7 +199,10 @@ def summary() -> str:
     if lines:
         out.append("\nTraining throughput (energy + forces loss, one optimizer step per frame) and "
                    "the tensor-product core's achieved FLOP/s (last interaction, forward, "
-                   "`benchmarks/tp_core.py`) vs a plain matmul in the same process:")
+                   "`benchmarks/tp_core.py`; `aggregate` with given per-edge weights, the bar's "
+                   "figure, then the same layer's call as the model makes it, products alone and "
+                   "with the fused radial last layer's matmul counted) vs a plain matmul in the "
+                   "same process:")
         out += lines
     if neighbors:
         out.append("\nNeighbor list (ours, float64, median ms) against matscipy and vesin, and its "

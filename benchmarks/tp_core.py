@@ -13,6 +13,13 @@ the same count for every backend (e3nn's outer-product algorithm does more work 
 The matmul is [1024, 1024] @ [1024, 1024] in the same dtype and thread count
 (`harness.matmul_flops`). Issue 20's bar: the core at ≥ 15 % of the matmul's FLOP/s for
 MACE medium.
+
+Beside it, `model_path`: the same layer's call as the model makes it during an energy
+evaluation (`aggregate_radial`: edges in pair order, the radial MLP's last layer fused into
+the convolution, per pair), captured from a real forward and timed alone, forward only. Its
+FLOP/s are given both for the products alone (the count above) and counting the fused last
+layer's matmul (2·h·weights per pair or edge row) too; the acceptance check uses the
+products-only figure of `aggregate` above.
 """
 
 from __future__ import annotations
@@ -76,7 +83,7 @@ def measure_tp_core(model, graph, dtype_name: str, repeats: int = 5) -> dict[str
         load = window.foreign_cores()
     flops = convolution_flops(convolution, num_edges)
     reference = matmul_flops(dtype_name)
-    return {
+    result = {
         "backend": convolution.backend,
         "irreps_in": str(convolution.irreps_node),
         "forward_s": seconds,
@@ -85,9 +92,72 @@ def measure_tp_core(model, graph, dtype_name: str, repeats: int = 5) -> dict[str
         "fraction_of_matmul": flops / seconds / reference,
         "load_during": round(load, 3),
     }
+    path = measure_model_path(model, graph, repeats)
+    if path is not None:
+        path["fraction_of_matmul"] = path["gflops"] * 1e9 / reference
+        path["fraction_with_radial"] = path["gflops_with_radial"] * 1e9 / reference
+        result["model_path"] = path
+    return result
+
+
+def measure_model_path(model, graph, repeats: int = 5) -> dict[str, Any] | None:
+    """{"forward_s", "gflops", "gflops_with_radial", "rows", "paired"} of the last interaction's
+    `aggregate_radial` call as the model makes it (arguments captured from one forward, the
+    call timed alone without gradients), or None if the model makes no such call."""
+    import torch
+
+    interaction = model.interactions[-1]
+    convolutions = [getattr(interaction, name) for name in ("convolution", "pruned_convolution")
+                    if hasattr(interaction, name)]
+    calls: list[tuple] = []
+    for convolution in convolutions:  # record the arguments (an instance attribute shadows)
+        def record(*args, _convolution=convolution, _original=convolution.aggregate_radial):
+            calls.append((_convolution, args))
+            return _original(*args)
+        convolution.aggregate_radial = record
+    try:
+        with torch.no_grad():
+            model(graph)
+    finally:
+        for convolution in convolutions:
+            del convolution.aggregate_radial
+    if not calls:
+        return None
+    convolution, args = calls[-1]
+    hidden, last_weight = args[2], args[3]
+    num_edges = int(args[1].shape[0])
+    with torch.no_grad():
+        convolution.aggregate_radial(*args)
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            convolution.aggregate_radial(*args)
+            samples.append(time.perf_counter() - start)
+    seconds = statistics.median(samples)
+    products = convolution_flops(convolution, num_edges)
+    radial = 2.0 * hidden.shape[0] * hidden.shape[1] * last_weight.shape[1]
+    return {
+        "forward_s": seconds,
+        "gflops": products / seconds / 1e9,
+        "gflops_with_radial": (products + radial) / seconds / 1e9,
+        "rows": int(hidden.shape[0]),
+        "edges": num_edges,
+        "paired": bool(args[7]) if len(args) > 7 else False,
+    }
 
 
 def describe(core: dict[str, Any]) -> str:
     """'TP core G GFLOP/s (P% of matmul M)' for a `measure_tp_core` record."""
-    return (f"TP core {core['gflops']:.2f} GFLOP/s ({100 * core['fraction_of_matmul']:.1f}% of "
+    text = (f"TP core {core['gflops']:.2f} GFLOP/s ({100 * core['fraction_of_matmul']:.1f}% of "
             f"matmul {core['matmul_gflops']:.0f})")
+    if "model_path" in core:
+        text += f"; {describe_model_path(core['model_path'])}"
+    return text
+
+
+def describe_model_path(path: dict[str, Any]) -> str:
+    """'as the model calls it: ...' for a `measure_model_path` record (with fractions)."""
+    return (f"as the model calls it (aggregate_radial, {path['rows']} radial rows for "
+            f"{path['edges']} edges): {1e3 * path['forward_s']:.1f} ms, products "
+            f"{100 * path['fraction_of_matmul']:.1f} %, with the fused radial last layer "
+            f"{100 * path['fraction_with_radial']:.1f} % of matmul")

@@ -63,11 +63,43 @@ def test_the_summary_states_ratios_against_issue_20s_bars_with_dates_and_commits
 
 
 def test_a_tp_core_below_15_percent_of_the_matmul_is_said_so(reports):
+    """The verdict is the products' figure of `aggregate`; the model's own call, also with the
+    fused radial layer's matmul counted, is printed beside it and does not change it."""
     report = json.loads((reports / "mace_speed.json").read_text())
-    report["results"][0]["tp_core"].update(gflops=6.0, fraction_of_matmul=0.04)
+    path = {"forward_s": 0.08, "gflops": 6.0, "gflops_with_radial": 24.0, "rows": 8478,
+            "edges": 16956, "paired": True, "fraction_of_matmul": 0.04,
+            "fraction_with_radial": 0.16}  # fmt: skip
+    report["results"][0]["tp_core"].update(gflops=6.0, fraction_of_matmul=0.04, model_path=path)
     (reports / "mace_speed.json").write_text(json.dumps(report))
     core = next(line for line in run_all.summary().splitlines() if "TP core" in line)
-    assert "4.0 % of matmul" in core and "below 15 %" in core
+    assert "4.0 % of matmul" in core and "below 15 %" in core and "PASS" not in core
+    assert "8478 radial rows for 16956 edges" in core
+    assert "products 4.0 %, with the fused radial last layer 16.0 % of matmul" in core
+
+
+def test_the_model_path_core_is_the_models_own_call():
+    """`measure_model_path` times the last interaction's `aggregate_radial` with the arguments
+    of a real forward (edges in pair order: one radial row per pair) and leaves the model as
+    it was."""
+    import torch
+    from ase.build import molecule
+    from tp_core import measure_model_path
+
+    from equimd.potentials.data.configuration import Configuration
+    from equimd.potentials.data.graph import configuration_to_graph
+    from equimd.potentials.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("nequip", species=[1, 8], r_max=3.0, l_max=1, num_features=4,
+                        num_layers=2, avg_num_neighbors=2.0).double()  # fmt: skip
+    graph = configuration_to_graph(Configuration.from_atoms(molecule("H2O")), 3.0)
+    before = model(graph)
+    path = measure_model_path(model, graph, repeats=2)
+    assert path is not None and path["paired"]
+    assert path["edges"] == graph.edge_index.shape[1] == 6 and path["rows"] == 3
+    assert path["gflops_with_radial"] > path["gflops"] > 0
+    assert "aggregate_radial" not in vars(model.interactions[-1].convolution)
+    torch.testing.assert_close(model(graph), before, rtol=0, atol=0)
 
 
 def test_the_readme_block_is_replaced_and_the_rest_kept():
