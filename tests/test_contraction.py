@@ -211,6 +211,25 @@ def test_wigner_3j_convention_is_a_sign_table() -> None:
 
 
 @pytest.mark.parametrize(
+    ("irreps_in", "irreps_out", "correlation", "columns", "folded"),
+    [
+        ("2x0e+2x1o+2x2e+2x3o", "2x0e", 3, 28, True),  # MACE small's products
+        ("2x0e+2x1o+2x2e+2x3o", "2x0e+2x1o", 3, 202, True),  # MACE medium's first
+        ("2x0e+2x1o+2x2e+2x3o", "2x0e", 2, 5, False),
+        ("2x0e+2x1o", "2x0e+2x1o", 2, 12, False),
+    ],
+)
+def test_the_folded_route_is_taken_from_20_extra_columns(
+    irreps_in: str, irreps_out: str, correlation: int, columns: int, folded: bool
+) -> None:
+    """`fold_weights` where the column route would do more than FOLDING_OVERHEAD (20) columns
+    beyond one per output component (measured break-even, docs/performance.md)."""
+    module = SymmetricContraction(irreps_in, irreps_out, correlation=correlation, num_elements=2)
+    assert module.num_columns == columns
+    assert module.fold_weights is folded
+
+
+@pytest.mark.parametrize(
     ("irreps_in", "irreps_out", "species"),
     [
         ("3x0e+3x1o+3x2e+3x3o", "3x0e+3x1o", [2, 0, 2, 2, 0, 2]),  # element 1 absent
