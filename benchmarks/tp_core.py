@@ -101,7 +101,7 @@ def measure_tp_core(model, graph, dtype_name: str, repeats: int = 5) -> dict[str
 
 
 def measure_model_path(model, graph, repeats: int = 5) -> dict[str, Any] | None:
-    """{"forward_s", "gflops", "gflops_with_radial", "rows", "paired"} of the last interaction's
+    """{"forward_s", "gflops", "gflops_with_radial", "rows", "edges", "paired"} of the last interaction's
     `aggregate_radial` call as the model makes it (arguments captured from one forward, the
     call timed alone without gradients), or None if the model makes no such call."""
     import torch
