@@ -417,9 +417,7 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
                         0, slot, blocks[block]
                     )  # [n·K, d1·U]
                     padded_inputs[block] = x_padded
-                weight = grouped_weights[g]
-                if weight.shape[0] != num_edges:  # one row per pair of edges in pair order
-                    weight = per_edge(weight, num_edges)
+                weight = per_edge(grouped_weights[g], num_edges)  # [E_c, P·U]
                 w_padded = weight.new_zeros(nodes * paths * width, mul).index_copy_(
                     0, rows, weight.reshape(num_edges * paths, mul)
                 )  # [n·P·K, U], rows (receiver, p, rank)
@@ -446,8 +444,8 @@ def _weighted(values: Tensor, weight: Tensor, paths: int) -> Tensor:
     ~5× slower in torch than the copy's (a sum over the pair axis) plus the per-edge product's.
     """
     num_edges, dim, mul = values.shape[0], values.shape[2], values.shape[3]
-    if weight.shape[0] != num_edges and dim > 1:
-        weight = per_edge(weight, num_edges)
+    if dim > 1:
+        weight = per_edge(weight, num_edges)  # as it is when it has a row per edge
     if weight.shape[0] == num_edges:
         return values * weight.view(num_edges, paths, 1, mul)
     pairs = weight.shape[0]
