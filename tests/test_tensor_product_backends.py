@@ -666,6 +666,50 @@ def test_fast_scalar_tensor_product_equals_e3nn(scalars):
     torch.testing.assert_close(scripted(x, attrs), fast(x, attrs), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(
+    "irreps_in, irreps_out",
+    [
+        ("4x0e", "6x0e+4x1o+4x2e"),  # NequIP's first self-connection: 1o and 2e have no path
+        ("4x0e+4x1o+4x2e", "8x0e+4x1o+4x1e+4x2o+4x2e"),  # its second: 1e and 2o have none
+    ],
+)
+def test_fast_scalar_tensor_product_outputs_zeros_where_no_path_leads(irreps_in, irreps_out):
+    """e3nn's layer outputs zeros (and passes no gradient) for output blocks that no path
+    reaches; the fast layer must do the same instead of falling back to e3nn."""
+    with default_dtype(torch.float64):
+        reference = o3.FullyConnectedTensorProduct(irreps_in, "2x0e", irreps_out)
+        fast = scalar_tensor_product(irreps_in, "2x0e", irreps_out)
+    assert type(fast) is FastScalarTensorProduct
+    fast.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(7, reference.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
+    attrs = torch.nn.functional.one_hot(torch.arange(7) % 2, 2).double()
+    expected, actual = reference(x, attrs), fast(x, attrs)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    reached = {reference.irreps_out[i.i_out].ir for i in reference.instructions}
+    unreached = [s for (_, ir), s in zip(reference.irreps_out, reference.irreps_out.slices(),
+                                         strict=True) if ir not in reached]
+    assert unreached and all(bool((actual[:, s] == 0).all()) for s in unreached)
+    cotangent = torch.randn_like(expected)
+    torch.testing.assert_close(
+        torch.autograd.grad(actual, x, cotangent)[0],
+        torch.autograd.grad(expected, x, cotangent)[0],
+        rtol=1e-12, atol=1e-12,
+    )
+    scripted = torch.jit.script(e3nn.util.jit.compile(fast))
+    torch.testing.assert_close(scripted(x, attrs), actual, rtol=0, atol=0)
+
+
+def test_fast_linear_outputs_zeros_where_no_path_leads():
+    with default_dtype(torch.float64):
+        reference = o3.Linear("4x0e+2x1o", "3x0e+2x1o+2x2e")
+        fast = linear("4x0e+2x1o", "3x0e+2x1o+2x2e")
+    assert type(fast) is FastLinear
+    fast.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(5, reference.irreps_in.dim, dtype=torch.float64)
+    torch.testing.assert_close(fast(x), reference(x), rtol=1e-12, atol=1e-12)
+    assert bool((fast(x)[:, -10:] == 0).all())
+
+
 def test_fast_layers_are_float64_exact_after_double():
     with default_dtype(torch.float32):
         cast = FastLinear("5x0e+5x0e+3x1o", "7x0e+2x1o").double()

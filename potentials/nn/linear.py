@@ -99,7 +99,9 @@ class _TypeTables:
             self.rows.append(rows)
             self.cols.append(cols)
             offset += d * cols
-        self.complete = all(s >= 0 for s in self.output_index)
+        # output blocks no path reaches are zero (as in e3nn): they read one zero column
+        self.zero_outputs = any(s < 0 for s in self.output_index)
+        self.output_index = [offset if s < 0 else s for s in self.output_index]
 
 
 def _register_tables(module: nn.Module, tables: _TypeTables) -> None:
@@ -118,6 +120,7 @@ def _register_tables(module: nn.Module, tables: _TypeTables) -> None:
     module.type_dims = tables.dims
     module.type_rows = tables.rows
     module.type_cols = tables.cols
+    module.type_zero_outputs = tables.zero_outputs
 
 
 def _exact_coefficients(module: nn.Module) -> None:
@@ -144,7 +147,7 @@ class FastLinear(o3.Linear):
             paths.append((ins.i_in, ins.i_out, mul_in, ins.path_weight, offset))  # rows (u)
             offset += mul_in * mul_out
         tables = _TypeTables(self.irreps_in, self.irreps_out, paths)
-        if not (supports_fast_linear(self) and tables.complete):
+        if not supports_fast_linear(self):
             raise ValueError("FastLinear: use equimd.potentials.nn.linear.linear() for this layer")
         _register_tables(self, tables)
 
@@ -166,6 +169,8 @@ class FastLinear(o3.Linear):
             x_type = x.index_select(1, index).view(-1, rows)  # [N·d, rows]
             out = torch.mm(x_type, weights[t].view(rows, cols))  # [N·d, cols]
             outputs.append(out.view(-1, self.type_dims[t] * cols))
+        if self.type_zero_outputs:
+            outputs.append(x.new_zeros(x.shape[0], 1))
         out = torch.cat(outputs, dim=1).index_select(1, self.type_output_index)
         return out.reshape(shape + (out.shape[-1],))
 
@@ -195,10 +200,7 @@ class FastScalarTensorProduct(o3.FullyConnectedTensorProduct):
             d = self.irreps_out[ins.i_out].ir.dim
             paths.append((ins.i_in1, ins.i_out, mul1 * mul2, ins.path_weight / sqrt(d), offset))
             offset += mul1 * mul2 * mul_out
-        tables = _TypeTables(self.irreps_in1, self.irreps_out, paths)
-        if not tables.complete:
-            raise ValueError("FastScalarTensorProduct: an output block has no path")
-        _register_tables(self, tables)
+        _register_tables(self, _TypeTables(self.irreps_in1, self.irreps_out, paths))
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch.nn.Module signature
         module = super()._apply(fn, recurse)
@@ -219,6 +221,8 @@ class FastScalarTensorProduct(o3.FullyConnectedTensorProduct):
             products = (x_type * scalars.view(num_rows, 1, 1, self.num_scalars)).view(-1, rows)
             out = torch.mm(products, weights[t].view(rows, cols))  # [N·d, cols]
             outputs.append(out.view(num_rows, d * cols))
+        if self.type_zero_outputs:
+            outputs.append(x.new_zeros(num_rows, 1))
         return torch.cat(outputs, dim=1).index_select(1, self.type_output_index)
 
 
