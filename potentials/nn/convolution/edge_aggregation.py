@@ -44,14 +44,19 @@ from equimd.potentials.nn.edge_pairs import per_edge
 from equimd.potentials.nn.scatter import scatter_add_, scatter_sum
 from equimd.potentials.nn.shapes import is_symbolic_size
 
-# Edge-level tensors of one `aggregate` chunk stay below this many elements (16 MiB in float32):
+# Edge-level tensors of one `aggregate` chunk stay below this many elements (64 MiB in float32):
 # large systems reuse memory chunk after chunk instead of holding [E, ·] temporaries. Measured
-# on the 2-core VM (2026-12-06, 2 threads, energy + forces): 2^22 against the earlier 2^20,
+# on the 2-core VM (2 threads, energy + forces): 2^22 against the earlier 2^20 (2026-12-06),
 # NequIP (64 features) water 446-494 against 494-567 ms and Cu 2048 4.54 against 5.07 s (fewer,
 # larger operations parallelise better), MACE medium water 458-478 against 475-488 ms; one
-# thread: the same within 2 %. (equimd's entry points raise glibc's mmap threshold,
-# `equimd.allocator`, so chunks of this size are reused, not faulted in again.)
-DEFAULT_CHUNK_ELEMENTS = 1 << 22
+# thread: the same within 2 %. 2^24 against 2^22 (2026-12-06, later; the receiver path's
+# one-piece bound kept at 2^26): NequIP water float32 397 against 418 ms (its layers now in
+# one chunk), float64 829 against 835 ms (+0.3 GB peak), Cu 2048 float32 3.50 against 3.58 s
+# (same peak); MACE small and medium water unchanged; MACE medium on 1,536 water molecules'
+# atoms (receiver chunks) 4.0 against 4.4 s, 0.3 GB less peak. (equimd's entry points raise
+# glibc's mmap threshold, `equimd.allocator`, so chunks of this size are reused, not faulted
+# in again.)
+DEFAULT_CHUNK_ELEMENTS = 1 << 24
 # Above this many bytes of intermediates kept for the backward pass by one `aggregate`, eager
 # execution recomputes them instead (see the module docstring).
 RECOMPUTE_ABOVE_BYTES = 6 * (1 << 30)

@@ -42,7 +42,7 @@ How it is computed (see docs/performance.md for the measurements behind each cho
    are padded and h is formed padded, d1 + P instead of P·d1 values moved per edge). No
    [E, d3·U] message tensor, no per-edge [d3, d1] @ [d1, U] products and no scatter; the flops
    are those of the messages (times K / mean in-degree) but run as GEMMs with long inner
-   dimensions. Up to 16 · `chunk_elements` padded values the edges are used in their order;
+   dimensions. Up to 4 · `chunk_elements` padded values the edges are used in their order;
    above, receivers are processed in chunks of about `chunk_elements` padded values (edges
    sorted by receiver). Used when the padded tables are smaller than the messages
    (`sums_by_receiver`, `RECEIVER_PADDING_ALLOWANCE`): MACE's and NequIP's scalar-input
@@ -79,12 +79,13 @@ from equimd.potentials.nn.shapes import is_symbolic_size
 # receiver, NequIP's higher-degree layers (padded ≈ messages) are faster with messages.
 RECEIVER_PADDING_ALLOWANCE = 1.5
 # `_aggregate_by_receiver` pads all receivers at once up to this many times `chunk_elements`
-# padded values (256 MiB in float32 by default), else receivers in chunks of `chunk_elements`.
-# One piece keeps each pair's radial weights formed once (in receiver chunks the two edges of
-# a pair fall apart) and needs fewer, larger operations: MACE medium on the water box (55.7 M
-# padded values in its second layer) 392 against 418 ms per energy + forces with 4 (float32,
-# 2 threads; float64 809 against 855 ms), for 145 MB (float64 310 MB) more peak memory.
-RECEIVER_ONE_PIECE = 16
+# padded values (2^26 = 64 M, 256 MiB in float32, by default), else receivers in chunks of
+# `chunk_elements`. One piece keeps each pair's radial weights formed once (in receiver chunks
+# the two edges of a pair fall apart) and needs fewer, larger operations: MACE medium on the
+# water box (55.7 M padded values in its second layer) 392 against 418 ms per energy + forces
+# with a bound of 2^24 (float32, 2 threads; float64 809 against 855 ms), for 145 MB (float64
+# 310 MB) more peak memory.
+RECEIVER_ONE_PIECE = 4
 
 
 class FusedUVUConvolution(EdgeChunkedConvolution):
