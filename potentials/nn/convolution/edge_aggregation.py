@@ -34,7 +34,7 @@ Same numbers, one more forward of the messages. TorchScript files always keep th
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from e3nn import o3
@@ -154,9 +154,10 @@ class EdgeChunkedConvolution(UVUConvolution):
       weight_group_sizes, weight_group_columns (optional): how the weights are cut into the
         blocks `_messages` takes (default: one block, as they are; `_grouped_weights` cuts a
         weight tensor the same way);
-    and implements `_messages(inputs [E, ·], edge_sh [E, D_sh], weight_groups)`, whose weight
-    blocks have a row per edge or, for edges in pair order, per pair ([E/2, ·]: edges 2p and
-    2p + 1 share row p; `per_edge` expands them).
+    and implements `_messages(inputs, edge_sh [E, D_sh], weight_groups, sender)`: inputs are the
+    senders' features [E, ·], or with `sender` [E] the node features [N, ·] (`_edge_blocks`
+    gathers them); its weight blocks have a row per edge or, for edges in pair order, per pair
+    ([E/2, ·]: edges 2p and 2p + 1 share row p; `per_edge` expands them).
     Constants derived in float64 are registered with `_register_exact(name, tensor)`: the buffer
     is re-derived from the float64 value on every dtype/device change (no float32 rounding
     survives `.double()`).
@@ -199,8 +200,22 @@ class EdgeChunkedConvolution(UVUConvolution):
             setattr(self, name, exact.to(device=current.device, dtype=current.dtype))
         return module
 
-    def _messages(self, inputs: Tensor, edge_sh: Tensor, weight_groups: List[Tensor]) -> List[Tensor]:
+    def _messages(
+        self, inputs: Tensor, edge_sh: Tensor, weight_groups: List[Tensor],
+        sender: Optional[Tensor] = None,
+    ) -> List[Tensor]:
         raise NotImplementedError
+
+    def _edge_blocks(self, inputs: Tensor, sizes: List[int], sender: Optional[Tensor]) -> List[Tensor]:
+        """The senders' features cut into blocks [E, size] (m-major): `inputs` per edge
+        ([E, Σ sizes]) when `sender` is None, else node features [N, Σ sizes] gathered block by
+        block. Gathering per block, the backward pass scatters each block's gradient onto
+        [N, size] instead of first concatenating an [E, Σ sizes] gradient (the split's backward):
+        NequIP's 1088-wide layers on the water box, 4.3 against 5.8 ms (float32)."""
+        blocks = torch.split(inputs, sizes, dim=1)
+        if sender is None:
+            return blocks
+        return [block.index_select(0, sender) for block in blocks]
 
     def _grouped_weights(self, weights: Tensor) -> List[Tensor]:
         """[E, weight_numel] (e3nn's order) → the blocks `_messages` takes (`weight_group_sizes`
@@ -316,7 +331,7 @@ class EdgeChunkedConvolution(UVUConvolution):
         chunk = self.edge_chunk_size(edge_sh.shape[0])
         if chunk == 0:
             messages = self._messages(
-                features.index_select(0, sender), edge_sh, self._weight_groups(source, blocks)
+                features, edge_sh, self._weight_groups(source, blocks), sender
             )
             keep = self.keeps_messages(edge_sh)
             summed = [scatter_sum(message, receiver, num_nodes, keep) for message in messages]
@@ -360,9 +375,8 @@ class EdgeChunkedConvolution(UVUConvolution):
         sh_chunks, source_chunks = torch.split(edge_sh, chunk), torch.split(source, rows)
         sender_chunks, receiver_chunks = torch.split(sender, chunk), torch.split(receiver, chunk)
         for c in range(len(sh_chunks)):
-            inputs = features.index_select(0, sender_chunks[c])
             weights = self._weight_groups(source_chunks[c], blocks)
-            messages = self._messages(inputs, sh_chunks[c], weights)
+            messages = self._messages(features, sh_chunks[c], weights, sender_chunks[c])
             for g, message in enumerate(messages):
                 scatter_add_(summed[g], receiver_chunks[c], message, keep)
         return summed

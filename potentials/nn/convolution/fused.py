@@ -264,16 +264,18 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         )
 
     def _messages(
-        self, inputs: Tensor, edge_sh: Tensor, grouped_weights: List[Tensor]
+        self, inputs: Tensor, edge_sh: Tensor, grouped_weights: List[Tensor],
+        sender: Optional[Tensor] = None,
     ) -> List[Tensor]:
         """Messages per group, [E, P·d3·U] each ((p, k, u) order).
 
-        inputs: [E, Σ_b d1·U] sender features, m-major per block; edge_sh: [E, D_sh];
+        inputs: [E, Σ_b d1·U] sender features, m-major per block (with `sender` [E]: the node
+        features [N, ·], gathered per block, `_edge_blocks`); edge_sh: [E, D_sh];
         grouped_weights: [E, P·U] per group ((p, b, u) order, `_grouped_weights`), or one row
         per pair of edges in pair order ([E/2, P·U], broadcast over the pair's two edges).
         """
-        num_edges = inputs.shape[0]
-        blocks = torch.split(inputs, self.block_sizes, dim=1)
+        num_edges = edge_sh.shape[0]
+        blocks = self._edge_blocks(inputs, self.block_sizes, sender)
         couplings = torch.split(torch.mm(edge_sh, self.coupling), self.group_coupling_sizes, dim=1)
         messages: List[Tensor] = []
         for g, coupling in enumerate(couplings):
@@ -334,8 +336,8 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             # one chunk (up to 256 MiB in float32): the edges stay in their order, no reordering
             # of the [E, weight_numel] weights (a gather forward, fill + scatter backward)
             summed = self._contract_by_receiver(
-                features.index_select(0, sender), edge_sh,
-                self._weight_groups(source, blocks), slot, num_nodes, width,
+                features, sender, edge_sh, self._weight_groups(source, blocks), slot, num_nodes,
+                width,
             )
             return self._to_e3nn_layout([summed])
         sorted_sh = edge_sh.index_select(0, order)
@@ -364,7 +366,7 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             nodes = min(first + nodes_per_chunk, num_nodes) - first
             pieces.append(
                 self._contract_by_receiver(
-                    features.index_select(0, sender_chunks[c]), sh_chunks[c],
+                    features, sender_chunks[c], sh_chunks[c],
                     self._weight_groups(source_chunks[c], blocks), slots[c] - first * width,
                     nodes, width,
                 )
@@ -372,19 +374,19 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         return self._to_e3nn_layout([torch.cat(pieces, dim=0)])
 
     def _contract_by_receiver(
-        self, inputs: Tensor, edge_sh: Tensor, grouped_weights: List[Tensor], slot: Tensor,
-        nodes: int, width: int,
+        self, features: Tensor, sender: Tensor, edge_sh: Tensor, grouped_weights: List[Tensor],
+        slot: Tensor, nodes: int, width: int,
     ) -> Tensor:
         """[nodes, Σ_g P·d3·U] sums of one receiver chunk ((p, k, u) order per group).
 
-        inputs [E_c, ·] sender features (m-major units); edge_sh [E_c, D_sh];
+        features [N, ·] node features (m-major units), sender [E_c]; edge_sh [E_c, D_sh];
         grouped_weights [E_c, P·U] per group, or [E_c/2, P·U] per pair of edges in pair order;
         slot [E_c]: receiver-in-chunk · width + rank.
         A group's padded tables have rows (receiver, p, rank): each (receiver, path) pair is one
         [K·d1, ·] matrix of the batched matmul, and its output is already in (p, k, u) order.
         """
-        num_edges = inputs.shape[0]
-        blocks = torch.split(inputs, self.block_sizes, dim=1)
+        num_edges = edge_sh.shape[0]
+        blocks = self._edge_blocks(features, self.block_sizes, sender)
         couplings = torch.split(
             torch.mm(edge_sh, self.receiver_coupling), self.group_coupling_sizes, dim=1
         )  # [E_c, P·d1·d3] per group, (p, i, k)
@@ -414,7 +416,7 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
                 # d1 + P values per edge instead of the P·d1 of h, and h is formed padded
                 x_padded = padded_inputs[block]
                 if x_padded is None:
-                    x_padded = inputs.new_zeros(nodes * width, dim_in * mul).index_copy_(
+                    x_padded = features.new_zeros(nodes * width, dim_in * mul).index_copy_(
                         0, slot, blocks[block]
                     )  # [n·K, d1·U]
                     padded_inputs[block] = x_padded

@@ -48,7 +48,7 @@ systems) and constants re-derived in float64 on dtype/device changes come from
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 from e3nn import o3
@@ -250,18 +250,22 @@ class SO2UVUConvolution(EdgeChunkedConvolution):
                 scales.append((middle_row * edge_sh.narrow(1, start, 2 * degree + 1)).sum(dim=1))
         return wigner, torch.stack(scales, dim=1)
 
-    def _messages(self, inputs: Tensor, edge_sh: Tensor, weight_groups: List[Tensor]) -> List[Tensor]:
+    def _messages(
+        self, inputs: Tensor, edge_sh: Tensor, weight_groups: List[Tensor],
+        sender: Optional[Tensor] = None,
+    ) -> List[Tensor]:
         """Messages per path group in the lab frame, [E, d3·C_g] each ((k, c) order).
 
-        inputs: [E, Σ_units d1·C] sender features, m-major per unit; edge_sh: [E, D_sh];
+        inputs: [E, Σ_units d1·C] sender features, m-major per unit (with `sender` [E]: the
+        node features [N, ·], gathered per unit, `_edge_blocks`); edge_sh: [E, D_sh];
         weight_groups: one block, the weights [E, weight_numel] in e3nn's order (or one row per
         pair of edges in pair order, [E/2, weight_numel]: each edge takes its pair's row).
         """
-        num_edges = inputs.shape[0]
+        num_edges = edge_sh.shape[0]
         weights = per_edge(weight_groups[0], num_edges)
         wigner, scales = self.edge_frames(edge_sh)
         rotated: List[Tensor] = []
-        units = torch.split(inputs, self.unit_sizes, dim=1)
+        units = self._edge_blocks(inputs, self.unit_sizes, sender)
         for position, l1 in enumerate(self.unit_degrees):
             channels, mu = self.unit_channels[position], self.unit_half_widths[position]
             unit = units[position]
