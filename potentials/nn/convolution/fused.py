@@ -386,12 +386,14 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
         [K·d1, ·] matrix of the batched matmul, and its output is already in (p, k, u) order.
         """
         num_edges = edge_sh.shape[0]
-        blocks = self._edge_blocks(features, self.block_sizes, sender)
+        node_blocks = torch.split(features, self.block_sizes, dim=1)  # [N, d1·U] each
         couplings = torch.split(
             torch.mm(edge_sh, self.receiver_coupling), self.group_coupling_sizes, dim=1
         )  # [E_c, P·d1·d3] per group, (p, i, k)
         sums: List[Tensor] = []
+        edge_inputs: List[Optional[Tensor]] = [None for _ in self.block_sizes]
         padded_inputs: List[Optional[Tensor]] = [None for _ in self.block_sizes]
+        slot_sender: Optional[Tensor] = None  # [n·K]: each slot's sender, N where empty
         for g, coupling in enumerate(couplings):
             paths, dim_in, dim_out, mul = (
                 self.group_paths[g], self.group_dim_in[g], self.group_dim_out[g], self.group_mul[g]
@@ -404,9 +406,11 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
                 rows = ((slot + receiver_in_chunk * ((paths - 1) * width)).unsqueeze(1) + offsets).view(-1)
             block = self.group_block[g]
             if dim_in == 1:
-                h = _weighted(
-                    blocks[block].view(num_edges, 1, dim_in, mul), grouped_weights[g], paths
-                )  # [E_c, P, 1, U]
+                x = edge_inputs[block]
+                if x is None:
+                    x = node_blocks[block].index_select(0, sender)  # [E_c, U]
+                    edge_inputs[block] = x
+                h = _weighted(x.view(num_edges, 1, dim_in, mul), grouped_weights[g], paths)  # [E_c, P, 1, U]
                 # into fresh zeros in place: the out-of-place index_copy would first copy the zeros
                 h_padded = h.new_zeros(nodes * paths * width, mul).index_copy_(
                     0, rows, h.view(num_edges * paths, mul)
@@ -416,9 +420,17 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
                 # d1 + P values per edge instead of the P·d1 of h, and h is formed padded
                 x_padded = padded_inputs[block]
                 if x_padded is None:
-                    x_padded = features.new_zeros(nodes * width, dim_in * mul).index_copy_(
-                        0, slot, blocks[block]
-                    )  # [n·K, d1·U]
+                    if slot_sender is None:
+                        slot_sender = torch.full(
+                            [nodes * width], features.shape[0], dtype=sender.dtype,
+                            device=sender.device,
+                        ).index_copy_(0, slot, sender)
+                    # gathered from the node features and a zero row for the empty slots: one
+                    # pass, no [E_c, d1·U] edge tensor, no zero fill
+                    node_block = node_blocks[block]
+                    x_padded = torch.cat(
+                        [node_block, node_block.new_zeros(1, dim_in * mul)]
+                    ).index_select(0, slot_sender)  # [n·K, d1·U]
                     padded_inputs[block] = x_padded
                 weight = per_edge(grouped_weights[g], num_edges)  # [E_c, P·U]
                 w_padded = weight.new_zeros(nodes * paths * width, mul).index_copy_(
