@@ -18,7 +18,13 @@ from equimd.potentials.data.graph import AtomicGraph, configuration_to_graph
 from equimd.potentials.forcefield import ForceField
 from equimd.potentials.models import build_model
 from equimd.potentials.nn.convolution import available_backends
-from equimd.potentials.nn.edge_pairs import first_of_pairs, pair_order, per_edge
+from equimd.potentials.nn.edge_pairs import (
+    first_of_pairs,
+    harmonics_per_edge,
+    pair_order,
+    per_edge,
+    reflection_signs,
+)
 from tests.test_tensor_product_backends import convolution_pair, random_inputs
 
 
@@ -128,6 +134,24 @@ MODELS = {
                                   interaction="RealAgnosticDensityResidualInteractionBlock")),
     "nequip": ("nequip", dict(num_features=8, l_max=2, num_layers=2, radial_mlp_hidden=[16])),
 }  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("parity", [-1, 1])
+def test_reverse_edges_harmonics_are_their_own_bit_for_bit(dtype, parity):
+    """Y(-r) = (-1)^l Y(r) exactly in floating point for e3nn's harmonics (l <= 4, with either
+    parity label), so models may evaluate them once per pair."""
+    irreps_sh = e3nn.o3.Irreps.spherical_harmonics(4, p=parity)
+    harmonics = e3nn.o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component")
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(500, 3, generator=generator, dtype=torch.float64).to(dtype) * 3.0
+    vectors[:4] = torch.tensor([[0, 0, 1.5], [2.0, 0, 0], [0, -1.0, 0], [1e-3, 2.0, -4.0]])
+    paired_vectors = torch.stack([vectors, -vectors], dim=1).view(-1, 3)  # pair order
+    expected = harmonics(paired_vectors)
+    signs = reflection_signs(irreps_sh).to(dtype)
+    actual = harmonics_per_edge(harmonics(first_of_pairs(paired_vectors, True)), signs, True)
+    assert torch.equal(actual, expected)
+    assert torch.equal(harmonics_per_edge(expected, signs, False), expected)
 
 
 @pytest.mark.parametrize("model_name", list(MODELS))

@@ -24,7 +24,12 @@ from torch import Tensor, nn
 
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
-from equimd.potentials.nn.edge_pairs import first_of_pairs, in_pair_order
+from equimd.potentials.nn.edge_pairs import (
+    first_of_pairs,
+    harmonics_per_edge,
+    in_pair_order,
+    reflection_signs,
+)
 from equimd.potentials.nn.mace_blocks import (
     GATES,
     INTERACTION_CLASSES,
@@ -156,6 +161,8 @@ class MACE(Potential):
         self.spherical_harmonics = o3.SphericalHarmonics(
             irreps_sh, normalize=True, normalization="component"
         )
+        # Y(-r) = (-1)^l Y(r): with edges in pair order, Y once per pair (`harmonics_per_edge`)
+        self.register_buffer("sh_signs", reflection_signs(irreps_sh), persistent=False)
         self.radial_embedding = MaceRadialEmbedding(
             r_max, num_bessel, num_polynomial_cutoff, radial_type, distance_transform, apply_cutoff
         )
@@ -223,7 +230,9 @@ class MACE(Potential):
             self.share_pair_radial,
         )  # [2, E], [E, 3] Å (receiver - sender), bool
         lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)  # [E, 1] Å
-        edge_sh = self.spherical_harmonics(vectors)  # [E, (max_ell+1)²]
+        edge_sh = harmonics_per_edge(
+            self.spherical_harmonics(first_of_pairs(vectors, paired)), self.sh_signs, paired
+        )  # [E, (max_ell+1)²]
         z_sender = graph.numbers[edge_index[0]]  # [E] atomic numbers
         z_receiver = graph.numbers[edge_index[1]]
         edge_radial, envelope = self.radial_embedding(

@@ -18,7 +18,12 @@ from torch import Tensor, nn
 from equimd.potentials.data.graph import AtomicGraph, edge_vectors
 from equimd.potentials.models.base import Potential, register_model
 from equimd.potentials.nn.convolution import EdgeConvolution, convolution_irreps
-from equimd.potentials.nn.edge_pairs import first_of_pairs, in_pair_order
+from equimd.potentials.nn.edge_pairs import (
+    first_of_pairs,
+    harmonics_per_edge,
+    in_pair_order,
+    reflection_signs,
+)
 from equimd.potentials.nn.gate import equivariant_gate, gated_irreps
 from equimd.potentials.nn.linear import linear, scalar_tensor_product
 from equimd.potentials.nn.radial import RadialEmbedding, radial_mlp
@@ -274,6 +279,8 @@ class NequIP(Potential):
         self.spherical_harmonics = o3.SphericalHarmonics(
             irreps_sh, normalize=True, normalization="component"
         )
+        # Y(-r) = (-1)^l Y(r): with edges in pair order, Y once per pair (`harmonics_per_edge`)
+        self.register_buffer("sh_signs", reflection_signs(irreps_sh), persistent=False)
         self.radial_embedding = RadialEmbedding(
             r_max, num_bessel, polynomial_p, trainable=trainable_bessel
         )
@@ -339,7 +346,9 @@ class NequIP(Potential):
             self.share_pair_radial,
         )  # [2, E], [E, 3] Å, bool
         lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)
-        edge_sh = self.spherical_harmonics(vectors)
+        edge_sh = harmonics_per_edge(
+            self.spherical_harmonics(first_of_pairs(vectors, paired)), self.sh_signs, paired
+        )  # [E, (l_max+1)²]
         edge_radial = self.radial_embedding(first_of_pairs(lengths, paired))  # [E or P, num_radial]
         node_features = self.embedding(node_attrs)
         for interaction in self.interactions:

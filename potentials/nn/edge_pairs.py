@@ -18,6 +18,9 @@ its index // 2: consumers broadcast [P, ...] over the two directions instead of 
     first_of_pairs(values [E, ...], paired) -> values [P, ...] (or as they are without pairs)
     per_edge(values [P, ...], num_edges) -> values [E, ...] (each row twice; as they are when
         they already have a row per edge)
+    reflection_signs(irreps_sh) -> [D]: (-1)^l of each spherical-harmonic component
+    harmonics_per_edge(first [P, D], signs [D], paired) -> [E, D]: Y of both edges of each
+        pair from Y of its first edge, Y_l(-r) = (-1)^l Y_l(r)
 
 `pair_order` is None when the list is not made of reverse pairs (LAMMPS' per-rank lists with
 ghost atoms, a half list, a duplicated edge, an edge (i, i, 0)) or under a tracer with symbolic
@@ -27,6 +30,7 @@ sizes; one sort of E keys (two for an unsorted list), O(E log E).
 from typing import Optional, Tuple
 
 import torch
+from e3nn import o3
 from torch import Tensor
 
 from equimd.potentials.nn.shapes import is_symbolic_size
@@ -103,3 +107,20 @@ def per_edge(values: Tensor, num_edges: int) -> Tensor:
     return values.unsqueeze(1).expand([values.shape[0], 2] + list(values.shape[1:])).reshape(
         [num_edges] + list(values.shape[1:])
     )
+
+
+def reflection_signs(irreps_sh: o3.Irreps) -> Tensor:
+    """(-1)^l for each component of spherical harmonics with these degrees, [irreps_sh.dim]:
+    how their values change under r -> -r, whatever parity the irreps are labelled with."""
+    return torch.cat([torch.full((mul * ir.dim,), (-1.0) ** ir.l) for mul, ir in irreps_sh])
+
+
+def harmonics_per_edge(first: Tensor, signs: Tensor, paired: bool) -> Tensor:
+    """Spherical harmonics of every edge, [E, D], from those of each pair's first edge [P, D]
+    (edges in pair order; as they are when not paired). The reverse edge's vector is exactly
+    the negated vector and Y_l(-r) = (-1)^l Y_l(r): e3nn's harmonics are odd or even
+    polynomials of the normalised vector, so the reverse rows are the bits their own
+    evaluation gives (tests/test_edge_pairs.py), for half the evaluation."""
+    if not paired:
+        return first
+    return torch.stack([first, first * signs], dim=1).view(2 * first.shape[0], first.shape[1])
