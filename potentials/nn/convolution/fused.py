@@ -38,8 +38,9 @@ How it is computed (see docs/performance.md for the measurements behind each cho
 
    one batched matmul per group over (receiver, path) pairs with inner dimension K·d1, the
    edges of each receiver padded with zero rows to the largest in-degree K
-   (`_aggregate_by_receiver`; for d1 > 1 the inputs, once per block, and each group's weights
-   are padded and h is formed padded, d1 + P instead of P·d1 values moved per edge). No
+   (`_aggregate_by_receiver`; the inputs, once per block, and each group's weights are padded,
+   each by one gather from the node features / the weights' rows, and h is formed padded:
+   d1 + P instead of P·d1 values moved per edge, no [E, ·] edge tensor, no zero fill). No
    [E, d3·U] message tensor, no per-edge [d3, d1] @ [d1, U] products and no scatter; the flops
    are those of the messages (times K / mean in-degree) but run as GEMMs with long inner
    dimensions. Up to 4 · `chunk_elements` padded values the edges are used in their order;
@@ -391,9 +392,9 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             torch.mm(edge_sh, self.receiver_coupling), self.group_coupling_sizes, dim=1
         )  # [E_c, P·d1·d3] per group, (p, i, k)
         sums: List[Tensor] = []
-        edge_inputs: List[Optional[Tensor]] = [None for _ in self.block_sizes]
         padded_inputs: List[Optional[Tensor]] = [None for _ in self.block_sizes]
         slot_sender: Optional[Tensor] = None  # [n·K]: each slot's sender, N where empty
+        slot_row: Optional[Tensor] = None  # [n·K]: each slot's row of the weights, 0 where empty
         for g, coupling in enumerate(couplings):
             paths, dim_in, dim_out, mul = (
                 self.group_paths[g], self.group_dim_in[g], self.group_dim_out[g], self.group_mul[g]
@@ -404,41 +405,40 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
                 receiver_in_chunk = torch.div(slot, width, rounding_mode="floor")
                 offsets = torch.arange(paths, device=slot.device, dtype=slot.dtype) * width
                 rows = ((slot + receiver_in_chunk * ((paths - 1) * width)).unsqueeze(1) + offsets).view(-1)
+            # the inputs (shared by the block's groups) and each group's weights are padded and
+            # h = w·x is formed padded: d1 + P values per slot instead of the P·d1 of h, each
+            # table by one gather (empty slots read a zero input row, so their weight row is
+            # any finite one), no [E_c, ·] edge tensor, no zero fill
             block = self.group_block[g]
-            if dim_in == 1:
-                x = edge_inputs[block]
-                if x is None:
-                    x = node_blocks[block].index_select(0, sender)  # [E_c, U]
-                    edge_inputs[block] = x
-                h = _weighted(x.view(num_edges, 1, dim_in, mul), grouped_weights[g], paths)  # [E_c, P, 1, U]
-                # into fresh zeros in place: the out-of-place index_copy would first copy the zeros
-                h_padded = h.new_zeros(nodes * paths * width, mul).index_copy_(
-                    0, rows, h.view(num_edges * paths, mul)
-                )  # [n·P·K, U]
+            x_padded = padded_inputs[block]
+            if x_padded is None:
+                if slot_sender is None:
+                    slot_sender = torch.full(
+                        [nodes * width], features.shape[0], dtype=sender.dtype,
+                        device=sender.device,
+                    ).index_copy_(0, slot, sender)
+                node_block = node_blocks[block]
+                x_padded = torch.cat(
+                    [node_block, node_block.new_zeros(1, dim_in * mul)]
+                ).index_select(0, slot_sender)  # [n·K, d1·U]
+                padded_inputs[block] = x_padded
+            weight = grouped_weights[g]  # [E_c or E_c/2, P·U]
+            if paths == 1 and num_edges > 0:  # (a receiver chunk may have no edges)
+                if slot_row is None:
+                    edge_rows = torch.arange(num_edges, device=slot.device, dtype=slot.dtype)
+                    if weight.shape[0] != num_edges:  # a row per pair of edges in pair order
+                        edge_rows = torch.div(edge_rows, 2, rounding_mode="floor")
+                    slot_row = torch.zeros(
+                        [nodes * width], dtype=slot.dtype, device=slot.device
+                    ).index_copy_(0, slot, edge_rows)
+                w_padded = weight.index_select(0, slot_row)  # [n·K, U]
             else:
-                # d1 > 1: the inputs (shared by the block's groups) and the weights are padded,
-                # d1 + P values per edge instead of the P·d1 of h, and h is formed padded
-                x_padded = padded_inputs[block]
-                if x_padded is None:
-                    if slot_sender is None:
-                        slot_sender = torch.full(
-                            [nodes * width], features.shape[0], dtype=sender.dtype,
-                            device=sender.device,
-                        ).index_copy_(0, slot, sender)
-                    # gathered from the node features and a zero row for the empty slots: one
-                    # pass, no [E_c, d1·U] edge tensor, no zero fill
-                    node_block = node_blocks[block]
-                    x_padded = torch.cat(
-                        [node_block, node_block.new_zeros(1, dim_in * mul)]
-                    ).index_select(0, slot_sender)  # [n·K, d1·U]
-                    padded_inputs[block] = x_padded
-                weight = per_edge(grouped_weights[g], num_edges)  # [E_c, P·U]
                 w_padded = weight.new_zeros(nodes * paths * width, mul).index_copy_(
-                    0, rows, weight.reshape(num_edges * paths, mul)
+                    0, rows, per_edge(weight, num_edges).reshape(num_edges * paths, mul)
                 )  # [n·P·K, U], rows (receiver, p, rank)
-                h_padded = x_padded.view(nodes, 1, width, dim_in, mul) * w_padded.view(
-                    nodes, paths, width, 1, mul
-                )  # [n, P, K, d1, U]
+            h_padded = x_padded.view(nodes, 1, width, dim_in, mul) * w_padded.view(
+                nodes, paths, width, 1, mul
+            )  # [n, P, K, d1, U]
             m_padded = coupling.new_zeros(nodes * paths * width, dim_in * dim_out).index_copy_(
                 0, rows, coupling.reshape(num_edges * paths, dim_in * dim_out)
             )  # [n·P·K, d1·d3]
