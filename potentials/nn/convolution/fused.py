@@ -223,9 +223,9 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
             sum(products) + sum(self.group_coupling_sizes) + irreps_node.dim + self.weight_numel
         )
         # padded values per edge slot of `_aggregate_by_receiver`: h (P·d1·U) and M (P·d1·d3),
-        # the tables its products read (and the size its chunks are bounded by); groups with
-        # d1 > 1 also pad their inputs (d1·U, once per block) and weights (P·U), which h is
-        # formed from: up to half as much again (MACE medium's second layer: 1,152 on 2,904)
+        # the tables its products read (and the size its chunks are bounded by); the inputs
+        # (d1·U, once per block) and the weights (P·U), which h is formed from, are padded too:
+        # up to half as much again (MACE medium's second layer: 1,152 on 2,904)
         self.padded_per_edge = sum(
             p * d1 * (u + d3)
             for p, d1, d3, u in zip(group_paths, group_dim_in, group_dim_out, group_mul, strict=True)
