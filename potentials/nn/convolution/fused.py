@@ -423,7 +423,7 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
                 ).index_select(0, slot_sender)  # [n·K, d1·U]
                 padded_inputs[block] = x_padded
             weight = grouped_weights[g]  # [E_c or E_c/2, P·U]
-            if paths == 1 and num_edges > 0:  # (a receiver chunk may have no edges)
+            if num_edges > 0:  # (a receiver chunk may have no edges)
                 if slot_row is None:
                     edge_rows = torch.arange(num_edges, device=slot.device, dtype=slot.dtype)
                     if weight.shape[0] != num_edges:  # a row per pair of edges in pair order
@@ -431,11 +431,17 @@ class FusedUVUConvolution(EdgeChunkedConvolution):
                     slot_row = torch.zeros(
                         [nodes * width], dtype=slot.dtype, device=slot.device
                     ).index_copy_(0, slot, edge_rows)
-                w_padded = weight.index_select(0, slot_row)  # [n·K, U]
+                if paths == 1:
+                    w_padded = weight.index_select(0, slot_row)  # [n·K, U]
+                else:  # rows (receiver, p, rank) of the weights' (row, p) rows
+                    path_rows = slot_row.view(nodes, 1, width) * paths + torch.arange(
+                        paths, device=slot.device, dtype=slot.dtype
+                    ).view(1, paths, 1)
+                    w_padded = weight.reshape(weight.shape[0] * paths, mul).index_select(
+                        0, path_rows.view(-1)
+                    )  # [n·P·K, U]
             else:
-                w_padded = weight.new_zeros(nodes * paths * width, mul).index_copy_(
-                    0, rows, per_edge(weight, num_edges).reshape(num_edges * paths, mul)
-                )  # [n·P·K, U], rows (receiver, p, rank)
+                w_padded = weight.new_zeros(nodes * paths * width, mul)
             h_padded = x_padded.view(nodes, 1, width, dim_in, mul) * w_padded.view(
                 nodes, paths, width, 1, mul
             )  # [n, P, K, d1, U]
