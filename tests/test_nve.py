@@ -59,9 +59,14 @@ COPPER_NEQUIP = dict(l_max=1, num_features=8, num_layers=2, radial_mlp_hidden=[1
 
 
 @functools.cache
-def fitted_copper_model(steps: int = 120, seed: int = 0, model_type: str = "nequip") -> torch.nn.Module:
+def fitted_copper_model(steps: int = 300, seed: int = 0, model_type: str = "nequip") -> torch.nn.Module:
     """A tiny float64 model for Cu fitted to EMT (energy per atom + forces, Adam): NequIP
     (`COPPER_NEQUIP`) by default, any other registered model in its test configuration.
+
+    300 steps (120 until 2026-12-06): NequIP's seeded initialisation changed that day (its
+    first self-connections no longer draw a discarded set of e3nn weights first; the same
+    weights train identically, checked), and from the new one 120 steps left 60 % relative
+    force error, 200 steps 29 %, 300 steps 21 % (the old fit's ~20 %).
 
     Cached: the test modules that need a physically sensible model share one fit.
     """
