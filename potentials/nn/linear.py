@@ -28,6 +28,8 @@ import torch
 from e3nn import o3
 from torch import Tensor, nn
 
+from equimd.potentials.nn.shapes import is_symbolic_size
+
 
 class _TypeTables:
     """Index tables that evaluate a layer type by type (plain Python, construction only).
@@ -209,6 +211,12 @@ class FastScalarTensorProduct(o3.FullyConnectedTensorProduct):
 
     def forward(self, x: Tensor, scalars: Tensor) -> Tensor:
         num_rows = x.shape[0]
+        if not torch.jit.is_scripting():
+            if self.type_zero_outputs and is_symbolic_size(num_rows):
+                # AOTInductor: torch 2.9.1's vectorised float64 code for the zero column's
+                # gather crashes when run (NequIP's package, tests/test_deploy.py, slow);
+                # e3nn's own forward (the same numbers) compiles correctly
+                return o3.FullyConnectedTensorProduct.forward(self, x, scalars)
         weights = torch.split(
             self.weight.index_select(0, self.type_weight_index) * self.type_coefficient,
             self.type_weight_sizes,
