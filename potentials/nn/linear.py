@@ -159,6 +159,10 @@ class FastLinear(o3.Linear):
         return module
 
     def forward(self, features: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            if self.type_zero_outputs and is_symbolic_size(features.shape[0]):
+                # AOTInductor: as in FastScalarTensorProduct.forward (the zero column)
+                return o3.Linear.forward(self, features)
         shape = features.shape[:-1]
         x = features.reshape(-1, features.shape[-1])
         weights = torch.split(
