@@ -14,7 +14,9 @@ keeps w·x in a per-path scratch row: the weights are read once, in e3nn's order
 [E, ·] or padded intermediate is formed. It checks the result against `aggregate` and prints
 both times with their share of the same process's matmul FLOP/s.
 
-Forward only, float32/float64 CPU: a product kernel also needs backward kernels (for forces),
+With `dL/dA` given it also runs backward kernels (gradients for the features, the harmonics and
+the weights, as forces need them) against autograd through the eager path. float32/float64,
+CPU; needs a C++ compiler and ninja. A product kernel also needs
 a differentiable backward or a fallback (training's double backward), a TorchScript/AOTInductor
 registration and loading in every MD engine — see docs/performance.md, "A compiled kernel".
 
@@ -98,6 +100,103 @@ void receiver_sums(const T* X, const T* C, const T* Wt, const int64_t* S, const 
   });
 }
 
+// Backward of receiver_sums for dL/dA = G [N, out_dim]: per edge (parallel over edges)
+// dL/dw[e, p, u] = Σ_k G[r, p, k, u] Σ_i M[e, p, k, i] x[s, i, u] and
+// dL/dM[e, p, k, i] = Σ_u G[r, p, k, u] w[e, p, u] x[s, i, u]; per sender (parallel over
+// senders, edges in `out_order` / `out_starts`) dL/dx[s, i, u] = Σ_{e: s} Σ_{p, k} M[e, p, k, i]
+// w[e, p, u] G[r, p, k, u].
+template <typename T>
+void receiver_sums_backward(const T* X, const T* C, const T* Wt, const T* G, const int64_t* S,
+                            const int64_t* Rv, const int64_t* OutOrder, const int64_t* OutSt,
+                            T* GX, T* GC, T* GW, int64_t N, int64_t E, int64_t Din, int64_t Cdim,
+                            int64_t Wdim, int64_t out_dim, const std::vector<int64_t>& unit,
+                            const std::vector<int64_t>& d1s, const std::vector<int64_t>& d3s,
+                            const std::vector<int64_t>& Ps, const std::vector<int64_t>& Us,
+                            const std::vector<int64_t>& c_off, const std::vector<int64_t>& o_off,
+                            const std::vector<int64_t>& w_off) {
+  at::parallel_for(0, E, 64, [&](int64_t e0, int64_t e1) {
+    std::vector<T> y(1024);
+    for (int64_t e = e0; e < e1; ++e) {
+      const int64_t s = S[e], r = Rv[e];
+      int64_t path = 0;
+      for (size_t g = 0; g < d1s.size(); ++g) {
+        const int64_t d1 = d1s[g], d3 = d3s[g], U = Us[g];
+        const T* xb = X + s * Din + unit[g];
+        const T* m = C + e * Cdim + c_off[g];
+        T* gm = GC + e * Cdim + c_off[g];
+        for (int64_t p = 0; p < Ps[g]; ++p, ++path) {
+          const T* w = Wt + e * Wdim + w_off[path];
+          T* gw = GW + e * Wdim + w_off[path];
+          for (int64_t k = 0; k < d3; ++k) {
+            const T* gk = G + r * out_dim + o_off[g] + (p * d3 + k) * U;
+            const T* mk = m + (p * d3 + k) * d1;
+            T* gmk = gm + (p * d3 + k) * d1;
+            for (int64_t i = 0; i < d1; ++i) {
+              const T* xi = xb + i * U;
+              const T c = mk[i];
+              T dot = 0;
+#pragma omp simd reduction(+ : dot)
+              for (int64_t u = 0; u < U; ++u) {
+                gw[u] += c * xi[u] * gk[u];
+                dot += gk[u] * w[u] * xi[u];
+              }
+              gmk[i] = dot;
+            }
+          }
+        }
+      }
+    }
+  });
+  at::parallel_for(0, N, 1, [&](int64_t s0, int64_t s1) {
+    std::vector<T> gwk(1024);
+    for (int64_t s = s0; s < s1; ++s) {
+      for (int64_t j = OutSt[s]; j < OutSt[s + 1]; ++j) {
+        const int64_t e = OutOrder[j], r = Rv[e];
+        int64_t path = 0;
+        for (size_t g = 0; g < d1s.size(); ++g) {
+          const int64_t d1 = d1s[g], d3 = d3s[g], U = Us[g];
+          T* gx = GX + s * Din + unit[g];
+          const T* m = C + e * Cdim + c_off[g];
+          for (int64_t p = 0; p < Ps[g]; ++p, ++path) {
+            const T* w = Wt + e * Wdim + w_off[path];
+            for (int64_t k = 0; k < d3; ++k) {
+              const T* gk = G + r * out_dim + o_off[g] + (p * d3 + k) * U;
+              const T* mk = m + (p * d3 + k) * d1;
+#pragma omp simd
+              for (int64_t u = 0; u < U; ++u) gwk[u] = gk[u] * w[u];
+              for (int64_t i = 0; i < d1; ++i) {
+                const T c = mk[i];
+                T* gxi = gx + i * U;
+#pragma omp simd
+                for (int64_t u = 0; u < U; ++u) gxi[u] += c * gwk[u];
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+std::vector<torch::Tensor> aggregate_backward(
+    torch::Tensor grad, torch::Tensor x, torch::Tensor coupling, torch::Tensor weights,
+    torch::Tensor sender, torch::Tensor receiver, torch::Tensor out_order,
+    torch::Tensor out_starts, std::vector<int64_t> unit, std::vector<int64_t> d1s,
+    std::vector<int64_t> d3s, std::vector<int64_t> Ps, std::vector<int64_t> Us,
+    std::vector<int64_t> c_off, std::vector<int64_t> o_off, std::vector<int64_t> w_off,
+    int64_t out_dim) {
+  auto gx = torch::zeros_like(x), gc = torch::zeros_like(coupling), gw = torch::zeros_like(weights);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "receiver_sums_backward", [&] {
+    receiver_sums_backward<scalar_t>(
+        x.data_ptr<scalar_t>(), coupling.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(),
+        grad.data_ptr<scalar_t>(), sender.data_ptr<int64_t>(), receiver.data_ptr<int64_t>(),
+        out_order.data_ptr<int64_t>(), out_starts.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(),
+        gc.data_ptr<scalar_t>(), gw.data_ptr<scalar_t>(), x.size(0), coupling.size(0), x.size(1),
+        coupling.size(1), weights.size(1), out_dim, unit, d1s, d3s, Ps, Us, c_off, o_off, w_off);
+  });
+  return {gx, gc, gw};
+}
+
 torch::Tensor aggregate(torch::Tensor x, torch::Tensor coupling, torch::Tensor weights,
                         torch::Tensor sender, torch::Tensor order, torch::Tensor starts,
                         std::vector<int64_t> unit, std::vector<int64_t> d1s,
@@ -159,7 +258,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     Path(args.build).mkdir(parents=True, exist_ok=True)
     kernel = load_inline(
-        "equimd_tp_core_experiment", cpp_sources=[KERNEL], functions=["aggregate"],
+        "equimd_tp_core_experiment_v2", cpp_sources=[KERNEL], functions=["aggregate", "aggregate_backward"],
         extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
         build_directory=args.build,
     )  # fmt: skip
@@ -212,6 +311,39 @@ def main() -> None:
             seconds = _median_seconds(function, args.repeats)
             print(f"{name:16s} {1e3 * seconds:7.1f} ms  {flops / seconds / 1e9:6.1f} GFLOP/s = "
                   f"{100 * flops / seconds / matmul:5.1f} % of matmul {matmul / 1e9:.0f} GFLOP/s")
+
+    # forward + backward (dL/dA = G given): gradients for the node features, the harmonics and
+    # the weights, as forces need them; the eager path through autograd
+    grad = torch.randn(num_nodes, convolution.irreps_out.dim, generator=generator).to(dtype)
+    leaves = [t.clone().requires_grad_(True) for t in (features, edge_sh, weights)]
+
+    def eager_backward() -> list[torch.Tensor]:
+        summed = convolution.aggregate(leaves[0], leaves[1], leaves[2], sender, receiver, num_nodes)
+        return list(torch.autograd.grad(summed, leaves, grad))
+
+    def compiled_backward() -> list[torch.Tensor]:
+        order, _, starts = incoming_edge_offsets(receiver, num_nodes)
+        starts = torch.cat([starts, starts.new_tensor([num_edges])])
+        out_order, _, out_starts = incoming_edge_offsets(sender, num_nodes)
+        out_starts = torch.cat([out_starts, out_starts.new_tensor([num_edges])])
+        x = features.index_select(1, fused.input_permutation)
+        coupling = torch.mm(edge_sh, fused.coupling)
+        kernel.aggregate(x, coupling, weights, sender, order, starts, *tables)
+        grad_summed = torch.empty_like(grad).index_copy_(1, fused.output_permutation, grad)
+        grad_x, grad_coupling, grad_weights = kernel.aggregate_backward(
+            grad_summed, x, coupling, weights, sender, receiver, out_order, out_starts, *tables
+        )
+        grad_features = torch.empty_like(features).index_copy_(1, fused.input_permutation, grad_x)
+        return [grad_features, torch.mm(grad_coupling, fused.coupling.t()), grad_weights]
+
+    errors = [float((a - b).abs().max() / b.abs().max())
+              for a, b in zip(compiled_backward(), eager_backward(), strict=True)]
+    print("forward + backward (gradients for features, harmonics, weights); max |difference| / "
+          "max |gradient|: " + ", ".join(f"{e:.1e}" for e in errors))
+    for name, function in (("eager, autograd", eager_backward),
+                           ("compiled kernels", compiled_backward)):
+        seconds = _median_seconds(function, args.repeats)
+        print(f"{name:16s} {1e3 * seconds:7.1f} ms")
 
 
 if __name__ == "__main__":
