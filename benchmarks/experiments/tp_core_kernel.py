@@ -16,7 +16,8 @@ both times with their share of the same process's matmul FLOP/s.
 
 With `dL/dA` given it also runs backward kernels (gradients for the features, the harmonics and
 the weights, as forces need them) against autograd through the eager path. float32/float64,
-CPU; needs a C++ compiler and ninja. A product kernel also needs
+CPU; needs a C++ compiler and ninja. Last, energy + forces of the whole model with every
+convolution routed through the kernels (an autograd Function). A product kernel also needs
 a differentiable backward or a fallback (training's double backward), a TorchScript/AOTInductor
 registration and loading in every MD engine — see docs/performance.md, "A compiled kernel".
 
@@ -277,15 +278,7 @@ def main() -> None:
     features = torch.randn(num_nodes, convolution.irreps_node.dim, generator=generator).to(dtype)
     weights = torch.randn(num_edges, convolution.weight_numel, generator=generator).to(dtype)
     sender, receiver = graph.edge_index[0], graph.edge_index[1]
-    unit_offsets = _offsets(fused.block_sizes)
-    weight_offsets = [fused.weight_starts[t] for t in fused.weight_order]
-    if len(weight_offsets) != sum(fused.group_paths):
-        raise SystemExit("experiment: one input block per unit only")
-    tables = (
-        [unit_offsets[b] for b in fused.group_block], fused.group_dim_in, fused.group_dim_out,
-        fused.group_paths, fused.group_mul, _offsets(fused.group_coupling_sizes),
-        _offsets(fused.group_message_sizes), weight_offsets, sum(fused.group_message_sizes),
-    )  # fmt: skip
+    tables = _kernel_tables(fused)
 
     with torch.no_grad():
         edge_sh = model.spherical_harmonics(edge_vectors(graph))
@@ -344,6 +337,86 @@ def main() -> None:
                            ("compiled kernels", compiled_backward)):
         seconds = _median_seconds(function, args.repeats)
         print(f"{name:16s} {1e3 * seconds:7.1f} ms")
+
+    _whole_model(model, graph, kernel, args.repeats)
+
+
+def _kernel_tables(fused) -> tuple:
+    """The experiment's group tables of a fused convolution module (see KERNEL)."""
+    weight_offsets = [fused.weight_starts[t] for t in fused.weight_order]
+    if len(weight_offsets) != sum(fused.group_paths):
+        raise SystemExit("experiment: one input block per unit only")
+    unit_offsets = _offsets(fused.block_sizes)
+    return (
+        [unit_offsets[b] for b in fused.group_block], fused.group_dim_in, fused.group_dim_out,
+        fused.group_paths, fused.group_mul, _offsets(fused.group_coupling_sizes),
+        _offsets(fused.group_message_sizes), weight_offsets, sum(fused.group_message_sizes),
+    )  # fmt: skip
+
+
+def _whole_model(model, graph, kernel, repeats: int) -> None:
+    """Energy + forces of `model` (eager `ForceField`) with its convolutions as they are, then
+    with each convolution's `aggregate_radial` through the compiled kernels (an autograd
+    Function; the radial weights [E, weight_numel] formed by autograd outside it)."""
+    import torch
+
+    from equimd.potentials.forcefield import ForceField
+    from equimd.potentials.nn.edge_pairs import per_edge
+    from equimd.potentials.nn.edge_slots import incoming_edge_offsets
+
+    class KernelSums(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, edge_sh, weights, fused, tables, sender, receiver, num_nodes):
+            num_edges = sender.shape[0]
+            order, _, starts = incoming_edge_offsets(receiver, num_nodes)
+            starts = torch.cat([starts, starts.new_tensor([num_edges])])
+            x = x.index_select(1, fused.input_permutation)
+            coupling = torch.mm(edge_sh, fused.coupling)
+            summed = kernel.aggregate(x, coupling, weights, sender, order, starts, *tables)
+            ctx.save_for_backward(x, coupling, weights, sender, receiver)
+            ctx.fused, ctx.tables, ctx.num_nodes = fused, tables, num_nodes
+            return summed.index_select(1, fused.output_permutation)
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, coupling, weights, sender, receiver = ctx.saved_tensors
+            fused, num_edges = ctx.fused, sender.shape[0]
+            out_order, _, out_starts = incoming_edge_offsets(sender, ctx.num_nodes)
+            out_starts = torch.cat([out_starts, out_starts.new_tensor([num_edges])])
+            grad = torch.empty_like(grad).index_copy_(1, fused.output_permutation, grad.contiguous())
+            grad_x, grad_coupling, grad_weights = kernel.aggregate_backward(
+                grad, x, coupling, weights, sender, receiver, out_order, out_starts, *ctx.tables
+            )
+            grad_x = torch.empty_like(grad_x).index_copy_(1, fused.input_permutation, grad_x)
+            return (grad_x, torch.mm(grad_coupling, fused.coupling.t()), grad_weights,
+                    None, None, None, None, None)
+
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    forcefield = ForceField(model)
+
+    def evaluate() -> torch.Tensor:
+        return forcefield(graph)["forces"]
+
+    reference = evaluate().detach()
+    eager_seconds = _median_seconds(evaluate, repeats)
+    for interaction in model.interactions:
+        convolution = interaction.convolution
+        fused, tables = convolution.tp, _kernel_tables(convolution.tp)
+
+        def routed(x, edge_sh, hidden, last_weight, sender, receiver, num_nodes, paired=False,
+                   _fused=fused, _tables=tables):
+            weights = per_edge(torch.mm(hidden, last_weight), sender.shape[0])
+            return KernelSums.apply(x, edge_sh, weights.contiguous(), _fused, _tables, sender,
+                                    receiver, num_nodes)
+
+        convolution.aggregate_radial = routed
+    forces = evaluate().detach()
+    kernel_seconds = _median_seconds(evaluate, repeats)
+    error = float((forces - reference).abs().max() / reference.abs().max())
+    print(f"whole model, energy + forces (eager ForceField): {1e3 * eager_seconds:.1f} ms; with "
+          f"the convolutions through the kernels {1e3 * kernel_seconds:.1f} ms "
+          f"({eager_seconds / kernel_seconds:.2f}x); max |force difference| / max |F| = {error:.1e}")
 
 
 if __name__ == "__main__":
