@@ -116,7 +116,6 @@ void receiver_sums_backward(const T* X, const T* C, const T* Wt, const T* G, con
                             const std::vector<int64_t>& c_off, const std::vector<int64_t>& o_off,
                             const std::vector<int64_t>& w_off) {
   at::parallel_for(0, E, 64, [&](int64_t e0, int64_t e1) {
-    std::vector<T> y(1024);
     for (int64_t e = e0; e < e1; ++e) {
       const int64_t s = S[e], r = Rv[e];
       int64_t path = 0;
@@ -259,7 +258,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     Path(args.build).mkdir(parents=True, exist_ok=True)
     kernel = load_inline(
-        "equimd_tp_core_experiment_v2", cpp_sources=[KERNEL], functions=["aggregate", "aggregate_backward"],
+        "equimd_tp_core_experiment", cpp_sources=[KERNEL], functions=["aggregate", "aggregate_backward"],
         extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
         build_directory=args.build,
     )  # fmt: skip
