@@ -48,7 +48,8 @@ KERNEL = r"""
 template <typename T>
 void receiver_sums(const T* X, const T* C, const T* Wt, const int64_t* S, const int64_t* R,
                    const int64_t* St, T* O, int64_t N, int64_t Din, int64_t Cdim, int64_t Wdim,
-                   int64_t out_dim, const std::vector<int64_t>& unit, const std::vector<int64_t>& d1s,
+                   int64_t out_dim, int shift, const std::vector<int64_t>& unit,
+                   const std::vector<int64_t>& d1s,
                    const std::vector<int64_t>& d3s, const std::vector<int64_t>& Ps,
                    const std::vector<int64_t>& Us, const std::vector<int64_t>& c_off,
                    const std::vector<int64_t>& o_off, const std::vector<int64_t>& w_off) {
@@ -64,7 +65,7 @@ void receiver_sums(const T* X, const T* C, const T* Wt, const int64_t* S, const 
           const T* xb = X + s * Din + unit[g];
           const T* m = C + e * Cdim + c_off[g];
           for (int64_t p = 0; p < Ps[g]; ++p, ++path) {
-            const T* w = Wt + e * Wdim + w_off[path];
+            const T* w = Wt + (e >> shift) * Wdim + w_off[path];
             for (int64_t i = 0; i < d1; ++i) {
               T* wxi = wx.data() + i * U;
               const T* xi = xb + i * U;
@@ -110,7 +111,8 @@ template <typename T>
 void receiver_sums_backward(const T* X, const T* C, const T* Wt, const T* G, const int64_t* S,
                             const int64_t* Rv, const int64_t* OutOrder, const int64_t* OutSt,
                             T* GX, T* GC, T* GW, int64_t N, int64_t E, int64_t Din, int64_t Cdim,
-                            int64_t Wdim, int64_t out_dim, const std::vector<int64_t>& unit,
+                            int64_t Wdim, int64_t out_dim, int shift,
+                            const std::vector<int64_t>& unit,
                             const std::vector<int64_t>& d1s, const std::vector<int64_t>& d3s,
                             const std::vector<int64_t>& Ps, const std::vector<int64_t>& Us,
                             const std::vector<int64_t>& c_off, const std::vector<int64_t>& o_off,
@@ -125,7 +127,7 @@ void receiver_sums_backward(const T* X, const T* C, const T* Wt, const T* G, con
         const T* m = C + e * Cdim + c_off[g];
         T* gm = GC + e * Cdim + c_off[g];
         for (int64_t p = 0; p < Ps[g]; ++p, ++path) {
-          const T* w = Wt + e * Wdim + w_off[path];
+          const T* w = Wt + (e >> shift) * Wdim + w_off[path];
           T* gw = GW + e * Wdim + w_off[path];
           for (int64_t k = 0; k < d3; ++k) {
             const T* gk = G + r * out_dim + o_off[g] + (p * d3 + k) * U;
@@ -158,7 +160,7 @@ void receiver_sums_backward(const T* X, const T* C, const T* Wt, const T* G, con
           T* gx = GX + s * Din + unit[g];
           const T* m = C + e * Cdim + c_off[g];
           for (int64_t p = 0; p < Ps[g]; ++p, ++path) {
-            const T* w = Wt + e * Wdim + w_off[path];
+            const T* w = Wt + (e >> shift) * Wdim + w_off[path];
             for (int64_t k = 0; k < d3; ++k) {
               const T* gk = G + r * out_dim + o_off[g] + (p * d3 + k) * U;
               const T* mk = m + (p * d3 + k) * d1;
@@ -185,14 +187,18 @@ std::vector<torch::Tensor> aggregate_backward(
     std::vector<int64_t> d3s, std::vector<int64_t> Ps, std::vector<int64_t> Us,
     std::vector<int64_t> c_off, std::vector<int64_t> o_off, std::vector<int64_t> w_off,
     int64_t out_dim) {
-  auto gx = torch::zeros_like(x), gc = torch::zeros_like(coupling), gw = torch::zeros_like(weights);
+  // weights: a row per edge, or per pair of edges in pair order (row e >> 1); dL/dw per edge
+  const int shift = weights.size(0) == coupling.size(0) ? 0 : 1;
+  auto gx = torch::zeros_like(x), gc = torch::zeros_like(coupling);
+  auto gw = torch::zeros({coupling.size(0), weights.size(1)}, weights.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "receiver_sums_backward", [&] {
     receiver_sums_backward<scalar_t>(
         x.data_ptr<scalar_t>(), coupling.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(),
         grad.data_ptr<scalar_t>(), sender.data_ptr<int64_t>(), receiver.data_ptr<int64_t>(),
         out_order.data_ptr<int64_t>(), out_starts.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(),
         gc.data_ptr<scalar_t>(), gw.data_ptr<scalar_t>(), x.size(0), coupling.size(0), x.size(1),
-        coupling.size(1), weights.size(1), out_dim, unit, d1s, d3s, Ps, Us, c_off, o_off, w_off);
+        coupling.size(1), weights.size(1), out_dim, shift, unit, d1s, d3s, Ps, Us, c_off, o_off,
+        w_off);
   });
   return {gx, gc, gw};
 }
@@ -212,6 +218,7 @@ torch::Tensor aggregate(torch::Tensor x, torch::Tensor coupling, torch::Tensor w
         x.data_ptr<scalar_t>(), coupling.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(),
         sender.data_ptr<int64_t>(), order.data_ptr<int64_t>(), starts.data_ptr<int64_t>(),
         out.data_ptr<scalar_t>(), N, x.size(1), coupling.size(1), weights.size(1), out_dim,
+        weights.size(0) == coupling.size(0) ? 0 : 1,
         unit, d1s, d3s, Ps, Us, c_off, o_off, w_off);
   });
   return out;
@@ -387,6 +394,8 @@ def _whole_model(model, graph, kernel, repeats: int) -> None:
                 grad, x, coupling, weights, sender, receiver, out_order, out_starts, *ctx.tables
             )
             grad_x = torch.empty_like(grad_x).index_copy_(1, fused.input_permutation, grad_x)
+            if weights.shape[0] != num_edges:  # a row per pair: the two edges' gradients summed
+                grad_weights = grad_weights.view(-1, 2, weights.shape[1]).sum(dim=1)
             return (grad_x, torch.mm(grad_coupling, fused.coupling.t()), grad_weights,
                     None, None, None, None, None)
 
@@ -405,17 +414,21 @@ def _whole_model(model, graph, kernel, repeats: int) -> None:
 
         def routed(x, edge_sh, hidden, last_weight, sender, receiver, num_nodes, paired=False,
                    _fused=fused, _tables=tables):
-            weights = per_edge(torch.mm(hidden, last_weight), sender.shape[0])
-            return KernelSums.apply(x, edge_sh, weights.contiguous(), _fused, _tables, sender,
-                                    receiver, num_nodes)
+            weights = torch.mm(hidden, last_weight)  # a row per edge, or per pair (pair order)
+            if not pair_rows:
+                weights = per_edge(weights, sender.shape[0]).contiguous()
+            return KernelSums.apply(x, edge_sh, weights, _fused, _tables, sender, receiver,
+                                    num_nodes)
 
         convolution.aggregate_radial = routed
-    forces = evaluate().detach()
-    kernel_seconds = _median_seconds(evaluate, repeats)
-    error = float((forces - reference).abs().max() / reference.abs().max())
-    print(f"whole model, energy + forces (eager ForceField): {1e3 * eager_seconds:.1f} ms; with "
-          f"the convolutions through the kernels {1e3 * kernel_seconds:.1f} ms "
-          f"({eager_seconds / kernel_seconds:.2f}x); max |force difference| / max |F| = {error:.1e}")
+    print(f"whole model, energy + forces (eager ForceField): {1e3 * eager_seconds:.1f} ms")
+    for pair_rows in (False, True):  # read by `routed`
+        forces = evaluate().detach()
+        kernel_seconds = _median_seconds(evaluate, repeats)
+        error = float((forces - reference).abs().max() / reference.abs().max())
+        print(f"  convolutions through the kernels, weights per {'pair' if pair_rows else 'edge'}: "
+              f"{1e3 * kernel_seconds:.1f} ms ({eager_seconds / kernel_seconds:.2f}x); "
+              f"max |force difference| / max |F| = {error:.1e}")
 
 
 if __name__ == "__main__":
