@@ -26,11 +26,22 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 from harness import LoadWindow, matmul_flops
 
 TP_CORE_TARGET = 0.15  # fraction of the matmul's FLOP/s (issue 20, MACE medium)
+
+
+def median_seconds(function: Callable[[], Any], repeats: int) -> float:
+    """Median wall time (s) of `repeats` calls of `function`, after one warm-up call."""
+    function()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
 
 
 def convolution_flops(convolution, num_edges: int) -> float:
@@ -73,13 +84,7 @@ def measure_tp_core(model, graph, dtype_name: str, repeats: int = 5) -> dict[str
             convolution.aggregate(features, edge_sh, weights, sender, receiver, num_nodes)
 
         window = LoadWindow()
-        forward()
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            forward()
-            samples.append(time.perf_counter() - start)
-        seconds = statistics.median(samples)
+        seconds = median_seconds(forward, repeats)
         load = window.foreign_cores()
     flops = convolution_flops(convolution, num_edges)
     reference = matmul_flops(dtype_name)
@@ -127,13 +132,7 @@ def measure_model_path(model, graph, repeats: int = 5) -> dict[str, Any] | None:
     hidden, last_weight = args[2], args[3]
     num_edges = int(args[1].shape[0])
     with torch.no_grad():
-        convolution.aggregate_radial(*args)
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            convolution.aggregate_radial(*args)
-            samples.append(time.perf_counter() - start)
-    seconds = statistics.median(samples)
+        seconds = median_seconds(lambda: convolution.aggregate_radial(*args), repeats)
     products = convolution_flops(convolution, num_edges)
     radial = 2.0 * hidden.shape[0] * hidden.shape[1] * last_weight.shape[1]
     return {

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -230,16 +228,6 @@ def _offsets(sizes: list[int]) -> list[int]:
     return [0, *itertools.accumulate(sizes)][:-1]
 
 
-def _median_seconds(function, repeats: int) -> float:
-    function()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden", default="128x0e+128x1o", help="MACE hidden irreps (medium)")
@@ -252,7 +240,7 @@ def main() -> None:
     import harness
     import torch
     from torch.utils.cpp_extension import load_inline
-    from tp_core import convolution_flops
+    from tp_core import convolution_flops, median_seconds
 
     from equimd.allocator import keep_freed_memory
     from equimd.potentials.data.configuration import Configuration
@@ -307,7 +295,7 @@ def main() -> None:
         print(f"MACE {args.hidden}, last interaction, water box ({num_edges} edges), "
               f"{args.dtype}, {args.threads} threads; max |difference| / max |A| = {error:.1e}")
         for name, function in (("eager aggregate", eager), ("compiled kernel", compiled)):
-            seconds = _median_seconds(function, args.repeats)
+            seconds = median_seconds(function, args.repeats)
             print(f"{name:16s} {1e3 * seconds:7.1f} ms  {flops / seconds / 1e9:6.1f} GFLOP/s = "
                   f"{100 * flops / seconds / matmul:5.1f} % of matmul {matmul / 1e9:.0f} GFLOP/s")
 
@@ -341,7 +329,7 @@ def main() -> None:
           "max |gradient|: " + ", ".join(f"{e:.1e}" for e in errors))
     for name, function in (("eager, autograd", eager_backward),
                            ("compiled kernels", compiled_backward)):
-        seconds = _median_seconds(function, args.repeats)
+        seconds = median_seconds(function, args.repeats)
         print(f"{name:16s} {1e3 * seconds:7.1f} ms")
 
     _whole_model(model, graph, kernel, args.repeats)
@@ -365,6 +353,7 @@ def _whole_model(model, graph, kernel, repeats: int) -> None:
     with each convolution's `aggregate_radial` through the compiled kernels (an autograd
     Function; the radial weights [E, weight_numel] formed by autograd outside it)."""
     import torch
+    from tp_core import median_seconds
 
     from equimd.potentials.forcefield import ForceField
     from equimd.potentials.nn.edge_pairs import per_edge
@@ -407,7 +396,7 @@ def _whole_model(model, graph, kernel, repeats: int) -> None:
         return forcefield(graph)["forces"]
 
     reference = evaluate().detach()
-    eager_seconds = _median_seconds(evaluate, repeats)
+    eager_seconds = median_seconds(evaluate, repeats)
     for interaction in model.interactions:
         convolution = interaction.convolution
         fused, tables = convolution.tp, _kernel_tables(convolution.tp)
@@ -424,7 +413,7 @@ def _whole_model(model, graph, kernel, repeats: int) -> None:
     print(f"whole model, energy + forces (eager ForceField): {1e3 * eager_seconds:.1f} ms")
     for pair_rows in (False, True):  # read by `routed`
         forces = evaluate().detach()
-        kernel_seconds = _median_seconds(evaluate, repeats)
+        kernel_seconds = median_seconds(evaluate, repeats)
         error = float((forces - reference).abs().max() / reference.abs().max())
         print(f"  convolutions through the kernels, weights per {'pair' if pair_rows else 'edge'}: "
               f"{1e3 * kernel_seconds:.1f} ms ({eager_seconds / kernel_seconds:.2f}x); "
