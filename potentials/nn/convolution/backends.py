@@ -12,7 +12,8 @@ from __future__ import annotations
 from torch import nn
 
 from equimd.errors import SettingsError
-from equimd.potentials.nn.convolution import cueq
+from equimd.potentials.nn.convolution import cueq, kernel_library
+from equimd.potentials.nn.convolution.compiled import CompiledUVUConvolution
 from equimd.potentials.nn.convolution.cueq import CueqUVUConvolution
 from equimd.potentials.nn.convolution.fused import FusedUVUConvolution
 from equimd.potentials.nn.convolution.reference import E3nnConvolution
@@ -23,17 +24,22 @@ BACKENDS: dict[str, type[nn.Module]] = {
     "fused": FusedUVUConvolution,
     "so2": SO2UVUConvolution,
     "cueq": CueqUVUConvolution,
+    "compiled": CompiledUVUConvolution,  # fused + equimd's C++ kernel (`equimd kernels build`)
 }
 DEFAULT_BACKEND = "fused"
 # exact only when edge_sh are the spherical harmonics of the edge vectors (as in every model);
 # the others are exact for any edge_sh
 GEOMETRIC_BACKENDS = ("so2",)
-OPTIONAL_BACKENDS = ("cueq",)  # need an optional package (cuequivariance-torch)
+# need an optional package (cuequivariance-torch) or equimd's compiled kernel library
+OPTIONAL_BACKENDS = ("cueq", "compiled")
 
 
 def available_backends() -> tuple[str, ...]:
-    """Backends usable in this environment (optional ones only when their package imports)."""
-    missing = () if cueq.HAS_CUEQ else ("cueq",)
+    """Backends usable in this environment (optional ones only when their package imports or
+    their library is built for this host)."""
+    missing = (() if cueq.HAS_CUEQ else ("cueq",)) + (
+        () if kernel_library.available() else ("compiled",)
+    )
     return tuple(name for name in BACKENDS if name not in missing)
 
 
