@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=77"
 	$(PY) -m pip install -q -e ".[dev]"
+	@# the compiled tensor-product kernel (backend "compiled"); without a compiler, "fused" only
+	$(VENV)/bin/equimd kernels build || echo "equimd: compiled kernel not built (see above); backend 'fused' works"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -34,8 +34,10 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     )
     parser.add_argument(
         "--tp-backend", default=None,
-        help="convolution backend of the file (fused | e3nn | so2 | cueq; default: the model's, "
-        "cueq exported as fused so the file runs anywhere; same weights and numbers)",
+        help="convolution backend of the file (fused | e3nn | so2 | cueq | compiled; default: the "
+        "model's, cueq and compiled exported as fused so the file runs anywhere; same weights "
+        "and numbers). compiled: equimd's C++ kernel on CPU (`equimd kernels build`), fastest "
+        "for MD; loading the file needs the kernel built on that host",
     )
     parser.add_argument(
         "--verify", action="store_true",

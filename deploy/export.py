@@ -15,8 +15,12 @@ written atomically (temp file + fsync + rename).
 
 Convolution backend of the file (`tp_backend`; the weights are the same for every backend): by
 default the model's own, except an optional backend ("cueq", whose GPU kernels are custom ops
-the loading machine would need too), which is exported as the portable default ("fused").
-Pass `tp_backend="cueq"` to keep it (a GPU-only file when its kernels were used). Another
+the loading machine would need too; "compiled", equimd's C++ kernel, `equimd kernels build`),
+which is exported as the portable default ("fused"). Pass `tp_backend="cueq"` or
+`tp_backend="compiled"` to keep it (a GPU-only file when cueq's kernels were used; a
+TorchScript file calling ``torch.ops.equimd.receiver_sums``, which `equimd.deploy.load` loads
+the library for, for "compiled"; an AOTInductor file of a "compiled" model holds the fused
+path, its tracing uses symbolic shapes). Another
 backend than the model's is applied to a copy with
 `equimd.potentials.nn.convolution.apply_convolution_backend`; the metadata records the file's
 backend (``model.convolution_backend``).

@@ -302,12 +302,29 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> DeployedModel:
     keep_freed_memory()  # MD evaluates again and again: reuse the large temporaries' memory
     metadata, extra = read_model_file(path)
     if metadata["kind"] == "torchscript":
+        load_operator_libraries(path, metadata)
         runner: _Runner = _TorchScriptRunner(path, device)
     else:
         if extra is None:
             raise ModelFileError(f"{path}: AOTInductor package without its neighbor list; corrupt")
         runner = _AOTIRunner(path, device, metadata, extra)
     return DeployedModel(runner, metadata, path, device)
+
+
+def load_operator_libraries(path: Path, metadata: dict[str, Any]) -> None:
+    """Load the custom-operator libraries a TorchScript file calls: equimd's compiled kernel
+    for a file exported with ``--tp-backend compiled``. Raises `ModelFileError` naming the
+    command that builds it when it is not built on this host."""
+    if metadata.get("model", {}).get("convolution_backend") != "compiled":
+        return
+    from equimd.potentials.nn.convolution import kernel_library
+
+    if not kernel_library.load():
+        raise ModelFileError(
+            f"{path}: exported with the 'compiled' tensor-product backend, whose kernel library "
+            f"is not built on this host: run `{kernel_library.BUILD_COMMAND}` (needs a C++ "
+            "compiler), or export the checkpoint again with `equimd deploy --tp-backend fused`"
+        )
 
 
 def _reload(path: str, device: str, dtype: str) -> DeployedModel:

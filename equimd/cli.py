@@ -10,6 +10,7 @@
     equimd import nequip MODEL.nequip.zip -o checkpoint.pt
     equimd info MODEL_OR_CHECKPOINT
     equimd lammps build [-o DIR]           (LAMMPS pair style plugin, docs/lammps.md)
+    equimd kernels build|status            (the compiled tensor-product kernel, CPU)
     equimd plot RUN_DIR                    (learning_curves.png or thermo.png)
     equimd demo [--out DIR]
 
@@ -241,6 +242,20 @@ def _cmd_lammps_build(args: argparse.Namespace) -> int:
     return run_build(args.output, verbose=args.verbose)
 
 
+def _cmd_kernels(args: argparse.Namespace) -> int:
+    from equimd.potentials.nn.convolution import kernel_library
+
+    if args.kernels_command == "build":
+        path = kernel_library.build(verbose=args.verbose)
+        kernel_library.require()  # it loads: the operators are registered
+        print(f"compiled tensor-product kernel: {path}")
+        print("MD and evaluation use it through `equimd deploy --tp-backend compiled` (training "
+              "keeps the eager path); docs/performance.md")
+        return 0
+    print(kernel_library.status())
+    return 0 if kernel_library.library_path().exists() else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from equimd.demo import run_demo
 
@@ -376,6 +391,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lammps_build.add_argument("--verbose", action="store_true", help="print the compile command")
     lammps_build.set_defaults(handler=_cmd_lammps_build)
+
+    kernels = commands.add_parser(
+        "kernels", help="equimd's compiled tensor-product kernel (backend 'compiled', CPU)"
+    )
+    kernel_commands = kernels.add_subparsers(dest="kernels_command", required=True, metavar="ACTION")
+    kernels_build = kernel_commands.add_parser(
+        "build", help="compile it for this host and torch with the C++ compiler ($CXX or c++); "
+        "`make venv` runs this"
+    )
+    kernels_build.add_argument("--verbose", action="store_true", help="print the compile command")
+    kernels_build.set_defaults(handler=_cmd_kernels)
+    kernels_status = kernel_commands.add_parser(
+        "status", help="whether it is built here, and where (exit 1 if not)"
+    )
+    kernels_status.set_defaults(handler=_cmd_kernels)
 
     plot = commands.add_parser(
         "plot", help="learning curves of a training run or the thermodynamics of an MD run (PNG)"

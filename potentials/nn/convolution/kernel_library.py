@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from equimd.errors import SettingsError
+from equimd.errors import EquimdError, SettingsError
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "receiver_sums.cpp"
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-fPIC", "-shared")
@@ -38,7 +38,7 @@ BUILD_COMMAND = "equimd kernels build"
 _loaded: Path | None = None
 
 
-class KernelBuildError(RuntimeError):
+class KernelBuildError(EquimdError):
     """The C++ compiler failed or is missing; the message holds the end of its output."""
 
 
