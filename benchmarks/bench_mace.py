@@ -105,8 +105,10 @@ def run_equimd_speed(args: argparse.Namespace) -> dict[str, Any]:
     dtype = getattr(torch, args.dtype)
     # the peer's own `.model` file (read without mace-torch, as `equimd import mace` does)
     model = mace_model_from_export(read_mace_export(args.export), dtype=dtype)
-    if args.backend:
-        apply_convolution_backend(model, args.backend)
+    backend = bench.cpu_backend(args.backend)
+    if backend:
+        apply_convolution_backend(model, backend)
+    model.eval()  # as deployed (the compiled backend's kernel: eval mode)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     atoms = bench.SYSTEMS[args.system]()
@@ -118,6 +120,7 @@ def run_equimd_speed(args: argparse.Namespace) -> dict[str, Any]:
 
     result: dict[str, Any] = {
         "implementation": "equimd" + (f"[{args.backend}]" if args.backend else ""),
+        "tp_backend": backend or "fused",
         "atoms": len(atoms), "edges": int(graph.edge_index.shape[1]),
         "energy": float(forcefield(graph)["energy"][0]),
     }

@@ -131,11 +131,13 @@ def equimd_model(name: str, atoms, mace_file: str | None = None, **overrides: An
 
 
 def export_equimd(model, directory: Path, dtype: str) -> Path:
-    """equimd's TorchScript export of `model` (what OpenMM and ASE load)."""
+    """equimd's TorchScript export of `model` (what OpenMM and ASE load), with the compiled
+    kernel where it is built here (`bench.cpu_backend`)."""
     from equimd.deploy.export import export_model
 
     directory.mkdir(parents=True, exist_ok=True)
-    return export_model(model, directory / f"equimd_{dtype}.pt", dtype=dtype)
+    return export_model(model, directory / f"equimd_{dtype}.pt", dtype=dtype,
+                        tp_backend=bench.cpu_backend())
 
 
 def _max_displacement(start, end) -> float:

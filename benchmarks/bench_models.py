@@ -61,6 +61,7 @@ from harness import (
     ROOT,
     SYSTEMS,
     add_data_argument,
+    cpu_backend,
     emit,
     measure,
     peak_rss_mb,
@@ -134,9 +135,10 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
         r_max=row["r_max"],
         **hyperparameters,
     )
-    if args.backend:
-        apply_convolution_backend(model, args.backend)
-    model = model.to(dtype)
+    backend = cpu_backend(args.backend)
+    if backend:
+        apply_convolution_backend(model, backend)
+    model = model.to(dtype).eval()  # as deployed (the compiled backend's kernel: eval mode)
     forcefield = ForceField(model)
     # as in a deployed file (deploy.rebuild) and mace-torch's calculator: autograd then keeps
     # only what the forces need, not the inputs of every weight's gradient
@@ -147,6 +149,7 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
 
     result: dict[str, Any] = {
         "implementation": "equimd" + (f"[{args.backend}]" if args.backend else ""),
+        "tp_backend": backend or "fused",
         "atoms": num_atoms,
         "edges": num_edges,
     }
@@ -158,6 +161,7 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.train_steps > 0:
         model.requires_grad_(True)
+        model.train()  # as the trainer (the compiled backend then takes the eager path)
         reference = forcefield(graph)
         target_energy = reference["energy"].detach() + 0.1
         target_forces = reference["forces"].detach() * 0.9

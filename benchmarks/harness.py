@@ -65,6 +65,18 @@ def write_labelled_extxyz(configs: list, path: Path) -> Path:
     return path
 
 
+def cpu_backend(requested: str | None = None) -> str | None:
+    """The convolution backend of equimd's timed rows: `requested` if given, else "compiled"
+    where equimd's compiled kernel is built on this host (`equimd kernels build`, `make venv`:
+    the fastest CPU path, what `equimd deploy --tp-backend compiled` files run), else None
+    (the model's own, "fused")."""
+    if requested:
+        return requested
+    from equimd.potentials.nn.convolution import kernel_library
+
+    return "compiled" if kernel_library.available() else None
+
+
 def peer_python(name: str) -> Path:
     return ROOT / ".peers" / name / "bin" / "python"
 

@@ -119,7 +119,8 @@ def _speed_rows(results: list[dict], key: str, peer: str, prefix: str = "") -> l
         ours, theirs = impl.get("equimd"), impl.get(peer)
         if ours is None:
             continue
-        cells = [f"{prefix}{model}", system, dtype]
+        backend = ours.get("tp_backend", "fused")  # the fused backend unless named
+        cells = [f"{prefix}{model}" + ("" if backend == "fused" else f" [{backend}]"), system, dtype]
         if "error" in ours:
             lines.append(" | ".join(cells + [f"equimd failed: {ours['error'][:80]}", "", "", "", ""]))
             continue
