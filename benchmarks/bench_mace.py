@@ -108,9 +108,7 @@ def run_equimd_speed(args: argparse.Namespace) -> dict[str, Any]:
     backend = bench.cpu_backend(args.backend)
     if backend:
         apply_convolution_backend(model, backend)
-    model.eval()  # as deployed (the compiled backend's kernel: eval mode)
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
+    model.eval().requires_grad_(False)  # as deployed (the compiled backend's kernel: eval mode)
     atoms = bench.SYSTEMS[args.system]()
     graph = configuration_to_graph(Configuration.from_atoms(atoms), model.r_max, dtype=dtype)
     forcefield = ForceField(model)

@@ -243,17 +243,9 @@ def _cmd_lammps_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_kernels(args: argparse.Namespace) -> int:
-    from equimd.potentials.nn.convolution import kernel_library
+    from equimd.potentials.nn.convolution.kernel_library import run_command
 
-    if args.kernels_command == "build":
-        path = kernel_library.build(verbose=args.verbose)
-        kernel_library.require()  # it loads: the operators are registered
-        print(f"compiled tensor-product kernel: {path}")
-        print("MD and evaluation use it through `equimd deploy --tp-backend compiled` (training "
-              "keeps the eager path); docs/performance.md")
-        return 0
-    print(kernel_library.status())
-    return 0 if kernel_library.library_path().exists() else 1
+    return run_command(args.kernels_command, verbose=getattr(args, "verbose", False))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -287,3 +287,13 @@ def test_status_command_reports_the_library():
                             capture_output=True, text=True, timeout=120)
     assert str(kernel_library.library_path()) in result.stdout
     assert result.returncode == (0 if kernel_library.library_path().exists() else 1)
+
+
+def test_damaged_library_is_reported_not_loaded(tmp_path, monkeypatch):
+    damaged = tmp_path / "equimd_kernels-damaged.so"
+    damaged.write_bytes(b"not a shared library")
+    monkeypatch.setattr(kernel_library, "_loaded", None)
+    monkeypatch.setattr(kernel_library, "library_path", lambda: damaged)
+    with pytest.raises(EquimdError, match="cannot be loaded.*equimd kernels build"):
+        kernel_library.load()
+    assert not kernel_library.available()

@@ -23,6 +23,11 @@ hold no weights of their own, so models and checkpoints are interchangeable betw
   from e3nn's coefficients; its fused CUDA kernels on a GPU with
   `cuequivariance-ops-torch-cu12`, plain PyTorch otherwise. Optional (`equimd[cueq]`):
   `available_backends()` lists it only when `cuequivariance_torch` imports.
+- ``"compiled"``: `compiled.CompiledUVUConvolution`: the fused backend with `aggregate`'s
+  receiver sums in equimd's C++ kernel (`csrc/receiver_sums.cpp`, TorchScript operators
+  ``equimd::receiver_sums``), built per host by `kernel_library` (`equimd kernels build`).
+  CPU, eval mode; elsewhere (GPU, training, symbolic tracing) the fused path. Optional:
+  listed by `available_backends()` only where the library is built.
 
 The fused and SO(2) backends share edge-chunked aggregation (`edge_aggregation`).
 """

@@ -126,14 +126,24 @@ def load() -> bool:
     path = library_path()
     if not path.exists():
         return False
-    torch.ops.load_library(str(path))
+    try:
+        torch.ops.load_library(str(path))
+    except (OSError, RuntimeError) as error:  # damaged file, or libraries moved since the build
+        raise SettingsError(
+            f"{path}: the compiled tensor-product kernel cannot be loaded ({error}); delete the "
+            f"file and run `{BUILD_COMMAND}` again, or use backend 'fused'"
+        ) from error
     _loaded = path
     return True
 
 
 def available() -> bool:
-    """Whether the compiled kernel's operators can be used here (built for this host, loaded)."""
-    return load()
+    """Whether the compiled kernel's operators can be used here (built for this host and
+    loadable; loads them)."""
+    try:
+        return load()
+    except SettingsError:
+        return False
 
 
 def require() -> None:
@@ -151,3 +161,17 @@ def status() -> str:
     path = library_path()
     built = "built" if path.exists() else f"not built (run `{BUILD_COMMAND}`)"
     return f"compiled tensor-product kernel: {built}\n  library: {path}\n  compiler: {compiler()}"
+
+
+def run_command(action: str, verbose: bool = False) -> int:
+    """`equimd kernels build|status`: build (and load) the library, or describe it; the exit
+    status (status: 1 when not built)."""
+    if action == "build":
+        path = build(verbose=verbose)
+        require()  # it loads: the operators are registered
+        print(f"compiled tensor-product kernel: {path}")
+        print("MD and evaluation use it through `equimd deploy --tp-backend compiled` (training "
+              "keeps the eager path); docs/performance.md")
+        return 0
+    print(status())
+    return 0 if library_path().exists() else 1
