@@ -10,7 +10,7 @@
     equimd import nequip MODEL.nequip.zip -o checkpoint.pt
     equimd info MODEL_OR_CHECKPOINT
     equimd lammps build [-o DIR]           (LAMMPS pair style plugin, docs/lammps.md)
-    equimd kernels build|status            (the compiled tensor-product kernel, CPU)
+    equimd kernels build|status|path       (the compiled tensor-product kernel, CPU)
     equimd plot RUN_DIR                    (learning_curves.png or thermo.png)
     equimd demo [--out DIR]
 
@@ -398,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="whether it is built here, and where (exit 1 if not)"
     )
     kernels_status.set_defaults(handler=_cmd_kernels)
+    kernel_commands.add_parser(
+        "path", help="print the library's path (for EQUIMD_KERNEL_LIBRARY; exit 1 if not built)"
+    ).set_defaults(handler=_cmd_kernels)
 
     plot = commands.add_parser(
         "plot", help="learning curves of a training run or the thermodynamics of an MD run (PNG)"

@@ -20,7 +20,10 @@
 #include "update.h"
 #include "utils.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <sstream>
@@ -97,12 +100,23 @@ void PairEquimd::settings(int narg, char **arg)
                std::string("pair_style equimd requires `units metal` (Å, eV, ps; the model's "
                            "units), not units ") + update->unit_style);
   model_path = arg[0];
+  // equimd's compiled tensor-product kernel (files exported with --tp-backend compiled call
+  // its operators): the library `equimd kernels status` names, set by
+  // equimd.md_drivers.lammps.run_environment; loaded before the model.
+  const char *kernel_library = std::getenv("EQUIMD_KERNEL_LIBRARY");
+  if (kernel_library && *kernel_library && !dlopen(kernel_library, RTLD_NOW | RTLD_GLOBAL))
+    error->all(FLERR, std::string("pair_style equimd: cannot load EQUIMD_KERNEL_LIBRARY=") +
+                          kernel_library + ": " + dlerror() + " (run `equimd kernels build`)");
   try {
     model = torch::jit::load(model_path, torch::kCPU);
     model.eval();
   } catch (const std::exception &e) {
+    std::string hint = " (expected a TorchScript file from `equimd deploy`)";
+    if (std::strstr(e.what(), "equimd::receiver_sums") || std::strstr(e.what(), "equimd.receiver_sums"))
+      hint = " (the file was exported with --tp-backend compiled: set EQUIMD_KERNEL_LIBRARY to "
+             "the library `equimd kernels status` names, or export with --tp-backend fused)";
     error->all(FLERR, "pair_style equimd: cannot load model file " + model_path + ": " +
-                          e.what() + " (expected a TorchScript file from `equimd deploy`)");
+                          e.what() + hint);
   }
   if (!model.find_method("compute_local") || !model.hasattr("receptive_field"))
     error->all(FLERR,

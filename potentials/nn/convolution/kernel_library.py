@@ -164,8 +164,9 @@ def status() -> str:
 
 
 def run_command(action: str, verbose: bool = False) -> int:
-    """`equimd kernels build|status`: build (and load) the library, or describe it; the exit
-    status (status: 1 when not built)."""
+    """`equimd kernels build|status|path`: build (and load) the library, describe it, or print
+    its path alone (for EQUIMD_KERNEL_LIBRARY, docs/lammps.md); the exit status (status and
+    path: 1 when not built)."""
     if action == "build":
         path = build(verbose=verbose)
         require()  # it loads: the operators are registered
@@ -173,5 +174,5 @@ def run_command(action: str, verbose: bool = False) -> int:
         print("MD and evaluation use it through `equimd deploy --tp-backend compiled` (training "
               "keeps the eager path); docs/performance.md")
         return 0
-    print(status())
+    print(library_path() if action == "path" else status())
     return 0 if library_path().exists() else 1
