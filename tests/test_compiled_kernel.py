@@ -297,3 +297,25 @@ def test_damaged_library_is_reported_not_loaded(tmp_path, monkeypatch):
     with pytest.raises(EquimdError, match="cannot be loaded.*equimd kernels build"):
         kernel_library.load()
     assert not kernel_library.available()
+
+
+@pytest.mark.slow
+@needs_kernel
+def test_aotinductor_package_of_a_compiled_model_needs_no_library(tmp_path, monkeypatch):
+    """AOTInductor traces with symbolic shapes, where the backend takes the fused path: the
+    package holds no call to the kernel and loads where the library is missing."""
+    from equimd.deploy.export import export_model
+    from equimd.deploy.load import load
+
+    fused, compiled = model_pair("nequip", NEQUIP_SETTINGS)
+    atoms = STRUCTURES["triclinic_cu"]()
+    expected = ForceField(fused)(graph_of(atoms))
+    path = export_model(compiled, tmp_path / "compiled.pt2", dtype="float64", format="aoti",
+                        tp_backend="compiled")
+    monkeypatch.setattr(kernel_library, "load", lambda: False)
+    deployed = load(path)
+    assert deployed.metadata["model"]["convolution_backend"] == "compiled"
+    out = deployed(atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc)
+    torch.testing.assert_close(out["energy"].detach(), expected["energy"].reshape(()).detach(),
+                               rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out["forces"], expected["forces"], rtol=1e-9, atol=1e-10)
