@@ -56,7 +56,8 @@ MODEL_BACKENDS = FAST_BACKENDS + list(GEOMETRIC_BACKENDS)
 # Whole-model runs of the backends other than the default ("fused") go to `make test-slow`, but
 # for one check each in the default suite (`test_forces_and_stress_equal_reference`): their
 # convolution-level tests above run by default, and the model code is the same for every backend.
-SLOW_IN_LONG_RUNS = {"so2", "cueq"}
+# ("compiled": its model-level checks in the default suite are in tests/test_compiled_kernel.py)
+SLOW_IN_LONG_RUNS = {"so2", "cueq", "compiled"}
 
 
 def long_run_backends(backends: list[str] | None = None) -> list:
