@@ -99,15 +99,12 @@ def run_equimd_speed(args: argparse.Namespace) -> dict[str, Any]:
     from equimd.potentials.data.graph import configuration_to_graph
     from equimd.potentials.forcefield import ForceField
     from equimd.potentials.models.mace_import import mace_model_from_export, read_mace_export
-    from equimd.potentials.nn.convolution import apply_convolution_backend
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     # the peer's own `.model` file (read without mace-torch, as `equimd import mace` does)
     model = mace_model_from_export(read_mace_export(args.export), dtype=dtype)
-    backend = bench.cpu_backend(args.backend)
-    if backend:
-        apply_convolution_backend(model, backend)
+    backend = bench.use_cpu_backend(model, args.backend)
     model.eval().requires_grad_(False)  # as deployed (the compiled backend's kernel: eval mode)
     atoms = bench.SYSTEMS[args.system]()
     graph = configuration_to_graph(Configuration.from_atoms(atoms), model.r_max, dtype=dtype)
@@ -118,7 +115,7 @@ def run_equimd_speed(args: argparse.Namespace) -> dict[str, Any]:
 
     result: dict[str, Any] = {
         "implementation": "equimd" + (f"[{args.backend}]" if args.backend else ""),
-        "tp_backend": backend or "fused",
+        "tp_backend": backend,
         "atoms": len(atoms), "edges": int(graph.edge_index.shape[1]),
         "energy": float(forcefield(graph)["energy"][0]),
     }

@@ -61,12 +61,12 @@ from harness import (
     ROOT,
     SYSTEMS,
     add_data_argument,
-    cpu_backend,
     emit,
     measure,
     peak_rss_mb,
     peer_python,
     run_worker,
+    use_cpu_backend,
     use_data_argument,
     worker_arguments,
     write_report,  # noqa: E402  (benchmarks/harness.py: systems, timing, workers)
@@ -116,7 +116,6 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
     from equimd.potentials.data.graph import configuration_to_graph
     from equimd.potentials.forcefield import ForceField
     from equimd.potentials.models import build_model
-    from equimd.potentials.nn.convolution import apply_convolution_backend
     from equimd.potentials.train.config import model_hyperparameter_defaults
 
     torch.set_num_threads(args.threads)
@@ -135,9 +134,7 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
         r_max=row["r_max"],
         **hyperparameters,
     )
-    backend = cpu_backend(args.backend)
-    if backend:
-        apply_convolution_backend(model, backend)
+    backend = use_cpu_backend(model, args.backend)
     model = model.to(dtype).eval()  # as deployed (the compiled backend's kernel: eval mode)
     forcefield = ForceField(model)
     # as in a deployed file (deploy.rebuild) and mace-torch's calculator: autograd then keeps
@@ -149,7 +146,7 @@ def run_equimd(args: argparse.Namespace) -> dict[str, Any]:
 
     result: dict[str, Any] = {
         "implementation": "equimd" + (f"[{args.backend}]" if args.backend else ""),
-        "tp_backend": backend or "fused",
+        "tp_backend": backend,
         "atoms": num_atoms,
         "edges": num_edges,
     }

@@ -77,6 +77,18 @@ def cpu_backend(requested: str | None = None) -> str | None:
     return "compiled" if kernel_library.available() else None
 
 
+def use_cpu_backend(model, requested: str | None = None) -> str | None:
+    """Make `model` compute with `cpu_backend(requested)` (if any; the default one only where
+    the model has convolutions) and return the backend it computes with (the report's
+    "tp_backend"; None: no convolutions)."""
+    from equimd.potentials.nn.convolution import apply_convolution_backend, convolution_backend
+
+    backend = cpu_backend(requested)
+    if backend and (requested or convolution_backend(model) is not None):
+        apply_convolution_backend(model, backend)
+    return convolution_backend(model)
+
+
 def peer_python(name: str) -> Path:
     return ROOT / ".peers" / name / "bin" / "python"
 

@@ -119,8 +119,9 @@ def _speed_rows(results: list[dict], key: str, peer: str, prefix: str = "") -> l
         ours, theirs = impl.get("equimd"), impl.get(peer)
         if ours is None:
             continue
-        backend = ours.get("tp_backend", "fused")  # the fused backend unless named
-        cells = [f"{prefix}{model}" + ("" if backend == "fused" else f" [{backend}]"), system, dtype]
+        backend = ours.get("tp_backend")  # named unless the default (or no convolutions)
+        cells = [f"{prefix}{model}" + ("" if backend in (None, "fused") else f" [{backend}]"),
+                 system, dtype]
         if "error" in ours:
             lines.append(" | ".join(cells + [f"equimd failed: {ours['error'][:80]}", "", "", "", ""]))
             continue

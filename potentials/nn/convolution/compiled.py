@@ -7,7 +7,8 @@ receiver sums in equimd's C++ kernel (`csrc/receiver_sums.cpp`, built by
     A_t[n, k, u] = Σ_{e: receiver(e) = n} w_t[row(e), u] Σ_i M_t[e, k, i] x[sender(e), i, u]
 
 walked receiver by receiver (edges in CSR order, one thread per receiver range, no atomics),
-w·x in a scratch row per path: the weights are read once per edge in group order, and none of
+w·x in a scratch row per path: the weights are read once per edge, in e3nn's column order
+(per-path column segments, `weight_segments`), and none of
 the eager path's intermediates (messages [E, P·d3·U], padded tables h = w·x, padded weights)
 is formed. Models pass the radial MLP's last layer (`aggregate_radial`): the weights are one
 matmul [rows, h] @ [h, weight_numel] (rows: one per pair of edges in pair order, read by both

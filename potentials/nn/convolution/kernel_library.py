@@ -73,7 +73,7 @@ def library_path() -> Path:
 def compiler() -> str | None:
     """The C++ compiler `build` uses ($CXX, else c++, g++ or clang++), or None."""
     candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
-    return next((shutil.which(c) for c in candidates if shutil.which(c)), None)
+    return next(filter(None, map(shutil.which, candidates)), None)
 
 
 def compile_command(output: Path) -> list[str]:

@@ -287,7 +287,7 @@ Tensor receiver_sums_cpu(const Tensor& x_in, const Tensor& coupling_in, const Te
   const int64_t num_edges = coupling.size(0);
   const auto groups = parse_groups(group_list, segments, x.size(1), coupling.size(1), weights.size(1));
   const int shift = weight_shift(weights, num_edges);
-  TORCH_CHECK(num_nodes >= 0 && x.size(0) >= 0, "equimd::receiver_sums: num_nodes < 0");
+  TORCH_CHECK(num_nodes >= 0, "equimd::receiver_sums: num_nodes < 0");
   const int64_t a_dim = output_dim(groups);
   Tensor out = at::zeros({num_nodes, a_dim}, x.options());
   if (num_edges == 0) return out;
